@@ -1,0 +1,14 @@
+"""msam_lab: study modality imbalance with M-SAM and its baselines.
+
+    import msam_lab
+    run = msam_lab.train({"method": "msam", "epochs": 5}, out="runs/try")
+    run.epochs[["epoch", "test_acc", "test_acc_image", "test_acc_audio", "tau"]]
+"""
+from .config import Config, ConfigError
+from .datasets import load_dataset
+from .models import build_model
+from .runs import Run, load_run
+from .trainer import train
+
+__version__ = "0.1.0"
+__all__ = ["Config", "ConfigError", "Run", "build_model", "load_dataset", "load_run", "train"]

@@ -1,0 +1,120 @@
+"""The ``msam-lab`` command line.
+
+Every user error ends in one line on stderr naming the problem and the fix,
+and exit code 2, before anything is written.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .compare import compare_runs, format_table
+from .config import Config, ConfigError
+from .runs import is_run
+
+DEMO_METHODS = ("joint", "sam", "msam")
+DEMO_OVERRIDES = ("epochs=15",)
+
+
+class UsageError(Exception):
+    """Bad input from the user: printed as one line, exit code 2."""
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    d = Config()
+    p.add_argument("--config", help="YAML file of config fields (see configs/)")
+    p.add_argument("--dataset", help=f"dataset name (default {d.dataset})")
+    p.add_argument("--method", help=f"training method (default {d.method})")
+    p.add_argument("--rho", type=float, help=f"SAM/M-SAM radius (default {d.rho})")
+    p.add_argument("--epochs", type=int, help=f"epochs (default {d.epochs})")
+    p.add_argument("--lr", type=float, help=f"learning rate (default {d.lr})")
+    p.add_argument("--seed", type=int, help=f"training seed (default {d.seed})")
+    p.add_argument("--fusion", help=f"late_sum | late_concat | early (default {d.fusion})")
+    p.add_argument("--device", help="auto (CUDA when present) | cpu | cuda | cuda:N")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="any config field, e.g. --set batch_size=32 --set data.audio_snr_db=-8")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _overrides(args) -> list[str]:
+    named = [f"{k}={getattr(args, k)}" for k in ("dataset", "method", "rho", "epochs", "lr", "seed",
+                                                  "fusion", "device") if getattr(args, k) is not None]
+    return named + list(args.overrides)
+
+
+def cmd_train(args) -> int:
+    from .trainer import train
+
+    run = train(args.config, out=args.out, quiet=args.quiet, overrides=_overrides(args))
+    print(f"run written to {run.path}")
+    print(format_table(compare_runs([run])))
+    return 0
+
+
+def cmd_compare(args) -> int:
+    missing = [r for r in args.runs if not is_run(r)]
+    if missing:
+        raise UsageError(f"{missing[0]} is not a finished run directory (no summary.json)")
+    print(format_table(compare_runs(args.runs)))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .config import resolve
+    from .trainer import train
+
+    out = Path(args.out)
+    overrides = list(DEMO_OVERRIDES) + _overrides(args)
+    # validate every method's config before the first run starts
+    configs = {m: resolve(args.config, overrides + [f"method={m}"]) for m in DEMO_METHODS}
+    paths = []
+    for method, cfg in configs.items():
+        path = out / method
+        if is_run(path):
+            print(f"{path}: finished run found, reusing it (pass --out DIR for a fresh demo)")
+        else:
+            print(f"training {method} on {cfg.dataset} for {cfg.epochs} epochs -> {path}")
+            train(cfg, out=path, quiet=args.quiet)
+        paths.append(path)
+    table = compare_runs(paths)
+    print()
+    print(format_table(table))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="msam-lab", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train one model and write its run directory")
+    _train_args(p)
+    p.add_argument("--out", help="run directory to create (default runs/<dataset>-<method>-s<seed>-<time>)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("compare", help="one table over finished runs")
+    p.add_argument("runs", nargs="+", help="run directories")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("demo", help="joint, SAM and M-SAM on av-digits, same seed and budget, compared")
+    _train_args(p)
+    p.add_argument("--out", default="runs/demo", help="folder for the three runs (default runs/demo)")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (UsageError, ConfigError) as err:
+        print(f"msam-lab: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("msam-lab: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

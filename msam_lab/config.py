@@ -1,0 +1,187 @@
+"""The one configuration object of a training run, its validation and overrides.
+
+Flat on purpose (nanoGPT style): every knob is a field here, dataset knobs go
+in ``data`` and are validated by the dataset's own ``OPTIONS``. A value from
+the command line (``--set key=value``) is parsed as YAML and must fit the
+field's type.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .datasets import DATASETS, resolve_options
+from .models import FUSIONS
+from .shapley import SHARE_RULES, TIE_RULES
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration problem; the message says what to change."""
+
+
+@dataclass
+class Config:
+    # data
+    dataset: str = "av-digits"
+    data: dict = field(default_factory=dict)        # dataset options, e.g. {"audio_snr_db": -8}
+    # model
+    fusion: str = "late_sum"                        # late_sum | late_concat | early
+    encoders: dict = field(default_factory=dict)    # modality -> mlp|cnn; default: the dataset's suggestion
+    feature_dim: int = 64
+    hidden_dim: int = 128
+    # optimisation
+    method: str = "msam"
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    seed: int = 0
+    device: str = "auto"                            # auto (CUDA when present) | cpu | cuda | cuda:N
+    # SAM / M-SAM
+    rho: float = 0.05
+    adaptive: bool = False                          # ASAM: scale ε elementwise by |θ|
+    msam_variant: str = "default"                   # default | unimodal | params (DESIGN §2)
+    share_rule: str = "clip"                        # Shapley -> shares, see shapley.shares
+    tie_rule: str = "lowest"                        # dominant-modality ties, see shapley.dominant
+    bn_policy: str = "restore"                      # restore | update: BN running stats in the perturbed pass
+    shapley_value: str = "accuracy"                 # accuracy | loss (value of a coalition)
+    shapley_exact_max: int = 10                     # exact Shapley up to this many modalities
+    shapley_permutations: int = 64                  # permutations when sampling
+    # records
+    checkpoint_every: int = 5                       # epochs between checkpoints (0: first and last only)
+    eval_batch_size: int = 512
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+METHODS = ("joint", "sam", "msam")                 # extended by msam_lab.methods at import
+MSAM_VARIANTS = ("default", "unimodal", "params")
+BN_POLICIES = ("restore", "update")
+_CHOICES = {
+    "fusion": FUSIONS, "msam_variant": MSAM_VARIANTS, "share_rule": SHARE_RULES,
+    "tie_rule": TIE_RULES, "bn_policy": BN_POLICIES, "shapley_value": ("accuracy", "loss"),
+}
+_POSITIVE = ("epochs", "batch_size", "feature_dim", "hidden_dim", "eval_batch_size",
+             "shapley_exact_max", "shapley_permutations")
+_NON_NEGATIVE = ("rho", "lr", "momentum", "weight_decay", "checkpoint_every")
+
+
+def field_names() -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(Config))
+
+
+def _check_type(name: str, value, annotation: str):
+    """``annotation`` is the field's type as written: str, int, float, bool, dict, list, or 'X | None'."""
+    base, _, optional = annotation.partition(" | ")
+    if optional == "None" and value is None:
+        return value
+    kind = {"str": str, "int": int, "float": float, "bool": bool, "dict": dict, "list": list}[base]
+    annotation = base
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is int and isinstance(value, bool) or not isinstance(value, kind):
+        raise ConfigError(f"config field {name!r} must be {annotation}, got {value!r}")
+    return value
+
+
+def validate(cfg: Config) -> Config:
+    """Check every field; resolve dataset options. Raises ConfigError."""
+    from .methods import METHOD_NAMES
+
+    hints = {f.name: f.type for f in dataclasses.fields(Config)}
+    for name, annotation in hints.items():
+        setattr(cfg, name, _check_type(name, getattr(cfg, name), annotation))
+    if cfg.dataset not in DATASETS:
+        raise ConfigError(f"unknown dataset {cfg.dataset!r}; choose one of: {', '.join(DATASETS)}")
+    if cfg.method not in METHOD_NAMES:
+        raise ConfigError(f"unknown method {cfg.method!r}; choose one of: {', '.join(METHOD_NAMES)}")
+    for name, choices in _CHOICES.items():
+        if getattr(cfg, name) not in choices:
+            raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {getattr(cfg, name)!r}")
+    for name in _POSITIVE:
+        if getattr(cfg, name) <= 0:
+            raise ConfigError(f"{name} must be > 0, got {getattr(cfg, name)}")
+    for name in _NON_NEGATIVE:
+        if getattr(cfg, name) < 0:
+            raise ConfigError(f"{name} must be >= 0, got {getattr(cfg, name)}")
+    if not (cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda")):
+        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {cfg.device!r}")
+    try:
+        cfg.data = resolve_options(cfg.dataset, cfg.data)
+    except ValueError as err:
+        raise ConfigError(f"{err} (set them with --set data.NAME=VALUE)") from None
+    from .methods import validate_method_config
+    validate_method_config(cfg)
+    return cfg
+
+
+def parse_value(text: str):
+    """A command-line value as YAML: 0.1 -> float, true -> bool, [1, 2] -> list, abc -> str."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(cfg: Config, assignments: typing.Iterable[str]) -> Config:
+    """Apply ``key=value`` strings; ``data.key=value`` sets a dataset option."""
+    names = field_names()
+    for item in assignments:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        value = parse_value(text)
+        head, dot, sub = key.partition(".")
+        if dot and head in ("data", "encoders"):
+            getattr(cfg, head)[sub] = value
+        elif key in names and not dot:
+            setattr(cfg, key, value)
+        else:
+            raise ConfigError(f"unknown config key {key!r}; known keys: {', '.join(names)} "
+                              "(dataset options as data.NAME)")
+    return cfg
+
+
+def from_dict(values: dict) -> Config:
+    names = set(field_names())
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(f"unknown config key {unknown[0]!r}; known keys: {', '.join(sorted(names))}")
+    return Config(**values)
+
+
+def load_config_file(path) -> Config:
+    """A YAML (or JSON) file of config fields."""
+    path = Path(path)
+    try:
+        values = yaml.safe_load(path.read_text())
+    except OSError as err:
+        raise ConfigError(f"cannot read config file {path}: {err.strerror}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of config fields, got {type(values).__name__}")
+    return from_dict(values)
+
+
+def resolve(config=None, overrides: typing.Iterable[str] = ()) -> Config:
+    """Config from a Config, a dict, a YAML path, or None (defaults); then overrides; validated."""
+    if config is None:
+        cfg = Config()
+    elif isinstance(config, Config):
+        cfg = dataclasses.replace(config, data=dict(config.data), encoders=dict(config.encoders))
+    elif isinstance(config, dict):
+        cfg = from_dict(json.loads(json.dumps(config)))
+    else:
+        cfg = load_config_file(config)
+    return validate(apply_overrides(cfg, overrides))

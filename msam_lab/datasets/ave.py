@@ -1,0 +1,183 @@
+"""ave: the Audio-Visual Event dataset, 28 event classes (OGM-GE layout).
+
+On-disk layout (as prepared by OGM-GE)::
+
+    <root>/stat.txt                        class names, one per line (line order = label)
+    <root>/my_train.txt                    rows "class,video_id,..." (no header)
+    <root>/my_test.txt
+    <root>/audio_spec/<video_id>.pkl       pickled float32 spectrogram (257, 1004)
+    <root>/visual/<video_id>/frame_00001.jpg ...
+
+Class names may contain commas ("Male speech, man speaking"), so a row is not
+split blindly: its class is the longest class name from ``stat.txt`` that the
+row starts with, followed by a comma; the video id is the next field. (A row or
+``stat.txt`` line in CSV quotes, ``"a, b",vid``, is accepted too.) The number of
+classes is the number of lines of ``stat.txt`` (28 in the real set).
+``my_val.txt``, if present, is not used.
+
+Modalities, in this order:
+
+* ``audio`` -- (257, 1004 // audio_time_pool) float32: the stored spectrogram;
+  with ``audio_time_pool = k > 1`` consecutive groups of k time frames are
+  averaged (the remainder frames dropped), e.g. k = 4 -> (257, 251). All
+  spectrograms must have the same shape. Suggested encoder ``cnn``.
+* ``visual`` -- (3 * n_frames, image_size, image_size) float32 in [0, 1], as
+  for CREMA-D: frames at the centres of ``n_frames`` equal segments of the
+  video's frames in numeric order, RGB, resized, stacked along channels.
+  Suggested encoder ``cnn``.
+
+``max_samples`` keeps that many evenly spaced rows of each split (None: all);
+``skip_missing`` drops rows whose ``.pkl`` or frame folder is absent (as
+OGM-GE's loader does) instead of raising, counted in ``info["skipped"]``.
+The pickles are loaded with :mod:`pickle`: only read data you trust.
+"""
+from __future__ import annotations
+
+import csv
+import pickle
+
+import numpy as np
+import torch
+
+from .base import MultimodalData, Splits
+from .files import (check_positive_int, layout_error, load_frames, read_lines, require_file,
+                    require_root, subsample)
+
+NAME = "ave"
+
+OPTIONS = {"root": None, "n_frames": 1, "image_size": 64, "audio_time_pool": 1,
+           "max_samples": None, "skip_missing": False}
+
+LAYOUT = ("<root>/stat.txt (one class name per line), <root>/my_{train,test}.txt rows "
+          "class,video_id,..., <root>/audio_spec/<video_id>.pkl float32 (257,1004), "
+          "<root>/visual/<video_id>/frame_0000k.jpg (OGM-GE layout)")
+
+
+def _unquote(line: str) -> list[str] | None:
+    """The fields of ``line`` if it starts with a CSV-quoted field, else ``None``."""
+    if not line.startswith('"'):
+        return None
+    return next(csv.reader([line]))
+
+
+def read_classes(path) -> list[str]:
+    """Class names of ``stat.txt`` in order (one per line, commas allowed)."""
+    names = []
+    for lineno, line in read_lines(path, NAME, LAYOUT):
+        quoted = _unquote(line)
+        name = quoted[0].strip() if quoted and len(quoted) == 1 else line
+        if name in names:
+            raise layout_error(NAME, f"{path} line {lineno}: class {name!r} listed twice", LAYOUT)
+        names.append(name)
+    if not names:
+        raise layout_error(NAME, f"no class names in {path}", LAYOUT)
+    return names
+
+
+def read_split_rows(path, classes: list[str]) -> list[tuple[str, int]]:
+    """``[(video_id, label)]`` of a ``my_*.txt`` file, matching known class names."""
+    by_length = sorted(classes, key=len, reverse=True)
+    rows = []
+    for lineno, line in read_lines(path, NAME, LAYOUT):
+        quoted = _unquote(line)
+        if quoted is not None:
+            name, rest = quoted[0].strip(), quoted[1:]
+            if name not in classes:
+                name = None
+        else:
+            name = next((c for c in by_length if line.startswith(c + ",")), None)
+            rest = line[len(name) + 1:].split(",") if name is not None else []
+        if name is None:
+            raise layout_error(NAME, f"{path} line {lineno}: row does not start with a class "
+                                     f"of stat.txt followed by a comma: {line!r}", LAYOUT)
+        video = rest[0].strip() if rest else ""
+        if not video:
+            raise layout_error(NAME, f"{path} line {lineno}: no video id after the class", LAYOUT)
+        rows.append((video, classes.index(name)))
+    return rows
+
+
+def read_spectrogram(path) -> np.ndarray:
+    """One pickled spectrogram as a 2-D float32 array."""
+    path = require_file(path, NAME, LAYOUT)
+    try:
+        with open(path, "rb") as f:
+            spec = np.asarray(pickle.load(f), dtype=np.float32)
+    except Exception as exc:  # noqa: BLE001
+        raise layout_error(NAME, f"cannot read {path} as a pickled array "
+                                 f"({type(exc).__name__}: {exc})", LAYOUT) from exc
+    if spec.ndim != 2:
+        raise layout_error(NAME, f"{path} holds an array of shape {spec.shape}, not 2-D", LAYOUT)
+    return spec
+
+
+def _pool_time(spec: np.ndarray, k: int) -> np.ndarray:
+    if k == 1:
+        return spec
+    t = spec.shape[1] // k
+    return spec[:, :t * k].reshape(spec.shape[0], t, k).mean(axis=2)
+
+
+def _read_split(root, split, classes, n_frames, image_size, pool, max_samples, skip_missing):
+    path = root / f"my_{split}.txt"
+    rows = read_split_rows(path, classes)
+    if not rows:
+        raise layout_error(NAME, f"no rows in {path}", LAYOUT)
+    skipped = 0
+    if skip_missing:
+        kept = [(v, y) for v, y in rows if (root / "audio_spec" / f"{v}.pkl").is_file()
+                and (root / "visual" / v).is_dir()]
+        skipped, rows = len(rows) - len(kept), kept
+        if not rows:
+            raise layout_error(NAME, f"no video of {path} has both its .pkl and frames", LAYOUT)
+    rows = [rows[i] for i in subsample(len(rows), max_samples)]
+    audio, visual, first = None, None, None
+    for i, (video, _) in enumerate(rows):
+        spec_path = root / "audio_spec" / f"{video}.pkl"
+        spec = read_spectrogram(spec_path)
+        if first is None:
+            first = (spec_path, spec.shape)
+            if spec.shape[1] < pool:
+                raise layout_error(NAME, f"{spec_path} has {spec.shape[1]} time frames, fewer "
+                                         f"than audio_time_pool={pool}", LAYOUT)
+            audio = np.empty((len(rows),) + _pool_time(spec, pool).shape, dtype=np.float32)
+            visual = np.empty((len(rows), 3 * n_frames, image_size, image_size), dtype=np.float32)
+        elif spec.shape != first[1]:
+            raise layout_error(NAME, f"{spec_path} has shape {spec.shape} but {first[0]} has "
+                                     f"{first[1]}", LAYOUT)
+        audio[i] = _pool_time(spec, pool)
+        visual[i] = load_frames(root / "visual" / video, n_frames, image_size, NAME, LAYOUT)
+    labels = torch.tensor([y for _, y in rows], dtype=torch.int64)
+    data = MultimodalData({"audio": torch.from_numpy(audio), "visual": torch.from_numpy(visual)},
+                          labels, num_classes=len(classes))
+    return data, skipped
+
+
+def load(cache_dir, root, n_frames=1, image_size=64, audio_time_pool=1, max_samples=None,
+         skip_missing=False) -> Splits:
+    """AVE from ``root`` in the OGM-GE layout (``cache_dir`` is unused)."""
+    n_frames = check_positive_int(n_frames, "n_frames", NAME)
+    image_size = check_positive_int(image_size, "image_size", NAME)
+    pool = check_positive_int(audio_time_pool, "audio_time_pool", NAME)
+    root = require_root(root, NAME, LAYOUT)
+    classes = read_classes(root / "stat.txt")
+    args = (classes, n_frames, image_size, pool, max_samples, bool(skip_missing))
+    train, skipped_train = _read_split(root, "train", *args)
+    test, skipped_test = _read_split(root, "test", *args)
+    if train.inputs["audio"].shape[1:] != test.inputs["audio"].shape[1:]:
+        raise layout_error(NAME, f"train spectrograms are {tuple(train.inputs['audio'].shape[1:])} "
+                                 f"but test ones {tuple(test.inputs['audio'].shape[1:])} "
+                                 f"(after pooling) in {root / 'audio_spec'}", LAYOUT)
+    info = {
+        "name": NAME,
+        "description": (f"AVE: {len(classes)} audio-visual event classes; stored audio "
+                        "spectrograms and RGB video frames"),
+        "encoders": {"audio": "cnn", "visual": "cnn"},
+        "shapes": {m: tuple(x.shape[1:]) for m, x in train.inputs.items()},
+        "options": {"root": str(root), "n_frames": n_frames, "image_size": image_size,
+                    "audio_time_pool": pool, "max_samples": max_samples,
+                    "skip_missing": bool(skip_missing)},
+        "class_names": list(classes),
+        "skipped": {"train": skipped_train, "test": skipped_test},
+    }
+    return Splits(train, test, info)

@@ -1,0 +1,87 @@
+"""The in-memory multimodal dataset every loader returns.
+
+Datasets in this field are small, so they live as tensors on the training
+device and are batched by indexing: no DataLoader, no worker processes.
+A batch is ``(inputs, labels)`` with ``inputs`` a dict modality -> tensor.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+
+Batch = dict[str, torch.Tensor]
+
+
+@dataclass
+class MultimodalData:
+    """Aligned per-modality tensors ``inputs[m]`` of shape (N, ...) and labels (N,)."""
+
+    inputs: dict[str, torch.Tensor]
+    labels: torch.Tensor
+    num_classes: int
+
+    def __post_init__(self):
+        if not self.inputs:
+            raise ValueError("MultimodalData needs at least one modality")
+        n = len(self.labels)
+        for name, x in self.inputs.items():
+            if len(x) != n:
+                raise ValueError(f"modality {name!r} has {len(x)} samples but there are {n} labels")
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return tuple(self.inputs)
+
+    @property
+    def device(self) -> torch.device:
+        return self.labels.device
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def to(self, device) -> "MultimodalData":
+        return MultimodalData({m: x.to(device) for m, x in self.inputs.items()},
+                              self.labels.to(device), self.num_classes)
+
+    def subset(self, index) -> "MultimodalData":
+        index = torch.as_tensor(index, device=self.device)
+        return MultimodalData({m: x[index] for m, x in self.inputs.items()},
+                              self.labels[index], self.num_classes)
+
+    def batches(self, batch_size: int, shuffle: bool = False,
+                generator: torch.Generator | None = None,
+                drop_last: bool = False) -> Iterator[tuple[Batch, torch.Tensor]]:
+        """Yield ``(inputs, labels)`` mini-batches by index.
+
+        The permutation is drawn on the CPU from ``generator`` so that a seed
+        gives the same batches on every device.
+        """
+        n = len(self)
+        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        order = order.to(self.device)
+        stop = n - n % batch_size if drop_last else n
+        for start in range(0, stop, batch_size):
+            idx = order[start:start + batch_size]
+            yield {m: x[idx] for m, x in self.inputs.items()}, self.labels[idx]
+
+
+@dataclass
+class Splits:
+    """A dataset's train and test parts plus a few facts about it."""
+
+    train: MultimodalData
+    test: MultimodalData
+    info: dict = field(default_factory=dict)
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return self.train.modalities
+
+    @property
+    def num_classes(self) -> int:
+        return self.train.num_classes
+
+    def to(self, device) -> "Splits":
+        return Splits(self.train.to(device), self.test.to(device), dict(self.info))

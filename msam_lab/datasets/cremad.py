@@ -1,0 +1,138 @@
+"""crema-d: CREMA-D emotion recognition, audio + face frames (OGM-GE layout).
+
+On-disk layout (as used by OGM-GE and most modality-imbalance papers)::
+
+    <root>/train.csv                         rows "clip_id,EMO", no header
+    <root>/test.csv                          (CRLF and a UTF-8 BOM are accepted)
+    <root>/Image-01-FPS/<clip_id>/00001.jpg  frames extracted at 1 fps
+    <root>/AudioWAV/<clip_id>.wav
+
+Labels: NEU HAP SAD FEA DIS ANG -> 0..5 (neutral, happy, sad, fear, disgust,
+anger); any other code is an error naming the file and line.
+
+Modalities, in this order:
+
+* ``audio`` -- (257, 188) float32: the WAV as mono, resampled to 22,050 Hz
+  (``scipy.signal.resample_poly``), tiled (repeated) and cropped to exactly
+  3 s (66,150 samples), clipped to [-1, 1], then ``|STFT|`` with n_fft 512,
+  hop 353, periodic Hann window, centred frames with zero padding, and
+  ``log(|S| + 1e-7)``. This follows OGM-GE's librosa recipe (librosa >= 0.10
+  pads centred frames with zeros). Suggested encoder ``cnn``.
+* ``visual`` -- (3 * n_frames, image_size, image_size) float32 in [0, 1]: the
+  ``n_frames`` frames at the centres of equal segments of the clip's sorted
+  frames (one frame: the middle one), RGB, resized (bilinear, aspect ratio not
+  kept), stacked along the channel axis. Suggested encoder ``cnn``. No
+  augmentation or mean/std normalisation is applied.
+
+Options: ``fps`` picks the ``Image-{fps:02d}-FPS`` folder; ``max_samples``
+keeps that many evenly spaced rows of each CSV (None: all), before any file is
+read; ``skip_missing`` drops rows whose WAV or frame folder is absent (what
+OGM-GE's loader does silently) instead of raising, and counts them in
+``info["skipped"]``.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .base import MultimodalData, Splits
+from .files import (check_positive_int, layout_error, load_frames, read_lines, read_wav,
+                    require_root, resample, stft_magnitude, subsample)
+
+NAME = "crema-d"
+
+OPTIONS = {"root": None, "n_frames": 1, "image_size": 64, "fps": 1, "max_samples": None,
+           "skip_missing": False}
+
+EMOTIONS = ("NEU", "HAP", "SAD", "FEA", "DIS", "ANG")
+CLASS_NAMES = ["neutral", "happy", "sad", "fear", "disgust", "anger"]
+
+SAMPLE_RATE = 22050
+SECONDS = 3
+N_FFT = 512
+HOP = 353
+AUDIO_SHAPE = (N_FFT // 2 + 1, 1 + SAMPLE_RATE * SECONDS // HOP)   # (257, 188)
+
+
+def _layout(fps: int = 1) -> str:
+    return ("<root>/{train,test}.csv rows clip_id,EMO with EMO in NEU HAP SAD FEA DIS ANG, "
+            f"<root>/Image-{fps:02d}-FPS/<clip_id>/NNNNN.jpg, <root>/AudioWAV/<clip_id>.wav "
+            "(OGM-GE layout)")
+
+
+LAYOUT = _layout()
+
+
+def read_split_csv(path, layout: str = LAYOUT) -> list[tuple[str, int]]:
+    """``[(clip_id, label)]`` from a ``clip_id,EMO`` CSV (BOM / CRLF tolerated)."""
+    rows = []
+    for lineno, line in read_lines(path, NAME, layout):
+        fields = [f.strip().strip('"') for f in line.split(",")]
+        if len(fields) < 2 or not fields[0]:
+            raise layout_error(NAME, f"{path} line {lineno}: expected clip_id,EMO, got {line!r}",
+                               layout)
+        if fields[1] not in EMOTIONS:
+            raise layout_error(NAME, f"{path} line {lineno}: unknown emotion {fields[1]!r}", layout)
+        rows.append((fields[0], EMOTIONS.index(fields[1])))
+    return rows
+
+
+def audio_features(path, layout: str = LAYOUT) -> np.ndarray:
+    """The (257, 188) float32 log-magnitude spectrogram of one CREMA-D WAV."""
+    rate, x = read_wav(path, NAME, layout)
+    x = resample(x, rate, SAMPLE_RATE)
+    length = SAMPLE_RATE * SECONDS
+    x = np.clip(np.tile(x, -(-length // len(x)))[:length], -1.0, 1.0)
+    return np.log(stft_magnitude(x, N_FFT, HOP) + 1e-7).astype(np.float32)
+
+
+def _read_split(root, split, n_frames, image_size, fps, max_samples, skip_missing):
+    layout = _layout(fps)
+    rows = read_split_csv(root / f"{split}.csv", layout)
+    if not rows:
+        raise layout_error(NAME, f"no rows in {root / f'{split}.csv'}", layout)
+    frames_root = root / f"Image-{fps:02d}-FPS"
+    if skip_missing:
+        kept = [(c, y) for c, y in rows
+                if (root / "AudioWAV" / f"{c}.wav").is_file() and (frames_root / c).is_dir()]
+        skipped, rows = len(rows) - len(kept), kept
+        if not rows:
+            raise layout_error(NAME, f"no clip of {root / f'{split}.csv'} has both its WAV and "
+                                     "frame folder", layout)
+    else:
+        skipped = 0
+    rows = [rows[i] for i in subsample(len(rows), max_samples)]
+    audio = np.empty((len(rows),) + AUDIO_SHAPE, dtype=np.float32)
+    visual = np.empty((len(rows), 3 * n_frames, image_size, image_size), dtype=np.float32)
+    for i, (clip, _) in enumerate(rows):
+        audio[i] = audio_features(root / "AudioWAV" / f"{clip}.wav", layout)
+        visual[i] = load_frames(frames_root / clip, n_frames, image_size, NAME, layout)
+    labels = torch.tensor([y for _, y in rows], dtype=torch.int64)
+    data = MultimodalData({"audio": torch.from_numpy(audio), "visual": torch.from_numpy(visual)},
+                          labels, num_classes=len(EMOTIONS))
+    return data, skipped
+
+
+def load(cache_dir, root, n_frames=1, image_size=64, fps=1, max_samples=None,
+         skip_missing=False) -> Splits:
+    """CREMA-D from ``root`` in the OGM-GE layout (``cache_dir`` is unused)."""
+    n_frames = check_positive_int(n_frames, "n_frames", NAME)
+    image_size = check_positive_int(image_size, "image_size", NAME)
+    fps = check_positive_int(fps, "fps", NAME)
+    root = require_root(root, NAME, _layout(fps))
+    train, skipped_train = _read_split(root, "train", n_frames, image_size, fps, max_samples,
+                                       bool(skip_missing))
+    test, skipped_test = _read_split(root, "test", n_frames, image_size, fps, max_samples,
+                                     bool(skip_missing))
+    info = {
+        "name": NAME,
+        "description": ("CREMA-D: 91 actors speaking 12 sentences in 6 emotions; audio "
+                        "log-spectrogram (22.05 kHz, 3 s, STFT 512/353) and RGB face frames"),
+        "encoders": {"audio": "cnn", "visual": "cnn"},
+        "shapes": {m: tuple(x.shape[1:]) for m, x in train.inputs.items()},
+        "options": {"root": str(root), "n_frames": n_frames, "image_size": image_size,
+                    "fps": fps, "max_samples": max_samples, "skip_missing": bool(skip_missing)},
+        "class_names": list(CLASS_NAMES),
+        "skipped": {"train": skipped_train, "test": skipped_test},
+    }
+    return Splits(train, test, info)

@@ -1,0 +1,155 @@
+"""ur-funny: humour detection from text, audio and video features (MultiBench).
+
+On disk: MultiBench's ``humor.pkl`` at ``<root>/humor.pkl`` (``root`` may also
+be the file itself), a pickled dict::
+
+    {"train" | "valid" | "test": {"vision": (N, 50, 371), "audio": (N, 50, 81),
+                                  "text": (N, 50, 300), "labels": (N, 1) in {0, 1},
+                                  "id": (N, ...)}}
+
+Sequences are left zero-padded to 50 steps. Cleaning, per split, in this order:
+NaN and +-inf in any modality are set to 0 (MultiBench fixes the audio's -inf
+this way), then samples whose text is all zero are dropped (MultiBench's
+``drop_entry``); the drop counts are in ``info["dropped"]``.
+
+Modalities, in this order: ``text``, ``audio``, ``vision``, each (50, F)
+float32 with F read from the file; suggested encoder ``mlp`` (flatten) for all.
+Labels: 0 = not humorous, 1 = humorous.
+
+Splits, by ``use_valid_as``:
+
+* ``"drop"`` (default) -- train = train, test = test; valid is not used.
+* ``"train"`` -- train = train + valid, test = test.
+* ``"test"`` -- train = train, test = valid; the test split is not used (keep
+  it untouched while tuning).
+
+``max_samples`` keeps that many evenly spaced samples of each resulting split
+(None: all). The file is read with :mod:`pickle`: only read data you trust.
+"""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .base import MultimodalData, Splits
+from .files import layout_error, require_file, require_root, subsample
+
+NAME = "ur-funny"
+
+OPTIONS = {"root": None, "use_valid_as": "drop", "max_samples": None}
+
+LAYOUT = ("<root>/humor.pkl, a pickled dict with train/valid/test, each a dict with "
+          "vision (N,50,371), audio (N,50,81), text (N,50,300), labels (N,1) in {0,1} "
+          "(MultiBench layout)")
+
+MODALITIES = ("text", "audio", "vision")
+CLASS_NAMES = ["not humorous", "humorous"]
+VALID_USES = ("drop", "train", "test")
+
+
+def _read_pickle(path: Path) -> dict:
+    path = require_file(path, NAME, LAYOUT)
+    try:
+        with open(path, "rb") as f:
+            try:
+                data = pickle.load(f)
+            except UnicodeDecodeError:  # written by Python 2
+                f.seek(0)
+                data = pickle.load(f, encoding="latin1")
+    except Exception as exc:  # noqa: BLE001
+        raise layout_error(NAME, f"cannot unpickle {path} ({type(exc).__name__}: {exc})",
+                           LAYOUT) from exc
+    if not isinstance(data, dict):
+        raise layout_error(NAME, f"{path} holds a {type(data).__name__}, not a dict", LAYOUT)
+    return data
+
+
+def _clean_split(path: Path, data: dict, split: str) -> tuple[dict[str, np.ndarray], np.ndarray, int]:
+    """``(inputs, labels, n_dropped)`` of one split, cleaned."""
+    part = data.get(split)
+    if not isinstance(part, dict):
+        raise layout_error(NAME, f"{path} has no dict under key {split!r}", LAYOUT)
+    arrays = {}
+    for key in MODALITIES + ("labels",):
+        if key not in part:
+            raise layout_error(NAME, f"{path} [{split!r}] has no key {key!r}", LAYOUT)
+        try:
+            arrays[key] = np.asarray(part[key], dtype=np.float64 if key == "labels" else np.float32)
+        except (TypeError, ValueError) as exc:
+            raise layout_error(NAME, f"{path} [{split!r}][{key!r}] is not numeric ({exc})",
+                               LAYOUT) from exc
+    n = len(arrays["labels"])
+    for key in MODALITIES:
+        x = arrays[key]
+        if x.ndim != 3:
+            raise layout_error(NAME, f"{path} [{split!r}][{key!r}] has shape {x.shape}, "
+                                     "not (N, steps, features)", LAYOUT)
+        if len(x) != n:
+            raise layout_error(NAME, f"{path} [{split!r}]: {key!r} has {len(x)} samples but "
+                                     f"'labels' has {n}", LAYOUT)
+    labels = arrays.pop("labels")
+    if labels.size != n or (n and labels.ndim > 1 and labels.shape[0] != n):
+        raise layout_error(NAME, f"{path} [{split!r}]['labels'] has shape {labels.shape}, "
+                                 "not (N, 1)", LAYOUT)
+    labels = labels.reshape(-1)
+    if not np.all(np.isin(labels, (0.0, 1.0))):
+        raise layout_error(NAME, f"{path} [{split!r}]['labels'] holds values other than 0 and 1",
+                           LAYOUT)
+    inputs = {k: np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0) for k, x in arrays.items()}
+    keep = np.any(inputs["text"].reshape(n, -1) != 0, axis=1)
+    inputs = {k: x[keep] for k, x in inputs.items()}
+    return inputs, labels[keep].astype(np.int64), int(n - keep.sum())
+
+
+def _to_data(path, inputs, labels, max_samples, what) -> MultimodalData:
+    if len(labels) == 0:
+        raise layout_error(NAME, f"{path}: no {what} samples left after dropping all-zero text",
+                           LAYOUT)
+    index = subsample(len(labels), max_samples)
+    return MultimodalData({m: torch.from_numpy(np.ascontiguousarray(inputs[m][index]))
+                           for m in MODALITIES},
+                          torch.from_numpy(labels[index]), num_classes=2)
+
+
+def load(cache_dir, root, use_valid_as="drop", max_samples=None) -> Splits:
+    """UR-Funny from MultiBench's ``humor.pkl`` (``cache_dir`` is unused)."""
+    if use_valid_as not in VALID_USES:
+        raise ValueError(f"{NAME}: option use_valid_as must be one of {', '.join(VALID_USES)}, "
+                         f"got {use_valid_as!r}")
+    root = require_root(root, NAME, LAYOUT)
+    path = root if root.is_file() else root / "humor.pkl"
+    data = _read_pickle(path)
+    splits = {"train", "test"} | ({"valid"} if use_valid_as != "drop" else set())
+    cleaned = {s: _clean_split(path, data, s) for s in sorted(splits)}
+
+    shapes = {m: cleaned["train"][0][m].shape[1:] for m in MODALITIES}
+    for split, (inputs, _, _) in cleaned.items():
+        for m in MODALITIES:
+            if inputs[m].shape[1:] != shapes[m]:
+                raise layout_error(NAME, f"{path} [{split!r}][{m!r}] has per-sample shape "
+                                         f"{inputs[m].shape[1:]} but train has {shapes[m]}", LAYOUT)
+
+    train_inputs, train_labels, _ = cleaned["train"]
+    test_inputs, test_labels, _ = cleaned["test"]
+    if use_valid_as == "train":
+        valid_inputs, valid_labels, _ = cleaned["valid"]
+        train_inputs = {m: np.concatenate([train_inputs[m], valid_inputs[m]]) for m in MODALITIES}
+        train_labels = np.concatenate([train_labels, valid_labels])
+    elif use_valid_as == "test":
+        test_inputs, test_labels, _ = cleaned["valid"]
+    train = _to_data(path, train_inputs, train_labels, max_samples, "train")
+    test = _to_data(path, test_inputs, test_labels, max_samples, "test")
+    info = {
+        "name": NAME,
+        "description": ("UR-Funny (MultiBench): TED-talk punchline humour detection from "
+                        "GloVe text, COVAREP audio and OpenFace video features, 50 steps"),
+        "encoders": {m: "mlp" for m in MODALITIES},
+        "shapes": {m: tuple(x.shape[1:]) for m, x in train.inputs.items()},
+        "options": {"root": str(root), "use_valid_as": use_valid_as, "max_samples": max_samples},
+        "class_names": list(CLASS_NAMES),
+        "dropped": {s: c[2] for s, c in cleaned.items()},
+    }
+    return Splits(train, test, info)

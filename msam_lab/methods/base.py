@@ -1,0 +1,87 @@
+"""What every training method shares: the base optimizer and the per-step observation.
+
+A method owns the optimizer and does a whole update in ``step(inputs, labels)``,
+returning a flat record for the step table. Every method records the same
+Shapley observation of the batch (accuracy of each modality coalition at the
+pre-step weights), so dominance can be compared across methods; M-SAM uses it
+to decide, the others only log it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .. import coalitions, shapley
+from ..config import Config
+from ..datasets import Batch
+from ..models import MultimodalModel
+
+
+@dataclass
+class Observation:
+    phi: np.ndarray        # Shapley values (M,)
+    share: np.ndarray      # shares (M,), sum to one
+    dominant: int          # index of the dominant modality
+
+
+class Method:
+    name = "base"
+
+    def __init__(self, model: MultimodalModel, config: Config):
+        self.model = model
+        self.config = config
+        self._previous_dominant: int | None = None
+        self.optimizer = self.make_base_optimizer(model.parameters())
+
+    def make_base_optimizer(self, params) -> torch.optim.Optimizer:
+        c = self.config
+        return torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
+
+    @classmethod
+    def validate_config(cls, config: Config) -> None:
+        """Method-specific config checks; raise ``ConfigError`` with the fix in the message."""
+
+    # -- hooks the trainer calls -------------------------------------------------
+    def start_epoch(self, epoch: int) -> None:
+        """Called before each epoch (0-based); methods with schedules override it."""
+        self.epoch = epoch
+
+    def step(self, inputs: Batch, labels: torch.Tensor) -> dict:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "previous_dominant": self._previous_dominant}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self._previous_dominant = state.get("previous_dominant")
+
+    # -- shared pieces -------------------------------------------------------------
+    def loss(self, logits, labels):
+        return F.cross_entropy(logits, labels)
+
+    def observe(self, inputs: Batch, labels: torch.Tensor, features=None) -> Observation:
+        """Shapley values, shares and dominant modality of this batch at the current weights."""
+        c = self.config
+        model = self.model
+
+        def stats(masks):
+            return coalitions.batch_coalition_stats(model, inputs, labels, features, masks)
+
+        phi = coalitions.modality_shapley(stats, len(model.modalities), c.shapley_value,
+                                          c.shapley_exact_max, c.shapley_permutations, c.seed)
+        share = shapley.shares(phi, c.share_rule)
+        d = shapley.dominant(share, c.tie_rule, self._previous_dominant)
+        self._previous_dominant = d
+        return Observation(phi, share, d)
+
+    def record(self, loss: torch.Tensor, obs: Observation, **extra) -> dict:
+        row = {"loss": float(loss.detach()), "dominant": self.model.modalities[obs.dominant]}
+        for m, name in enumerate(self.model.modalities):
+            row[f"shapley_{name}"] = float(obs.phi[m])
+            row[f"share_{name}"] = float(obs.share[m])
+        row.update(extra)
+        return row

@@ -1,0 +1,76 @@
+"""M-SAM: sharpness-aware minimisation of the dominant modality's share of the loss.
+
+Per batch (DESIGN §2): Shapley values of coalition accuracy give shares v and
+the dominant modality d; the loss splits into L_d (d's share) and L_s (the
+rest); ε = ρ·∇L_d/‖∇L_d‖; the update gradient is ∇L_d(θ+ε) + ∇L_s(θ).
+
+Variants (``msam_variant``):
+- ``default``: L_d = v_d·ℓ, L_s = (1−v_d)·ℓ with ℓ the fused loss, so the update
+  mixes the SAM and the plain gradient, g = v_d·∇ℓ(θ+ε) + (1−v_d)·∇ℓ(θ);
+- ``unimodal``: L_m = v_m·CE(out_m) with out_m modality m's Shapley-decomposed
+  logits, so ε really follows the dominant modality's own loss;
+- ``params``: as default, but ε moves only the dominant encoder's parameters.
+"""
+from __future__ import annotations
+
+import torch
+
+from .. import coalitions, shapley
+from .sam import SAMMethod
+
+
+class MSAM(SAMMethod):
+    name = "msam"
+
+    def _unimodal_losses(self, features, zeros, labels, share, d):
+        """(L_d, L_s) from each modality's decomposed logits (graph kept for both)."""
+        n_mod = len(self.model.modalities)
+        all_logits = coalitions.coalition_logits(self.model, features, zeros, shapley.all_masks(n_mod))
+        per_modality = coalitions.decomposed_logits(all_logits)
+        losses = [self.loss(per_modality[m], labels) for m in range(n_mod)]
+        l_s = sum(float(share[m]) * losses[m] for m in range(n_mod) if m != d)
+        return float(share[d]) * losses[d], l_s
+
+    def step(self, inputs, labels):
+        c, model = self.config, self.model
+        model.train()
+        features = model.encode(inputs)
+        obs = self.observe(inputs, labels, features)
+        d, v_d = obs.dominant, float(obs.share[obs.dominant])
+        params = [p for g in self.sam.param_groups for p in g["params"]]
+        self.sam.zero_grad(set_to_none=True)
+
+        if c.msam_variant == "unimodal":
+            l_d, l_s = self._unimodal_losses(features, model.zero_features(), labels, obs.share, d)
+            with torch.no_grad():
+                loss = self.loss(model.fuse(features), labels)
+            grads_s = (torch.autograd.grad(l_s, params, retain_graph=True, allow_unused=True)
+                       if torch.is_tensor(l_s) else [None] * len(params))
+            l_d.backward()
+
+            def perturbed_loss():
+                feats = model.encode(inputs)
+                return self._unimodal_losses(feats, model.zero_features(), labels, obs.share, d)[0]
+        else:
+            loss = self.loss(model.fuse(features), labels)
+            loss.backward()
+            # ∇L_d(θ) = v_d·∇ℓ: the scale cancels in ε, so p.grad = ∇ℓ already points the right way.
+            grads_s = [None if p.grad is None else (1.0 - v_d) * p.grad for p in params]
+
+            def perturbed_loss():
+                return v_d * self.loss(model(inputs), labels)
+
+        only = model.encoder_parameters(model.modalities[d]) if c.msam_variant == "params" else None
+        self.sam.first_step(zero_grad=True, only=only)
+        self.perturbed_backward(perturbed_loss)
+        self.sam.restore()
+        with torch.no_grad():
+            for p, g_s in zip(params, grads_s):
+                if g_s is None:
+                    continue
+                if p.grad is None:
+                    p.grad = g_s.clone()
+                else:
+                    p.grad.add_(g_s)
+        self.optimizer.step()
+        return self.record(loss, obs, rho_share=v_d)

@@ -1,0 +1,37 @@
+"""SAM (Foret et al. 2021): descend with the gradient taken at θ + ρ·g/‖g‖."""
+from __future__ import annotations
+
+import torch
+
+from ..models import running_stats_kept
+from ..sam import SAM
+from .base import Method
+
+
+class SAMMethod(Method):
+    name = "sam"
+
+    def make_base_optimizer(self, params):
+        c = self.config
+        self.sam = SAM(params, torch.optim.SGD, rho=c.rho, adaptive=c.adaptive,
+                       lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
+        return self.sam.base_optimizer
+
+    def perturbed_backward(self, loss_fn) -> torch.Tensor:
+        """Backward of ``loss_fn()`` at the perturbed weights, BN statistics per ``bn_policy``."""
+        with running_stats_kept(self.model, self.config.bn_policy == "restore"):
+            loss = loss_fn()
+            loss.backward()
+        return loss
+
+    def step(self, inputs, labels):
+        self.model.train()
+        features = self.model.encode(inputs)
+        obs = self.observe(inputs, labels, features)
+        loss = self.loss(self.model.fuse(features), labels)
+        self.sam.zero_grad(set_to_none=True)
+        loss.backward()
+        self.sam.first_step(zero_grad=True)
+        self.perturbed_backward(lambda: self.loss(self.model(inputs), labels))
+        self.sam.second_step(zero_grad=False)
+        return self.record(loss, obs)

@@ -1,0 +1,100 @@
+"""Evaluation metrics: fused and per-modality accuracy, Shapley shares, τ, dominance switches.
+
+Per-modality accuracy has two definitions, kept apart by name:
+- ``acc_<m>``: accuracy of modality m's Shapley-decomposed logits (AGM's definition);
+- ``acc_only_<m>``: accuracy with every other modality zeroed at the input.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from . import coalitions, shapley
+from .datasets import MultimodalData
+from .models import MultimodalModel
+
+
+@torch.no_grad()
+def dataset_coalition_stats(model: MultimodalModel, data: MultimodalData, masks,
+                            batch_size: int = 512) -> coalitions.CoalitionStats:
+    """Coalition accuracy and mean loss over a whole data set (eval mode)."""
+    masks = list(masks)
+    correct = np.zeros(len(masks))
+    loss = np.zeros(len(masks))
+    for inputs, labels in data.batches(batch_size):
+        s = coalitions.batch_coalition_stats(model, inputs, labels, None, masks)
+        correct += s.accuracy * len(labels)
+        loss += s.loss * len(labels)
+    return coalitions.CoalitionStats(correct / len(data), loss / len(data))
+
+
+@torch.no_grad()
+def evaluate(model: MultimodalModel, data: MultimodalData, batch_size: int = 512,
+             share_rule: str = "clip", shapley_value: str = "accuracy",
+             exact_max: int = shapley.EXACT_MAX, n_permutations: int = 64, seed: int = 0) -> dict:
+    """Loss, accuracy, per-modality accuracies and Shapley shares of ``model`` on ``data``.
+
+    One eval-mode pass: features once per batch, every coalition through the fusion.
+    """
+    names = model.modalities
+    n_mod = len(names)
+    was_training = model.training
+    model.eval()
+    try:
+        exact = n_mod <= exact_max
+        masks = shapley.all_masks(n_mod) if exact else \
+            [shapley.mask_of(range(n_mod))] + [1 << m for m in range(n_mod)]
+        correct = np.zeros(len(masks))
+        loss = np.zeros(len(masks))
+        decomposed_correct = np.zeros(n_mod)
+        for inputs, labels in data.batches(batch_size):
+            feats, zeros = model.encode(inputs), model.zero_features()
+            logits = coalitions.coalition_logits(model, feats, zeros, masks)
+            k, n, c = logits.shape
+            correct += (logits.argmax(-1) == labels).sum(1).cpu().numpy()
+            loss += F.cross_entropy(logits.reshape(k * n, c), labels.repeat(k),
+                                    reduction="none").view(k, n).sum(1).cpu().numpy()
+            if exact:
+                per_mod = coalitions.decomposed_logits(logits)
+                decomposed_correct += (per_mod.argmax(-1) == labels).sum(1).cpu().numpy()
+        total = len(data)
+        acc, mean_loss = correct / total, loss / total
+        full = shapley.mask_of(range(n_mod))
+        index = {int(m): i for i, m in enumerate(masks)}
+        if exact:
+            values = acc if shapley_value == "accuracy" else -mean_loss
+            phi = shapley.exact_shapley(values)
+        else:
+            def stats_fn(ms):
+                return dataset_coalition_stats(model, data, ms, batch_size)
+            phi = coalitions.modality_shapley(stats_fn, n_mod, shapley_value, exact_max,
+                                              n_permutations, seed)
+    finally:
+        model.train(was_training)
+    share = shapley.shares(phi, share_rule)
+    out = {"loss": float(mean_loss[index[full]]), "acc": float(acc[index[full]])}
+    for m, name in enumerate(names):
+        out[f"acc_{name}"] = float(decomposed_correct[m] / total) if exact else float("nan")
+        out[f"acc_only_{name}"] = float(acc[index[1 << m]])
+        out[f"shapley_{name}"] = float(phi[m])
+        out[f"share_{name}"] = float(share[m])
+    out["dominant"] = names[shapley.dominant(share)]
+    return out
+
+
+def tau(train: float, test: float) -> float:
+    """Normalised overfitting gap, accuracy form: (Acc_train − Acc_test) / Acc_train."""
+    return (train - test) / train if train > 0 else float("nan")
+
+
+def tau_loss(train_loss: float, test_loss: float) -> float:
+    """Loss form of τ: (L_test − L_train) / L_train."""
+    return (test_loss - train_loss) / train_loss if train_loss > 0 else float("nan")
+
+
+def dominance_switches(dominant: pd.Series) -> int:
+    """How many times the dominant modality changes between consecutive rows."""
+    values = list(dominant)
+    return int(sum(a != b for a, b in zip(values, values[1:])))

@@ -1,0 +1,76 @@
+"""Sharpness-aware minimisation as an optimizer wrapper.
+
+The shape of ``davda54/sam``: ``first_step`` climbs to θ+ε using the current
+gradients, ``second_step`` restores θ exactly and lets the base optimizer step
+with the gradients computed at θ+ε. ``restore`` is exposed on its own so that
+M-SAM can mix gradients between the two.
+"""
+from __future__ import annotations
+
+import torch
+
+
+class SAM(torch.optim.Optimizer):
+    def __init__(self, params, base_optimizer=torch.optim.SGD, rho: float = 0.05,
+                 adaptive: bool = False, **kwargs):
+        if rho < 0:
+            raise ValueError(f"rho must be >= 0, got {rho}")
+        defaults = dict(rho=rho, adaptive=adaptive, **kwargs)
+        super().__init__(params, defaults)
+        # The base optimizer shares our param groups, so lr/momentum live in one place.
+        self.base_optimizer = base_optimizer(self.param_groups, **kwargs)
+        self.param_groups = self.base_optimizer.param_groups
+        self.defaults.update(self.base_optimizer.defaults)
+
+    def _scaled(self, p, group):
+        return torch.abs(p) * p.grad if group["adaptive"] else p.grad
+
+    @torch.no_grad()
+    def grad_norm(self, only=None) -> torch.Tensor:
+        """Global L2 norm of the (adaptively scaled) gradients of all, or ``only``, parameters."""
+        norms = [self._scaled(p, g).norm(p=2)
+                 for g in self.param_groups for p in g["params"]
+                 if p.grad is not None and (only is None or p in only)]
+        if not norms:
+            return torch.zeros(())
+        return torch.norm(torch.stack(norms), p=2)
+
+    @torch.no_grad()
+    def first_step(self, zero_grad: bool = False, only=None):
+        """θ <- θ + ε, ε = ρ·g/‖g‖ (ASAM: ρ·θ²·g/‖|θ|·g‖). ``only``: perturb just these params."""
+        only = None if only is None else set(only)
+        norm = self.grad_norm(only)
+        for group in self.param_groups:
+            scale = group["rho"] / (norm + 1e-12)
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                self.state[p]["old_p"] = p.data.clone()
+                if only is not None and p not in only:
+                    continue
+                e_w = (torch.pow(p, 2) if group["adaptive"] else 1.0) * p.grad * scale.to(p)
+                p.add_(e_w)
+        if zero_grad:
+            self.zero_grad()
+
+    @torch.no_grad()
+    def restore(self):
+        """θ+ε -> θ, copied back bit for bit."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                if "old_p" in self.state[p]:
+                    p.data.copy_(self.state[p].pop("old_p"))
+
+    @torch.no_grad()
+    def second_step(self, zero_grad: bool = False):
+        self.restore()
+        self.base_optimizer.step()
+        if zero_grad:
+            self.zero_grad()
+
+    def step(self, closure=None):
+        raise RuntimeError("SAM needs two passes: call first_step() and second_step()")
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        self.base_optimizer.param_groups = self.param_groups
