@@ -12,6 +12,7 @@ from pathlib import Path
 from .compare import compare_runs, format_table
 from .config import Config, ConfigError
 from .runs import is_run
+from .sweep import add_parser as add_sweep_parser
 
 DEMO_METHODS = ("joint", "sam", "msam")
 DEMO_OVERRIDES = ("epochs=15",)
@@ -100,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     _train_args(p)
     p.add_argument("--out", default="runs/demo", help="folder for the three runs (default runs/demo)")
     p.set_defaults(func=cmd_demo)
+
+    add_sweep_parser(sub)
     return parser
 
 

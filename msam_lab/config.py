@@ -56,6 +56,33 @@ class Config:
     # records
     checkpoint_every: int = 5                       # epochs between checkpoints (0: first and last only)
     eval_batch_size: int = 512
+    # baselines ---------------------------------------------------------------
+    # Each method checks its own fields (``validate_config`` in msam_lab/methods/<name>.py);
+    # docs/methods.md gives every default's source. Epoch windows are 0-based and inclusive.
+    modality: str = ""                              # unimodal: the one modality trained
+    ogm_alpha: float = 0.1                          # OGM-GE α (README default; 0.8 suggested for CREMA-D)
+    ogm_start_epoch: int = 0                        # OGM-GE modulation window (code: 0..50)
+    ogm_end_epoch: int = 50
+    ogm_noise: bool = True                          # GE: add N(0, std(grad)) to the modulated grads
+    agm_alpha: float = 1.0                          # AGM α (code default)
+    agm_start_epoch: int = 0                        # AGM modulation window (code: 0..20)
+    agm_end_epoch: int = 20
+    agm_momentum: float = 0.0                       # 0: running score = mean of past batches (code); >0: EMA
+    agm_clip: float = 7.0                           # cap on η_m − r_m inside exp (3-modality code: 7)
+    cggm_rho: float = 1.3                           # CGGM ρ: encoder m's grads scaled by ρ·B_m
+    cggm_lambda: float = 0.2                        # CGGM λ of the direction term L_gm
+    cggm_cls_lr: float | None = None                # aux classifiers' lr; None: lr/2 (code's cls_lr/lr)
+    cggm_clip: float = 0.8                          # grad-norm clip after modulation (code: 0.8; 0 = off)
+    cggm_eps: float = 1e-8                          # added to Σ diff in B_m
+    recon_stage_epochs: int = 4                     # ReconBoost: epochs the active learner trains
+    recon_correct_epochs: int = 4                   # then epochs of joint ensemble correction
+    recon_stage_steps: int = 0                      # > 0: count both phases in steps instead of epochs
+    recon_correct_steps: int = 0
+    recon_weight1: float = 5.0                      # boosting loss weights (code: 5 and 1)
+    recon_weight2: float = 1.0
+    recon_boost_rate: float = 1.0                   # initial learnable ensemble scale β
+    recon_lr: float | None = None                   # lr of both phases; None: lr (code: 0.01)
+    recon_order: list = field(default_factory=list)  # stage order of modalities; []: dataset order
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -1,0 +1,203 @@
+"""CGGM (Guo et al., NeurIPS 2024): classifier-guided gradient modulation.
+
+Per batch, following the authors' code (zrguo/CGGM, ``src/msatrain.py`` and
+``src/foodtrain.py``):
+
+1. the fused cross-entropy, plus λ·L_gm of the PREVIOUS step (below), backward;
+2. an auxiliary classifier per modality on the DETACHED unimodal features, trained with
+   the sum of their cross-entropies by their own optimizer (here SGD with the base
+   momentum and weight decay, lr ``cggm_cls_lr``; the code uses cls_lr = lr/2, so the
+   default None means lr/2);
+3. acc_m = batch accuracy of aux classifier m (its prediction before its own update);
+   diff_m = acc_m(t) − acc_m(t−1) (acc(0) = 0);
+       B_m = (Σ_k diff_k + ε − diff_m) / (Σ_k diff_k + ε),   ε = ``cggm_eps`` = 1e-8;
+   a modality whose classifier improved the most gets the smallest B;
+4. every parameter gradient of encoder m is multiplied by ρ·B_m (ρ = ``cggm_rho``);
+5. the direction term for the next step,
+       L_gm = (Σ_m |B_m| − Σ_m B_m·cos(w_aux_m, w_fus_m)) / M,
+   where, as in the code, w_aux_m is aux classifier m's OUTPUT-LAYER WEIGHT and w_fus_m
+   the fusion's output-layer weight (the code names them ``cls_grad``/``fusion_grad``
+   but passes the weight tensors, not their gradients). Its gradient reaches only the
+   fusion weight, evaluated at this step's values (the code keeps clones), and is added
+   at the next step with weight λ (``cggm_lambda``);
+6. the aux optimizer steps; the model's gradients are clipped to norm ``cggm_clip``
+   (the code clips at 0.8 in every script), then the base optimizer steps.
+
+Our analogue of "the fusion's output layer" for modality m: late_sum → head m's weight;
+late_concat → modality m's column block of the head weight; early (and other fusions) →
+the last linear layer of the fusion, shared by all m. Aux classifier m is
+Linear(d_m, h) → ReLU → Linear(h, C) with h the input width of that fusion weight, so the
+two weights have the same shape (the code's aux classifiers are small transformers with
+the same output layer shape as the fusion's).
+
+M ≥ 3: the formulas are per modality already (the code runs three modalities).
+
+Known property of the published rule, kept: when the accuracy changes cancel
+(Σ diff ≈ 0 but diff ≠ 0) B_m becomes huge, even negative; only the norm clipping bounds
+the step then. Raise ``cggm_eps`` to soften it. The code also clips gradients for all of
+its baselines; we clip only here.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import ConfigError
+from ..models import ConcatFusion, SumFusion
+from .base import Method
+from .ogm_ge import check_min_modalities
+
+
+def cggm_coefficients(acc_prev, acc_now, eps: float = 1e-8) -> np.ndarray:
+    """B_m = (Σ diff + ε − diff_m) / (Σ diff + ε) with diff = acc_now − acc_prev."""
+    diff = np.asarray(acc_now, dtype=float) - np.asarray(acc_prev, dtype=float)
+    total = diff.sum() + eps
+    return (total - diff) / total
+
+
+def fusion_output_weights(model) -> list[tuple[nn.Parameter, slice]]:
+    """Per modality: (fusion output-layer weight, its column slice for that modality)."""
+    fusion = model.fusion
+    n_mod = len(model.modalities)
+    if isinstance(fusion, SumFusion):
+        return [(h.weight, slice(None)) for h in fusion.heads]
+    if isinstance(fusion, ConcatFusion):
+        out, start = [], 0
+        for d in _feature_dims(model):
+            out.append((fusion.head.weight, slice(start, start + d)))
+            start += d
+        return out
+    linears = [m for m in fusion.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ConfigError("cggm needs a fusion with a linear output layer")
+    return [(linears[-1].weight, slice(None))] * n_mod
+
+
+def _feature_dims(model) -> list[int]:
+    with torch.no_grad():
+        was = model.training
+        model.eval()
+        try:
+            return [z.shape[1] for z in model.zero_features()]
+        finally:
+            model.train(was)
+
+
+class AuxClassifier(nn.Module):
+    def __init__(self, in_dim: int, hidden: int, num_classes: int):
+        super().__init__()
+        self.hidden = nn.Linear(in_dim, hidden)
+        self.out_layer = nn.Linear(hidden, num_classes)
+
+    def forward(self, x):
+        return self.out_layer(F.relu(self.hidden(x)))
+
+
+class CGGM(Method):
+    name = "cggm"
+
+    def __init__(self, model, config):
+        super().__init__(model, config)
+        self.validate_modalities(config, model.modalities)
+        device = next(model.parameters()).device
+        self.targets = fusion_output_weights(model)
+        dims = _feature_dims(model)
+        self.aux = nn.ModuleList(
+            AuxClassifier(d, w[:, cols].shape[1], w.shape[0]) for d, (w, cols) in zip(dims, self.targets)
+        ).to(device)
+        c = config
+        cls_lr = c.lr / 2 if c.cggm_cls_lr is None else c.cggm_cls_lr
+        self.aux_optimizer = torch.optim.SGD(self.aux.parameters(), lr=cls_lr, momentum=c.momentum,
+                                             weight_decay=c.weight_decay)
+        self.acc_prev = np.zeros(len(model.modalities))
+        self.pending: dict | None = None      # B and weight snapshots for next step's L_gm
+
+    @classmethod
+    def validate_config(cls, config) -> None:
+        for name in ("cggm_rho", "cggm_lambda", "cggm_clip"):
+            if getattr(config, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(config, name)}")
+        if config.cggm_cls_lr is not None and config.cggm_cls_lr < 0:
+            raise ConfigError(f"cggm_cls_lr must be >= 0 or null (lr/2), got {config.cggm_cls_lr}")
+        if config.cggm_eps <= 0:
+            raise ConfigError(f"cggm_eps must be > 0, got {config.cggm_eps}")
+
+    @classmethod
+    def validate_modalities(cls, config, modalities) -> None:
+        check_min_modalities(cls.name, modalities)
+
+    # -- the direction term ------------------------------------------------------
+    def direction_loss(self, coef, aux_weights, fusion_weights) -> torch.Tensor:
+        """L_gm = (Σ|B| − Σ B_m·cos(w_aux_m, w_fus_m)) / M (differentiable in ``fusion_weights``)."""
+        n_mod = len(coef)
+        cos = [F.cosine_similarity(a.reshape(-1), w.reshape(-1), dim=0)
+               for a, w in zip(aux_weights, fusion_weights)]
+        return (float(np.abs(coef).sum()) - sum(float(b) * c for b, c in zip(coef, cos))) / n_mod
+
+    def add_direction_grad(self) -> float:
+        """Add λ·∂L_gm/∂w (at the snapshot values) to the fusion weights' grads; return L_gm."""
+        p = self.pending
+        if p is None:
+            return float("nan")
+        device = self.targets[0][0].device
+        leaves = [w.detach().to(device).clone().requires_grad_(True) for w in p["fusion"]]
+        l_gm = self.direction_loss(p["coef"], [a.to(device) for a in p["aux"]], leaves)
+        lam = self.config.cggm_lambda
+        if lam > 0:
+            grads = torch.autograd.grad(l_gm, leaves)
+            with torch.no_grad():
+                for (param, cols), g in zip(self.targets, grads):
+                    if param.grad is None:
+                        param.grad = torch.zeros_like(param)
+                    param.grad[:, cols] += lam * g
+        return float(l_gm.detach())
+
+    def step(self, inputs, labels):
+        model, c = self.model, self.config
+        model.train()
+        features = model.encode(inputs)
+        obs = self.observe(inputs, labels, features)
+        loss = self.loss(model.fuse(features), labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        l_gm_prev = self.add_direction_grad()
+
+        self.aux_optimizer.zero_grad(set_to_none=True)
+        aux_logits = [head(f.detach()) for head, f in zip(self.aux, features)]
+        sum(F.cross_entropy(z, labels) for z in aux_logits).backward()
+        acc_now = np.array([float((z.detach().argmax(1) == labels).float().mean()) for z in aux_logits])
+        coef = cggm_coefficients(self.acc_prev, acc_now, c.cggm_eps)
+        self.acc_prev = acc_now
+        self.pending = {"coef": coef.tolist(),
+                        "aux": [h.out_layer.weight.detach().clone() for h in self.aux],
+                        "fusion": [w[:, cols].detach().clone() for w, cols in self.targets]}
+
+        with torch.no_grad():
+            for m, name in enumerate(model.modalities):
+                for p in model.encoder_parameters(name):
+                    if p.grad is not None:
+                        p.grad.mul_(c.cggm_rho * float(coef[m]))
+        self.aux_optimizer.step()
+        if c.cggm_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), c.cggm_clip)
+        self.optimizer.step()
+
+        extra = {"l_gm": l_gm_prev}
+        for m, name in enumerate(model.modalities):
+            extra[f"coef_{name}"] = float(coef[m])
+            extra[f"aux_acc_{name}"] = float(acc_now[m])
+        return self.record(loss, obs, **extra)
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "aux": self.aux.state_dict(),
+                "aux_optimizer": self.aux_optimizer.state_dict(),
+                "acc_prev": self.acc_prev.tolist(), "pending": self.pending}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.aux.load_state_dict(state["aux"])
+        self.aux_optimizer.load_state_dict(state["aux_optimizer"])
+        self.acc_prev = np.asarray(state["acc_prev"], dtype=float)
+        self.pending = state["pending"]

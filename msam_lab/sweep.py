@@ -1,0 +1,283 @@
+"""Multi-seed sweeps: train a grid of runs (method × seed, × rho for SAM-type methods), skip the
+finished ones, and summarise each cell as mean ± std over seeds.
+
+    from msam_lab.sweep import run_sweep
+    table = run_sweep(["joint", "msam", "ogm_ge"], seeds=[0, 1, 2], rhos=[0.05, 0.1],
+                      dataset="synthetic", overrides=["epochs=5"], out="runs/sweep")
+
+Layout under ``out``: one run directory per cell, ``<method>/seed<S>`` or, for methods that
+use ρ (SAM and its subclasses) when ``rhos`` is given, ``<method>/rho<R>/seed<S>``;
+``sweep.csv`` holds one row per run and ``sweep_summary.csv`` the returned table.
+
+Every config is resolved and checked (including against the dataset's modalities, and
+against any finished run already at its path) before the first run starts, so a typo fails
+in a second, not after hours. A finished run (``runs.is_run``) whose stored config matches is
+reused, never retrained: an interrupted sweep resumes by calling it again.
+"""
+from __future__ import annotations
+
+import json
+import math
+import numbers
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import config as config_mod
+from .config import Config, ConfigError
+from .datasets import load_dataset
+from .methods import METHOD_NAMES, METHODS
+from .methods.sam import SAMMethod
+from .runs import check_output_dir, is_run, load_run
+from .trainer import train
+
+DEFAULT_METHODS = ("joint", "sam", "msam", "ogm_ge", "agm", "cggm", "reconboost")
+DEFAULT_SEEDS = (0, 1, 2)
+RUNS_FILE = "sweep.csv"
+SUMMARY_FILE = "sweep_summary.csv"
+
+
+def uses_rho(method: str) -> bool:
+    """True for methods whose update depends on ρ (SAM and everything built on it)."""
+    return issubclass(METHODS[method], SAMMethod)
+
+
+def run_dir(out, method: str, seed: int, rho: float | None = None) -> Path:
+    path = Path(out) / method
+    if rho is not None:
+        path = path / f"rho{rho:g}"
+    return path / f"seed{seed}"
+
+
+@dataclass
+class Cell:
+    method: str
+    seed: int
+    rho: float | None
+    config: Config
+    path: Path
+
+
+def _as_list(value):
+    """A list of the items of ``value``; strings and non-iterables are returned as they are (and rejected)."""
+    if isinstance(value, (str, bytes)):
+        return value
+    try:
+        return list(value)
+    except TypeError:
+        return value
+
+
+def _check_lists(methods, seeds, rhos):
+    if not isinstance(methods, list) or not methods or not all(isinstance(m, str) for m in methods):
+        raise ConfigError(f"methods must be a non-empty list of method names, got {methods!r}")
+    unknown = [m for m in methods if m not in METHOD_NAMES]
+    if unknown:
+        raise ConfigError(f"unknown method {unknown[0]!r} in the sweep; choose from: {', '.join(METHOD_NAMES)}")
+    if len(set(methods)) != len(methods):
+        raise ConfigError(f"methods lists a method twice: {', '.join(methods)}")
+    if (not isinstance(seeds, list) or not seeds
+            or not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) and s >= 0 for s in seeds)):
+        raise ConfigError(f"seeds must be a non-empty list of integers >= 0, e.g. [0, 1, 2]; got {seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"seeds lists a seed twice: {list(seeds)}")
+    if rhos is not None:
+        if (not isinstance(rhos, list) or not rhos or not all(
+                isinstance(r, numbers.Real) and not isinstance(r, bool) and math.isfinite(r) and r >= 0
+                for r in rhos)):
+            raise ConfigError(f"rhos must be None or a non-empty list of numbers >= 0, got {rhos!r}")
+        if len(set(rhos)) != len(rhos):
+            raise ConfigError(f"rhos lists a value twice: {list(rhos)}")
+
+
+def _normalised(d: dict) -> dict:
+    return json.loads(json.dumps(d, default=str))
+
+
+def _check_existing(cell: Cell) -> None:
+    """A finished run at the cell's path must hold the same config; anything else there is an error."""
+    if not is_run(cell.path):
+        check_output_dir(cell.path)
+        return
+    # fields added to Config after that run was made count as their defaults
+    stored = {**_normalised(Config().to_dict()), **json.loads((cell.path / "config.json").read_text())}
+    wanted = _normalised(cell.config.to_dict())
+    for key in sorted(set(stored) | set(wanted)):
+        if stored.get(key) != wanted.get(key):
+            raise ConfigError(f"{cell.path} holds a finished run with {key}={stored.get(key)!r}, but the sweep "
+                              f"asks for {key}={wanted.get(key)!r}; use another --out or delete that run")
+
+
+def _check_modalities(cells: list[Cell]) -> None:
+    """Let each method check the dataset's modalities (unimodal's ``modality``, ≥ 2 for balancers)."""
+    cache: dict[str, tuple] = {}
+    for cell in cells:
+        check = getattr(METHODS[cell.method], "validate_modalities", None)
+        if check is None:
+            continue
+        cfg = cell.config
+        key = json.dumps([cfg.dataset, cfg.data], sort_keys=True, default=str)
+        if key not in cache:
+            try:
+                cache[key] = load_dataset(cfg.dataset, **cfg.data).modalities
+            except (ValueError, FileNotFoundError) as err:
+                raise ConfigError(str(err)) from None
+        check(cfg, cache[key])
+
+
+def plan_sweep(methods, seeds, rhos=None, dataset=None, out="runs/sweep", overrides=(),
+               config=None) -> list[Cell]:
+    """Resolve and check every cell of the grid (raises ConfigError); trains nothing."""
+    methods, seeds = _as_list(methods), _as_list(seeds)
+    rhos = None if rhos is None else _as_list(rhos)
+    _check_lists(methods, seeds, rhos)
+    base = ([f"dataset={dataset}"] if dataset else []) + list(overrides)
+    cells = []
+    for method in methods:
+        for rho in ([float(r) for r in rhos] if rhos is not None and uses_rho(method) else [None]):
+            for seed in seeds:
+                axes = [f"method={method}", f"seed={int(seed)}"] + ([f"rho={rho!r}"] if rho is not None else [])
+                cfg = config_mod.resolve(config, base + axes)
+                cells.append(Cell(method, int(seed), rho, cfg, run_dir(out, method, int(seed), rho)))
+    _check_modalities(cells)
+    for cell in cells:
+        _check_existing(cell)
+    return cells
+
+
+def _row(cell: Cell) -> dict:
+    run = load_run(cell.path)
+    s = run.summary
+    row = {"method": cell.method, "rho": cell.config.rho if uses_rho(cell.method) else np.nan,
+           "seed": cell.seed, "acc": s["test_acc"]}
+    for m in run.modalities:
+        row[f"acc_{m}"] = s.get(f"test_acc_{m}", np.nan)
+    for m in run.modalities:
+        row[f"acc_only_{m}"] = s.get(f"test_acc_only_{m}", np.nan)
+    row.update({"tau": s["tau"], "switches": s["dominance_switches"], "wall_s": s["wall_time"],
+                "run": str(cell.path)})
+    return row
+
+
+def summarise(runs: pd.DataFrame) -> pd.DataFrame:
+    """Mean and sample std (ddof=1) over seeds per (method, rho) of acc, acc_<m>, acc_only_<m>, tau."""
+    metrics = [c for c in runs.columns if c == "acc" or c.startswith("acc_") or c == "tau"]
+    rows = []
+    for (method, rho), group in runs.groupby(["method", "rho"], dropna=False, sort=False):
+        row = {"method": method, "rho": rho, "n_seeds": len(group)}
+        for col in metrics:
+            values = group[col].astype(float)
+            row[f"{col}_mean"] = values.mean()
+            row[f"{col}_std"] = values.std(ddof=1) if len(values) > 1 else np.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def format_sweep(table: pd.DataFrame) -> str:
+    """The summary as text, each metric as ``mean ± std``."""
+    shown = table[["method", "rho", "n_seeds"]].copy()
+    shown["rho"] = [("" if pd.isna(r) else f"{r:g}") for r in shown["rho"]]
+    metrics = [c[:-5] for c in table.columns if c.endswith("_mean")]
+    for col in metrics:
+        shown[col] = [f"{m:.3f} ± {s:.3f}" if not pd.isna(s) else f"{m:.3f}"
+                      for m, s in zip(table[f"{col}_mean"], table[f"{col}_std"])]
+    return shown.to_string(index=False)
+
+
+def run_sweep(methods, seeds, rhos=None, dataset=None, out="runs/sweep", overrides=(), quiet=False,
+              config=None) -> pd.DataFrame:
+    """Train every (method, seed[, rho]) cell not finished yet; return mean ± std over seeds.
+
+    ``rhos`` applies to methods that use ρ (sam, msam) only; the others get one run per seed.
+    ``overrides`` are ``key=value`` strings for every run (e.g. ``"epochs=5"``), ``config`` an
+    optional base config (Config, dict or YAML path). Writes ``<out>/sweep.csv`` (one row per
+    run) and ``<out>/sweep_summary.csv`` (the returned table: method, rho, n_seeds and
+    ``<metric>_mean``/``<metric>_std`` for acc, acc_<m>, acc_only_<m>, tau).
+    """
+    cells = plan_sweep(methods, seeds, rhos, dataset, out, overrides, config)
+    for i, cell in enumerate(cells, 1):
+        label = f"[{i}/{len(cells)}] {cell.method} seed {cell.seed}" + \
+            (f" rho {cell.rho:g}" if cell.rho is not None else "")
+        if is_run(cell.path):
+            if not quiet:
+                print(f"{label}: finished run found at {cell.path}, reusing it")
+            continue
+        if not quiet:
+            print(f"{label}: training {cell.config.epochs} epochs on {cell.config.dataset} -> {cell.path}")
+        train(cell.config, out=cell.path, quiet=quiet)
+    runs = pd.DataFrame([_row(cell) for cell in cells])
+    table = summarise(runs)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs.to_csv(out / RUNS_FILE, index=False)
+    table.to_csv(out / SUMMARY_FILE, index=False)
+    return table
+
+
+# -- command line ------------------------------------------------------------------
+def _split(text: str, what: str, convert, example: str) -> list:
+    from .cli import UsageError
+
+    items = [t.strip() for t in text.split(",")]
+    if not text.strip() or any(not t for t in items):
+        raise UsageError(f"{what} expects a comma-separated list, e.g. {example}; got {text!r}")
+    try:
+        values = [convert(t) for t in items]
+    except ValueError:
+        raise UsageError(f"{what} expects a comma-separated list, e.g. {example}; got {text!r}") from None
+    if len(set(values)) != len(values):
+        raise UsageError(f"{what} lists a value twice: {text!r}")
+    return values
+
+
+def parse_seeds(text: str) -> list[int]:
+    from .cli import UsageError
+
+    seeds = _split(text, "--seeds", int, "0,1,2")
+    if any(s < 0 for s in seeds):
+        raise UsageError(f"--seeds must be integers >= 0, got {text!r}")
+    return seeds
+
+
+def parse_rhos(text: str) -> list[float]:
+    from .cli import UsageError
+
+    rhos = _split(text, "--rho", float, "0.05,0.1")
+    if any(not math.isfinite(r) or r < 0 for r in rhos):
+        raise UsageError(f"--rho values must be numbers >= 0, got {text!r}")
+    return rhos
+
+
+def cmd_sweep(args) -> int:
+    methods = _split(args.methods, "--methods", str, "joint,msam")
+    seeds = parse_seeds(args.seeds)
+    rhos = parse_rhos(args.rhos) if args.rhos is not None else None
+    overrides = ([f"epochs={args.epochs}"] if args.epochs is not None else []) + list(args.overrides)
+    table = run_sweep(methods, seeds, rhos, dataset=args.dataset, out=args.out, overrides=overrides,
+                      quiet=args.quiet, config=args.config)
+    print()
+    print(format_sweep(table))
+    print(f"\nper-run table: {Path(args.out) / RUNS_FILE}; summary: {Path(args.out) / SUMMARY_FILE}")
+    return 0
+
+
+def add_parser(subparsers) -> None:
+    """Add the ``sweep`` subcommand to ``msam-lab``'s subparsers."""
+    p = subparsers.add_parser("sweep", help="train methods x seeds (x rho), skip finished runs, "
+                                            "table of mean ± std over seeds")
+    p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                   help=f"comma-separated methods (default {','.join(DEFAULT_METHODS)})")
+    p.add_argument("--seeds", default=",".join(map(str, DEFAULT_SEEDS)),
+                   help="comma-separated training seeds (default 0,1,2)")
+    p.add_argument("--rho", dest="rhos", help="comma-separated radii for the methods that use rho "
+                                              "(sam, msam), e.g. 0.05,0.1; default: the config's rho")
+    p.add_argument("--dataset", help="dataset name (default: the config's)")
+    p.add_argument("--epochs", type=int, help="epochs per run")
+    p.add_argument("--config", help="YAML file of config fields applied to every run")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="any config field for every run, e.g. --set batch_size=32")
+    p.add_argument("--out", default="runs/sweep", help="folder of the sweep (default runs/sweep)")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=cmd_sweep)
