@@ -12,6 +12,7 @@ from pathlib import Path
 from .compare import compare_runs, format_table
 from .config import Config, ConfigError
 from .runs import is_run
+from .landscape.cli import add_parsers as add_landscape_parsers
 from .sweep import add_parser as add_sweep_parser
 
 DEMO_METHODS = ("joint", "sam", "msam")
@@ -103,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     add_sweep_parser(sub)
+    add_landscape_parsers(sub)
     return parser
 
 

@@ -125,6 +125,17 @@ class Run:
         model.load_state_dict(self.load_checkpoint(epoch)["model"])
         return model.to(device).eval()
 
+    @property
+    def landscapes(self) -> dict[str, Path]:
+        """Saved loss surfaces of this run: name -> folder (see msam_lab.landscape)."""
+        from .landscape import list_landscapes
+        return list_landscapes(self.path)
+
+    def load_landscape(self, name: str):
+        """The saved surface ``name`` (a msam_lab.landscape.Surface)."""
+        from .landscape import load_landscape
+        return load_landscape(self.path, name)
+
     def load_data(self, device="cpu"):
         """The run's dataset splits (regenerated or read from the cache)."""
         from .datasets import load_dataset

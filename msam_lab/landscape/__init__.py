@@ -1,0 +1,29 @@
+"""Loss landscapes (Li et al., NeurIPS 2018) and sharpness of multimodal models.
+
+    from msam_lab.landscape import random_directions, compute_surface, grid
+    d = random_directions(model, n=2, seed=0)                 # filter-normalised, seeded per name
+    s = compute_surface(model, data.test, d, [grid(21), grid(21)], path="out/surf")
+    s["loss"], s["loss_only_audio"], s["acc_without_image"]   # one pass per point gives them all
+
+Modules: ``state`` (leave-no-trace context manager), ``directions``,
+``surface`` (evaluation, ``Surface``, resume), ``parallel`` (workers),
+``sharpness``, ``runs`` (run-level API and files), ``cli``.
+See docs/landscapes.md.
+"""
+from .directions import (PCADirections, between, filter_normalize, orthogonalize, pca_directions, project,
+                         random_direction, random_directions, scope_parameters)
+from .parallel import WorkerPool
+from .runs import landscape_for_run, list_landscapes, load_landscape, sharpness_for_run
+from .sharpness import epsilon_sharpness, hutchinson_trace, sharpness, sharpness_table, top_eigenvalues
+from .state import preserved
+from .surface import (PointEvaluator, Surface, compute_surface, eval_subset, evaluate_points,
+                      generalization_gap, grid, metric_names)
+
+__all__ = [
+    "PCADirections", "between", "filter_normalize", "orthogonalize", "pca_directions", "project",
+    "random_direction", "random_directions", "scope_parameters",
+    "WorkerPool", "landscape_for_run", "list_landscapes", "load_landscape", "sharpness_for_run",
+    "epsilon_sharpness", "hutchinson_trace", "sharpness", "sharpness_table", "top_eigenvalues",
+    "preserved", "PointEvaluator", "Surface", "compute_surface", "eval_subset", "evaluate_points",
+    "generalization_gap", "grid", "metric_names",
+]

@@ -1,0 +1,280 @@
+"""Landscapes and sharpness of a saved run: validation, directions, files under ``<run>/``.
+
+Everything here checks its input first and raises ``ConfigError`` (one line
+naming the fix) before anything is written.
+
+Files::
+
+    <run>/landscapes/<name>/{meta.json, surface.npz, directions.npz}   one surface each
+    <run>/sharpness.csv                                                 one row per (epoch, scope, settings)
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..config import ConfigError
+from ..runs import Run, is_run, load_run
+from . import directions as dirs
+from .surface import Surface, compute_surface, eval_subset, grid as make_grid
+
+LANDSCAPES = "landscapes"
+SHARPNESS_CSV = "sharpness.csv"
+DIRECTION_KINDS = ("random", "pca", "between")
+SPLITS = ("train", "test")
+
+
+def open_run(path, what: str = "RUN") -> Run:
+    """``load_run`` with one-line ConfigErrors."""
+    path = Path(path)
+    if not is_run(path):
+        raise ConfigError(f"{what} {path} is not a finished run directory (no summary.json); "
+                          "pass a folder written by `msam-lab train`")
+    try:
+        return load_run(path)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{what} {path} cannot be read ({err}); pass an intact run directory") from None
+
+
+def _check_epoch(run: Run, epoch, flag: str = "--epoch") -> int:
+    ckpts = run.checkpoints
+    if not ckpts:
+        raise ConfigError(f"run {run.path} has no checkpoints; retrain it (checkpoints are written by default)")
+    if epoch is None:
+        return max(ckpts)
+    if epoch not in ckpts:
+        raise ConfigError(f"run {run.path} has no checkpoint for epoch {epoch}; pass {flag} one of "
+                          f"{', '.join(map(str, sorted(ckpts)))}")
+    return int(epoch)
+
+
+def _check_scope(model, scope: str) -> list[str]:
+    try:
+        return list(dirs.scope_parameters(model, scope))
+    except ValueError as err:
+        raise ConfigError(f"--scope: {err}") from None
+
+
+def _load_split(run: Run, split: str):
+    if split not in SPLITS:
+        raise ConfigError(f"--split must be train or test, got {split!r}")
+    try:
+        splits = run.load_data()
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"cannot load the data of run {run.path}: {err}") from None
+    return getattr(splits, split)
+
+
+def _check_name(name: str) -> str:
+    if not name or not re.fullmatch(r"[A-Za-z0-9_.+=-]+", name) or name.startswith("."):
+        raise ConfigError(f"--name {name!r} must be a plain folder name (letters, digits, _ . + = -)")
+    return name
+
+
+def list_landscapes(run_path) -> dict[str, Path]:
+    """Saved surfaces of a run: name -> folder (those with a meta.json), sorted by name."""
+    root = Path(run_path) / LANDSCAPES
+    if not root.is_dir():
+        return {}
+    return {p.name: p for p in sorted(root.iterdir()) if (p / "meta.json").is_file()}
+
+
+def load_landscape(run_path, name: str) -> Surface:
+    """The surface ``name`` of a run (see ``list_landscapes``)."""
+    found = list_landscapes(run_path)
+    if name not in found:
+        raise FileNotFoundError(f"run {run_path} has no landscape {name!r}; it has: "
+                                f"{', '.join(found) or '(none)'}")
+    return Surface.load(found[name])
+
+
+def landscape_for_run(run, *, dim: int = 2, grid: int = 21, span: float = 1.0, directions: str = "random",
+                      to=None, to_epoch: int | None = None, split: str = "test", epoch: int | None = None,
+                      seed: int = 0, n_samples: int = 512, subset_seed: int = 0, workers: int = 1,
+                      threads: int | None = None,
+                      name: str | None = None, scope: str = "model", include_1d: bool = False,
+                      orthogonal: bool = False, per_modality: bool = True, reuse=None,
+                      batch_size: int | None = 32, flush_every: int = 32, overwrite: bool = False,
+                      bf16: bool = False,
+                      progress: Callable[[int, int], None] | None = None) -> Surface:
+    """Compute (or resume) a surface of ``run`` and save it under ``<run>/landscapes/<name>/``.
+
+    ``directions``: ``random`` (filter-normalised Gaussian, seeded per parameter
+    name), ``pca`` (of the run's checkpoints; the grid then spans ``span`` times
+    the trajectory's extent along each component), ``between`` (θ of ``to`` at
+    ``to_epoch`` minus θ of ``run`` at ``epoch``; a second, random direction
+    for ``dim=2``). ``reuse``: a saved surface folder whose directions and grid
+    are used instead (to compare runs of the same architecture on the same
+    directions).
+    """
+    # ---- validate everything first: nothing is written before this block ends
+    if dim not in (1, 2):
+        raise ConfigError(f"--dim must be 1 or 2, got {dim}")
+    if int(grid) != grid or grid < 3 or grid % 2 == 0:
+        raise ConfigError(f"--grid must be an odd integer >= 3 so 0 is on the grid, got {grid}; e.g. --grid 21")
+    if not span > 0:
+        raise ConfigError(f"--span must be > 0, got {span}")
+    if workers < 1:
+        raise ConfigError(f"--workers must be >= 1, got {workers}")
+    if threads is not None and threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {threads}")
+    if n_samples is not None and n_samples < 1:
+        raise ConfigError(f"--n-samples must be >= 1, got {n_samples}")
+    if flush_every < 1:
+        raise ConfigError(f"flush_every must be >= 1, got {flush_every}")
+    if directions not in DIRECTION_KINDS:
+        raise ConfigError(f"--directions must be one of {', '.join(DIRECTION_KINDS)}, got {directions!r}")
+    if directions == "between" and to is None and reuse is None:
+        raise ConfigError("--directions between needs --to RUN2 (the run to interpolate towards)")
+    run = open_run(run)
+    epoch = _check_epoch(run, epoch)
+    model = run.load_model(epoch)
+    scope_names = _check_scope(model, scope)
+    other = None
+    if directions == "between" and reuse is None:
+        other = open_run(to, "--to")
+        if other.model_spec != run.model_spec:
+            diff = sorted(k for k in set(run.model_spec) | set(other.model_spec)
+                          if run.model_spec.get(k) != other.model_spec.get(k))
+            raise ConfigError(f"--to {other.path} has a different architecture ({', '.join(diff)} differ); "
+                              "--directions between needs two runs of the same model")
+        to_epoch = _check_epoch(other, to_epoch, "--to-epoch")
+    reused = None
+    if reuse is not None:
+        try:
+            reused = Surface.load(reuse)
+        except FileNotFoundError as err:
+            raise ConfigError(f"--reuse: {err}") from None
+        try:
+            for d in reused.directions:
+                dirs.check_compatible(d, model)
+        except ValueError as err:
+            raise ConfigError(f"--reuse {reuse}: {err}; reuse directions only between runs of one architecture") \
+                from None
+    if directions == "pca" and reused is None:
+        n_ckpt = sum(e <= epoch for e in run.checkpoints)
+        if n_ckpt < dim + 1:
+            raise ConfigError(f"--directions pca with --dim {dim} needs at least {dim + 1} checkpoints up to epoch "
+                              f"{epoch}, run {run.path} has {n_ckpt}; train with --set checkpoint_every=1")
+    data = _load_split(run, split)
+
+    # ---- directions and grid
+    meta = {"run": str(run.path.resolve()), "run_name": run.name, "epoch": epoch, "split": split,
+            "scope": scope, "include_1d": include_1d, "seed": seed, "method": run.config.method,
+            "dataset": run.config.dataset}
+    if reused is not None:
+        d_list, coords = reused.directions, reused.coords
+        kind = f"reuse:{reused.meta.get('directions', '?')}"
+        meta.update(directions=kind, reused_from=str(Path(reuse).resolve()),
+                    grid=reused.meta.get("grid"), span=reused.meta.get("span"))
+    elif directions == "random":
+        d_list = dirs.random_directions(model, dim, seed, scope, include_1d, orthogonal)
+        coords = [make_grid(grid, span) for _ in range(dim)]
+        meta.update(directions="random", normalization="filter", orthogonal=orthogonal, grid=grid, span=span)
+    elif directions == "between":
+        end = other.load_model(to_epoch)
+        d_list = [dirs.between(model, end, scope_names)]
+        if dim == 2:
+            second = dirs.random_direction(model, seed, 1, scope, include_1d)
+            d_list.append(dirs.orthogonalize(second, d_list[0]) if orthogonal else second)
+        coords = [make_grid(grid, span) for _ in range(dim)]
+        meta.update(directions="between", to=str(other.path.resolve()), to_epoch=to_epoch,
+                    orthogonal=orthogonal, grid=grid, span=span)
+    else:  # pca
+        states = {e: run.load_checkpoint(e)["model"] for e in run.checkpoints if e <= epoch}
+        try:
+            pca = dirs.pca_directions(states, scope_names, dim, final=epoch, include_1d=include_1d)
+        except ValueError as err:
+            raise ConfigError(f"--directions pca: {err}") from None
+        d_list = pca.directions
+        extent = [float(np.abs(pca.projection[:, k]).max()) or 1.0 for k in range(dim)]
+        coords = [make_grid(grid, span) * r for r in extent]
+        meta.update(directions="pca", grid=grid, span=span, extent=extent,
+                    explained_variance_ratio=pca.explained_variance_ratio.tolist(),
+                    trajectory_epochs=pca.epochs, trajectory=pca.projection.tolist())
+    if name is None:
+        name = f"{meta['directions'].replace(':', '-')}-{dim if reused is None else reused.dim}d-{split}-e{epoch}"
+        if directions == "random" or (directions == "between" and dim == 2):
+            name += f"-s{seed}"
+        if directions == "between" and reused is None:
+            name += f"-to-{other.name}-e{to_epoch}"
+        if scope != "model":
+            name += f"-{scope}"
+    name = _check_name(name)
+    meta["name"] = name
+    path = run.path / LANDSCAPES / name
+    return compute_surface(model, data, d_list, coords, per_modality=per_modality, n_samples=n_samples,
+                           subset_seed=subset_seed, batch_size=batch_size, path=path, flush_every=flush_every,
+                           workers=workers, threads=threads, meta=meta,
+                           autocast_dtype=torch.bfloat16 if bf16 else None, overwrite=overwrite, progress=progress)
+
+
+def _epochs_arg(run: Run, epochs) -> list[int]:
+    if epochs is None:
+        return [_check_epoch(run, None)]
+    if epochs == "all":
+        return sorted(run.checkpoints)
+    if isinstance(epochs, (int, np.integer)):
+        return [_check_epoch(run, int(epochs))]
+    return [_check_epoch(run, int(e)) for e in epochs]
+
+
+def sharpness_for_run(run, *, epochs=None, rho: float = 0.05, topk: int = 1, probes: int = 32,
+                      split: str = "test", n_samples: int = 512, subset_seed: int = 0, seed: int = 0,
+                      scopes: Sequence[str] | None = None, max_iter: int = 100, tol: float = 1e-3,
+                      write: bool = True, progress: Callable[[str], None] | None = None) -> pd.DataFrame:
+    """Sharpness of ``run`` at ``epochs`` (None: last; an int; a list; ``"all"``) for each scope.
+
+    Rows are appended to ``<run>/sharpness.csv`` (a row with the same epoch,
+    scope and settings is replaced).
+    """
+    from .sharpness import sharpness
+
+    if not rho >= 0:
+        raise ConfigError(f"--rho must be >= 0, got {rho}")
+    if topk < 0:
+        raise ConfigError(f"--topk must be >= 0, got {topk}")
+    if probes < 0:
+        raise ConfigError(f"--probes must be >= 0, got {probes}")
+    if n_samples is not None and n_samples < 1:
+        raise ConfigError(f"--n-samples must be >= 1, got {n_samples}")
+    run = open_run(run)
+    epoch_list = _epochs_arg(run, epochs)
+    model = run.build_model()
+    scopes = ["model", *model.modalities] if scopes is None else list(scopes)
+    for s in scopes:
+        _check_scope(model, s)
+    data, index = eval_subset(_load_split(run, split), n_samples, subset_seed)
+    rows = []
+    for e in epoch_list:
+        model = run.load_model(e)
+        for s in scopes:
+            if progress:
+                progress(f"epoch {e}, {s}")
+            row = sharpness(model, data, s, rho=rho, topk=topk, probes=probes, seed=seed,
+                            max_iter=max_iter, tol=tol)
+            rows.append({"epoch": e, "split": split, "n_samples": len(index), "subset_seed": subset_seed,
+                         "seed": seed, "topk": topk, "probes": probes, **row})
+    table = pd.DataFrame(rows)
+    if write:
+        out = run.path / SHARPNESS_CSV
+        keys = ["epoch", "scope", "split", "n_samples", "subset_seed", "seed", "topk", "probes", "rho"]
+        if out.is_file():
+            old = pd.read_csv(out)
+            if set(keys) <= set(old.columns):
+                new_keys = set(map(tuple, table[keys].astype(str).values))
+                keep = [tuple(r) not in new_keys for r in old[keys].astype(str).values]
+                table_out = pd.concat([old[keep], table], ignore_index=True)
+            else:
+                table_out = table
+        else:
+            table_out = table
+        tmp = out.with_name(out.name + ".tmp")
+        table_out.to_csv(tmp, index=False)
+        tmp.replace(out)
+    return table
