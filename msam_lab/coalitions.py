@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from . import shapley
 from .datasets import Batch
-from .models import MultimodalModel, is_mode_invariant
+from .models import MultimodalModel, eval_mode, is_mode_invariant
 
 
 def coalition_logits(model: MultimodalModel, features: list[torch.Tensor],
@@ -62,13 +62,9 @@ class CoalitionStats:
 
 @torch.no_grad()
 def eval_features(model: MultimodalModel, inputs: Batch):
-    """Eval-mode features and zero features; restores the model's mode afterwards."""
-    was_training = model.training
-    model.eval()
-    try:
+    """Eval-mode features and zero features; restores every module's mode afterwards."""
+    with eval_mode(model):
         return model.encode(inputs), model.zero_features()
-    finally:
-        model.train(was_training)
 
 
 @torch.no_grad()
@@ -86,12 +82,8 @@ def batch_coalition_stats(model: MultimodalModel, inputs: Batch, labels: torch.T
         feats, zeros = [f.detach() for f in features], model.zero_features()
     else:
         feats, zeros = eval_features(model, inputs)
-    was_training = model.training
-    model.eval()   # the fusion part too (an early-fusion trunk may hold BatchNorm)
-    try:
+    with eval_mode(model):   # the fusion part too (an early-fusion trunk may hold BatchNorm)
         logits = coalition_logits(model, feats, zeros, masks)
-    finally:
-        model.train(was_training)
     k, n, c = logits.shape
     correct = (logits.argmax(-1) == labels).float().mean(1)
     loss = F.cross_entropy(logits.reshape(k * n, c), labels.repeat(k), reduction="none").view(k, n).mean(1)

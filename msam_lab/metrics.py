@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from . import coalitions, shapley
 from .datasets import MultimodalData
-from .models import MultimodalModel
+from .models import MultimodalModel, eval_mode
 
 
 @torch.no_grad()
@@ -40,9 +40,7 @@ def evaluate(model: MultimodalModel, data: MultimodalData, batch_size: int = 512
     """
     names = model.modalities
     n_mod = len(names)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         exact = n_mod <= exact_max
         masks = shapley.all_masks(n_mod) if exact else \
             [shapley.mask_of(range(n_mod))] + [1 << m for m in range(n_mod)]
@@ -71,8 +69,6 @@ def evaluate(model: MultimodalModel, data: MultimodalData, batch_size: int = 512
                 return dataset_coalition_stats(model, data, ms, batch_size)
             phi = coalitions.modality_shapley(stats_fn, n_mod, shapley_value, exact_max,
                                               n_permutations, seed)
-    finally:
-        model.train(was_training)
     share = shapley.shares(phi, share_rule)
     out = {"loss": float(mean_loss[index[full]]), "acc": float(acc[index[full]])}
     for m, name in enumerate(names):

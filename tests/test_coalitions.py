@@ -83,3 +83,23 @@ def test_shapley_of_coalition_accuracy_is_efficient():
     stats = coalitions.batch_coalition_stats(model, inputs, labels)
     phi = coalitions.modality_shapley(lambda ms: coalitions.batch_coalition_stats(model, inputs, labels, None, ms), 3)
     assert phi.sum() == pytest.approx(stats.accuracy[7] - stats.accuracy[0])
+
+
+def test_evaluation_gives_each_module_its_own_mode_back():
+    model = make_model(2).train()
+    model.encoders["m1"].eval()                      # frozen on purpose
+    inputs, labels = make_batch(2)
+    coalitions.batch_coalition_stats(model, inputs, labels)
+    assert model.training and model.encoders["m0"].training
+    assert not model.encoders["m1"].training and not any(m.training for m in model.encoders["m1"].modules())
+
+
+def test_fast_path_in_double_precision():
+    model = make_model(2).double().eval()
+    inputs, _ = make_batch(2)
+    inputs = {m: x.double() for m, x in inputs.items()}
+    with torch.no_grad():
+        fast = coalitions.coalition_logits(model, model.encode(inputs), model.zero_features(), range(4))
+        naive = coalitions.coalition_logits_naive(model, inputs, range(4))
+    assert fast.dtype == torch.float64
+    torch.testing.assert_close(fast, naive)
