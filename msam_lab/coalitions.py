@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from . import shapley
 from .datasets import Batch
-from .models import MultimodalModel, eval_mode, is_mode_invariant
+from .models import MultimodalModel, SumFusion, eval_mode, is_mode_invariant
 
 
 def coalition_logits(model: MultimodalModel, features: list[torch.Tensor],
@@ -24,6 +24,15 @@ def coalition_logits(model: MultimodalModel, features: list[torch.Tensor],
     """Logits (K, B, C) of coalitions ``masks`` from precomputed features."""
     masks = [int(k) for k in masks]
     n = features[0].shape[0]
+    if isinstance(model.fusion, SumFusion):
+        # additive fusion: each head runs once on real and once on zero features,
+        # and a coalition is a sum of one or the other per modality
+        heads = model.fusion.heads
+        real = torch.stack([h(f) for h, f in zip(heads, features)])                    # (M, B, C)
+        zero = torch.stack([h(z) for h, z in zip(heads, zero_features)]).expand_as(real)
+        present = torch.tensor([[k >> m & 1 for m in range(len(features))] for k in masks],
+                               dtype=real.dtype, device=real.device)                  # (K, M)
+        return torch.einsum("km,mbc->kbc", present, real) + torch.einsum("km,mbc->kbc", 1 - present, zero)
     stacked = []
     for m, (f, z) in enumerate(zip(features, zero_features)):
         z = z.expand_as(f)
@@ -78,12 +87,15 @@ def batch_coalition_stats(model: MultimodalModel, inputs: Batch, labels: torch.T
     """
     n_mod = len(model.modalities)
     masks = shapley.all_masks(n_mod) if masks is None else masks
-    if features is not None and is_mode_invariant(model):
-        feats, zeros = [f.detach() for f in features], model.zero_features()
+    invariant = getattr(model, "mode_invariant", None)
+    invariant = is_mode_invariant(model) if invariant is None else invariant
+    if features is not None and invariant:
+        # train mode computes the same function: reuse the features, skip the mode switches
+        logits = coalition_logits(model, [f.detach() for f in features], model.zero_features(), masks)
     else:
         feats, zeros = eval_features(model, inputs)
-    with eval_mode(model):   # the fusion part too (an early-fusion trunk may hold BatchNorm)
-        logits = coalition_logits(model, feats, zeros, masks)
+        with eval_mode(model):   # the fusion part too (an early-fusion trunk may hold BatchNorm)
+            logits = coalition_logits(model, feats, zeros, masks)
     k, n, c = logits.shape
     correct = (logits.argmax(-1) == labels).float().mean(1)
     loss = F.cross_entropy(logits.reshape(k * n, c), labels.repeat(k), reduction="none").view(k, n).mean(1)

@@ -111,6 +111,8 @@ class MultimodalModel(nn.Module):
         self.encoders = nn.ModuleDict(encoders)
         self.fusion = fusion
         self.input_shapes = {m: tuple(s) for m, s in input_shapes.items()}
+        # fixed at construction; the per-step coalition passes ask for it every step
+        self.mode_invariant = is_mode_invariant(self)
 
     def encode(self, inputs: Batch) -> list[torch.Tensor]:
         return [self.encoders[m](inputs[m]) for m in self.modalities]
