@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench clean figures lab
 
 # torch is pinned and installed first: unpinned, pip would pull a multi-GB CUDA build.
 $(STAMP): pyproject.toml
@@ -26,3 +26,14 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
+
+# --- notebooks and figures (issue 5) ----------------------------------------
+# Regenerate every file in figures/ (trains or reuses the runs under runs/notebooks/;
+# plotly PNGs only where a Chromium is installed).
+figures: $(STAMP)
+	$(PY) -m msam_lab.figures --out figures
+
+# JupyterLab on the notebooks (http://127.0.0.1:8888, token printed in the log).
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab --ip=127.0.0.1 --no-browser --ServerApp.root_dir=notebooks \
+		$(if $(filter 0,$(shell id -u)),--allow-root,)

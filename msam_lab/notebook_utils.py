@@ -1,0 +1,185 @@
+"""What the notebooks share: quick mode, where runs and figures go, train-or-reuse.
+
+Quick mode (``MSAM_LAB_QUICK=1``) is read here and only here (``quick_mode()``):
+the notebooks and ``msam_lab.figures`` swap in tiny settings (the ``synthetic``
+dataset, 2–3 epochs, small landscape grids) so each runs headless in well under
+a minute on 2 CPU cores. The test suite runs every notebook that way.
+
+Folders, each overridable by an environment variable (the tests point them at
+temporary folders so nothing lands in the checkout):
+
+- ``runs_root()``:  ``MSAM_LAB_RUNS``, default ``<repo>/runs/notebooks`` (``.../quick`` in quick mode);
+- ``figures_dir()``: ``MSAM_LAB_FIGURES``, default ``<repo>/figures``.
+
+Importing this module also points the dataset cache at ``<repo>/data`` (``MSAM_LAB_DATA``,
+unless already set): the cache otherwise defaults to ``./data`` of the working directory, which
+for a notebook is ``notebooks/``.
+
+``ensure_run(name, config)`` trains a run into ``runs_root()/<name>-<hash>``
+(the hash of the resolved config) or, when that run is already finished,
+loads it: rerunning a notebook reuses its runs, changing a parameter trains a
+new one.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+QUICK_ENV = "MSAM_LAB_QUICK"
+RUNS_ENV = "MSAM_LAB_RUNS"
+FIGURES_ENV = "MSAM_LAB_FIGURES"
+
+# The quick-mode stand-in for av-digits: two Gaussian-cluster modalities (m0 strong, m1 weak).
+QUICK_DATA = {"dataset": "synthetic", "data": {"n_modalities": 2, "n_samples": 600}}
+
+
+def _point_data_cache_at_the_repo() -> None:
+    os.environ.setdefault("MSAM_LAB_DATA", str(project_root() / "data"))
+
+
+def quick_mode() -> bool:
+    """True when ``MSAM_LAB_QUICK`` is set to 1/true/yes/on (tiny settings for tests and CI)."""
+    return os.environ.get(QUICK_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def pick(full, quick):
+    """``quick`` in quick mode, else ``full`` (for a notebook's parameters cell)."""
+    return quick if quick_mode() else full
+
+
+def project_root() -> Path:
+    """The checkout holding ``msam_lab`` (the nearest folder up from here with a pyproject.toml), else cwd."""
+    here = Path(__file__).resolve().parent
+    for folder in (here, *here.parents):
+        if (folder / "pyproject.toml").is_file() and (folder / "msam_lab").is_dir():
+            return folder
+    return Path.cwd()
+
+
+def runs_root() -> Path:
+    """Where the notebooks keep their runs (``MSAM_LAB_RUNS`` or ``<repo>/runs/notebooks[/quick]``)."""
+    env = os.environ.get(RUNS_ENV)
+    root = Path(env) if env else project_root() / "runs" / "notebooks"
+    return root / "quick" if quick_mode() and not env else root
+
+
+def figures_dir() -> Path:
+    """Where publication figures are written (``MSAM_LAB_FIGURES`` or ``<repo>/figures``); created."""
+    env = os.environ.get(FIGURES_ENV)
+    path = Path(env) if env else project_root() / "figures"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def config_hash(config) -> str:
+    """8 hex digits identifying a resolved config (a Config, dict, YAML path or None)."""
+    from .config import resolve
+    cfg = resolve(config)
+    blob = json.dumps(cfg.to_dict(), sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:8]
+
+
+def run_path(name: str, config, root=None) -> Path:
+    return Path(root if root is not None else runs_root()) / f"{name}-{config_hash(config)}"
+
+
+def ensure_run(name: str, config, root=None, quiet: bool = True):
+    """The finished run of ``config`` under ``root`` (default ``runs_root()``): loaded if there, else trained.
+
+    ``quiet=False`` shows the trainer's progress bar (a widget inside Jupyter).
+    """
+    from .runs import is_run, load_run
+    from .trainer import train
+
+    path = run_path(name, config, root)
+    if is_run(path):
+        return load_run(path)
+    try:
+        return train(config, out=path, quiet=quiet)
+    except OSError:
+        if is_run(path):          # finished meanwhile by another process
+            return load_run(path)
+        raise
+
+
+def data_settings() -> dict:
+    """The dataset part of the notebooks' configs: av-digits (defaults), or ``QUICK_DATA`` in quick mode."""
+    return dict(QUICK_DATA) if quick_mode() else {"dataset": "av-digits"}
+
+
+def make_config(method: str, data: dict | None = None, epochs: int = 10, seed: int = 0, **fields) -> dict:
+    """A run config for the notebooks: ``data`` (``{"dataset": ..., "data": {...}}``, default
+    ``data_settings()``), a checkpoint every epoch (landscapes need the trajectory), plus ``fields``."""
+    return {**(data_settings() if data is None else data), "method": method, "epochs": int(epochs),
+            "seed": int(seed), "checkpoint_every": 1, **fields}
+
+
+def ensure_runs(configs: dict, root=None, quiet: bool = True) -> dict:
+    """``{label: config}`` -> ``{label: Run}`` with ``ensure_run`` (label used as the folder name)."""
+    return {label: ensure_run(label, cfg, root, quiet) for label, cfg in configs.items()}
+
+
+def method_runs(methods, quiet: bool = True, **config) -> dict:
+    """``{display label: Run}`` for each method, with ``make_config(method, **config)`` (trained or reused)."""
+    from .viz.style import method_label
+    return {method_label(m): ensure_run(m, make_config(m, **config), quiet=quiet) for m in methods}
+
+
+def landscape_name(dim: int, directions: str, grid: int, n_samples: int, epoch: int, split: str = "test",
+                   seed: int = 0, span: float = 1.0) -> str:
+    """The folder name a surface with these settings is saved under (so settings never clash)."""
+    return f"nb-{directions}-{dim}d-e{epoch}-g{grid}-span{span:g}-n{n_samples}-{split}-s{seed}"
+
+
+def ensure_landscape(run, dim: int = 1, directions: str = "random", grid: int = 21, n_samples: int = 256,
+                     epoch: int | None = None, split: str = "test", seed: int = 0, span: float = 1.0,
+                     progress=None, **kwargs):
+    """``landscape.landscape_for_run`` under a name made of its settings: computed once, then reloaded."""
+    from .landscape import landscape_for_run, list_landscapes, load_landscape
+    epoch = max(run.checkpoints) if epoch is None else int(epoch)
+    name = landscape_name(dim, directions, grid, n_samples, epoch, split, seed, span)
+    if name in list_landscapes(run.path) and not kwargs:
+        done = load_landscape(run.path, name)
+        if done.complete:
+            return done
+    return landscape_for_run(run.path, dim=dim, directions=directions, grid=grid, n_samples=n_samples,
+                             epoch=epoch, split=split, seed=seed, span=span, name=name, progress=progress,
+                             **kwargs)
+
+
+SHARPNESS_KEYS = ("epoch", "scope", "split", "n_samples", "subset_seed", "seed", "topk", "probes", "rho")
+
+
+def ensure_sharpness(run, epochs=None, n_samples: int = 256, probes: int = 16, topk: int = 1, rho: float = 0.05,
+                     split: str = "test", seed: int = 0, subset_seed: int = 0, **kwargs):
+    """``landscape.sharpness_for_run`` rows for ``epochs`` (None: last; "all"; a list), reusing the rows
+    already in ``<run>/sharpness.csv`` that have exactly these settings."""
+    import pandas as pd
+
+    from .landscape import sharpness_for_run
+    from .landscape.runs import SHARPNESS_CSV
+    wanted = ([max(run.checkpoints)] if epochs is None else sorted(run.checkpoints) if epochs == "all"
+              else [int(epochs)] if isinstance(epochs, int) else [int(e) for e in epochs])
+    scopes = ["model", *run.modalities]
+    path = run.path / SHARPNESS_CSV
+    if path.is_file():
+        # the table records the subset size actually used: the whole split when it is smaller
+        n_used = n_samples if n_samples is None else min(n_samples, len(getattr(run.load_data(), split)))
+        settings = {"split": split, "n_samples": n_used, "subset_seed": subset_seed, "seed": seed, "topk": topk,
+                    "probes": probes, "rho": rho}
+        old = pd.read_csv(path)
+        if set(SHARPNESS_KEYS) <= set(old.columns):
+            mask = pd.Series(True, index=old.index)
+            for k, v in settings.items():
+                mask &= old[k].astype(str) == str(v) if k == "split" else (old[k].astype(float) == float(v))
+            have = old[mask & old["epoch"].isin(wanted) & old["scope"].isin(scopes)]
+            if len(have) == len(wanted) * len(scopes):
+                return have.sort_values(["epoch", "scope"], key=lambda c: c.map(
+                    {s: i for i, s in enumerate(scopes)}) if c.name == "scope" else c).reset_index(drop=True)
+    return sharpness_for_run(run.path, epochs=wanted, n_samples=n_samples, probes=probes, topk=topk, rho=rho,
+                             split=split, seed=seed, subset_seed=subset_seed, **kwargs)
+
+
+_point_data_cache_at_the_repo()

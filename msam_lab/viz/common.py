@@ -1,0 +1,82 @@
+"""Input handling shared by the plotting functions: runs by object, path, list or ``{label: run}``;
+and ``refresh``, which moves a freshly built plotly figure into a live ``FigureWidget``."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping
+
+BACKENDS = ("plotly", "matplotlib")
+
+
+def check_backend(backend: str) -> str:
+    if backend == "mpl":
+        backend = "matplotlib"
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be 'plotly' or 'matplotlib', got {backend!r}")
+    return backend
+
+
+def as_run(run):
+    """A Run from a Run (or anything with ``.steps``/``.epochs``) or a run directory."""
+    if hasattr(run, "epochs") and hasattr(run, "steps"):
+        return run
+    from ..runs import load_run
+    return load_run(Path(run))
+
+
+def run_label(run) -> str:
+    from .style import method_label
+    method = getattr(getattr(run, "config", None), "method", None)
+    return method_label(method) if method else getattr(run, "name", "run")
+
+
+def as_runs(runs) -> dict:
+    """``{label: Run}`` from one run, a list of runs/paths, or a mapping label -> run/path.
+
+    Labels default to the method's display name, made unique with the run's folder name.
+    """
+    if isinstance(runs, Mapping):
+        return {str(k): as_run(v) for k, v in runs.items()}
+    if not isinstance(runs, (list, tuple)):
+        runs = [runs]
+    loaded = [as_run(r) for r in runs]
+    labels = [run_label(r) for r in loaded]
+    out = {}
+    for label, run in zip(labels, loaded):
+        if labels.count(label) > 1:
+            label = f"{label} ({getattr(run, 'name', len(out))})"
+        out[label] = run
+    return out
+
+
+def modalities_of(run) -> tuple[str, ...]:
+    """The run's modalities (from its model spec, else from the ``share_<m>`` columns of its steps)."""
+    try:
+        return tuple(run.modalities)
+    except (AttributeError, KeyError, TypeError):
+        return tuple(c[len("share_"):] for c in run.steps.columns if c.startswith("share_"))
+
+
+def method_of(run) -> str:
+    return getattr(getattr(run, "config", None), "method", "") or ""
+
+
+def refresh(widget, fig) -> None:
+    """Make the ``FigureWidget`` ``widget`` show ``fig`` (a ``go.Figure``), updating it in place.
+
+    Traces are updated one by one when the new figure has the same trace types in the same order
+    (the browser keeps its zoom state and redraws only what changed); otherwise they are replaced.
+    """
+    new = [t.to_plotly_json() for t in fig.data]
+    old = [t.to_plotly_json() for t in widget.data]
+    # in place only when every trace keeps its type and its set of properties (none would go stale)
+    same = len(new) == len(old) and all(a.get("type") == b.get("type") and set(a) == set(b)
+                                        for a, b in zip(old, new))
+    with widget.batch_update():
+        if same:
+            for trace, props in zip(widget.data, new):
+                trace.update(props, overwrite=True)
+        else:
+            widget.data = []
+            widget.add_traces(list(fig.data))
+        widget.layout = fig.layout

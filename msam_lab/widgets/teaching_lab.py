@@ -1,0 +1,145 @@
+"""Teaching lab: sliders for each modality's noise and for ρ, a button that trains a short run live
+(with a progress bar) and redraws fused/per-modality accuracy and the dominance picture, plus a
+history of the settings tried. Figures from ``viz.accuracy_curves`` and ``viz.shares_over_steps``;
+runs via ``notebook_utils.ensure_run`` (a setting tried before is reloaded, not retrained)."""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+
+import ipywidgets as W
+import pandas as pd
+import plotly.graph_objects as go
+
+from .. import viz
+from ..notebook_utils import ensure_run, run_path, runs_root
+
+
+@dataclass
+class Knob:
+    """A slider over one config field: ``key`` like ``rho``, ``data.audio_snr_db`` or
+    ``data.informativeness[1]`` (an item of a list option)."""
+
+    key: str
+    label: str
+    min: float
+    max: float
+    step: float
+    value: float
+
+
+AV_DIGITS_KNOBS = [
+    Knob("data.image_noise", "image noise σ", 0.0, 2.0, 0.1, 0.0),
+    Knob("data.audio_snr_db", "audio SNR (dB)", -30.0, 10.0, 1.0, -12.0),
+    Knob("rho", "ρ (SAM radius)", 0.0, 0.5, 0.01, 0.05),
+]
+
+
+def synthetic_knobs(informativeness=(3.0, 0.75)) -> list[Knob]:
+    """Knobs for the ``synthetic`` dataset: each modality's informativeness (signal-to-noise), and ρ."""
+    knobs = [Knob(f"data.informativeness[{i}]", f"m{i} informativeness", 0.0, 5.0, 0.25, float(v))
+             for i, v in enumerate(informativeness)]
+    return knobs + [Knob("rho", "ρ (SAM radius)", 0.0, 0.5, 0.01, 0.05)]
+
+
+def set_field(config: dict, key: str, value) -> dict:
+    """Set ``key`` (``a``, ``data.b`` or ``data.b[i]``) in a config dict, in place; returns it."""
+    head, dot, rest = key.partition(".")
+    target, name = (config.setdefault(head, {}), rest) if dot else (config, key)
+    if name.endswith("]") and "[" in name:
+        name, index = name[:-1].split("[")
+        items = target.setdefault(name, [])
+        items.extend([None] * (int(index) + 1 - len(items)))    # created by the knobs when absent
+        items[int(index)] = value
+    else:
+        target[name] = value
+    return config
+
+
+class TeachingLab(W.VBox):
+    """``TeachingLab(base_config, knobs=AV_DIGITS_KNOBS, epochs=3)``; press **Train** (or call ``retrain()``).
+
+    ``base_config``: the fixed part of the config (default av-digits with ``checkpoint_every=1``);
+    ``methods``: the choices of the method dropdown; ``root``: where the lab's runs go (default
+    ``runs_root()/lab``).
+    """
+
+    def __init__(self, base_config: dict | None = None, knobs=None, epochs: int = 3, max_epochs: int = 20,
+                 methods=("msam", "joint", "sam"), smooth: int = 5, root=None, **kwargs):
+        self.base_config = {"checkpoint_every": 1, **(base_config or {})}
+        if "data" in self.base_config:
+            self.base_config["data"] = copy.deepcopy(self.base_config["data"])
+        self.knobs = list(AV_DIGITS_KNOBS if knobs is None else knobs)
+        self.smooth = smooth
+        self.root = root
+        self.runs: list = []
+        self.history = pd.DataFrame()
+        self.controls = {k.key: W.FloatSlider(value=k.value, min=k.min, max=k.max, step=k.step, description=k.label,
+                                              continuous_update=False, style={"description_width": "150px"},
+                                              layout=W.Layout(width="460px")) for k in self.knobs}
+        self.controls["method"] = W.Dropdown(options=list(methods), value=methods[0], description="method")
+        self.controls["epochs"] = W.IntSlider(value=epochs, min=1, max=max_epochs, description="epochs")
+        self.button = W.Button(description="Train", button_style="primary", icon="play",
+                               tooltip="train a short run with these settings and redraw")
+        self.button.on_click(lambda _: self.retrain())
+        self.output = W.Output()               # the trainer's progress bar appears here while a run trains
+        self.status = W.HTML("Set the sliders and press <b>Train</b>.")
+        self.accuracy_figure = go.FigureWidget()
+        self.dominance_figure = go.FigureWidget()
+        self.table = W.HTML()
+        sliders = [self.controls[k.key] for k in self.knobs]
+        super().__init__([W.HBox([W.VBox(sliders), W.VBox([self.controls["method"], self.controls["epochs"],
+                                                             self.button])]),
+                          self.output, self.status, self.accuracy_figure, self.dominance_figure, self.table], **kwargs)
+
+    def config(self) -> dict:
+        """The config the current slider values describe."""
+        cfg = copy.deepcopy(self.base_config)
+        for k in self.knobs:
+            set_field(cfg, k.key, float(self.controls[k.key].value))
+        cfg["method"] = self.controls["method"].value
+        cfg["epochs"] = int(self.controls["epochs"].value)
+        return cfg
+
+    def retrain(self):
+        """Train (or reload) the run of the current settings, then redraw; returns the run."""
+        cfg = self.config()
+        self.button.disabled = True
+        self.status.value = f"training {cfg['method']} for {cfg['epochs']} epochs …"
+        started = time.perf_counter()
+        root = self.root if self.root is not None else runs_root() / "lab"
+        from ..runs import is_run
+        self._reloaded = is_run(run_path("lab", cfg, root))
+        try:
+            self.output.clear_output()
+            with self.output:
+                run = ensure_run("lab", cfg, root=root, quiet=False)
+            self.output.clear_output()
+        except Exception as err:
+            self.status.value = f"<span style='color:#b00'>training failed: {type(err).__name__}: {err}</span>"
+            raise
+        finally:
+            self.button.disabled = False
+        took = time.perf_counter() - started
+        self.runs.append(run)
+        self._redraw(run, cfg, took)
+        return run
+
+    def _redraw(self, run, cfg, took: float) -> None:
+        settings = ", ".join(f"{k.label} = {self.controls[k.key].value:g}" for k in self.knobs)
+        label = viz.style.method_label(cfg["method"])
+        viz.refresh(self.accuracy_figure, viz.accuracy_curves(
+            {f"{label}, {cfg['epochs']} epochs": run}, title=f"Test accuracy with {settings}"))
+        viz.refresh(self.dominance_figure, viz.shares_over_steps(run, smooth=self.smooth, accuracy=False))
+        final = run.epochs.iloc[-1]
+        row = {"method": cfg["method"], **{k.label: self.controls[k.key].value for k in self.knobs},
+               "epochs": cfg["epochs"], "fused acc %": 100 * final["test_acc"]}
+        for m in viz.common.modalities_of(run):
+            row[f"{m} acc % (decomposed)"] = 100 * final[f"test_acc_{m}"]
+        row["switches"] = run.summary.get("dominance_switches")
+        self.history = pd.concat([self.history, pd.DataFrame([row])], ignore_index=True)
+        self.table.value = ("<b>Settings tried</b> (test accuracy after the last epoch)"
+                            + self.history.to_html(index=False, float_format=lambda x: f"{x:.3g}"))
+        how = "tried before: reloaded" if self._reloaded else "trained"
+        self.status.value = f"done in {took:.1f} s ({how}; run folder {run.path.name})"
