@@ -152,11 +152,7 @@ class AGM(Method):
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        extra = {}
-        for m, name in enumerate(model.modalities):
-            extra[f"coef_{name}"] = float(coef[m])
-            extra[f"score_{name}"] = float(scores[m])
-        return self.record(loss, obs, **extra)
+        return self.record(loss, obs, **self.per_modality(coef=coef, score=scores))
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "running": self.running.tolist(), "t": self.t}

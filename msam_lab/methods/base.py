@@ -78,6 +78,25 @@ class Method:
         self._previous_dominant = d
         return Observation(phi, share, d)
 
+    def fused_backward(self, inputs: Batch, labels: torch.Tensor):
+        """Train-mode forward, the Shapley observation at θ, fused CE, its gradient in ``p.grad``.
+
+        The first half of most updates; returns ``(features, observation, loss)``.
+        """
+        model = self.model
+        model.train()
+        features = model.encode(inputs)
+        obs = self.observe(inputs, labels, features)
+        loss = self.loss(model.fuse(features), labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        return features, obs, loss
+
+    def per_modality(self, **columns) -> dict:
+        """``coef=[...]`` -> ``{"coef_image": ..., "coef_audio": ...}`` for the step table."""
+        return {f"{key}_{name}": float(values[m])
+                for key, values in columns.items() for m, name in enumerate(self.model.modalities)}
+
     def record(self, loss: torch.Tensor, obs: Observation, **extra) -> dict:
         row = {"loss": float(loss.detach()), "dominant": self.model.modalities[obs.dominant]}
         for m, name in enumerate(self.model.modalities):

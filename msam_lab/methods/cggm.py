@@ -156,12 +156,7 @@ class CGGM(Method):
 
     def step(self, inputs, labels):
         model, c = self.model, self.config
-        model.train()
-        features = model.encode(inputs)
-        obs = self.observe(inputs, labels, features)
-        loss = self.loss(model.fuse(features), labels)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        features, obs, loss = self.fused_backward(inputs, labels)
         l_gm_prev = self.add_direction_grad()
 
         self.aux_optimizer.zero_grad(set_to_none=True)
@@ -184,11 +179,7 @@ class CGGM(Method):
             torch.nn.utils.clip_grad_norm_(model.parameters(), c.cggm_clip)
         self.optimizer.step()
 
-        extra = {"l_gm": l_gm_prev}
-        for m, name in enumerate(model.modalities):
-            extra[f"coef_{name}"] = float(coef[m])
-            extra[f"aux_acc_{name}"] = float(acc_now[m])
-        return self.record(loss, obs, **extra)
+        return self.record(loss, obs, l_gm=l_gm_prev, **self.per_modality(coef=coef, aux_acc=acc_now))
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "aux": self.aux.state_dict(),

@@ -8,11 +8,6 @@ class Joint(Method):
     name = "joint"
 
     def step(self, inputs, labels):
-        self.model.train()
-        features = self.model.encode(inputs)
-        obs = self.observe(inputs, labels, features)
-        loss = self.loss(self.model.fuse(features), labels)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        _, obs, loss = self.fused_backward(inputs, labels)
         self.optimizer.step()
         return self.record(loss, obs)

@@ -115,20 +115,10 @@ class OGMGE(Method):
                 p.grad = new
 
     def step(self, inputs, labels):
-        model = self.model
-        model.train()
-        features = model.encode(inputs)
-        obs = self.observe(inputs, labels, features)
-        loss = self.loss(model.fuse(features), labels)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        features, obs, loss = self.fused_backward(inputs, labels)
         scores = self.scores(features, labels)
         coef = ogm_coefficients(scores, self.config.ogm_alpha) if self.active() else np.ones(len(scores))
         if self.active():
             self.modulate(coef)
         self.optimizer.step()
-        extra = {}
-        for m, name in enumerate(model.modalities):
-            extra[f"coef_{name}"] = float(coef[m])
-            extra[f"score_{name}"] = float(scores[m])
-        return self.record(loss, obs, **extra)
+        return self.record(loss, obs, **self.per_modality(coef=coef, score=scores))

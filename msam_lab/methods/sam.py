@@ -25,12 +25,7 @@ class SAMMethod(Method):
         return loss
 
     def step(self, inputs, labels):
-        self.model.train()
-        features = self.model.encode(inputs)
-        obs = self.observe(inputs, labels, features)
-        loss = self.loss(self.model.fuse(features), labels)
-        self.sam.zero_grad(set_to_none=True)
-        loss.backward()
+        _, obs, loss = self.fused_backward(inputs, labels)
         self.sam.first_step(zero_grad=True)
         self.perturbed_backward(lambda: self.loss(self.model(inputs), labels))
         self.sam.second_step(zero_grad=False)

@@ -25,6 +25,7 @@ from torch import nn
 
 from ..config import ConfigError
 from .base import Method
+from .joint import Joint
 
 FIRST_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -82,13 +83,4 @@ class Unimodal(Method):
             raise ConfigError(f"modality {config.modality!r} is not in this dataset; "
                               f"choose one of: {', '.join(modalities)} (--set modality=NAME)")
 
-    def step(self, inputs, labels):
-        model = self.model
-        model.train()
-        features = model.encode(inputs)
-        obs = self.observe(inputs, labels, features)
-        loss = self.loss(model.fuse(features), labels)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        return self.record(loss, obs)
+    step = Joint.step          # the update is joint training's; only the other encoders are blinded
