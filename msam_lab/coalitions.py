@@ -16,28 +16,13 @@ import torch.nn.functional as F
 
 from . import shapley
 from .datasets import Batch
-from .models import MultimodalModel, SumFusion, eval_mode, is_mode_invariant
+from .models import MultimodalModel, eval_mode, is_mode_invariant
 
 
 def coalition_logits(model: MultimodalModel, features: list[torch.Tensor],
                      zero_features: list[torch.Tensor], masks) -> torch.Tensor:
     """Logits (K, B, C) of coalitions ``masks`` from precomputed features."""
-    masks = [int(k) for k in masks]
-    n = features[0].shape[0]
-    if isinstance(model.fusion, SumFusion):
-        # additive fusion: each head runs once on real and once on zero features,
-        # and a coalition is a sum of one or the other per modality
-        heads = model.fusion.heads
-        real = torch.stack([h(f) for h, f in zip(heads, features)])                    # (M, B, C)
-        zero = torch.stack([h(z) for h, z in zip(heads, zero_features)]).expand_as(real)
-        present = torch.tensor([[k >> m & 1 for m in range(len(features))] for k in masks],
-                               dtype=real.dtype, device=real.device)                  # (K, M)
-        return torch.einsum("km,mbc->kbc", present, real) + torch.einsum("km,mbc->kbc", 1 - present, zero)
-    stacked = []
-    for m, (f, z) in enumerate(zip(features, zero_features)):
-        z = z.expand_as(f)
-        stacked.append(torch.cat([f if k >> m & 1 else z for k in masks], dim=0))
-    return model.fuse(stacked).view(len(masks), n, -1)
+    return model.fuse_coalitions(features, zero_features, [int(k) for k in masks])
 
 
 def coalition_logits_naive(model: MultimodalModel, inputs: Batch, masks) -> torch.Tensor:

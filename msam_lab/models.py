@@ -130,6 +130,28 @@ class MultimodalModel(nn.Module):
     def fuse(self, features: list[torch.Tensor]) -> torch.Tensor:
         return self.fusion(features)
 
+    def fuse_coalitions(self, features: list[torch.Tensor], zero_features: list[torch.Tensor],
+                        masks: list[int]) -> torch.Tensor:
+        """Logits (K, B, C) of coalitions ``masks`` (bit m set: modality m present).
+
+        An absent modality contributes its zero feature. All coalitions go
+        through the fusion as one stacked batch; a summed-head fusion instead
+        runs each head once on real and once on zero features and adds per
+        coalition (its logits are additive over modalities).
+        """
+        n = features[0].shape[0]
+        if isinstance(self.fusion, SumFusion):
+            heads = self.fusion.heads
+            real = torch.stack([h(f) for h, f in zip(heads, features)])                     # (M, B, C)
+            zero = torch.stack([h(z) for h, z in zip(heads, zero_features)]).expand_as(real)
+            present = torch.tensor([[k >> m & 1 for m in range(len(features))] for k in masks],
+                                   dtype=real.dtype, device=real.device)                   # (K, M)
+            return (torch.einsum("km,mbc->kbc", present, real)
+                    + torch.einsum("km,mbc->kbc", 1 - present, zero))
+        stacked = [torch.cat([f if k >> m & 1 else z.expand_as(f) for k in masks], dim=0)
+                   for m, (f, z) in enumerate(zip(features, zero_features))]
+        return self.fuse(stacked).view(len(masks), n, -1)
+
     def forward(self, inputs: Batch, present=None) -> torch.Tensor:
         """Fused logits; modalities not in ``present`` are zeroed at the input (the naive path)."""
         if present is not None:

@@ -329,17 +329,17 @@ def test_preserved_restores_after_an_exception():
 
 
 class FailAfter:
-    """Wraps ``model.fuse``: raises on call number ``n + 1``; counts calls."""
+    """Wraps ``model.fuse_coalitions``: raises on call number ``n + 1``; counts calls."""
 
     def __init__(self, model, n=None):
         self.model, self.n, self.calls = model, n, 0
-        self.fuse = model.fuse
+        self.fuse = model.fuse_coalitions
 
-    def __call__(self, features):
+    def __call__(self, *args):
         self.calls += 1
         if self.n is not None and self.calls > self.n:
             raise RuntimeError("worker died")
-        return self.fuse(features)
+        return self.fuse(*args)
 
 
 def test_exception_mid_surface_restores_model_flushes_and_resumes(tmp_path):
@@ -350,18 +350,18 @@ def test_exception_mid_surface_restores_model_flushes_and_resumes(tmp_path):
     reference = compute_surface(model, data, dirs, coords, n_samples=None, batch_size=None)
     before = record(model)
     failing = FailAfter(model, n=7)                  # one fusion call per point: 7 points succeed
-    model.fuse = failing
+    model.fuse_coalitions = failing
     with pytest.raises(RuntimeError, match="worker died"):
         compute_surface(model, data, dirs, coords, **kw)
-    del model.fuse
+    del model.fuse_coalitions
     assert record(model) == before
     partial = Surface.load(tmp_path / "surf")
     assert partial.n_done == 7 and not partial.complete
     assert np.isnan(partial["loss"][~partial.done]).all()
     counter = FailAfter(model)
-    model.fuse = counter
+    model.fuse_coalitions = counter
     done = compute_surface(model, data, dirs, coords, **kw)
-    del model.fuse
+    del model.fuse_coalitions
     assert counter.calls == 15 - 7                   # only the missing points
     assert done.complete and Surface.load(tmp_path / "surf").complete
     for k in reference.metrics:
