@@ -29,7 +29,7 @@ def layout_error(dataset: str, message: str, layout: str) -> ValueError:
 def require_root(root, dataset: str, layout: str) -> Path:
     """``root`` as a :class:`Path`; an error when it is ``None`` or does not exist."""
     if root is None or str(root) == "":
-        raise layout_error(dataset, "no root given (set the option root=<folder>)", layout)
+        raise layout_error(dataset, "no root given (--set data.root=<folder>, or root=... in Python)", layout)
     path = Path(root).expanduser().resolve()
     if not path.exists():
         raise layout_error(dataset, f"missing {path}", layout)
