@@ -117,7 +117,7 @@ def main(argv=None) -> int:
         print(f"msam-lab: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("msam-lab: interrupted", file=sys.stderr)
+        print("msam-lab: interrupted (a rerun of a landscape or sweep command resumes it)", file=sys.stderr)
         return 130
 
 

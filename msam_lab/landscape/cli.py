@@ -121,24 +121,10 @@ def cmd_sharpness(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="msam-lab", description="loss landscapes and sharpness of runs")
-    add_parsers(parser.add_subparsers(dest="command", required=True))
-    return parser
-
-
 def main(argv=None) -> int:
-    from ..config import ConfigError
-
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except ConfigError as err:
-        print(f"msam-lab: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("msam-lab: interrupted (a rerun of the same command resumes the surface)", file=sys.stderr)
-        return 130
+    """``msam-lab landscape|sharpness ...``: the package CLI, which owns error handling."""
+    from ..cli import main as cli_main
+    return cli_main(argv)
 
 
 if __name__ == "__main__":
