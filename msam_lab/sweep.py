@@ -114,9 +114,7 @@ def _check_modalities(cells: list[Cell]) -> None:
     """Let each method check the dataset's modalities (unimodal's ``modality``, ≥ 2 for balancers)."""
     cache: dict[str, tuple] = {}
     for cell in cells:
-        check = getattr(METHODS[cell.method], "validate_modalities", None)
-        if check is None:
-            continue
+        check = METHODS[cell.method].validate_modalities
         cfg = cell.config
         key = json.dumps([cfg.dataset, cfg.data], sort_keys=True, default=str)
         if key not in cache:

@@ -81,7 +81,6 @@ class AGM(Method):
 
     def __init__(self, model, config):
         super().__init__(model, config)
-        self.validate_modalities(config, model.modalities)
         n_mod = len(model.modalities)
         self.running = np.zeros(n_mod)
         self.t = 0

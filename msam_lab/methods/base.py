@@ -31,6 +31,7 @@ class Method:
     name = "base"
 
     def __init__(self, model: MultimodalModel, config: Config):
+        self.validate_modalities(config, model.modalities)
         self.model = model
         self.config = config
         self._previous_dominant: int | None = None
@@ -43,6 +44,10 @@ class Method:
     @classmethod
     def validate_config(cls, config: Config) -> None:
         """Method-specific config checks; raise ``ConfigError`` with the fix in the message."""
+
+    @classmethod
+    def validate_modalities(cls, config: Config, modalities: tuple[str, ...]) -> None:
+        """Checks against the dataset's modalities (called at construction and by the sweep)."""
 
     # -- hooks the trainer calls -------------------------------------------------
     def start_epoch(self, epoch: int) -> None:

@@ -100,7 +100,6 @@ class CGGM(Method):
 
     def __init__(self, model, config):
         super().__init__(model, config)
-        self.validate_modalities(config, model.modalities)
         device = next(model.parameters()).device
         self.targets = fusion_output_weights(model)
         dims = _feature_dims(model)

@@ -73,10 +73,6 @@ def check_min_modalities(name: str, modalities, minimum: int = 2) -> None:
 class OGMGE(Method):
     name = "ogm_ge"
 
-    def __init__(self, model, config):
-        super().__init__(model, config)
-        self.validate_modalities(config, model.modalities)
-
     @classmethod
     def validate_config(cls, config) -> None:
         if config.ogm_alpha < 0:

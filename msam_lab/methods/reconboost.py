@@ -58,7 +58,6 @@ class ReconBoost(Method):
 
     def __init__(self, model, config):
         super().__init__(model, config)
-        self.validate_modalities(config, model.modalities)
         if not isinstance(model.fusion, (SumFusion, ConcatFusion)):
             raise ConfigError("reconboost needs per-modality learners; use fusion=late_sum or late_concat")
         names = list(model.modalities)

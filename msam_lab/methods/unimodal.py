@@ -61,7 +61,6 @@ class Unimodal(Method):
 
     def __init__(self, model, config):
         super().__init__(model, config)
-        self.validate_modalities(config, model.modalities)
         device = next(model.parameters()).device
         self.hooked: list[str] = []
         for name in model.modalities:
