@@ -246,3 +246,9 @@ class running_stats_kept:
                 for k, v in m.named_buffers(recurse=False):
                     v.copy_(buffers[k])
         return False
+
+
+def model_from_spec(spec: dict) -> MultimodalModel:
+    """A fresh model from a run's ``model.json`` (what ``build_model`` needs, JSON-friendly)."""
+    return build_model({m: tuple(s) for m, s in spec["input_shapes"].items()}, spec["num_classes"],
+                       spec["fusion"], spec["encoders"], spec["feature_dim"], spec["hidden_dim"])

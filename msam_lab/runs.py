@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 
 from .config import Config, ConfigError, from_dict
-from .models import MultimodalModel, build_model
+from .models import MultimodalModel, model_from_spec
 
 SUMMARY = "summary.json"
 
@@ -105,9 +105,7 @@ class Run:
 
     def build_model(self) -> MultimodalModel:
         """A fresh (untrained) model of this run's architecture."""
-        spec = self.model_spec
-        return build_model({m: tuple(s) for m, s in spec["input_shapes"].items()}, spec["num_classes"],
-                           spec["fusion"], spec["encoders"], spec["feature_dim"], spec["hidden_dim"])
+        return model_from_spec(self.model_spec)
 
     def load_checkpoint(self, epoch: int | None = None, map_location="cpu") -> dict:
         """The checkpoint dict of ``epoch`` (default: the last one)."""

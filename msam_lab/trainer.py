@@ -17,7 +17,7 @@ from .config import Config, ConfigError
 from .datasets import load_dataset
 from .methods import build_method
 from .metrics import dominance_switches, evaluate, tau, tau_loss
-from .models import build_model
+from .models import model_from_spec
 from .runs import Run, RunWriter, check_output_dir, load_run
 
 
@@ -85,8 +85,7 @@ def train(config=None, out=None, quiet: bool = False, overrides=()) -> Run:
             "num_classes": splits.num_classes, "fusion": cfg.fusion,
             "encoders": {**splits.info.get("encoders", {}), **cfg.encoders},
             "feature_dim": cfg.feature_dim, "hidden_dim": cfg.hidden_dim}
-    model = build_model({m: tuple(s) for m, s in spec["input_shapes"].items()}, spec["num_classes"],
-                        spec["fusion"], spec["encoders"], spec["feature_dim"], spec["hidden_dim"]).to(device)
+    model = model_from_spec(spec).to(device)
     method = build_method(model, cfg)
     generator = torch.Generator().manual_seed(cfg.seed)
 
