@@ -11,7 +11,9 @@ from pathlib import Path
 
 from .compare import compare_runs, format_table
 from .config import Config, ConfigError
+from .run_lock import RunLockedError
 from .runs import is_run
+from .trainer import TrainingError
 from .landscape.cli import add_parsers as add_landscape_parsers
 from .sweep import add_parser as add_sweep_parser
 
@@ -48,7 +50,14 @@ def _overrides(args) -> list[str]:
 def cmd_train(args) -> int:
     from .trainer import train
 
-    run = train(args.config, out=args.out, quiet=args.quiet, overrides=_overrides(args))
+    if args.resume:
+        given = [f"--{k}" for k in ("config", "out") if getattr(args, k)] + (["an option"] if _overrides(args) else [])
+        if given:
+            raise UsageError(f"--resume continues a run with its own config; drop {given[0]} "
+                             f"(start a new run with --out to change settings)")
+        run = train(resume=args.resume, quiet=args.quiet)
+    else:
+        run = train(args.config, out=args.out, quiet=args.quiet, overrides=_overrides(args))
     print(f"run written to {run.path}")
     print(format_table(compare_runs([run])))
     return 0
@@ -92,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train one model and write its run directory")
     _train_args(p)
     p.add_argument("--out", help="run directory to create (default runs/<dataset>-<method>-s<seed>-<time>)")
+    p.add_argument("--resume", metavar="RUN", help="continue an interrupted or failed run from its last "
+                   "resume checkpoint (with the run's own config)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("compare", help="one table over finished runs")
@@ -113,11 +124,15 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (UsageError, ConfigError) as err:
+    except (UsageError, ConfigError, RunLockedError) as err:
         print(f"msam-lab: error: {err}", file=sys.stderr)
         return 2
+    except TrainingError as err:
+        print(f"msam-lab: error: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
-        print("msam-lab: interrupted (a rerun of a landscape or sweep command resumes it)", file=sys.stderr)
+        print("msam-lab: interrupted; the run is kept (`msam-lab train --resume RUN` continues a run, "
+              "a rerun of a sweep or landscape command resumes it)", file=sys.stderr)
         return 130
 
 

@@ -53,9 +53,16 @@ class Config:
     shapley_value: str = "accuracy"                 # accuracy | loss (value of a coalition)
     shapley_exact_max: int = 10                     # exact Shapley up to this many modalities
     shapley_permutations: int = 64                  # permutations when sampling
-    # records
-    checkpoint_every: int = 5                       # epochs between checkpoints (0: first and last only)
+    # records (docs/runs.md)
+    checkpoint_every: int = 5                       # epochs between analysis checkpoints (0: first and last only)
     eval_batch_size: int = 512
+    eval_every: int = 1                             # epochs between evaluations (epoch 0 and the last always)
+    train_eval_samples: int = 512                   # seeded train subset for the train-side metrics and τ (0: all)
+    # durability (docs/runs.md)
+    flush_every: float = 1.0                        # seconds between appends of step rows + heartbeat (0: every step)
+    resume_every: int = 0                           # resume checkpoint at every epoch end; N > 0: also every N steps
+    nan_policy: str = "stop"                        # stop | skip: what a non-finite loss or gradient does
+    deterministic: bool = False                     # torch.use_deterministic_algorithms (bitwise resume on CPU)
     # baselines ---------------------------------------------------------------
     # Each method checks its own fields (``validate_config`` in msam_lab/methods/<name>.py);
     # docs/methods.md gives every default's source. Epoch windows are 0-based and inclusive.
@@ -91,13 +98,16 @@ class Config:
 METHODS = ("joint", "sam", "msam")                 # extended by msam_lab.methods at import
 MSAM_VARIANTS = ("default", "unimodal", "params")
 BN_POLICIES = ("restore", "update")
+NAN_POLICIES = ("stop", "skip")
 _CHOICES = {
     "fusion": FUSIONS, "msam_variant": MSAM_VARIANTS, "share_rule": SHARE_RULES,
     "tie_rule": TIE_RULES, "bn_policy": BN_POLICIES, "shapley_value": ("accuracy", "loss"),
+    "nan_policy": NAN_POLICIES,
 }
 _POSITIVE = ("epochs", "batch_size", "feature_dim", "hidden_dim", "eval_batch_size",
-             "shapley_exact_max", "shapley_permutations")
-_NON_NEGATIVE = ("rho", "lr", "momentum", "weight_decay", "checkpoint_every")
+             "shapley_exact_max", "shapley_permutations", "eval_every")
+_NON_NEGATIVE = ("rho", "lr", "momentum", "weight_decay", "checkpoint_every", "train_eval_samples",
+                 "flush_every", "resume_every")
 
 
 def field_names() -> tuple[str, ...]:

@@ -80,6 +80,32 @@ def evaluate(model: MultimodalModel, data: MultimodalData, batch_size: int = 512
     return out
 
 
+def train_eval_subset(data: MultimodalData, n_samples: int, seed: int) -> MultimodalData:
+    """The seeded subset of the train split that epoch evaluation measures (all of it for 0 or >= N).
+
+    Drawn from its own generator, so choosing it touches no RNG that training uses.
+    """
+    if n_samples <= 0 or n_samples >= len(data):
+        return data
+    index = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:n_samples]
+    return data.subset(index.sort().values)
+
+
+def epoch_metrics(model: MultimodalModel, train: MultimodalData, test: MultimodalData, config) -> dict:
+    """The epoch table's row (without ``epoch`` and ``wall_time``): ``train_``/``test_`` metrics, τ."""
+    c = config
+    kw = dict(batch_size=c.eval_batch_size, share_rule=c.share_rule, shapley_value=c.shapley_value,
+              exact_max=c.shapley_exact_max, n_permutations=c.shapley_permutations, seed=c.seed)
+    tr, te = evaluate(model, train, **kw), evaluate(model, test, **kw)
+    row = {"train_loss": tr["loss"], "train_acc": tr["acc"], "test_loss": te["loss"], "test_acc": te["acc"],
+           "tau": tau(tr["acc"], te["acc"]), "tau_loss": tau_loss(tr["loss"], te["loss"])}
+    for split, res in (("train", tr), ("test", te)):
+        for key, value in res.items():
+            if key not in ("loss", "acc"):
+                row[f"{split}_{key}"] = value
+    return row
+
+
 def tau(train: float, test: float) -> float:
     """Normalised overfitting gap, accuracy form: (Acc_train − Acc_test) / Acc_train."""
     return (train - test) / train if train > 0 else float("nan")

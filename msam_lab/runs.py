@@ -1,23 +1,24 @@
-"""The run directory: what a training run leaves behind, written atomically, read back by ``load_run``.
+"""The run directory: what a training run leaves behind, read back by ``load_run``.
 
-Layout of ``<run>/``::
+Layout of ``<run>/`` (docs/runs.md)::
 
+    status.json        state (running | finished | failed | interrupted), pid, host, heartbeat, progress
+    lock               pid and host of the trainer writing it (only while one does)
     config.json        resolved Config
     model.json         what ``build_model`` needs (shapes, classes, encoders)
-    steps.csv          one row per optimisation step
-    epochs.csv         one row per epoch (epoch 0 = before training)
+    steps.csv          one row per optimisation step, appended while training
+    epochs.csv         one row per evaluated epoch (epoch 0 = before training), appended at epoch ends
     summary.json       final numbers; its presence marks a finished run
-    checkpoints/epoch_NNNN.pt   model, method (optimizer) and RNG state
+    checkpoints/epoch_NNNN.pt   model, method (optimizer) and RNG state, for analysis
+    checkpoints/resume.pt       everything a resume needs (msam_lab.resume)
 
-A run is trained into a hidden ``.<name>.partial-<pid>`` folder beside the
-target and renamed into place at the end, so an interrupted or failed run
-leaves no half-written run directory behind.
+The writer is ``msam_lab.run_writer``. A run is readable from its first step: ``load_run`` opens
+running and stopped runs too, and ``Run.state`` says which.
 """
 from __future__ import annotations
 
+import io
 import json
-import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,61 +27,92 @@ import torch
 
 from .config import Config, ConfigError, from_dict
 from .models import MultimodalModel, model_from_spec
+from .run_lock import read_lock
 
-SUMMARY = "summary.json"
+STATUS, SUMMARY, CONFIG, MODEL = "status.json", "summary.json", "config.json", "model.json"
+STEPS, EPOCHS, CHECKPOINTS, RESUME = "steps.csv", "epochs.csv", "checkpoints", "resume.pt"
+STATES = ("running", "finished", "failed", "interrupted")
 
 
 def is_run(path) -> bool:
+    """True for a *finished* run (its summary.json exists)."""
     return (Path(path) / SUMMARY).is_file()
+
+
+def is_run_dir(path) -> bool:
+    """True for any run directory, finished or not."""
+    path = Path(path)
+    return (path / STATUS).is_file() or is_run(path)
+
+
+def read_status(path) -> dict:
+    """``status.json`` as written, with ``state`` corrected for a trainer that died without saying so.
+
+    A run that says ``running`` but whose lock is stale (its pid is gone) was killed: it reads as
+    ``interrupted`` with ``stale_lock`` naming the dead trainer.
+    """
+    path = Path(path)
+    try:
+        status = json.loads((path / STATUS).read_text())
+    except FileNotFoundError:
+        if is_run(path):          # a run written before status.json existed
+            return {"state": "finished"}
+        raise FileNotFoundError(f"no run directory at {path} (no {STATUS}); train one with `msam-lab train`") from None
+    if status.get("state") == "running":
+        lock = read_lock(path)
+        if lock is None or not lock.alive(status.get("heartbeat_unix")):
+            status["stale_lock"] = "no lock" if lock is None else f"{lock.describe()} is gone"
+            status["state"] = "interrupted"
+    return status
+
+
+def run_state(path) -> str:
+    return read_status(path)["state"]
 
 
 def check_output_dir(out) -> Path:
     """Raise ConfigError unless ``out`` can receive a new run (absent or an empty folder)."""
     out = Path(out)
-    if is_run(out):
-        raise ConfigError(f"output directory {out} already holds a run; choose another --out or delete it")
+    if is_run_dir(out):
+        state = run_state(out)
+        hint = "resume it with `msam-lab train --resume` or choose another --out" \
+            if state in ("failed", "interrupted") else "choose another --out or delete it"
+        raise ConfigError(f"output directory {out} already holds a {state} run; {hint}")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"output directory {out} exists and is not empty; choose another --out")
     return out
 
 
-def _write_json(path: Path, obj) -> None:
-    path.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+def read_table(path: Path) -> pd.DataFrame:
+    """A CSV the trainer appends to; a torn last line (a kill mid-write) is dropped."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return pd.DataFrame()
+    if text and not text.endswith("\n"):
+        text = text[:text.rfind("\n") + 1]
+    if not text.strip():
+        return pd.DataFrame()
+    return pd.read_csv(io.StringIO(text))
 
 
-class RunWriter:
-    """Writes a run into a temporary folder; ``finish`` moves it into place."""
-
-    def __init__(self, out):
-        self.out = check_output_dir(out)
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.out.parent / f".{self.out.name}.partial-{os.getpid()}"
-        if self.tmp.exists():
-            shutil.rmtree(self.tmp)
-        (self.tmp / "checkpoints").mkdir(parents=True)
-
-    def json(self, name: str, obj) -> None:
-        _write_json(self.tmp / name, obj)
-
-    def checkpoint(self, epoch: int, state: dict) -> None:
-        torch.save(state, self.tmp / "checkpoints" / f"epoch_{epoch:04d}.pt")
-
-    def finish(self, steps: pd.DataFrame, epochs: pd.DataFrame, summary: dict) -> Path:
-        steps.to_csv(self.tmp / "steps.csv", index=False)
-        epochs.to_csv(self.tmp / "epochs.csv", index=False)
-        self.json(SUMMARY, summary)
-        if self.out.exists():
-            self.out.rmdir()       # checked empty above
-        os.replace(self.tmp, self.out)
-        return self.out
-
-    def abort(self) -> None:
-        shutil.rmtree(self.tmp, ignore_errors=True)
+def find_runs(paths) -> list[Path]:
+    """Run directories among ``paths``: each is a run or a folder searched (recursively) for runs."""
+    found = []
+    for p in map(Path, paths):
+        if is_run_dir(p):
+            found.append(p)
+        elif p.is_dir():
+            found.extend(sorted(q.parent for q in p.rglob(STATUS) if not q.parent.name.startswith(".")))
+            found.extend(sorted(q.parent for q in p.rglob(SUMMARY)
+                                if not (q.parent / STATUS).exists() and not q.parent.name.startswith(".")))
+    return list(dict.fromkeys(found))
 
 
 @dataclass
 class Run:
-    """A finished run, read back: ``config``, ``steps``, ``epochs`` (DataFrames), ``summary``."""
+    """A run read back: ``config``, ``steps``, ``epochs`` (DataFrames), ``summary`` ({} until it finishes),
+    ``status`` (status.json; ``state`` is one of ``STATES``). ``reload()`` reads it again."""
 
     path: Path
     config: Config
@@ -88,6 +120,19 @@ class Run:
     epochs: pd.DataFrame
     summary: dict
     model_spec: dict = field(repr=False, default_factory=dict)
+    status: dict = field(repr=False, default_factory=dict)
+
+    @property
+    def state(self) -> str:
+        return self.status.get("state", "finished" if self.summary else "running")
+
+    @property
+    def finished(self) -> bool:
+        return bool(self.summary)
+
+    def reload(self) -> "Run":
+        """This run read again from disk (a running run has grown meanwhile)."""
+        return load_run(self.path)
 
     @property
     def name(self) -> str:
@@ -100,7 +145,7 @@ class Run:
     @property
     def checkpoints(self) -> dict[int, Path]:
         """Saved epochs -> checkpoint file, in epoch order."""
-        files = sorted((self.path / "checkpoints").glob("epoch_*.pt"))
+        files = sorted((self.path / CHECKPOINTS).glob("epoch_*.pt"))
         return {int(f.stem.split("_")[1]): f for f in files}
 
     def build_model(self) -> MultimodalModel:
@@ -141,15 +186,14 @@ class Run:
 
 
 def load_run(path) -> Run:
-    """Read a finished run directory."""
+    """Read a run directory: finished, running, failed or interrupted (``Run.state`` says which)."""
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"no run directory at {path}")
-    if not is_run(path):
-        raise FileNotFoundError(f"{path} is not a finished run (no {SUMMARY}); train one with `msam-lab train`")
-    config = from_dict(json.loads((path / "config.json").read_text()))
-    return Run(path=path, config=config,
-               steps=pd.read_csv(path / "steps.csv"),
-               epochs=pd.read_csv(path / "epochs.csv"),
-               summary=json.loads((path / SUMMARY).read_text()),
-               model_spec=json.loads((path / "model.json").read_text()))
+    if not is_run_dir(path):
+        raise FileNotFoundError(f"{path} is not a run directory (no {STATUS}); train one with `msam-lab train`")
+    status = read_status(path)
+    config = from_dict(json.loads((path / CONFIG).read_text()))
+    summary = json.loads((path / SUMMARY).read_text()) if is_run(path) else {}
+    return Run(path=path, config=config, steps=read_table(path / STEPS), epochs=read_table(path / EPOCHS),
+               summary=summary, model_spec=json.loads((path / MODEL).read_text()), status=status)

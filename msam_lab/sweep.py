@@ -12,7 +12,8 @@ use ρ (SAM and its subclasses) when ``rhos`` is given, ``<method>/rho<R>/seed<S
 Every config is resolved and checked (including against the dataset's modalities, and
 against any finished run already at its path) before the first run starts, so a typo fails
 in a second, not after hours. A finished run (``runs.is_run``) whose stored config matches is
-reused, never retrained: an interrupted sweep resumes by calling it again.
+reused, never retrained; an interrupted or failed one is resumed from its last resume checkpoint:
+an interrupted sweep resumes by calling it again.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from .config import Config, ConfigError
 from .datasets import load_dataset
 from .methods import METHOD_NAMES, METHODS
 from .methods.sam import SAMMethod
-from .runs import check_output_dir, is_run, load_run
+from .runs import check_output_dir, is_run, is_run_dir, load_run, run_state
 from .trainer import train
 
 DEFAULT_METHODS = ("joint", "sam", "msam", "ogm_ge", "agm", "cggm", "reconboost")
@@ -97,16 +98,20 @@ def _normalised(d: dict) -> dict:
 
 
 def _check_existing(cell: Cell) -> None:
-    """A finished run at the cell's path must hold the same config; anything else there is an error."""
-    if not is_run(cell.path):
+    """A run at the cell's path (finished, or interrupted/failed: to be resumed) must hold the same
+    config; a run still training there, or anything else, is an error."""
+    if not is_run_dir(cell.path):
         check_output_dir(cell.path)
         return
+    state = run_state(cell.path)
+    if state == "running":
+        raise ConfigError(f"{cell.path} is being trained by another process; wait for it or use another --out")
     # fields added to Config after that run was made count as their defaults
     stored = {**_normalised(Config().to_dict()), **json.loads((cell.path / "config.json").read_text())}
     wanted = _normalised(cell.config.to_dict())
     for key in sorted(set(stored) | set(wanted)):
         if stored.get(key) != wanted.get(key):
-            raise ConfigError(f"{cell.path} holds a finished run with {key}={stored.get(key)!r}, but the sweep "
+            raise ConfigError(f"{cell.path} holds a {state} run with {key}={stored.get(key)!r}, but the sweep "
                               f"asks for {key}={wanted.get(key)!r}; use another --out or delete that run")
 
 
@@ -120,7 +125,7 @@ def _check_modalities(cells: list[Cell]) -> None:
         if key not in cache:
             try:
                 cache[key] = load_dataset(cfg.dataset, **cfg.data).modalities
-            except (ValueError, FileNotFoundError) as err:
+            except (ValueError, OSError) as err:
                 raise ConfigError(str(err)) from None
         check(cfg, cache[key])
 
@@ -201,6 +206,11 @@ def run_sweep(methods, seeds, rhos=None, dataset=None, out="runs/sweep", overrid
         if is_run(cell.path):
             if not quiet:
                 print(f"{label}: finished run found at {cell.path}, reusing it")
+            continue
+        if is_run_dir(cell.path):          # interrupted or failed: continue it, don't start again
+            if not quiet:
+                print(f"{label}: {run_state(cell.path)} run found at {cell.path}, resuming it")
+            train(resume=cell.path, quiet=quiet)
             continue
         if not quiet:
             print(f"{label}: training {cell.config.epochs} epochs on {cell.config.dataset} -> {cell.path}")

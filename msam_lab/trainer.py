@@ -1,24 +1,37 @@
-"""``train(config)``: one run from config to run directory."""
+"""``train(config)``: one run from config to run directory, written while it trains.
+
+The loop below reads top to bottom; each concern around it lives in its own module:
+``run_writer`` (status, streamed tables, checkpoints, lock), ``resume`` (the state a resume
+needs), ``nonfinite`` (``nan_policy``), ``progress`` (bar or log lines), ``interrupts`` (SIGTERM).
+"""
 from __future__ import annotations
 
 import platform
 import random
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from . import config as config_mod
+from . import resume as resume_mod
 from .config import Config, ConfigError
 from .datasets import load_dataset
+from .interrupts import sigterm_as_keyboard_interrupt
 from .methods import build_method
-from .metrics import dominance_switches, evaluate, tau, tau_loss
+from .metrics import dominance_switches, epoch_metrics, train_eval_subset
 from .models import model_from_spec
-from .runs import Run, RunWriter, check_output_dir, load_run
+from .nonfinite import NonFiniteError, StepGuard
+from .progress import Progress
+from .run_writer import RunWriter
+from .runs import CHECKPOINTS, EPOCHS, RESUME, STEPS, Run, check_output_dir, load_run, read_table
+
+
+class TrainingError(RuntimeError):
+    """Training stopped on its own terms (a non-finite value); the run is kept, marked failed."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -40,98 +53,153 @@ def default_out(cfg: Config) -> Path:
     return Path("runs") / f"{cfg.dataset}-{cfg.method}-s{cfg.seed}-{stamp}"
 
 
-def rng_state(generator: torch.Generator) -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(),
-             "torch": torch.get_rng_state(), "batches": generator.get_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _epoch_row(epoch, model, splits, cfg, started) -> dict:
-    kw = dict(batch_size=cfg.eval_batch_size, share_rule=cfg.share_rule, shapley_value=cfg.shapley_value,
-              exact_max=cfg.shapley_exact_max, n_permutations=cfg.shapley_permutations, seed=cfg.seed)
-    tr, te = evaluate(model, splits.train, **kw), evaluate(model, splits.test, **kw)
-    row = {"epoch": epoch, "train_loss": tr["loss"], "train_acc": tr["acc"],
-           "test_loss": te["loss"], "test_acc": te["acc"],
-           "tau": tau(tr["acc"], te["acc"]), "tau_loss": tau_loss(tr["loss"], te["loss"])}
-    for split, res in (("train", tr), ("test", te)):
-        for key, value in res.items():
-            if key not in ("loss", "acc"):
-                row[f"{split}_{key}"] = value
-    row["wall_time"] = time.perf_counter() - started
-    return row
-
-
-def train(config=None, out=None, quiet: bool = False, overrides=()) -> Run:
-    """Train one model as ``config`` says and write its run directory; return the loaded run.
-
-    ``config``: a Config, a dict of fields, a YAML path or None (defaults);
-    ``overrides``: ``key=value`` strings applied on top.
-    """
-    cfg = config_mod.resolve(config, overrides)
-    out = check_output_dir(out if out is not None else default_out(cfg))
-    device = resolve_device(cfg.device)
+def _load_splits(cfg: Config, device):
     try:
         splits = load_dataset(cfg.dataset, **cfg.data).to(device)
-    except (ValueError, FileNotFoundError) as err:   # a loader's one-line layout/option message
+    except (ValueError, OSError) as err:   # a loader's one-line layout/option message, an unreadable file
         raise ConfigError(str(err)) from None
     unknown = sorted(set(cfg.encoders) - set(splits.modalities))
     if unknown:
         raise ConfigError(f"encoders.{unknown[0]} names no modality of {cfg.dataset}; "
                           f"its modalities are: {', '.join(splits.modalities)}")
-    seed_everything(cfg.seed)
-    spec = {"input_shapes": {m: list(x.shape[1:]) for m, x in splits.train.inputs.items()},
+    return splits
+
+
+def _model_spec(splits, cfg: Config) -> dict:
+    return {"input_shapes": {m: list(x.shape[1:]) for m, x in splits.train.inputs.items()},
             "num_classes": splits.num_classes, "fusion": cfg.fusion,
             "encoders": {**splits.info.get("encoders", {}), **cfg.encoders},
             "feature_dim": cfg.feature_dim, "hidden_dim": cfg.hidden_dim}
+
+
+def _evaluated(epoch: int, cfg: Config) -> bool:
+    return epoch == 0 or epoch == cfg.epochs or epoch % cfg.eval_every == 0
+
+
+def train(config=None, out=None, quiet: bool = False, overrides=(), resume=None,
+          on_step=None, on_epoch=None) -> Run:
+    """Train one model as ``config`` says and write its run directory; return the loaded run.
+
+    ``config``: a Config, a dict of fields, a YAML path or None (defaults);
+    ``overrides``: ``key=value`` strings applied on top;
+    ``resume``: an interrupted or failed run directory to continue (its own config is used);
+    ``on_step(row)`` / ``on_epoch(row)``: called after each step / evaluated epoch is recorded.
+    """
+    if resume is not None:
+        if config is not None or overrides or out is not None:
+            raise ConfigError("resume continues a run with its own config; pass only the run directory")
+        out, cfg = Path(resume), resume_mod.resumable(resume)
+    else:
+        cfg = config_mod.resolve(config, overrides)
+        out = check_output_dir(out if out is not None else default_out(cfg))
+    device = resolve_device(cfg.device)
+    splits = _load_splits(cfg, device)
+    train_eval = train_eval_subset(splits.train, cfg.train_eval_samples, cfg.seed)
+    seed_everything(cfg.seed)
+    spec = _model_spec(splits, cfg)
     model = model_from_spec(spec).to(device)
     method = build_method(model, cfg)
     generator = torch.Generator().manual_seed(cfg.seed)
+    guard = StepGuard(cfg.nan_policy, model, method)
 
-    writer = RunWriter(out)
+    point = resume_mod.load_resume_point(out) if resume is not None else None
+    pos = resume_mod.restore(point, model, method, generator) if point is not None else resume_mod.Position()
+    epoch, batch, step = pos.epoch, pos.batch, pos.step
+    steps_per_epoch = -(-len(splits.train) // cfg.batch_size)
+    progress = Progress(cfg.epochs * steps_per_epoch, cfg.epochs, f"{cfg.method} on {cfg.dataset}", quiet,
+                        done=step)
+    writer = RunWriter(out, resume=True, flush_every=cfg.flush_every) if resume is not None else \
+        RunWriter(out, cfg.to_dict(), spec, flush_every=cfg.flush_every)
+    if writer.stale is not None and not quiet:
+        print(f"{out}: took over the stale lock of {writer.stale.describe()} (no longer running)", file=sys.stderr)
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    started = time.perf_counter()
+
+    def wall() -> float:
+        return pos.wall_time + time.perf_counter() - started
+
+    def record_epoch(epoch: int) -> None:
+        row = {"epoch": epoch, **epoch_metrics(model, train_eval, splits.test, cfg), "wall_time": wall()}
+        writer.log_epoch(row)
+        progress.epoch(row)
+        if on_epoch is not None:
+            on_epoch(row)
+
+    def checkpoint(epoch: int) -> None:
+        writer.checkpoint(epoch, {"epoch": epoch, "model": model.state_dict(), "method": method.state_dict(),
+                                  "rng": {**resume_mod.rng_state(), "batches": generator.get_state()}})
+
+    def save_resume_point(epoch_generator) -> None:
+        point = resume_mod.Position(epoch, batch, step, wall())
+        writer.save_resume(resume_mod.capture(model, method, epoch_generator, point))
+
     try:
-        writer.json("config.json", cfg.to_dict())
-        writer.json("model.json", spec)
+        torch.use_deterministic_algorithms(cfg.deterministic or was_deterministic)
+        with sigterm_as_keyboard_interrupt():
+            if resume is not None:
+                writer.truncate(pos.step, pos.epoch if point is not None else -1)   # rows after the point
+            if point is None:
+                record_epoch(0)
+                checkpoint(0)
+                save_resume_point(generator.get_state())
 
-        def checkpoint(epoch):
-            writer.checkpoint(epoch, {"epoch": epoch, "model": model.state_dict(),
-                                      "method": method.state_dict(), "rng": rng_state(generator)})
-
-        started = time.perf_counter()
-        steps, epochs = [], [_epoch_row(0, model, splits, cfg, started)]
-        checkpoint(0)
-        steps_per_epoch = -(-len(splits.train) // cfg.batch_size)
-        bar = tqdm(total=cfg.epochs * steps_per_epoch, disable=quiet, leave=False,
-                   desc=f"{cfg.method} on {cfg.dataset}", unit="step")
-        step = 0
-        for epoch in range(cfg.epochs):
-            method.start_epoch(epoch)
-            for inputs, labels in splits.train.batches(cfg.batch_size, shuffle=True, generator=generator):
-                row = {"step": step, "epoch": epoch + 1, **method.step(inputs, labels)}
-                steps.append(row)
-                step += 1
-                bar.update()
-                bar.set_postfix(loss=f"{row['loss']:.3f}", dominant=row["dominant"], refresh=False)
-            epochs.append(_epoch_row(epoch + 1, model, splits, cfg, started))
-            last = epoch + 1 == cfg.epochs
-            if last or (cfg.checkpoint_every and (epoch + 1) % cfg.checkpoint_every == 0):
-                checkpoint(epoch + 1)
-        bar.close()
-        wall = time.perf_counter() - started
-        steps_df, epochs_df = pd.DataFrame(steps), pd.DataFrame(epochs)
-        final = epochs[-1]
-        summary = {
-            "method": cfg.method, "dataset": cfg.dataset, "seed": cfg.seed, "epochs": cfg.epochs,
-            "steps": step, "wall_time": wall, "device": str(device),
-            "torch": torch.__version__, "python": platform.python_version(),
-            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "n_parameters": sum(p.numel() for p in model.parameters()),
-            "dominance_switches": dominance_switches(steps_df["dominant"]) if steps else 0,
-            **{k: final[k] for k in final if k.startswith(("test_", "train_", "tau"))},
-        }
-        writer.finish(steps_df, epochs_df, summary)
-    except BaseException:
-        writer.abort()
+            while epoch < cfg.epochs:
+                method.start_epoch(epoch)
+                epoch_generator = generator.get_state()
+                for inputs, labels in splits.train.batches(cfg.batch_size, shuffle=True, generator=generator,
+                                                           start_batch=batch):
+                    try:
+                        row = {"step": step, "epoch": epoch + 1, **guard.step(inputs, labels)}
+                    except NonFiniteError as err:
+                        raise TrainingError(_non_finite_message(err, step, epoch + 1, out)) from None
+                    writer.log_step(row)
+                    progress.step(row)
+                    step, batch = step + 1, batch + 1
+                    if on_step is not None:
+                        on_step(row)
+                    if cfg.resume_every and step % cfg.resume_every == 0 and batch < steps_per_epoch:
+                        save_resume_point(epoch_generator)
+                epoch, batch = epoch + 1, 0
+                if _evaluated(epoch, cfg):
+                    record_epoch(epoch)
+                if epoch == cfg.epochs or (cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0):
+                    checkpoint(epoch)
+                save_resume_point(generator.get_state())
+            writer.finish(_summary(cfg, model, device, step, wall(), out, writer.status))
+    except KeyboardInterrupt:
+        writer.interrupt(f"interrupted at step {step} (epoch {epoch + 1}); resume with "
+                         f"`msam-lab train --resume {out}`")
         raise
+    except TrainingError as err:
+        writer.fail(str(err))
+        raise
+    except BaseException as err:
+        writer.fail(f"{type(err).__name__}: {err}")
+        raise
+    finally:
+        progress.close()
+        torch.use_deterministic_algorithms(was_deterministic)
     return load_run(out)
+
+
+def _non_finite_message(err: NonFiniteError, step: int, epoch: int, out) -> str:
+    point = resume_mod.load_resume_point(out)
+    where = (f"{Path(out) / CHECKPOINTS / RESUME} (epoch {point['position']['epoch']}, step "
+             f"{point['position']['step']})") if point is not None else "none"
+    return (f"non-finite {err.what} at step {step} (epoch {epoch}); last good checkpoint: {where}; "
+            f"run marked failed (lower lr, or nan_policy=skip to skip such batches)")
+
+
+def _summary(cfg: Config, model, device, steps: int, wall: float, out, status: dict) -> dict:
+    steps_df = read_table(Path(out) / STEPS)
+    final = read_table(Path(out) / EPOCHS).iloc[-1].to_dict()
+    return {
+        "method": cfg.method, "dataset": cfg.dataset, "seed": cfg.seed, "epochs": cfg.epochs,
+        "steps": steps, "wall_time": wall, "device": str(device),
+        "torch": torch.__version__, "python": platform.python_version(),
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "n_parameters": sum(p.numel() for p in model.parameters()),
+        "dominance_switches": dominance_switches(steps_df["dominant"]) if len(steps_df) else 0,
+        "skipped_batches": int(status.get("skipped_batches", 0)), "resumed": int(status.get("resumed", 0)),
+        **{k: final[k] for k in final if k.startswith(("test_", "train_", "tau"))},
+    }

@@ -75,18 +75,27 @@ def test_same_seed_same_run(tmp_path):
     assert not a.steps["loss"].equals(c.steps["loss"])
 
 
-def test_failed_run_leaves_nothing(tmp_path, monkeypatch):
+def test_failed_run_is_kept_and_marked_failed(tmp_path, monkeypatch):
     def boom(self, inputs, labels):
         raise RuntimeError("boom")
     monkeypatch.setattr(Joint, "step", boom)
     with pytest.raises(RuntimeError, match="boom"):
         msam_lab.train({**SYN, "method": "joint"}, out=tmp_path / "x", quiet=True)
+    run = load_run(tmp_path / "x")
+    assert run.state == "failed" and "RuntimeError: boom" in run.status["error"]
+    assert not run.finished and not (tmp_path / "x" / "lock").exists()
+    assert list(run.epochs["epoch"]) == [0]          # epoch 0 was evaluated before the first step
+
+
+def test_bad_config_writes_nothing(tmp_path):
+    with pytest.raises(ConfigError):
+        msam_lab.train({**SYN, "method": "nope"}, out=tmp_path / "x", quiet=True)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_existing_run_is_not_overwritten(syn_run):
     before = (syn_run.path / "summary.json").read_text()
-    with pytest.raises(ConfigError, match="already holds a run"):
+    with pytest.raises(ConfigError, match="already holds a finished run"):
         msam_lab.train({**SYN, "method": "msam"}, out=syn_run.path, quiet=True)
     assert (syn_run.path / "summary.json").read_text() == before
 
@@ -98,7 +107,7 @@ def test_config_round_trips(syn_run):
 
 
 def test_load_run_rejects_a_non_run(tmp_path):
-    with pytest.raises(FileNotFoundError, match="not a finished run"):
+    with pytest.raises(FileNotFoundError, match="not a run directory"):
         load_run(tmp_path)
 
 

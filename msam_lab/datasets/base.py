@@ -52,17 +52,18 @@ class MultimodalData:
 
     def batches(self, batch_size: int, shuffle: bool = False,
                 generator: torch.Generator | None = None,
-                drop_last: bool = False) -> Iterator[tuple[Batch, torch.Tensor]]:
+                drop_last: bool = False, start_batch: int = 0) -> Iterator[tuple[Batch, torch.Tensor]]:
         """Yield ``(inputs, labels)`` mini-batches by index.
 
         The permutation is drawn on the CPU from ``generator`` so that a seed
-        gives the same batches on every device.
+        gives the same batches on every device. ``start_batch`` skips that many
+        batches of the permutation (a run resumed inside an epoch).
         """
         n = len(self)
         order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
         order = order.to(self.device)
         stop = n - n % batch_size if drop_last else n
-        for start in range(0, stop, batch_size):
+        for start in range(start_batch * batch_size, stop, batch_size):
             idx = order[start:start + batch_size]
             yield {m: x[idx] for m, x in self.inputs.items()}, self.labels[idx]
 
