@@ -94,6 +94,17 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_status(args) -> int:
+    from .status import StatusError, format_status, status_table
+
+    try:
+        table = status_table(args.paths)
+    except StatusError as err:
+        raise UsageError(str(err)) from None
+    print(format_status(table))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="msam-lab", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -113,6 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
     _train_args(p)
     p.add_argument("--out", default="runs/demo", help="folder for the three runs (default runs/demo)")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("status", help="one line per run: state, progress, accuracy, dominance, heartbeat")
+    p.add_argument("paths", nargs="*", default=["runs"], metavar="RUN_OR_FOLDER",
+                   help="run directories or folders searched for runs (default runs/)")
+    p.set_defaults(func=cmd_status)
 
     add_sweep_parser(sub)
     add_landscape_parsers(sub)

@@ -18,13 +18,20 @@ for a notebook is ``notebooks/``.
 ``ensure_run(name, config)`` trains a run into ``runs_root()/<name>-<hash>``
 (the hash of the resolved config) or, when that run is already finished,
 loads it: rerunning a notebook reuses its runs, changing a parameter trains a
-new one.
+new one. A run left interrupted there (a kernel stopped mid-training) is resumed.
+
+``start_run(name, config)`` does the same on a background thread and returns at
+once with a ``BackgroundRun`` (``.path``, ``.join()`` -> the finished Run), so a
+notebook can follow the run while it trains (``widgets.LiveCurves``,
+``widgets.DominanceExplorer(..., follow=True)``) and join it before reading it.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import threading
+import time
 from pathlib import Path
 
 QUICK_ENV = "MSAM_LAB_QUICK"
@@ -85,23 +92,105 @@ def run_path(name: str, config, root=None) -> Path:
     return Path(root if root is not None else runs_root()) / f"{name}-{config_hash(config)}"
 
 
-def ensure_run(name: str, config, root=None, quiet: bool = True):
-    """The finished run of ``config`` under ``root`` (default ``runs_root()``): loaded if there, else trained.
-
-    ``quiet=False`` shows the trainer's progress bar (a widget inside Jupyter).
-    """
-    from .runs import is_run, load_run
+def _train_into(path: Path, config, quiet: bool, on_step=None, on_epoch=None):
+    """Train ``config`` into ``path``, resuming the interrupted run found there (a stopped kernel's)."""
+    from .runs import is_run, is_run_dir, load_run, run_state
     from .trainer import train
 
-    path = run_path(name, config, root)
-    if is_run(path):
-        return load_run(path)
     try:
-        return train(config, out=path, quiet=quiet)
+        if is_run_dir(path) and run_state(path) == "interrupted":
+            return train(resume=path, quiet=quiet, on_step=on_step, on_epoch=on_epoch)
+        return train(config, out=path, quiet=quiet, on_step=on_step, on_epoch=on_epoch)
     except OSError:
         if is_run(path):          # finished meanwhile by another process
             return load_run(path)
         raise
+
+
+def ensure_run(name: str, config, root=None, quiet: bool = True, on_step=None, on_epoch=None):
+    """The finished run of ``config`` under ``root`` (default ``runs_root()``): loaded if there, else trained
+    (an interrupted run there is resumed).
+
+    ``quiet=False`` prints the trainer's progress (a bar on a terminal, one line per epoch elsewhere);
+    ``on_step(row)`` / ``on_epoch(row)`` are passed to ``train`` (not called for a reloaded run).
+    """
+    from .runs import is_run, load_run
+
+    path = run_path(name, config, root)
+    if is_run(path):
+        return load_run(path)
+    return _train_into(path, config, quiet, on_step, on_epoch)
+
+
+class BackgroundRun:
+    """A run training on a daemon thread of this process (see ``start_run``).
+
+    ``path``: its run directory; ``running``: the thread is still training; ``run``: the run as it is
+    now on disk; ``join(timeout)``: wait for the thread, re-raise its error, return the finished Run.
+    """
+
+    def __init__(self, path: Path, thread: threading.Thread | None = None):
+        self.path = Path(path)
+        self.thread = thread
+        self.result = None
+        self.error: BaseException | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.thread is not None and self.thread.is_alive()
+
+    @property
+    def run(self):
+        from .runs import load_run
+        return load_run(self.path)
+
+    def join(self, timeout: float | None = None):
+        """Wait until the training thread ends (``timeout``: seconds, then TimeoutError); the finished Run."""
+        if self.thread is not None:
+            self.thread.join(timeout)
+            if self.thread.is_alive():
+                raise TimeoutError(f"{self.path} is still training after {timeout} s")
+        if self.error is not None:
+            raise self.error
+        return self.result if self.result is not None else self.run
+
+    def __repr__(self) -> str:
+        return f"BackgroundRun({str(self.path)!r}, {'training' if self.running else 'done'})"
+
+
+def start_run(name: str, config, root=None, quiet: bool = True, timeout: float = 120.0) -> BackgroundRun:
+    """``ensure_run`` on a background thread: returns once the run directory exists, so it can be followed.
+
+    A finished run already there is reused (no thread). ``timeout``: seconds to wait for the trainer
+    to create the directory (data loading comes first). The thread is a daemon: it stops with the
+    kernel, leaving an interrupted run that the next ``start_run``/``ensure_run`` resumes.
+    """
+    from .runs import is_run, is_run_dir
+
+    path = run_path(name, config, root)
+    job = BackgroundRun(path)
+    if is_run(path):
+        return job
+
+    def target():
+        try:
+            job.result = _train_into(path, config, quiet)
+        except BaseException as err:      # noqa: BLE001 - re-raised by join()
+            job.error = err
+
+    job.thread = threading.Thread(target=target, name=f"msam-lab-train-{path.name}", daemon=True)
+    # a run left from before would be found at once: wait for this trainer's own status instead
+    before = path.joinpath("status.json").stat().st_mtime_ns if is_run_dir(path) else None
+    job.thread.start()
+    deadline = time.monotonic() + timeout
+    while job.thread.is_alive():
+        if is_run_dir(path) and (before is None or path.joinpath("status.json").stat().st_mtime_ns != before):
+            return job
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the trainer did not create {path} within {timeout} s")
+        time.sleep(0.02)
+    job.join()              # it ended already: re-raises its error (a bad config), else it finished
+    return job
 
 
 def data_settings() -> dict:

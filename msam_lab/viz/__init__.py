@@ -14,6 +14,8 @@ publication; save with ``save_mpl(fig, "figures/name")`` for PDF + PNG).
     viz.comparison_bars(sweep_table)                # mean ± std over seeds
 
 Modules: ``style`` (colours, labels, saving), ``curves``, ``dominance``, ``landscape``, ``compare``.
+Following a run while it trains (figures that grow in place): ``msam_lab.widgets.LiveCurves(run)``,
+``msam_lab.widgets.LiveFigure(viz.<function>, run)``, ``DominanceExplorer(run, follow=True)``.
 Quick mode for notebooks and tests: ``quick_mode()`` (``MSAM_LAB_QUICK=1``).
 """
 from ..notebook_utils import quick_mode

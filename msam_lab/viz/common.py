@@ -2,6 +2,7 @@
 and ``refresh``, which moves a freshly built plotly figure into a live ``FigureWidget``."""
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Mapping
 
@@ -66,9 +67,11 @@ def refresh(widget, fig) -> None:
 
     Traces are updated one by one when the new figure has the same trace types in the same order
     (the browser keeps its zoom state and redraws only what changed); otherwise they are replaced.
+    Either way the widget stays the same object (a followed run's figure grows in it).
     """
-    new = [t.to_plotly_json() for t in fig.data]
-    old = [t.to_plotly_json() for t in widget.data]
+    # the widget gives each trace a ``uid``; a fresh figure has none: it is no property of the picture
+    new = [{k: v for k, v in t.to_plotly_json().items() if k != "uid"} for t in fig.data]
+    old = [{k: v for k, v in t.to_plotly_json().items() if k != "uid"} for t in widget.data]
     # in place only when every trace keeps its type and its set of properties (none would go stale)
     same = len(new) == len(old) and all(a.get("type") == b.get("type") and set(a) == set(b)
                                         for a, b in zip(old, new))
@@ -80,3 +83,16 @@ def refresh(widget, fig) -> None:
             widget.data = []
             widget.add_traces(list(fig.data))
         widget.layout = fig.layout
+    _sync_state(widget)
+
+
+def _sync_state(widget) -> None:
+    """Copy the figure into the widget's synced state (plotly ≥ 6: ``_widget_data``/``_widget_layout``).
+
+    The updates above reach the views that exist now as messages; a view made later starts from the
+    synced state instead, which plotly sets only when the widget is displayed. Without this, Voilà
+    (which builds its views after the notebook has run), a reloaded JupyterLab page or the same
+    widget shown again would show the figure as it was when first displayed."""
+    if hasattr(widget, "_widget_data") and hasattr(widget, "_layout_obj"):
+        widget._widget_data = copy.deepcopy(widget._data)
+        widget._widget_layout = copy.deepcopy(widget._layout_obj._props)

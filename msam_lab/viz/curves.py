@@ -5,6 +5,10 @@ plotly ``go.Figure`` (``backend="plotly"``, interactive) or a matplotlib ``Figur
 (``backend="matplotlib"``, publication). Per-modality accuracy has two definitions, chosen by
 ``per_modality``: ``"decomposed"`` (``acc_<m>``, the modality's Shapley-decomposed logits inside
 the fused model) or ``"only"`` (``acc_only_<m>``, every other modality zeroed).
+
+A run still training is drawn as far as it has got. To watch it grow, follow it:
+``msam_lab.widgets.LiveCurves(run)`` (``training_curves`` + ``accuracy_curves``, re-read every few
+seconds and extended in place) or ``msam_lab.widgets.LiveFigure(viz.tau_curves, run)`` for any of these.
 """
 from __future__ import annotations
 

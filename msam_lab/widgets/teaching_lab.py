@@ -1,7 +1,9 @@
 """Teaching lab: sliders for each modality's noise and for ρ, a button that trains a short run live
-(with a progress bar) and redraws fused/per-modality accuracy and the dominance picture, plus a
-history of the settings tried. Figures from ``viz.accuracy_curves`` and ``viz.shares_over_steps``;
-runs via ``notebook_utils.ensure_run`` (a setting tried before is reloaded, not retrained)."""
+and redraws fused/per-modality accuracy and the dominance picture after every epoch while it
+trains (``train``'s ``on_epoch`` callback; the status line shows the epoch just finished), plus a
+history of the settings tried. Figures from ``viz.accuracy_curves`` and ``viz.shares_over_steps``,
+updated in place with ``viz.refresh``; runs via ``notebook_utils.ensure_run`` (a setting tried
+before is reloaded, not retrained)."""
 from __future__ import annotations
 
 import copy
@@ -14,6 +16,7 @@ import plotly.graph_objects as go
 
 from .. import viz
 from ..notebook_utils import ensure_run, run_path, runs_root
+from .follow import ready, waiting_figure
 
 
 @dataclass
@@ -83,15 +86,14 @@ class TeachingLab(W.VBox):
         self.button = W.Button(description="Train", button_style="primary", icon="play",
                                tooltip="train a short run with these settings and redraw")
         self.button.on_click(lambda _: self.retrain())
-        self.output = W.Output()               # the trainer's progress bar appears here while a run trains
-        self.status = W.HTML("Set the sliders and press <b>Train</b>.")
+        self.status = W.HTML("Set the sliders and press <b>Train</b>.")   # also the epoch lines while training
         self.accuracy_figure = go.FigureWidget()
         self.dominance_figure = go.FigureWidget()
         self.table = W.HTML()
         sliders = [self.controls[k.key] for k in self.knobs]
         super().__init__([W.HBox([W.VBox(sliders), W.VBox([self.controls["method"], self.controls["epochs"],
                                                              self.button])]),
-                          self.output, self.status, self.accuracy_figure, self.dominance_figure, self.table], **kwargs)
+                          self.status, self.accuracy_figure, self.dominance_figure, self.table], **kwargs)
 
     def config(self) -> dict:
         """The config the current slider values describe."""
@@ -103,19 +105,34 @@ class TeachingLab(W.VBox):
         return cfg
 
     def retrain(self):
-        """Train (or reload) the run of the current settings, then redraw; returns the run."""
+        """Train (or reload) the run of the current settings, redrawing after every epoch; returns the run."""
         cfg = self.config()
+        settings = self._settings()
         self.button.disabled = True
         self.status.value = f"training {cfg['method']} for {cfg['epochs']} epochs …"
         started = time.perf_counter()
         root = self.root if self.root is not None else runs_root() / "lab"
-        from ..runs import is_run
-        self._reloaded = is_run(run_path("lab", cfg, root))
+        from ..runs import is_run, load_run
+        path = run_path("lab", cfg, root)
+        self._reloaded = is_run(path)
+        self.live_redraws = 0             # figure redraws while this run trained (one per evaluated epoch)
+        self.live_error = None
+
+        def on_epoch(row) -> None:        # the epoch's rows are on disk when this is called
+            try:
+                self._draw(load_run(path), cfg, settings)
+                self.live_redraws += 1
+            except Exception as err:      # noqa: BLE001 - a drawing problem must not fail the run
+                self.live_error = err
+            parts = [f"training {cfg['method']}: epoch {row['epoch']}/{cfg['epochs']}",
+                     f"test acc {100 * row['test_acc']:.1f} %"]
+            if row.get("test_dominant"):
+                parts.append(f"dominant {row['test_dominant']}")
+            parts.append(f"{time.perf_counter() - started:.1f} s")
+            self.status.value = " · ".join(parts) + " …"
+
         try:
-            self.output.clear_output()
-            with self.output:
-                run = ensure_run("lab", cfg, root=root, quiet=False)
-            self.output.clear_output()
+            run = ensure_run("lab", cfg, root=root, quiet=True, on_epoch=on_epoch)
         except Exception as err:
             self.status.value = f"<span style='color:#b00'>training failed: {type(err).__name__}: {err}</span>"
             raise
@@ -123,15 +140,26 @@ class TeachingLab(W.VBox):
             self.button.disabled = False
         took = time.perf_counter() - started
         self.runs.append(run)
-        self._redraw(run, cfg, took)
+        self._redraw(run, cfg, took, settings)
         return run
 
-    def _redraw(self, run, cfg, took: float) -> None:
-        settings = ", ".join(f"{k.label} = {self.controls[k.key].value:g}" for k in self.knobs)
+    def _settings(self) -> str:
+        """The slider values, for the figure title (read when a run starts)."""
+        return ", ".join(f"{k.label} = {self.controls[k.key].value:g}" for k in self.knobs)
+
+    def _draw(self, run, cfg, settings: str) -> None:
+        """Both figures from ``run`` as far as it has got (the dominance one once it has steps)."""
         label = viz.style.method_label(cfg["method"])
-        viz.refresh(self.accuracy_figure, viz.accuracy_curves(
-            {f"{label}, {cfg['epochs']} epochs": run}, title=f"Test accuracy with {settings}"))
-        viz.refresh(self.dominance_figure, viz.shares_over_steps(run, smooth=self.smooth, accuracy=False))
+        if len(run.epochs):
+            viz.refresh(self.accuracy_figure, viz.accuracy_curves(
+                {f"{label}, {cfg['epochs']} epochs": run}, title=f"Test accuracy with {settings}"))
+        if ready(run):
+            viz.refresh(self.dominance_figure, viz.shares_over_steps(run, smooth=self.smooth, accuracy=False))
+        else:                             # epoch 0 (before training): not the previous run's picture
+            viz.refresh(self.dominance_figure, waiting_figure({label: run}))
+
+    def _redraw(self, run, cfg, took: float, settings: str | None = None) -> None:
+        self._draw(run, cfg, settings if settings is not None else self._settings())
         final = run.epochs.iloc[-1]
         row = {"method": cfg["method"], **{k.label: self.controls[k.key].value for k in self.knobs},
                "epochs": cfg["epochs"], "fused acc %": 100 * final["test_acc"]}
