@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test bench clean figures lab
+.PHONY: install demo test bench clean figures lab teach
 
 # torch is pinned and installed first: unpinned, pip would pull a multi-GB CUDA build.
 $(STAMP): pyproject.toml
@@ -37,3 +37,13 @@ figures: $(STAMP)
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab --ip=127.0.0.1 --no-browser --ServerApp.root_dir=notebooks \
 		$(if $(filter 0,$(shell id -u)),--allow-root,)
+
+# The teaching lab (notebooks/06_teaching_demo.ipynb) as a Voilà app: sliders and figures, no code
+# (Voilà strips the sources by default). Voilà's defaults otherwise: no token (it listens on 127.0.0.1
+# only); it has no root check, so nothing like lab's --allow-root is needed.
+# `make teach TEACH_PORT=9000` for another port; a taken port is an error, so the URL printed is the one served.
+TEACH_PORT ?= 8866
+teach: $(STAMP)
+	@echo "Teaching lab (Voilà): http://127.0.0.1:$(TEACH_PORT)/  (Ctrl-C to stop)"
+	$(VENV)/bin/voila notebooks/06_teaching_demo.ipynb --no-browser --Voila.ip=127.0.0.1 \
+		--port=$(TEACH_PORT) --Voila.port_retries=0

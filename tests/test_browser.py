@@ -1,10 +1,14 @@
-"""A real browser drives a dashboard: JupyterLab on 127.0.0.1, Debian's Chromium through Playwright.
+"""A real browser drives the dashboards: Debian's Chromium through Playwright, servers on 127.0.0.1.
 
-Opens notebooks/01_dominance_over_time.ipynb (a copy, in quick mode), runs all cells, drags the
-explorer's smoothing slider and checks that the plotly figure's data in the page changed. The
-screenshots are kept in test-artifacts/ (git-ignored). Skipped, with the reason, when
-/usr/bin/chromium or the playwright package is missing (CI: ``apt-get install -y chromium``;
-never ``playwright install``).
+- JupyterLab: opens notebooks/01_dominance_over_time.ipynb (a copy, in quick mode), runs all cells,
+  drags the explorer's smoothing slider and checks that the plotly figure's data in the page changed.
+- Voilà (``make teach``): serves notebooks/06_teaching_demo.ipynb (a copy, in quick mode), checks that
+  no code is shown and that the run trained on open is drawn, moves a slider, presses **Train** and
+  checks that the figure's data in the page changed.
+
+The screenshots are kept in test-artifacts/ (git-ignored). Skipped, with the reason, when
+/usr/bin/chromium or the playwright package (or, for the Voilà test, voila) is missing
+(CI: ``apt-get install -y chromium``; never ``playwright install``).
 """
 from __future__ import annotations
 
@@ -12,11 +16,14 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -24,6 +31,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
 NOTEBOOK = "01_dominance_over_time.ipynb"
+TEACHING_NOTEBOOK = "06_teaching_demo.ipynb"
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -56,18 +64,37 @@ def write_settings(folder: Path) -> None:
         path.write_text(json.dumps(value))
 
 
-def wait_for_server(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
+def wait_for_server(url: str, proc: subprocess.Popen, timeout: float = 90, name: str = "jupyter lab",
+                    any_status: bool = False) -> None:
+    """Poll ``url`` until it answers 200 (with ``any_status``: any HTTP answer, e.g. a 404)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"jupyter lab exited early with code {proc.returncode}")
+            raise RuntimeError(f"{name} exited early with code {proc.returncode}")
         try:
             with urllib.request.urlopen(url, timeout=2) as r:
                 if r.status == 200:
                     return
+        except urllib.error.HTTPError:
+            if any_status:
+                return
         except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"jupyter lab did not answer {url} within {timeout} s")
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{name} did not answer {url} within {timeout} s")
+
+
+def stop_process(proc: subprocess.Popen, grace: float = 15) -> None:
+    """Wait ``grace`` s for ``proc`` to exit, then terminate it, then kill it (only this pid)."""
+    for step in (None, proc.terminate, proc.kill):
+        if step is not None:
+            step()
+        try:
+            proc.wait(timeout=grace if step is None else 10)
+            return
+        except subprocess.TimeoutExpired:
+            pass
+    proc.wait()
 
 
 def stop_server(proc: subprocess.Popen, base: str, token: str) -> None:
@@ -79,15 +106,32 @@ def stop_server(proc: subprocess.Popen, base: str, token: str) -> None:
             urllib.request.urlopen(req, timeout=5).close()
         except OSError:
             pass
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc)
+
+
+def launch_chromium(pw, profile: Path, viewport=(1400, 1000)):
+    """Debian's Chromium with CHROMIUM_ARGS, a fresh profile; returns the context (close it)."""
+    return pw.chromium.launch_persistent_context(
+        str(profile), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
+        viewport={"width": viewport[0], "height": viewport[1]})
+
+
+@contextmanager
+def hard_timeout(seconds: int, what: str):
+    """Raise TimeoutError in the test after ``seconds`` whatever it is waiting on (SIGALRM, main thread)."""
+    if not hasattr(signal, "SIGALRM"):         # not on Windows; the browser tests run on Linux
+        yield
+        return
+
+    def expire(signum, frame):
+        raise TimeoutError(f"{what} took longer than its hard limit of {seconds} s")
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 PLOT_DATA_JS = """gd => JSON.stringify((gd.data || []).map(t => [t.name || '', Array.from(t.y || [])]))"""
@@ -117,9 +161,7 @@ def test_dashboard_slider_updates_the_figure_in_a_real_browser(tmp_path):
     try:
         wait_for_server(f"{base}/api/status?token={token}", proc)
         with playwright_api.sync_playwright() as pw:
-            ctx = pw.chromium.launch_persistent_context(
-                str(tmp_path / "chromium-profile"), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
-                viewport={"width": 1400, "height": 1000})
+            ctx = launch_chromium(pw, tmp_path / "chromium-profile")
             try:
                 page = ctx.pages[0] if ctx.pages else ctx.new_page()
                 page.set_default_timeout(60_000)
@@ -174,3 +216,110 @@ def test_dashboard_slider_updates_the_figure_in_a_real_browser(tmp_path):
         log.close()
         shutil.copy(tmp_path / "jupyter.log", ARTIFACTS / "browser_jupyter.log")
     sys.stderr.write(f"\nbrowser test: {time.perf_counter() - started:.1f} s\n")
+
+
+# Everything of a code cell Voilà could show: editors, highlighted sources, input prompts.
+CODE_ELEMENTS = ".jp-CodeCell .jp-InputArea, .jp-InputArea-editor, .jp-InputPrompt, .cm-editor, .CodeMirror, .highlight"
+
+
+def test_teaching_lab_under_voila_retrains_in_a_real_browser(tmp_path):
+    """``make teach``'s app: Voilà serves the teaching notebook without code; moving a slider and pressing
+    Train redraws the figure in the page."""
+    pytest.importorskip("voila", reason="voila is not installed (it is in the `notebooks` extra: "
+                                        "pip install -e '.[notebooks]')")
+    started = time.perf_counter()
+    work = tmp_path / "teach"
+    work.mkdir()
+    shutil.copy(ROOT / "notebooks" / TEACHING_NOTEBOOK, work / TEACHING_NOTEBOOK)
+    env = {**os.environ, "MSAM_LAB_QUICK": "1", "MSAM_LAB_RUNS": str(tmp_path / "runs"),
+           "MSAM_LAB_FIGURES": str(tmp_path / "figures"), "JUPYTER_CONFIG_DIR": str(tmp_path / "jconfig"),
+           "JUPYTER_DATA_DIR": str(tmp_path / "jdata"), "JUPYTER_RUNTIME_DIR": str(tmp_path / "jruntime"),
+           "IPYTHONDIR": str(tmp_path / "ipython"), "MPLBACKEND": "agg"}
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    log_path = tmp_path / "voila.log"
+    log = open(log_path, "wb")
+    # as `make teach` runs it, on a free port; Voilà's defaults (sources stripped) otherwise
+    cmd = [sys.executable, "-m", "voila", TEACHING_NOTEBOOK, "--no-browser", "--Voila.ip=127.0.0.1",
+           f"--port={port}", "--Voila.port_retries=0", f"--Voila.connection_dir_root={tmp_path}"]
+    # SIGINT stops Voilà cleanly (kernels shut down); a shell's background job would inherit it ignored
+    proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    ARTIFACTS.mkdir(exist_ok=True)
+    code_lines = {line.strip() for cell in json.loads((work / TEACHING_NOTEBOOK).read_text())["cells"]
+                  if cell["cell_type"] == "code" for line in "".join(cell["source"]).splitlines()
+                  if len(line.strip()) > 8}
+    try:
+        with hard_timeout(240, "the Voilà browser test"):
+            # any answer means it listens (GET / would already start the notebook's kernel)
+            wait_for_server(f"{base}/voila/static/", proc, name="voila", any_status=True)
+            with playwright_api.sync_playwright() as pw:
+                ctx = launch_chromium(pw, tmp_path / "chromium-profile", viewport=(1400, 1600))
+                try:
+                    page = ctx.pages[0] if ctx.pages else ctx.new_page()
+                    page.set_default_timeout(60_000)
+                    page.goto(f"{base}/", timeout=120_000)            # Voilà runs every cell, then the page loads
+                    slider = page.locator(".widget-slider", has_text="m1 informativeness").first
+                    slider.wait_for(timeout=60_000)
+                    status = page.locator(".widget-html", has_text="done in").first
+                    status.wait_for(timeout=60_000)                   # the run trained on open is finished
+                    plots = page.locator(".js-plotly-plot")           # test accuracy per epoch; shares per step
+                    plots.nth(1).wait_for()
+
+                    def figures() -> list:
+                        return [json.loads(plots.nth(i).evaluate(PLOT_DATA_JS)) for i in range(plots.count())]
+
+                    deadline = time.monotonic() + 15
+                    before = figures()
+                    while time.monotonic() < deadline and not all(before):
+                        page.wait_for_timeout(250)
+                        before = figures()
+                    page.screenshot(path=str(ARTIFACTS / "browser_teaching_lab_before.png"))
+                    shown = page.locator("body").inner_text()
+                    code_elements = page.locator(CODE_ELEMENTS).count()
+
+                    handle = slider.locator(".noUi-handle").first     # keyboard: 4 steps of 0.25 to the right
+                    handle.focus()
+                    for _ in range(4):
+                        handle.press("ArrowRight")
+                    readout = slider.locator(".widget-readout").first
+                    page.wait_for_function("el => el.innerText.trim() !== '0.75'", arg=readout.element_handle(),
+                                           timeout=10_000)
+                    readout_text = readout.inner_text().strip()
+                    status_before = status.inner_text()
+                    page.locator(".widget-button", has_text="Train").first.click()
+
+                    page.wait_for_function("([el, old]) => el.innerText.includes('done in') && el.innerText !== old",
+                                           arg=[status.element_handle(), status_before], timeout=90_000)
+                    deadline = time.monotonic() + 15                  # both figures redrawn (plotly draws async)
+                    after = figures()
+                    while time.monotonic() < deadline and any(a == b for a, b in zip(after, before)):
+                        page.wait_for_timeout(250)
+                        after = figures()
+                    page.screenshot(path=str(ARTIFACTS / "browser_teaching_lab_after.png"))
+                    table = page.locator(".widget-html", has_text="Settings tried").first.inner_text()
+                except Exception:
+                    page.screenshot(path=str(ARTIFACTS / "browser_teaching_failure.png"), full_page=True)
+                    raise
+                finally:
+                    ctx.close()
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)                   # Voilà: "Stopping...", shuts its kernels down
+        stop_process(proc)
+        log.close()
+        shutil.copy(log_path, ARTIFACTS / "browser_voila.log")
+
+    assert code_elements == 0, f"{code_elements} code-cell elements are shown on the Voilà page"
+    leaked = sorted(line for line in code_lines if line in shown)
+    assert not leaked, f"code cell sources are shown on the Voilà page: {leaked}"
+    assert "Teaching lab" in shown and "Train" in shown
+    assert len(before) == 2 and all(before), (
+        "a figure is empty when the page opens: the run trained while the notebook ran is not in the "
+        "FigureWidgets' synced state (Voilà builds the views after the notebook has run)")
+    assert readout_text == "1.75", f"4 steps right from 0.75 should read 1.75, reads {readout_text}"
+    assert after[0] != before[0], "moving the m1 informativeness slider and pressing Train did not change the accuracy figure"
+    assert after[1] != before[1], "moving the m1 informativeness slider and pressing Train did not change the shares figure"
+    assert table.count("msam") == 2, f"the settings table should list both runs:\n{table}"
+    sys.stderr.write(f"\nvoila browser test: {time.perf_counter() - started:.1f} s\n")
+
