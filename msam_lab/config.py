@@ -55,7 +55,7 @@ class Config:
     shapley_permutations: int = 64                  # permutations when sampling
     # records (docs/runs.md)
     checkpoint_every: int = 5                       # epochs between analysis checkpoints (0: first and last only)
-    eval_batch_size: int = 512
+    eval_batch_size: int = 128                      # chunks of the evaluation passes (small: cache-friendly on CPU)
     eval_every: int = 1                             # epochs between evaluations (epoch 0 and the last always)
     train_eval_samples: int = 512                   # seeded train subset for the train-side metrics and τ (0: all)
     # durability (docs/runs.md)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from . import coalitions, shapley
 from .datasets import MultimodalData
-from .models import MultimodalModel, eval_mode
+from .models import MultimodalModel, channels_last_on_cpu, eval_mode
 
 
 @torch.no_grad()
@@ -31,7 +31,7 @@ def dataset_coalition_stats(model: MultimodalModel, data: MultimodalData, masks,
 
 
 @torch.no_grad()
-def evaluate(model: MultimodalModel, data: MultimodalData, batch_size: int = 512,
+def evaluate(model: MultimodalModel, data: MultimodalData, batch_size: int = 128,
              share_rule: str = "clip", shapley_value: str = "accuracy",
              exact_max: int = shapley.EXACT_MAX, n_permutations: int = 64, seed: int = 0) -> dict:
     """Loss, accuracy, per-modality accuracies and Shapley shares of ``model`` on ``data``.
@@ -40,7 +40,7 @@ def evaluate(model: MultimodalModel, data: MultimodalData, batch_size: int = 512
     """
     names = model.modalities
     n_mod = len(names)
-    with eval_mode(model):
+    with eval_mode(model), channels_last_on_cpu(model):
         exact = n_mod <= exact_max
         masks = shapley.all_masks(n_mod) if exact else \
             [shapley.mask_of(range(n_mod))] + [1 << m for m in range(n_mod)]

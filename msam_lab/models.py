@@ -178,6 +178,26 @@ def eval_mode(model: nn.Module):
             m.training = training
 
 
+@contextmanager
+def channels_last_on_cpu(model: nn.Module):
+    """Run a block with a CPU model's convolution weights in channels-last layout, then back.
+
+    Our small CNNs infer about 3x faster on CPU that way (docs/benchmarks.md). Only the memory
+    layout changes: the values are copied, so the model (and its optimizer's parameters, the same
+    objects) computes bit for bit as before once the block ends. A model already not in the
+    default layout, or not on the CPU, is left alone.
+    """
+    convs = [p for p in model.parameters() if p.dim() == 4]
+    convert = bool(convs) and all(p.device.type == "cpu" and p.is_contiguous() for p in convs)
+    if convert:
+        model.to(memory_format=torch.channels_last)
+    try:
+        yield model
+    finally:
+        if convert:
+            model.to(memory_format=torch.contiguous_format)
+
+
 def is_mode_invariant(model: nn.Module) -> bool:
     """True when train and eval mode compute the same function (no BatchNorm, no dropout)."""
     mode_dependent = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd,

@@ -215,3 +215,60 @@ def test_progress_on_a_terminal_draws_a_bar_and_no_epoch_lines():
     p.epoch({"epoch": 1, "train_loss": 0.5, "test_acc": 0.9, "wall_time": 1.0})
     p.close()
     assert "\r" in stream.getvalue() and "epoch 1/2" not in stream.getvalue()
+
+
+# -- evaluation cost -----------------------------------------------------------------------
+
+def test_train_eval_subset_is_seeded_sized_and_leaves_the_training_rng_alone():
+    from msam_lab.metrics import train_eval_subset
+
+    data = load_dataset("synthetic", n_samples=300, n_modalities=2).train
+    torch.manual_seed(123)
+    expected_next = torch.rand(1)
+    torch.manual_seed(123)
+    a = train_eval_subset(data, 50, seed=4)
+    assert torch.equal(torch.rand(1), expected_next)
+    b, c = train_eval_subset(data, 50, seed=4), train_eval_subset(data, 50, seed=5)
+    assert len(a) == 50 and torch.equal(a.labels, b.labels) and torch.equal(a.inputs["m0"], b.inputs["m0"])
+    assert not torch.equal(a.inputs["m0"], c.inputs["m0"])
+    assert train_eval_subset(data, 0, seed=4) is data and train_eval_subset(data, 10 ** 6, seed=4) is data
+
+
+def test_eval_every_evaluates_epoch_zero_every_nth_and_the_last(tmp_path):
+    run = msam_lab.train({**SYN, "method": "joint", "epochs": 5, "eval_every": 2}, out=tmp_path / "r", quiet=True)
+    assert list(run.epochs["epoch"]) == [0, 2, 4, 5]
+    assert run.summary["test_acc"] == run.epochs["test_acc"].iloc[-1]
+
+
+def test_channels_last_evaluation_gives_the_same_numbers_and_restores_the_model(monkeypatch):
+    import contextlib
+
+    from msam_lab import metrics
+    from msam_lab.models import channels_last_on_cpu
+
+    splits = load_dataset("av-digits")
+    torch.manual_seed(0)
+    spec = {"input_shapes": {m: list(x.shape[1:]) for m, x in splits.train.inputs.items()},
+            "num_classes": splits.num_classes, "fusion": "late_sum", "encoders": splits.info.get("encoders", {}),
+            "feature_dim": 64, "hidden_dim": 128}
+    model = model_from_spec(spec).double()
+    part = splits.test.subset(range(100))
+    data = MultimodalData({m: x.double() for m, x in part.inputs.items()}, part.labels, part.num_classes)
+    assert any(p.dim() == 4 for p in model.parameters())
+    before = {k: (v.clone(), v.stride()) for k, v in model.state_dict().items()}
+
+    with channels_last_on_cpu(model):
+        assert any(not p.is_contiguous() for p in model.parameters() if p.dim() == 4)
+    after = model.state_dict()
+    for k, (v, stride) in before.items():           # values and layout exactly as before
+        assert torch.equal(after[k], v) and after[k].stride() == stride, k
+
+    fast = metrics.evaluate(model, data, batch_size=32)        # converts inside
+    monkeypatch.setattr(metrics, "channels_last_on_cpu", lambda m: contextlib.nullcontext(m))
+    slow = metrics.evaluate(model, data, batch_size=32)        # the default layout throughout
+    assert fast.keys() == slow.keys()
+    for key, value in fast.items():
+        if isinstance(value, float):
+            assert abs(value - slow[key]) < 1e-9, key
+        else:
+            assert value == slow[key], key
