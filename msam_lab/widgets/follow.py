@@ -36,6 +36,7 @@ import plotly.graph_objects as go
 
 from .. import viz
 from ..runs import EPOCHS, STATUS, STEPS, SUMMARY, load_run, read_status
+from ..status import format_age
 from ..viz.common import as_runs
 
 DEFAULT_INTERVAL = 2.0
@@ -175,15 +176,6 @@ class Follower:
 
 # ---------------------------------------------------------------- status line
 
-def _age(seconds: float) -> str:
-    seconds = max(0.0, seconds)
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
 def describe(label: str, run) -> str:
     """One line about a run's progress: state, epoch of epochs, last step, last heartbeat."""
     st = getattr(run, "status", {}) or {}
@@ -197,7 +189,7 @@ def describe(label: str, run) -> str:
     if len(run.steps) and "step" in run.steps:
         parts.append(f"step {int(run.steps['step'].max())}")
     if state == "running" and st.get("heartbeat_unix"):
-        parts.append(f"heartbeat {_age(time.time() - float(st['heartbeat_unix']))} ago")
+        parts.append(f"heartbeat {format_age(time.time() - float(st['heartbeat_unix']))} ago")
     return ", ".join(parts)
 
 
