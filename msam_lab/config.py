@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import re
+import reprlib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,6 +117,14 @@ def field_names() -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(Config))
 
 
+def shown(v) -> str:
+    """A bounded repr: an error stays one short line even for a 400-digit int, a huge list or a
+    YAML alias bomb (whose full repr grows exponentially)."""
+    if isinstance(v, int) and not isinstance(v, bool) and abs(v) >= 2 ** 63:
+        return f"an integer of {v.bit_length()} bits"
+    return reprlib.repr(v)
+
+
 def _check_type(name: str, value, annotation: str):
     """``annotation`` is the field's type as written: str, int, float, bool, dict, list, or 'X | None'."""
     base, _, optional = annotation.partition(" | ")
@@ -122,15 +133,34 @@ def _check_type(name: str, value, annotation: str):
     kind = {"str": str, "int": int, "float": float, "bool": bool, "dict": dict, "list": list}[base]
     annotation = base
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        try:
+            value = float(value)
+        except OverflowError:   # an int beyond float range would escape as a traceback
+            raise ConfigError(f"config field {name!r} must be a finite float, got {shown(value)}") from None
     if kind is int and isinstance(value, bool) or not isinstance(value, kind):
-        raise ConfigError(f"config field {name!r} must be {annotation}, got {value!r}")
+        raise ConfigError(f"config field {name!r} must be {annotation}, got {shown(value)}")
+    if kind is float and not math.isfinite(value):
+        # NaN passes every `< 0` / `<= 0` range check below and inf is no usable setting
+        # (lr, rho, clip ...): reject both here, once, for every float field.
+        raise ConfigError(f"config field {name!r} must be a finite float, got {value!r}")
+    if kind is int and not -2 ** 63 <= value < 2 ** 63:
+        # ints reach torch / numpy (sizes, counts), which overflow past int64
+        raise ConfigError(f"config field {name!r} must fit in 64 bits, got {shown(value)}")
+    if kind in (dict, list):
+        # The run writes config.json and resume/compare read it back: plain JSON data only.
+        # A YAML set, date or self-referencing list (&a [*a]) passed and crashed the run writer.
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError, RecursionError) as err:
+            raise ConfigError(f"config field {name!r} must hold plain values (numbers, strings, "
+                              f"lists, mappings): {str(err)[:200]}") from None
     return value
 
 
 def validate(cfg: Config) -> Config:
     """Check every field; resolve dataset options. Raises ConfigError."""
     from .methods import METHOD_NAMES
+    from .models import ENCODERS
 
     hints = {f.name: f.type for f in dataclasses.fields(Config)}
     for name, annotation in hints.items():
@@ -148,8 +178,22 @@ def validate(cfg: Config) -> Config:
     for name in _NON_NEGATIVE:
         if getattr(cfg, name) < 0:
             raise ConfigError(f"{name} must be >= 0, got {getattr(cfg, name)}")
-    if not (cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda")):
+    # fullmatch, not startswith("cuda"): "cudax" or "cuda:abc" passed and then made torch.device
+    # raise a RuntimeError traceback at train time on a CUDA machine
+    if not (cfg.device in ("auto", "cpu") or re.fullmatch(r"cuda(:[0-9]+)?", cfg.device)):
         raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {cfg.device!r}")
+    if not 0 <= cfg.seed < 2 ** 32:   # numpy's seed range: np.random.seed raises ValueError in train()
+        raise ConfigError(f"seed must be in 0..{2 ** 32 - 1}, got {cfg.seed}")
+    # Option names must be strings: mixed key types made resolve_options' sorted() raise
+    # TypeError, and a non-str encoder kind failed only when the model was built.
+    for head in ("data", "encoders"):
+        bad = [k for k in getattr(cfg, head) if not isinstance(k, str)]
+        if bad:
+            raise ConfigError(f"{head} keys must be names (strings), got {reprlib.repr(bad[0])}")
+    for modality, kind in cfg.encoders.items():
+        if not isinstance(kind, str) or kind not in ENCODERS:
+            raise ConfigError(f"encoders.{modality} must be one of {', '.join(ENCODERS)}, got "
+                              f"{reprlib.repr(kind)} (set it with --set encoders.MODALITY=KIND)")
     try:
         cfg.data = resolve_options(cfg.dataset, cfg.data)
     except ValueError as err:
@@ -163,7 +207,9 @@ def parse_value(text: str):
     """A command-line value as YAML: 0.1 -> float, true -> bool, [1, 2] -> list, abc -> str."""
     try:
         return yaml.safe_load(text)
-    except yaml.YAMLError:
+    # ValueError: YAML-valid scalars a constructor rejects (2001-13-01, !!int x);
+    # RecursionError: deeply nested [[[[...; both read as a plain string like bad YAML.
+    except (yaml.YAMLError, ValueError, RecursionError):
         return text
 
 
@@ -178,6 +224,9 @@ def apply_overrides(cfg: Config, assignments: typing.Iterable[str]) -> Config:
         value = parse_value(text)
         head, dot, sub = key.partition(".")
         if dot and head in ("data", "encoders"):
+            if not isinstance(getattr(cfg, head), dict):   # e.g. data: 5 in the config file
+                raise ConfigError(f"cannot set {key!r}: config field {head!r} must be a mapping, "
+                                  f"got {type(getattr(cfg, head)).__name__}")
             getattr(cfg, head)[sub] = value
         elif key in names and not dot:
             setattr(cfg, key, value)
@@ -189,7 +238,7 @@ def apply_overrides(cfg: Config, assignments: typing.Iterable[str]) -> Config:
 
 def from_dict(values: dict) -> Config:
     names = set(field_names())
-    unknown = sorted(set(values) - names)
+    unknown = sorted(set(values) - names, key=str)   # key=str: YAML keys may be ints, dates, None
     if unknown:
         raise ConfigError(f"unknown config key {unknown[0]!r}; known keys: {', '.join(sorted(names))}")
     return Config(**values)
@@ -199,11 +248,15 @@ def load_config_file(path) -> Config:
     """A YAML (or JSON) file of config fields."""
     path = Path(path)
     try:
-        values = yaml.safe_load(path.read_text())
+        # bytes, not read_text(): yaml detects the encoding and reports undecodable
+        # input as a YAMLError, where read_text() raised UnicodeDecodeError (a traceback)
+        values = yaml.safe_load(path.read_bytes())
     except OSError as err:
-        raise ConfigError(f"cannot read config file {path}: {err.strerror}") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+        raise ConfigError(f"cannot read config file {path}: {err.strerror or err}") from None
+    # ValueError: a scalar a YAML constructor rejects (a: 2001-13-01); RecursionError: [[[[...
+    except (yaml.YAMLError, ValueError, RecursionError) as err:
+        first = (str(err).splitlines() or [type(err).__name__])[0]
+        raise ConfigError(f"config file {path} is not valid YAML: {first}") from None
     if values is None:
         values = {}
     if not isinstance(values, dict):
@@ -218,7 +271,12 @@ def resolve(config=None, overrides: typing.Iterable[str] = ()) -> Config:
     elif isinstance(config, Config):
         cfg = dataclasses.replace(config, data=dict(config.data), encoders=dict(config.encoders))
     elif isinstance(config, dict):
-        cfg = from_dict(json.loads(json.dumps(config)))
+        try:                                  # a deep copy that also proves the values are plain JSON
+            plain = json.loads(json.dumps(config))
+        except (TypeError, ValueError, RecursionError) as err:
+            raise ConfigError(f"a config dict must hold plain values (numbers, strings, lists, dicts): "
+                              f"{str(err).splitlines()[0][:200]}") from None
+        cfg = from_dict(plain)
     else:
         cfg = load_config_file(config)
     return validate(apply_overrides(cfg, overrides))

@@ -147,7 +147,7 @@ def _check_options(image_noise, audio_snr_db, test_fraction, seed) -> dict:
     def number(name, value):
         try:
             value = float(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):   # OverflowError: an int beyond float range
             raise ValueError(f"av-digits option {name!r} must be a number, got {value!r}") from None
         if not math.isfinite(value):
             raise ValueError(f"av-digits option {name!r} must be finite, got {value!r}")

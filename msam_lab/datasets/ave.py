@@ -40,8 +40,8 @@ import numpy as np
 import torch
 
 from .base import MultimodalData, Splits
-from .files import (check_positive_int, layout_error, load_frames, read_lines, require_file,
-                    require_root, subsample)
+from .files import (check_positive_int, frames_array, is_plain_name, layout_error, load_frames,
+                    read_lines, require_file, require_root, subsample)
 
 NAME = "ave"
 
@@ -93,6 +93,9 @@ def read_split_rows(path, classes: list[str]) -> list[tuple[str, int]]:
         video = rest[0].strip() if rest else ""
         if not video:
             raise layout_error(NAME, f"{path} line {lineno}: no video id after the class", LAYOUT)
+        if not is_plain_name(video):   # "/x" made <root>/audio_spec/<video>.pkl an absolute path
+            raise layout_error(NAME, f"{path} line {lineno}: video id {video!r} is not a plain file "
+                                     "name", LAYOUT)
         rows.append((video, classes.index(name)))
     return rows
 
@@ -102,12 +105,22 @@ def read_spectrogram(path) -> np.ndarray:
     path = require_file(path, NAME, LAYOUT)
     try:
         with open(path, "rb") as f:
-            spec = np.asarray(pickle.load(f), dtype=np.float32)
+            raw = np.asarray(pickle.load(f))
+        # numbers only: a pickled str "1.5" converted silently, complex lost its imaginary
+        # part with a warning on stderr
+        if raw.dtype.kind not in "biuf":
+            raise TypeError(f"holds {raw.dtype} values, not numbers")
+        with np.errstate(over="ignore"):   # beyond float32 -> inf, reported below
+            spec = raw.astype(np.float32)
     except Exception as exc:  # noqa: BLE001
         raise layout_error(NAME, f"cannot read {path} as a pickled array "
                                  f"({type(exc).__name__}: {exc})", LAYOUT) from exc
-    if spec.ndim != 2:
-        raise layout_error(NAME, f"{path} holds an array of shape {spec.shape}, not 2-D", LAYOUT)
+    if spec.ndim != 2 or spec.size == 0:   # an empty (0, T) map passed and broke the model later
+        raise layout_error(NAME, f"{path} holds an array of shape {spec.shape}, not a non-empty 2-D "
+                                 "spectrogram", LAYOUT)
+    if not np.all(np.isfinite(spec)):   # NaN/inf would train a NaN model with no hint at the file
+        raise layout_error(NAME, f"{path} holds NaN or infinite values (or values beyond float32)",
+                           LAYOUT)
     return spec
 
 
@@ -141,7 +154,7 @@ def _read_split(root, split, classes, n_frames, image_size, pool, max_samples, s
                 raise layout_error(NAME, f"{spec_path} has {spec.shape[1]} time frames, fewer "
                                          f"than audio_time_pool={pool}", LAYOUT)
             audio = np.empty((len(rows),) + _pool_time(spec, pool).shape, dtype=np.float32)
-            visual = np.empty((len(rows), 3 * n_frames, image_size, image_size), dtype=np.float32)
+            visual = frames_array(len(rows), n_frames, image_size, NAME)   # too large: one-line error
         elif spec.shape != first[1]:
             raise layout_error(NAME, f"{spec_path} has shape {spec.shape} but {first[0]} has "
                                      f"{first[1]}", LAYOUT)

@@ -90,6 +90,12 @@ def _read_split(root: Path, split: str, audio_size: int, normalize: bool, max_sa
                                  "not 112x112 values per sample", LAYOUT)
     if int(np.prod(labels.shape[1:])) != 1:
         raise layout_error(NAME, f"{paths['labels']} has shape {labels.shape}, not (N,)", LAYOUT)
+    for key, array in arrays.items():
+        # bool/int/uint/float only: strings, datetimes or structured records made the float32
+        # conversion below raise a ValueError/TypeError naming no file; complex dropped its
+        # imaginary part with a warning
+        if array.dtype.kind not in "biuf":
+            raise layout_error(NAME, f"{paths[key]} holds {array.dtype} values, not numbers", LAYOUT)
 
     index = subsample(n, max_samples)
     y = np.asarray(labels[index]).reshape(-1)
@@ -97,11 +103,20 @@ def _read_split(root: Path, split: str, audio_size: int, normalize: bool, max_sa
         raise layout_error(NAME, f"{paths['labels']} holds labels outside the digits 0-9", LAYOUT)
 
     scale = 255.0 if normalize else 1.0
-    x_image = np.asarray(image[index], dtype=np.float32).reshape(-1, 28, 28) / np.float32(scale)
+    with np.errstate(over="ignore"):   # float64 beyond float32 range -> inf, reported next
+        x_image = np.asarray(image[index], dtype=np.float32).reshape(-1, 28, 28) / np.float32(scale)
+    if not np.all(np.isfinite(x_image)):
+        # NaN/inf features would train a NaN model with no hint at the file
+        raise layout_error(NAME, f"{paths['image']} holds NaN or infinite values "
+                                 "(or values beyond float32)", LAYOUT)
     x_audio = torch.empty((len(index), audio_size, audio_size), dtype=torch.float32)
     for start in range(0, len(index), _CHUNK):
         rows = index[start:start + _CHUNK]
-        chunk = np.asarray(audio[rows], dtype=np.float32).reshape(-1, AUDIO_SIDE, AUDIO_SIDE)
+        with np.errstate(over="ignore"):
+            chunk = np.asarray(audio[rows], dtype=np.float32).reshape(-1, AUDIO_SIDE, AUDIO_SIDE)
+        if not np.all(np.isfinite(chunk)):   # as for the images
+            raise layout_error(NAME, f"{paths['audio']} holds NaN or infinite values "
+                                     "(or values beyond float32)", LAYOUT)
         chunk = torch.from_numpy(chunk / np.float32(scale))
         if audio_size != AUDIO_SIDE:
             chunk = torch.nn.functional.adaptive_avg_pool2d(chunk[:, None], audio_size)[:, 0]

@@ -36,8 +36,8 @@ import numpy as np
 import torch
 
 from .base import MultimodalData, Splits
-from .files import (check_positive_int, layout_error, load_frames, read_lines, read_wav,
-                    require_root, resample, stft_magnitude, subsample)
+from .files import (check_positive_int, frames_array, is_plain_name, layout_error, load_frames,
+                    read_lines, read_wav, require_root, resample, stft_magnitude, subsample)
 
 NAME = "crema-d"
 
@@ -73,6 +73,9 @@ def read_split_csv(path, layout: str = LAYOUT) -> list[tuple[str, int]]:
                                layout)
         if fields[1] not in EMOTIONS:
             raise layout_error(NAME, f"{path} line {lineno}: unknown emotion {fields[1]!r}", layout)
+        if not is_plain_name(fields[0]):   # "/x" made <root>/AudioWAV/<clip>.wav an absolute path
+            raise layout_error(NAME, f"{path} line {lineno}: clip id {fields[0]!r} is not a plain file "
+                                     "name", layout)
         rows.append((fields[0], EMOTIONS.index(fields[1])))
     return rows
 
@@ -103,7 +106,7 @@ def _read_split(root, split, n_frames, image_size, fps, max_samples, skip_missin
         skipped = 0
     rows = [rows[i] for i in subsample(len(rows), max_samples)]
     audio = np.empty((len(rows),) + AUDIO_SHAPE, dtype=np.float32)
-    visual = np.empty((len(rows), 3 * n_frames, image_size, image_size), dtype=np.float32)
+    visual = frames_array(len(rows), n_frames, image_size, NAME)   # too large: one-line error
     for i, (clip, _) in enumerate(rows):
         audio[i] = audio_features(root / "AudioWAV" / f"{clip}.wav", layout)
         visual[i] = load_frames(frames_root / clip, n_frames, image_size, NAME, layout)

@@ -12,6 +12,7 @@ because several loaders share them.
 """
 from __future__ import annotations
 
+import os
 import re
 import warnings
 from math import gcd
@@ -26,11 +27,26 @@ def layout_error(dataset: str, message: str, layout: str) -> ValueError:
     return ValueError(text.replace("\r", " ").replace("\n", " "))
 
 
+def is_plain_name(name: str) -> bool:
+    """Whether a clip / video id from a list file is a single file name, safe to join to a folder.
+
+    A leading "/" made ``folder / name`` an absolute path outside the root, ".." or a
+    "/" inside left the folder; NUL cannot be in a path at all.
+    """
+    return bool(name) and name not in (".", "..") and not any(c in name for c in "/\\\x00")
+
+
 def require_root(root, dataset: str, layout: str) -> Path:
     """``root`` as a :class:`Path`; an error when it is ``None`` or does not exist."""
     if root is None or str(root) == "":
         raise layout_error(dataset, "no root given (--set data.root=<folder>, or root=... in Python)", layout)
-    path = Path(root).expanduser().resolve()
+    if not isinstance(root, (str, os.PathLike)):   # --set data.root=123 made Path() raise TypeError
+        raise layout_error(dataset, f"option root must be a folder path, got {type(root).__name__} "
+                                    f"{str(root)[:60]!r}", layout)
+    try:
+        path = Path(root).expanduser().resolve()
+    except (OSError, ValueError, RuntimeError) as exc:   # embedded NUL, unknown ~user, symlink loop
+        raise layout_error(dataset, f"bad root {str(root)[:200]!r} ({exc})", layout) from exc
     if not path.exists():
         raise layout_error(dataset, f"missing {path}", layout)
     return path
@@ -48,7 +64,9 @@ def require_file(path, dataset: str, layout: str) -> Path:
     """``path`` if it is a file, else a layout error naming it."""
     path = Path(path)
     if not path.is_file():
-        raise layout_error(dataset, f"missing {path}", layout)
+        # say so when something else (a folder) is in the file's place: "missing" misleads
+        what = "missing" if not path.exists() else "not a regular file:"
+        raise layout_error(dataset, f"{what} {path}", layout)
     return path
 
 
@@ -73,6 +91,8 @@ def read_lines(path, dataset: str, layout: str) -> list[tuple[int, str]]:
         text = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise layout_error(dataset, f"cannot decode {path} as UTF-8 ({exc})", layout) from exc
+    except OSError as exc:   # unreadable (permissions): the same one-line error as a bad file
+        raise layout_error(dataset, f"cannot read {path} ({exc.strerror or exc})", layout) from exc
     return [(i, line.strip()) for i, line in enumerate(text.splitlines(), start=1) if line.strip()]
 
 
@@ -89,6 +109,15 @@ def read_wav(path, dataset: str, layout: str) -> tuple[int, np.ndarray]:
         raise layout_error(dataset, f"cannot read {path} as WAV ({type(exc).__name__}: {exc})",
                            layout) from exc
     data = np.asarray(data)
+    # rate 0 made resample() divide by zero; a corrupt header's huge rate (say 10^8 Hz) made
+    # resample_poly design a filter of ~10^9 taps and exhaust memory. 384 kHz: hi-res audio.
+    if not 0 < rate <= 384_000:
+        raise layout_error(dataset, f"{path} has sample rate {rate} Hz, not in 1..384000", layout)
+    if data.dtype.kind not in "biuf":
+        raise layout_error(dataset, f"{path} holds {data.dtype} samples, not PCM or float", layout)
+    if data.dtype.kind == "f" and not np.all(np.isfinite(data)):
+        # a float WAV with NaN/inf would silently turn every feature of the clip into NaN
+        raise layout_error(dataset, f"{path} holds NaN or infinite samples", layout)
     if data.dtype == np.uint8:
         x = (data.astype(np.float64) - 128.0) / 128.0
     elif np.issubdtype(data.dtype, np.integer):
@@ -165,8 +194,11 @@ def load_frames(folder, n_frames: int, image_size: int, dataset: str, layout: st
     from PIL import Image
 
     folder = require_dir(folder, dataset, layout)
-    files = sorted((p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg")),
-                   key=_natural_key)
+    try:
+        files = sorted((p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg")),
+                       key=_natural_key)
+    except OSError as exc:   # unreadable folder (permissions): one line, like a missing one
+        raise layout_error(dataset, f"cannot list {folder} ({exc.strerror or exc})", layout) from exc
     if not files:
         raise layout_error(dataset, f"no .jpg frames in {folder}", layout)
     out = np.empty((n_frames * 3, image_size, image_size), dtype=np.float32)
@@ -180,6 +212,22 @@ def load_frames(folder, n_frames: int, image_size: int, dataset: str, layout: st
                                layout) from exc
         out[3 * k:3 * k + 3] = pixels.transpose(2, 0, 1)
     return out
+
+
+def frames_array(n: int, n_frames: int, image_size: int, dataset: str) -> np.ndarray:
+    """An empty float32 (n, 3 * n_frames, image_size, image_size) array for a split's frames.
+
+    Too large (say ``image_size=10**7``) is a one-line ``ValueError`` naming the
+    options, where numpy raised ``MemoryError`` (a traceback).
+    """
+    shape = (n, 3 * n_frames, image_size, image_size)
+    try:
+        return np.empty(shape, dtype=np.float32)
+    except (MemoryError, ValueError):
+        gib = float(np.prod(np.array(shape, dtype=np.float64))) * 4 / 2 ** 30
+        raise ValueError(f"{dataset}: {n} clips x {n_frames} frames at {image_size}x{image_size} need "
+                         f"{gib:.3g} GiB, more than this machine can hold; lower the options "
+                         "n_frames / image_size (or max_samples)") from None
 
 
 def check_positive_int(value, option: str, dataset: str) -> int:

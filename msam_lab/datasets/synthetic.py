@@ -52,7 +52,7 @@ def _check_options(n_modalities, informativeness, n_classes, n_features, n_sampl
                      f" (at least 2 per class so both splits see every class; n_classes={n_classes})")
     try:
         test_fraction = float(test_fraction)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):   # OverflowError: an int beyond float range
         raise ValueError(f"synthetic option 'test_fraction' must be a number in (0, 1), "
                          f"got {test_fraction!r}") from None
     if not 0.0 < test_fraction < 1.0:
@@ -61,7 +61,7 @@ def _check_options(n_modalities, informativeness, n_classes, n_features, n_sampl
     if informativeness is None:
         informativeness = default_informativeness(n_modalities)
     elif isinstance(informativeness, numbers.Real) and not isinstance(informativeness, bool):
-        informativeness = [float(informativeness)] * n_modalities
+        informativeness = [informativeness] * n_modalities   # converted and checked below
     elif isinstance(informativeness, (list, tuple, np.ndarray)):
         informativeness = list(informativeness)
         if len(informativeness) != n_modalities:
@@ -72,7 +72,11 @@ def _check_options(n_modalities, informativeness, n_classes, n_features, n_sampl
                          f"{n_modalities} numbers; got {informativeness!r}")
     checked = []
     for m, v in enumerate(informativeness):
-        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(float(v)):
+        try:
+            finite = not isinstance(v, bool) and isinstance(v, numbers.Real) and math.isfinite(float(v))
+        except OverflowError:   # an int beyond float range escaped as a traceback
+            finite = False
+        if not finite:
             raise ValueError(f"synthetic option 'informativeness'[{m}] must be a finite number, got {v!r}")
         if v < 0:
             raise ValueError(f"synthetic option 'informativeness'[{m}] must be >= 0, got {v}")
@@ -117,7 +121,12 @@ def load(cache_dir=None, **options) -> Splits:
     if unknown:
         raise ValueError(f"dataset 'synthetic' has no option {unknown[0]!r}; its options are: {', '.join(OPTIONS)}")
     options = {**{m: OPTIONS[m] for m in missing}, **options}
-    features, labels, train, test, opts = generate(**options)
+    try:
+        features, labels, train, test, opts = generate(**options)
+    except MemoryError:   # e.g. n_features=10**11: numpy's MemoryError escaped as a traceback
+        raise ValueError(f"synthetic options n_samples={options['n_samples']}, n_features="
+                         f"{options['n_features']}, n_modalities={options['n_modalities']} need more memory "
+                         "than this machine has; lower them") from None
     k = opts["n_classes"]
 
     def part(index):

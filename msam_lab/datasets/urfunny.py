@@ -77,14 +77,22 @@ def _clean_split(path: Path, data: dict, split: str) -> tuple[dict[str, np.ndarr
         if key not in part:
             raise layout_error(NAME, f"{path} [{split!r}] has no key {key!r}", LAYOUT)
         try:
-            arrays[key] = np.asarray(part[key], dtype=np.float64 if key == "labels" else np.float32)
+            raw = np.asarray(part[key])
+            # numbers only: complex lost its imaginary part with a warning on stderr
+            if raw.dtype.kind not in "biufO":
+                raise TypeError(f"{raw.dtype} values")
+            with np.errstate(over="ignore", invalid="ignore"):   # beyond float32 -> inf, zeroed below
+                arrays[key] = raw.astype(np.float64 if key == "labels" else np.float32)
         except (TypeError, ValueError) as exc:
             raise layout_error(NAME, f"{path} [{split!r}][{key!r}] is not numeric ({exc})",
                                LAYOUT) from exc
+    if arrays["labels"].ndim == 0:   # len() of a scalar raised TypeError (a traceback)
+        raise layout_error(NAME, f"{path} [{split!r}]['labels'] is a single number, not (N, 1)",
+                           LAYOUT)
     n = len(arrays["labels"])
     for key in MODALITIES:
         x = arrays[key]
-        if x.ndim != 3:
+        if x.ndim != 3 or 0 in x.shape[1:]:   # (N, 50, 0) loaded and broke the model later
             raise layout_error(NAME, f"{path} [{split!r}][{key!r}] has shape {x.shape}, "
                                      "not (N, steps, features)", LAYOUT)
         if len(x) != n:
