@@ -212,6 +212,9 @@ def build_encoder(kind: str, in_shape, out_dim: int, hidden: int) -> nn.Module:
         if len(in_shape) not in (2, 3):
             raise ValueError(f"a cnn encoder needs (H,W) or (C,H,W) inputs, got shape {tuple(in_shape)}; "
                              "use encoder=mlp for this modality")
+        if min(in_shape[-2:]) < 4:     # two 2x2 max-pools: a smaller map pools to nothing
+            raise ValueError(f"a cnn encoder needs inputs of at least 4x4, got shape {tuple(in_shape)}; "
+                             "use encoder=mlp for this modality or larger inputs")
         return CNNEncoder(in_shape, out_dim)
     if kind == "linear":
         return LinearStem(in_shape, out_dim)

@@ -58,6 +58,9 @@ def _load_splits(cfg: Config, device):
         splits = load_dataset(cfg.dataset, **cfg.data).to(device)
     except (ValueError, OSError) as err:   # a loader's one-line layout/option message, an unreadable file
         raise ConfigError(str(err)) from None
+    except MemoryError:
+        raise ConfigError(f"dataset {cfg.dataset} does not fit in memory with these options; "
+                          f"choose smaller data.* sizes") from None
     unknown = sorted(set(cfg.encoders) - set(splits.modalities))
     if unknown:
         raise ConfigError(f"encoders.{unknown[0]} names no modality of {cfg.dataset}; "
@@ -70,6 +73,18 @@ def _model_spec(splits, cfg: Config) -> dict:
             "num_classes": splits.num_classes, "fusion": cfg.fusion,
             "encoders": {**splits.info.get("encoders", {}), **cfg.encoders},
             "feature_dim": cfg.feature_dim, "hidden_dim": cfg.hidden_dim}
+
+
+def _build(spec: dict, cfg: Config, device):
+    """The model and its method, before anything is written: a model that cannot be built is bad input."""
+    try:
+        model = model_from_spec(spec).to(device)
+        return model, build_method(model, cfg)
+    except ValueError as err:                   # an encoder that does not fit its modality's inputs
+        raise ConfigError(str(err)) from None
+    except (MemoryError, RuntimeError) as err:  # e.g. feature_dim so large the weights cannot be allocated
+        raise ConfigError(f"cannot build the model ({str(err).splitlines()[0][:200]}); "
+                          f"lower feature_dim / hidden_dim") from None
 
 
 def _evaluated(epoch: int, cfg: Config) -> bool:
@@ -97,8 +112,7 @@ def train(config=None, out=None, quiet: bool = False, overrides=(), resume=None,
     train_eval = train_eval_subset(splits.train, cfg.train_eval_samples, cfg.seed)
     seed_everything(cfg.seed)
     spec = _model_spec(splits, cfg)
-    model = model_from_spec(spec).to(device)
-    method = build_method(model, cfg)
+    model, method = _build(spec, cfg, device)
     generator = torch.Generator().manual_seed(cfg.seed)
     guard = StepGuard(cfg.nan_policy, model, method)
 
