@@ -25,6 +25,13 @@ class UsageError(Exception):
     """Bad input from the user: printed as one line, exit code 2."""
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse's own errors (``--epochs abc``) as one line too, not a usage block; still exit 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _train_args(p: argparse.ArgumentParser) -> None:
     d = Config()
     p.add_argument("--config", help="YAML file of config fields (see configs/)")
@@ -106,7 +113,7 @@ def cmd_status(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="msam-lab", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="msam-lab", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train one model and write its run directory")

@@ -129,3 +129,13 @@ def test_default_dataset_shows_the_imbalance(tmp_path):
     assert joint.epochs["test_acc"].iloc[-1] > 0.9
     assert audio_alone > 0.6
     assert audio_alone - audio_in_joint > 0.3
+
+
+@pytest.mark.parametrize("argv", [["train", "--epochs", "abc"], ["trian"], ["train", "--no-such-flag"]])
+def test_argparse_errors_are_one_line_and_exit_2(argv, capsys):
+    from msam_lab import cli
+
+    with pytest.raises(SystemExit) as info:
+        cli.main(argv)
+    err = capsys.readouterr().err.strip()
+    assert info.value.code == 2 and len(err.splitlines()) == 1 and "error:" in err and "--help" in err
