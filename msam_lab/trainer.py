@@ -181,7 +181,7 @@ def train(config=None, out=None, quiet: bool = False, overrides=(), resume=None,
                 save_resume_point(generator.get_state())
             writer.finish(_summary(cfg, model, device, step, wall(), out, writer.status))
     except KeyboardInterrupt:
-        writer.interrupt(f"interrupted at step {step} (epoch {epoch + 1}); resume with "
+        writer.interrupt(f"interrupted at step {step} (epoch {min(epoch + 1, cfg.epochs)}); resume with "
                          f"`msam-lab train --resume {out}`")
         raise
     except TrainingError as err:
