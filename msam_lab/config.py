@@ -34,7 +34,7 @@ class Config:
     data: dict = field(default_factory=dict)        # dataset options, e.g. {"audio_snr_db": -8}
     # model
     fusion: str = "late_sum"                        # late_sum | late_concat | early
-    encoders: dict = field(default_factory=dict)    # modality -> mlp|cnn; default: the dataset's suggestion
+    encoders: dict = field(default_factory=dict)    # modality -> models.ENCODERS kind; default: the dataset's
     feature_dim: int = 64
     hidden_dim: int = 128
     # optimisation

@@ -21,10 +21,11 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from . import encoders as paper_encoders
 from .datasets import Batch
 
 FUSIONS = ("late_sum", "late_concat", "early")
-ENCODERS = ("mlp", "cnn", "linear")
+ENCODERS = ("mlp", "cnn", "linear", "resnet18", "resnet18_audio", "resnet18_visual", "transformer")
 
 
 class MLPEncoder(nn.Module):
@@ -218,6 +219,8 @@ def build_encoder(kind: str, in_shape, out_dim: int, hidden: int) -> nn.Module:
         return CNNEncoder(in_shape, out_dim)
     if kind == "linear":
         return LinearStem(in_shape, out_dim)
+    if kind in paper_encoders.KINDS:     # the paper protocol's networks (encoders.py documents the kinds)
+        return paper_encoders.build_paper_encoder(kind, in_shape, out_dim)
     raise ValueError(f"unknown encoder {kind!r}; choose one of: {', '.join(ENCODERS)}")
 
 
@@ -226,7 +229,8 @@ def build_model(input_shapes: dict[str, tuple], num_classes: int, fusion: str = 
                 hidden_dim: int = 128) -> MultimodalModel:
     """Build a model for modalities with per-sample ``input_shapes``.
 
-    ``encoders`` maps modality -> encoder kind (mlp, cnn); missing ones get mlp.
+    ``encoders`` maps modality -> encoder kind (``ENCODERS``: mlp, cnn, resnet18*, transformer; see
+    msam_lab/encoders.py); missing ones get mlp.
     Early fusion replaces every encoder by a thin linear stem.
     """
     if fusion not in FUSIONS:
