@@ -206,6 +206,10 @@ def is_mode_invariant(model: nn.Module) -> bool:
     return not any(isinstance(m, mode_dependent) for m in model.modules())
 
 
+def has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
 def build_encoder(kind: str, in_shape, out_dim: int, hidden: int) -> nn.Module:
     if kind == "mlp":
         return MLPEncoder(in_shape, out_dim, hidden)

@@ -23,7 +23,7 @@ from .datasets import load_dataset
 from .interrupts import sigterm_as_keyboard_interrupt
 from .methods import build_method
 from .metrics import dominance_switches, epoch_metrics, train_eval_subset
-from .models import model_from_spec
+from .models import has_batchnorm, model_from_spec
 from .nonfinite import NonFiniteError, StepGuard
 from .progress import Progress
 from .run_writer import RunWriter
@@ -119,7 +119,9 @@ def train(config=None, out=None, quiet: bool = False, overrides=(), resume=None,
     point = resume_mod.load_resume_point(out) if resume is not None else None
     pos = resume_mod.restore(point, model, method, generator) if point is not None else resume_mod.Position()
     epoch, batch, step = pos.epoch, pos.batch, pos.step
-    steps_per_epoch = -(-len(splits.train) // cfg.batch_size)
+    # a last batch of one sample cannot train BatchNorm (one value per channel): drop it then
+    drop_last = len(splits.train) % cfg.batch_size == 1 and has_batchnorm(model)
+    steps_per_epoch = len(splits.train) // cfg.batch_size if drop_last else -(-len(splits.train) // cfg.batch_size)
     progress = Progress(cfg.epochs * steps_per_epoch, cfg.epochs, f"{cfg.method} on {cfg.dataset}", quiet,
                         done=step)
     writer = RunWriter(out, resume=True, flush_every=cfg.flush_every) if resume is not None else \
@@ -161,7 +163,7 @@ def train(config=None, out=None, quiet: bool = False, overrides=(), resume=None,
                 method.start_epoch(epoch)
                 epoch_generator = generator.get_state()
                 for inputs, labels in splits.train.batches(cfg.batch_size, shuffle=True, generator=generator,
-                                                           start_batch=batch):
+                                                           drop_last=drop_last, start_batch=batch):
                     try:
                         row = {"step": step, "epoch": epoch + 1, **guard.step(inputs, labels)}
                     except NonFiniteError as err:
