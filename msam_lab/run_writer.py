@@ -19,7 +19,7 @@ from pathlib import Path
 from . import atomic
 from .run_lock import RunLock
 from .runs import (CHECKPOINTS, CONFIG, EPOCHS, MODEL, RESUME, STATUS, STEPS, SUMMARY, check_output_dir,
-                   read_status)
+                   complete_lines, read_status)
 
 
 def now_iso() -> str:
@@ -71,17 +71,14 @@ class CsvAppender:
         """The complete rows on disk (a torn last line, from a kill mid-write, is dropped)."""
         if not self.path.is_file():
             return []
-        text = self.path.read_text()
-        if text and not text.endswith("\n"):
-            text = text[:text.rfind("\n") + 1]
-        rows = list(csv.DictReader(io.StringIO(text)))
-        return rows
+        return list(csv.DictReader(io.StringIO(complete_lines(self.path))))
 
-    def keep(self, predicate) -> None:
-        """Rewrite the file atomically with only the rows for which ``predicate(row)`` holds."""
+    def keep(self, predicate) -> list[dict]:
+        """Rewrite the file atomically with only the rows for which ``predicate(row)`` holds; return them."""
         rows = [r for r in self.read() if predicate(r)]
         if self.columns:
             atomic.write_text(self.path, ",".join(self.columns) + "\n" + self._lines(rows, self.columns))
+        return rows
 
 
 class RunWriter:
@@ -158,9 +155,8 @@ class RunWriter:
 
     def truncate(self, next_step: int, completed_epochs: int) -> None:
         """Drop the rows written after a resume point: steps >= ``next_step``, epochs > ``completed_epochs``."""
-        self.steps.keep(lambda r: int(r["step"]) < next_step)
+        kept = self.steps.keep(lambda r: int(r["step"]) < next_step)
         self.epochs.keep(lambda r: int(r["epoch"]) <= completed_epochs)
-        kept = self.steps.read()
         self.status.update(last_step=next_step - 1, last_epoch=completed_epochs,
                            skipped_batches=sum(int(float(r.get("skipped") or 0)) for r in kept))
 

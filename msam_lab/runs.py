@@ -83,14 +83,18 @@ def check_output_dir(out) -> Path:
     return out
 
 
+def complete_lines(path: Path) -> str:
+    """The text of a file the trainer appends to, without a torn last line (a kill mid-write)."""
+    text = path.read_text()
+    return text if text.endswith("\n") else text[:text.rfind("\n") + 1]
+
+
 def read_table(path: Path) -> pd.DataFrame:
-    """A CSV the trainer appends to; a torn last line (a kill mid-write) is dropped."""
+    """A CSV the trainer appends to, as complete rows."""
     try:
-        text = path.read_text()
+        text = complete_lines(path)
     except FileNotFoundError:
         return pd.DataFrame()
-    if text and not text.endswith("\n"):
-        text = text[:text.rfind("\n") + 1]
     if not text.strip():
         return pd.DataFrame()
     return pd.read_csv(io.StringIO(text))
