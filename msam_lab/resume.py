@@ -10,6 +10,7 @@ uninterrupted one (tests/test_resume.py kills a real trainer to check it).
 """
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -80,5 +81,4 @@ def resumable(run_dir) -> Config:
     if state == "running":
         raise ConfigError(f"--resume {run_dir}: that run is still training ({status.get('host')}, pid "
                           f"{status.get('pid')}); wait for it or stop it first")
-    import json
     return from_dict(json.loads((run_dir / CONFIG).read_text()))

@@ -167,7 +167,7 @@ def train(config=None, out=None, quiet: bool = False, overrides=(), resume=None,
                     try:
                         row = {"step": step, "epoch": epoch + 1, **guard.step(inputs, labels)}
                     except NonFiniteError as err:
-                        raise TrainingError(_non_finite_message(err, step, epoch + 1, out)) from None
+                        raise TrainingError(_non_finite_message(err, step, epoch + 1, out, writer.status)) from None
                     writer.log_step(row)
                     progress.step(row)
                     step, batch = step + 1, batch + 1
@@ -198,10 +198,10 @@ def train(config=None, out=None, quiet: bool = False, overrides=(), resume=None,
     return load_run(out)
 
 
-def _non_finite_message(err: NonFiniteError, step: int, epoch: int, out) -> str:
-    point = resume_mod.load_resume_point(out)
-    where = (f"{Path(out) / CHECKPOINTS / RESUME} (epoch {point['position']['epoch']}, step "
-             f"{point['position']['step']})") if point is not None else "none"
+def _non_finite_message(err: NonFiniteError, step: int, epoch: int, out, status: dict) -> str:
+    point = status.get("resume_point")          # the writer's record of the last resume point it saved
+    where = (f"{Path(out) / CHECKPOINTS / RESUME} (epoch {point['epoch']}, step {point['step']})"
+             if point is not None else "none")
     return (f"non-finite {err.what} at step {step} (epoch {epoch}); last good checkpoint: {where}; "
             f"run marked failed (lower lr, or nan_policy=skip to skip such batches)")
 
