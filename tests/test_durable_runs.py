@@ -20,7 +20,7 @@ from msam_lab.models import model_from_spec
 from msam_lab.nonfinite import StepGuard, first_non_finite
 from msam_lab.progress import Progress
 from msam_lab.runs import load_run, read_table
-from msam_lab.trainer import TrainingError
+from msam_lab.trainer import TrainingError, _model_spec
 
 SYN = {"dataset": "synthetic", "data": {"n_samples": 300, "n_modalities": 2}, "batch_size": 32, "epochs": 2,
        "train_eval_samples": 100}
@@ -150,10 +150,7 @@ def _built(method: str):
     cfg = resolve({**SYN, "method": method, "recon_stage_steps": 2, "recon_correct_steps": 1})
     splits = load_dataset(cfg.dataset, **cfg.data)
     torch.manual_seed(0)
-    spec = {"input_shapes": {m: list(x.shape[1:]) for m, x in splits.train.inputs.items()},
-            "num_classes": splits.num_classes, "fusion": cfg.fusion, "encoders": splits.info.get("encoders", {}),
-            "feature_dim": cfg.feature_dim, "hidden_dim": cfg.hidden_dim}
-    model = model_from_spec(spec)
+    model = model_from_spec(_model_spec(splits, cfg))          # the trainer's own spec
     return model, build_method(model, cfg), splits
 
 
@@ -248,10 +245,7 @@ def test_channels_last_evaluation_gives_the_same_numbers_and_restores_the_model(
 
     splits = load_dataset("av-digits")
     torch.manual_seed(0)
-    spec = {"input_shapes": {m: list(x.shape[1:]) for m, x in splits.train.inputs.items()},
-            "num_classes": splits.num_classes, "fusion": "late_sum", "encoders": splits.info.get("encoders", {}),
-            "feature_dim": 64, "hidden_dim": 128}
-    model = model_from_spec(spec).double()
+    model = model_from_spec(_model_spec(splits, resolve(None))).double()     # the default CNN + MLP model
     part = splits.test.subset(range(100))
     data = MultimodalData({m: x.double() for m, x in part.inputs.items()}, part.labels, part.num_classes)
     assert any(p.dim() == 4 for p in model.parameters())
