@@ -112,6 +112,110 @@ def cmd_status(args) -> int:
     return 0
 
 
+CHECKABLE = ("av-mnist", "crema-d", "ave", "ur-funny")
+
+
+def cmd_data_check(args) -> int:
+    from .datasets import DATASETS
+    from .datasets.layouts import check
+
+    if args.name not in CHECKABLE:
+        if args.name in DATASETS:
+            raise UsageError(f"{args.name} is generated, not read from files: nothing to check "
+                             f"(msam-lab data info {args.name})")
+        raise UsageError(f"unknown dataset {args.name!r}; checkable: {', '.join(CHECKABLE)}")
+    options = {}
+    if args.fps is not None:
+        if args.name != "crema-d":
+            raise UsageError(f"--fps is a crema-d option (its Image-NN-FPS folder); drop it for {args.name}")
+        if args.fps < 1:
+            raise UsageError(f"--fps must be a positive integer, got {args.fps}")
+        options["fps"] = args.fps
+    try:
+        report = check(args.name, args.root, **options)
+    except ValueError as err:   # no such root
+        raise UsageError(f"{err} (pass the dataset's folder as --root DIR)") from None
+    if report.ok:
+        print(f"{report.dataset} at {report.root}: OK")
+        for line in report.summary:
+            print(f"  {line}")
+        return 0
+    for problem in report.problems:
+        print(problem)
+    n = len(report.problems)
+    print(f"msam-lab: error: {report.dataset} at {report.root}: {n} problem{'s' if n != 1 else ''} "
+          f"(listed above); expected layout: {report.layout}", file=sys.stderr)
+    return 2
+
+
+def cmd_data_info(args) -> int:
+    from .datasets.catalog import CATALOG, format_catalog
+
+    unknown = [n for n in args.names if n not in CATALOG]
+    if unknown:
+        raise UsageError(f"unknown dataset {unknown[0]!r}; choose one of: {', '.join(CATALOG)}")
+    print(format_catalog(args.names or None))
+    return 0
+
+
+def cmd_data_build_avmnist(args) -> int:
+    import json
+
+    from .datasets.avmnist import build_avmnist
+
+    for flag, value in (("--n-train", args.n_train), ("--n-test", args.n_test)):
+        if value < 1:
+            raise UsageError(f"{flag} must be a positive integer, got {value}")
+    for flag, folder in (("--mnist", args.mnist), ("--fsdd", args.fsdd)):
+        if not Path(folder).expanduser().is_dir():
+            raise UsageError(f"{flag} {folder}: no such folder (pass the folder of the "
+                             f"{'MNIST IDX files' if flag == '--mnist' else 'FSDD .wav recordings'})")
+    try:
+        out = build_avmnist(Path(args.mnist).expanduser(), Path(args.fsdd).expanduser(), args.out,
+                            args.n_train, args.n_test, seed=args.seed, overwrite=args.overwrite)
+    except FileExistsError:
+        raise UsageError(f"{args.out} already exists and is not empty; pass --overwrite to replace it "
+                         "or choose another --out") from None
+    except ValueError as err:   # bad or missing MNIST / FSDD files, too many samples asked
+        hint = " (lower --n-train / --n-test)" if "n_train + n_test" in str(err) else ""
+        raise UsageError(f"{err}{hint}") from None
+    except OSError as err:      # output folder not writable, disk full: nothing was left behind
+        raise UsageError(f"cannot write {args.out} ({err.strerror or err}); choose a writable --out") from None
+    info = json.loads((out / "build_info.json").read_text())
+    print(f"wrote {out}: {info['n_train']} train / {info['n_test']} test samples, "
+          f"{info['pca_components']} PCA components ({info['pca_explained_variance']:.1%} of the variance)")
+    print(f"check it: msam-lab data check av-mnist --root {out}")
+    return 0
+
+
+def _add_data_parsers(sub) -> None:
+    data = sub.add_parser("data", help="dataset tools: check a layout, what a dataset is, build AV-MNIST")
+    dsub = data.add_subparsers(dest="data_command", required=True, metavar="{check,info,build-avmnist}")
+
+    p = dsub.add_parser("check", help="check a real dataset's files, listing every bad one (exit 2)")
+    p.add_argument("name", metavar="NAME", help=f"one of {', '.join(CHECKABLE)}")
+    p.add_argument("--root", required=True, help="the dataset's folder (what --set data.root= gets)")
+    p.add_argument("--fps", type=int, help="crema-d: check Image-NN-FPS for this fps (default 1)")
+    p.set_defaults(func=cmd_data_check)
+
+    p = dsub.add_parser("info", help="modalities, shapes, classes, splits and where to get each dataset")
+    p.add_argument("names", nargs="*", metavar="NAME", help="datasets (default: all)")
+    p.set_defaults(func=cmd_data_info)
+
+    p = dsub.add_parser("build-avmnist", help="write a small real AV-MNIST from MNIST IDX files and FSDD "
+                        "recordings (MultiBench layout)")
+    p.add_argument("--mnist", required=True, metavar="DIR", help="folder of the MNIST *images-idx3-ubyte[.gz] "
+                   "and *labels-idx1-ubyte[.gz] files")
+    p.add_argument("--fsdd", required=True, metavar="DIR", help="folder of {digit}_{speaker}_{index}.wav "
+                   "recordings (Free Spoken Digit Dataset)")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder to create (the loader's data.root)")
+    p.add_argument("--n-train", type=int, default=2000, help="train samples (default 2000)")
+    p.add_argument("--n-test", type=int, default=500, help="test samples (default 500)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    p.set_defaults(func=cmd_data_build_avmnist)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="msam-lab", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -137,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run directories or folders searched for runs (default runs/)")
     p.set_defaults(func=cmd_status)
 
+    _add_data_parsers(sub)
     add_sweep_parser(sub)
     add_landscape_parsers(sub)
     return parser

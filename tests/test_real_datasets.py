@@ -333,8 +333,11 @@ def test_urfunny_cleaning_dropping_and_splits(tmp_path):
     _check_info(splits, "ur-funny", ("text", "audio", "vision"))
     assert splits.info["shapes"] == {"text": (50, 300), "audio": (50, 81), "vision": (50, 371)}
     assert set(splits.info["encoders"].values()) == {"mlp"}
-    assert splits.info["dropped"] == {"train": 1, "test": 2}
+    assert splits.info["dropped"] == {"train": 1, "valid": 0, "test": 2}
     assert splits.train.labels.tolist() == [0, 1, 1, 0, 1]          # sample 2 dropped
+    assert splits.val is not None and splits.val.labels.tolist() == [0, 1, 0]   # valid -> Splits.val
+    dropped_valid = _load(urfunny, tmp_path, root, use_valid_as="drop")
+    assert dropped_valid.val is None and dropped_valid.info["dropped"] == {"train": 1, "test": 2}
     assert splits.test.labels.tolist() == [1, 0]
     for m in ("text", "audio", "vision"):
         assert torch.isfinite(splits.train.inputs[m]).all()

@@ -1,7 +1,10 @@
 """Dataset registry: a name -> a module with ``OPTIONS`` (defaults) and ``load(**options)``.
 
-Every loader returns :class:`Splits` of :class:`MultimodalData`. Options are
-validated here, once, so every loader gets complete, known keyword arguments.
+Every loader's ``load`` returns :class:`Splits` of :class:`MultimodalData`. A
+loader whose data may not fit in memory also has ``load_stream(cache_dir,
+**options)`` (Splits of :class:`StreamingData`) and ``estimate_bytes(**options)``
+(its decoded size, cheaply); :func:`load_for_training` picks the path. Options
+are validated here, once, so every loader gets complete, known keyword arguments.
 """
 from __future__ import annotations
 
@@ -9,7 +12,8 @@ import importlib
 import os
 from pathlib import Path
 
-from .base import Batch, MultimodalData, Splits
+from .base import Batch, MultimodalData, Splits, in_memory
+from .streaming import StreamingData
 
 # name -> module path; modules are imported lazily so a missing optional
 # dependency of one real-data loader never breaks the others.
@@ -61,5 +65,90 @@ def load_dataset(name: str, cache_dir: str | Path | None = None, **options) -> S
     return module.load(cache_dir=cache, **resolved)
 
 
-__all__ = ["Batch", "MultimodalData", "Splits", "DATASETS", "load_dataset",
+DATA_PATHS = ("auto", "memory", "stream")
+
+
+def estimate_bytes(name: str, options: dict | None = None) -> int | None:
+    """Decoded size of dataset ``name`` in bytes (cheap: file counts and headers), or None if its loader cannot say."""
+    module = _module(name)
+    if not hasattr(module, "estimate_bytes"):
+        return None
+    return int(module.estimate_bytes(**resolve_options(name, options)))
+
+
+def choose_data_path(name: str, options: dict | None = None, data_path: str = "auto",
+                     stream_above_mb: float = 1024.0) -> str:
+    """``"memory"`` or ``"stream"``: what :func:`load_for_training` does for these arguments."""
+    if data_path not in DATA_PATHS:
+        raise ValueError(f"data_path must be one of {', '.join(DATA_PATHS)}, got {data_path!r}")
+    if data_path != "auto":
+        return data_path
+    module = _module(name)
+    if not hasattr(module, "load_stream") or not hasattr(module, "estimate_bytes"):
+        return "memory"
+    size = estimate_bytes(name, options)
+    return "stream" if size is not None and size > float(stream_above_mb) * 2 ** 20 else "memory"
+
+
+def load_for_training(name: str, options: dict | None, device, data_path: str = "auto",
+                      stream_above_mb: float = 1024.0, num_workers: int = 2,
+                      cache_dir: str | Path | None = None) -> Splits:
+    """Dataset ``name`` with ``options`` (over its defaults), every split ready on ``device``.
+
+    ``data_path`` chooses how the samples reach the device:
+
+    * ``"memory"``: ``load_dataset(...)`` moved to ``device`` -- every split a
+      :class:`MultimodalData` of device tensors, batched by indexing (fast path);
+    * ``"stream"``: every split a :class:`StreamingData` delivering batches on
+      ``device`` through a DataLoader with ``num_workers`` workers (pinned memory
+      and non-blocking copies on CUDA). From the loader's ``load_stream`` if it
+      has one (memory-mapped files, decoded once into ``<cache_dir>/stream-cache``
+      where decoding is costly), else ``StreamingData.from_memory`` of the
+      in-memory splits (same numbers, the DataLoader machinery exercised);
+    * ``"auto"`` (default): ``"stream"`` when the loader has ``load_stream`` and
+      its ``estimate_bytes`` exceeds ``stream_above_mb`` MiB, else ``"memory"``.
+
+    Either way ``splits.train``, ``splits.test`` and ``splits.val`` (the dataset's
+    own validation split, None when it has none) offer ``modalities``,
+    ``num_classes``, ``labels``, ``len()``, ``device``, ``sample_shapes``,
+    ``batches(batch_size, shuffle, generator, drop_last, start_batch)`` and
+    ``subset(index)`` (always an in-memory MultimodalData on ``device``: for small
+    seeded subsets) and ``select(index)`` (the same samples on the same path: for
+    a hold-out of train, which must stay streamed), and for
+    the same generator state ``batches`` yields the same samples in the same
+    order on both paths. ``splits.info["data_path"]`` records the path taken.
+    Raises the loader's one-line ``ValueError`` for bad options or files.
+    """
+    resolved = resolve_options(name, options)
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+        raise ValueError(f"num_workers must be an integer >= 0, got {num_workers!r}")
+    path = choose_data_path(name, resolved, data_path, stream_above_mb)
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    module = _module(name)
+    if path == "memory":
+        splits = module.load(cache_dir=cache, **resolved).to(device)
+    else:
+        if hasattr(module, "load_stream"):
+            splits = module.load_stream(cache_dir=cache, **resolved)
+        else:
+            splits = _stream_from_memory(module.load(cache_dir=cache, **resolved))
+        splits = _configure(splits, device, num_workers)
+    splits.info = {**splits.info, "data_path": path}
+    return splits
+
+
+def _stream_from_memory(splits: Splits) -> Splits:
+    wrap = StreamingData.from_memory
+    return Splits(wrap(splits.train), wrap(splits.test), dict(splits.info),
+                  None if splits.val is None else wrap(splits.val))
+
+
+def _configure(splits: Splits, device, num_workers: int) -> Splits:
+    def one(d):
+        return None if d is None else d.to(device).with_workers(num_workers)
+    return Splits(one(splits.train), one(splits.test), dict(splits.info), one(splits.val))
+
+
+__all__ = ["Batch", "MultimodalData", "Splits", "StreamingData", "DATASETS", "DATA_PATHS", "load_dataset",
+           "load_for_training", "choose_data_path", "estimate_bytes", "in_memory",
            "dataset_options", "resolve_options", "default_cache_dir"]

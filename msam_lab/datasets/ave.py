@@ -5,6 +5,7 @@ On-disk layout (as prepared by OGM-GE)::
     <root>/stat.txt                        class names, one per line (line order = label)
     <root>/my_train.txt                    rows "class,video_id,..." (no header)
     <root>/my_test.txt
+    <root>/my_val.txt                      optional: the validation split (Splits.val)
     <root>/audio_spec/<video_id>.pkl       pickled float32 spectrogram (257, 1004)
     <root>/visual/<video_id>/frame_00001.jpg ...
 
@@ -13,7 +14,8 @@ split blindly: its class is the longest class name from ``stat.txt`` that the
 row starts with, followed by a comma; the video id is the next field. (A row or
 ``stat.txt`` line in CSV quotes, ``"a, b",vid``, is accepted too.) The number of
 classes is the number of lines of ``stat.txt`` (28 in the real set).
-``my_val.txt``, if present, is not used.
+``my_val.txt``, if present, is read the same way as the validation split
+(``Splits.val``, skipped counts under ``info["skipped"]["val"]``).
 
 Modalities, in this order:
 
@@ -29,6 +31,9 @@ Modalities, in this order:
 ``max_samples`` keeps that many evenly spaced rows of each split (None: all);
 ``skip_missing`` drops rows whose ``.pkl`` or frame folder is absent (as
 OGM-GE's loader does) instead of raising, counted in ``info["skipped"]``.
+:func:`load_stream` decodes each split once into a memory-mapped cache under
+``cache_dir`` (``memmap_cache``) and reads it per batch; :func:`estimate_bytes`
+gives the decoded size from the list files and one spectrogram.
 The pickles are loaded with :mod:`pickle`: only read data you trust.
 """
 from __future__ import annotations
@@ -39,16 +44,19 @@ import pickle
 import numpy as np
 import torch
 
+from . import memmap_cache
 from .base import MultimodalData, Splits
 from .files import (check_positive_int, frames_array, is_plain_name, layout_error, load_frames,
                     read_lines, require_file, require_root, subsample)
+from .memmap_cache import file_stamp
+from .streaming import cached_split
 
 NAME = "ave"
 
 OPTIONS = {"root": None, "n_frames": 1, "image_size": 64, "audio_time_pool": 1,
            "max_samples": None, "skip_missing": False}
 
-LAYOUT = ("<root>/stat.txt (one class name per line), <root>/my_{train,test}.txt rows "
+LAYOUT = ("<root>/stat.txt (one class name per line), <root>/my_{train,test[,val]}.txt rows "
           "class,video_id,..., <root>/audio_spec/<video_id>.pkl float32 (257,1004), "
           "<root>/visual/<video_id>/frame_0000k.jpg (OGM-GE layout)")
 
@@ -131,7 +139,13 @@ def _pool_time(spec: np.ndarray, k: int) -> np.ndarray:
     return spec[:, :t * k].reshape(spec.shape[0], t, k).mean(axis=2)
 
 
-def _read_split(root, split, classes, n_frames, image_size, pool, max_samples, skip_missing):
+def _split_names(root) -> tuple[str, ...]:
+    """train, test, and val when ``my_val.txt`` is there (OGM-GE's layout has it; it is optional)."""
+    return ("train", "test", "val") if (root / "my_val.txt").is_file() else ("train", "test")
+
+
+def _rows(root, split, classes, max_samples, skip_missing):
+    """``(rows, skipped)``: the videos of one split that will be read."""
     path = root / f"my_{split}.txt"
     rows = read_split_rows(path, classes)
     if not rows:
@@ -143,54 +157,125 @@ def _read_split(root, split, classes, n_frames, image_size, pool, max_samples, s
         skipped, rows = len(rows) - len(kept), kept
         if not rows:
             raise layout_error(NAME, f"no video of {path} has both its .pkl and frames", LAYOUT)
-    rows = [rows[i] for i in subsample(len(rows), max_samples)]
-    audio, visual, first = None, None, None
-    for i, (video, _) in enumerate(rows):
+    return [rows[i] for i in subsample(len(rows), max_samples)], skipped
+
+
+def _first_spectrogram(root, rows, pool):
+    """``(path, stored shape, pooled shape)`` of the split's first spectrogram: every other must match it."""
+    spec_path = root / "audio_spec" / f"{rows[0][0]}.pkl"
+    spec = read_spectrogram(spec_path)
+    if spec.shape[1] < pool:
+        raise layout_error(NAME, f"{spec_path} has {spec.shape[1]} time frames, fewer "
+                                 f"than audio_time_pool={pool}", LAYOUT)
+    return spec_path, spec.shape, (spec.shape[0], spec.shape[1] // pool)
+
+
+def _fill(root, rows, first, n_frames, image_size, pool, audio, visual, labels) -> None:
+    """Decode every video of ``rows`` into ``audio`` / ``visual`` / ``labels`` (arrays or memmaps): both paths."""
+    for i, (video, y) in enumerate(rows):
         spec_path = root / "audio_spec" / f"{video}.pkl"
         spec = read_spectrogram(spec_path)
-        if first is None:
-            first = (spec_path, spec.shape)
-            if spec.shape[1] < pool:
-                raise layout_error(NAME, f"{spec_path} has {spec.shape[1]} time frames, fewer "
-                                         f"than audio_time_pool={pool}", LAYOUT)
-            audio = np.empty((len(rows),) + _pool_time(spec, pool).shape, dtype=np.float32)
-            visual = frames_array(len(rows), n_frames, image_size, NAME)   # too large: one-line error
-        elif spec.shape != first[1]:
+        if spec.shape != first[1]:
             raise layout_error(NAME, f"{spec_path} has shape {spec.shape} but {first[0]} has "
                                      f"{first[1]}", LAYOUT)
         audio[i] = _pool_time(spec, pool)
         visual[i] = load_frames(root / "visual" / video, n_frames, image_size, NAME, LAYOUT)
-    labels = torch.tensor([y for _, y in rows], dtype=torch.int64)
+        labels[i] = y
+
+
+def _read_split(root, split, classes, n_frames, image_size, pool, max_samples, skip_missing):
+    rows, skipped = _rows(root, split, classes, max_samples, skip_missing)
+    first = _first_spectrogram(root, rows, pool)
+    audio = np.empty((len(rows),) + first[2], dtype=np.float32)
+    visual = frames_array(len(rows), n_frames, image_size, NAME)   # too large: one-line error
+    labels = np.empty(len(rows), dtype=np.int64)
+    _fill(root, rows, first, n_frames, image_size, pool, audio, visual, labels)
     data = MultimodalData({"audio": torch.from_numpy(audio), "visual": torch.from_numpy(visual)},
-                          labels, num_classes=len(classes))
+                          torch.from_numpy(labels), num_classes=len(classes))
     return data, skipped
 
 
-def load(cache_dir, root, n_frames=1, image_size=64, audio_time_pool=1, max_samples=None,
-         skip_missing=False) -> Splits:
-    """AVE from ``root`` in the OGM-GE layout (``cache_dir`` is unused)."""
+def _stream_split(cache_dir, root, split, classes, n_frames, image_size, pool, max_samples, skip_missing):
+    rows, skipped = _rows(root, split, classes, max_samples, skip_missing)
+    first = _first_spectrogram(root, rows, pool)
+    shapes = {"audio": first[2], "visual": (3 * n_frames, image_size, image_size)}
+    signature = {"dataset": NAME, "root": str(root), "split": split, "classes": classes,
+                 "rows": memmap_cache.signature_key(rows),
+                 "options": {"n_frames": n_frames, "image_size": image_size, "audio_time_pool": pool,
+                             "max_samples": max_samples, "skip_missing": skip_missing},
+                 "sources": file_stamp(p for v, _ in rows
+                                       for p in (root / "audio_spec" / f"{v}.pkl", root / "visual" / v))}
+
+    def fill(arrays, labels):
+        _fill(root, rows, first, n_frames, image_size, pool, arrays["audio"], arrays["visual"], labels)
+
+    folder, manifest = memmap_cache.build(cache_dir, NAME, split, signature, len(rows), shapes, fill)
+    return cached_split(folder, manifest, len(classes)), skipped
+
+
+def _check(root, n_frames, image_size, audio_time_pool):
     n_frames = check_positive_int(n_frames, "n_frames", NAME)
     image_size = check_positive_int(image_size, "image_size", NAME)
     pool = check_positive_int(audio_time_pool, "audio_time_pool", NAME)
-    root = require_root(root, NAME, LAYOUT)
-    classes = read_classes(root / "stat.txt")
-    args = (classes, n_frames, image_size, pool, max_samples, bool(skip_missing))
-    train, skipped_train = _read_split(root, "train", *args)
-    test, skipped_test = _read_split(root, "test", *args)
-    if train.inputs["audio"].shape[1:] != test.inputs["audio"].shape[1:]:
-        raise layout_error(NAME, f"train spectrograms are {tuple(train.inputs['audio'].shape[1:])} "
-                                 f"but test ones {tuple(test.inputs['audio'].shape[1:])} "
-                                 f"(after pooling) in {root / 'audio_spec'}", LAYOUT)
+    return require_root(root, NAME, LAYOUT), n_frames, image_size, pool
+
+
+def _assemble(root, classes, parts: dict, n_frames, image_size, pool, max_samples, skip_missing) -> Splits:
+    shapes = {s: tuple(d.sample_shapes["audio"]) for s, (d, _) in parts.items()}
+    for split, shape in shapes.items():
+        if shape != shapes["train"]:
+            raise layout_error(NAME, f"train spectrograms are {shapes['train']} but {split} ones {shape} "
+                                     f"(after pooling) in {root / 'audio_spec'}", LAYOUT)
     info = {
         "name": NAME,
         "description": (f"AVE: {len(classes)} audio-visual event classes; stored audio "
                         "spectrograms and RGB video frames"),
         "encoders": {"audio": "cnn", "visual": "cnn"},
-        "shapes": {m: tuple(x.shape[1:]) for m, x in train.inputs.items()},
+        "shapes": dict(parts["train"][0].sample_shapes),
         "options": {"root": str(root), "n_frames": n_frames, "image_size": image_size,
                     "audio_time_pool": pool, "max_samples": max_samples,
                     "skip_missing": bool(skip_missing)},
         "class_names": list(classes),
-        "skipped": {"train": skipped_train, "test": skipped_test},
+        "skipped": {s: skipped for s, (_, skipped) in parts.items()},
     }
-    return Splits(train, test, info)
+    val = parts["val"][0] if "val" in parts else None
+    return Splits(parts["train"][0], parts["test"][0], info, val)
+
+
+def load(cache_dir, root, n_frames=1, image_size=64, audio_time_pool=1, max_samples=None,
+         skip_missing=False) -> Splits:
+    """AVE from ``root`` in the OGM-GE layout, decoded into memory (``cache_dir`` is unused)."""
+    root, n_frames, image_size, pool = _check(root, n_frames, image_size, audio_time_pool)
+    classes = read_classes(root / "stat.txt")
+    args = (n_frames, image_size, pool, max_samples, bool(skip_missing))
+    parts = {s: _read_split(root, s, classes, *args) for s in _split_names(root)}
+    return _assemble(root, classes, parts, *args)
+
+
+def load_stream(cache_dir, root, n_frames=1, image_size=64, audio_time_pool=1, max_samples=None,
+                skip_missing=False) -> Splits:
+    """AVE decoded once into memory-mapped ``.npy`` files under ``cache_dir``, then read per batch.
+
+    The same decoding as :func:`load` (``_fill``); see ``memmap_cache`` for the
+    cache's layout and when it is rebuilt.
+    """
+    root, n_frames, image_size, pool = _check(root, n_frames, image_size, audio_time_pool)
+    classes = read_classes(root / "stat.txt")
+    args = (n_frames, image_size, pool, max_samples, bool(skip_missing))
+    parts = {s: _stream_split(cache_dir, root, s, classes, *args) for s in _split_names(root)}
+    return _assemble(root, classes, parts, *args)
+
+
+def estimate_bytes(root, n_frames=1, image_size=64, audio_time_pool=1, max_samples=None,
+                   skip_missing=False) -> int:
+    """Decoded float32 size of every split: row counts of the list files and the first spectrogram's shape."""
+    root, n_frames, image_size, pool = _check(root, n_frames, image_size, audio_time_pool)
+    classes = read_classes(root / "stat.txt")
+    counts = [len(subsample(len(rows), max_samples)) if rows else 0
+              for rows in (read_split_rows(root / f"my_{s}.txt", classes) for s in _split_names(root))]
+    rows = read_split_rows(root / "my_train.txt", classes)
+    first = next((root / "audio_spec" / f"{v}.pkl" for v, _ in rows
+                  if (root / "audio_spec" / f"{v}.pkl").is_file()), None)
+    spec_shape = read_spectrogram(first).shape if first is not None else (257, 1004)   # the published shape
+    per_sample = 4 * (spec_shape[0] * (spec_shape[1] // pool) + 3 * n_frames * image_size * image_size) + 8
+    return sum(counts) * per_sample

@@ -24,7 +24,9 @@ Modalities, in this order:
   ``audio_size``, e.g. 56 or 28) for speed on a CPU. Suggested encoder ``cnn``.
 
 ``max_samples`` keeps that many evenly spaced samples of each split (None: all);
-the arrays are memory-mapped, so a subset reads only its rows.
+the arrays are memory-mapped, so a subset reads only its rows. :func:`load_stream`
+reads them per batch from the same maps (no cache: the files already are
+row-indexable), converted by the same row transforms as :func:`load`.
 
 :func:`build_avmnist` writes a small *real* AV-MNIST in this layout from MNIST
 IDX files and Free Spoken Digit Dataset recordings (see its docstring); from the
@@ -40,6 +42,7 @@ import json
 import os
 import shutil
 import tempfile
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +51,7 @@ import torch
 from .base import MultimodalData, Splits
 from .files import (check_positive_int, layout_error, load_npy, read_wav, require_dir,
                     require_root, resample, stft_magnitude, subsample)
+from .streaming import NpyArray, StreamingData
 
 NAME = "av-mnist"
 
@@ -70,7 +74,8 @@ def _split_paths(root: Path, split: str) -> dict[str, Path]:
             "labels": root / f"{split}_labels.npy"}
 
 
-def _read_split(root: Path, split: str, audio_size: int, normalize: bool, max_samples):
+def _check_split(root: Path, split: str, max_samples):
+    """``(paths, arrays, index, labels)`` of one split: memory-mapped arrays checked, rows chosen."""
     paths = _split_paths(root, split)
     arrays = {key: load_npy(path, NAME, LAYOUT) for key, path in paths.items()}
     lengths = {key: (len(a) if a.ndim else 0) for key, a in arrays.items()}
@@ -101,50 +106,111 @@ def _read_split(root: Path, split: str, audio_size: int, normalize: bool, max_sa
     y = np.asarray(labels[index]).reshape(-1)
     if not np.issubdtype(y.dtype, np.number) or not np.all(np.isfinite(y)) or np.any(y != np.round(y)) or y.min() < 0 or y.max() > 9:
         raise layout_error(NAME, f"{paths['labels']} holds labels outside the digits 0-9", LAYOUT)
+    return paths, arrays, index, torch.from_numpy(y.astype(np.int64))
 
-    scale = 255.0 if normalize else 1.0
+
+def image_rows(rows: np.ndarray, scale: float, path: str) -> np.ndarray:
+    """Stored image rows (B, 784) -> float32 (B, 28, 28) / ``scale``: the one transform of both paths."""
     with np.errstate(over="ignore"):   # float64 beyond float32 range -> inf, reported next
-        x_image = np.asarray(image[index], dtype=np.float32).reshape(-1, 28, 28) / np.float32(scale)
-    if not np.all(np.isfinite(x_image)):
+        x = np.asarray(rows, dtype=np.float32).reshape(-1, 28, 28) / np.float32(scale)
+    if not np.all(np.isfinite(x)):
         # NaN/inf features would train a NaN model with no hint at the file
-        raise layout_error(NAME, f"{paths['image']} holds NaN or infinite values "
-                                 "(or values beyond float32)", LAYOUT)
-    x_audio = torch.empty((len(index), audio_size, audio_size), dtype=torch.float32)
-    for start in range(0, len(index), _CHUNK):
+        raise layout_error(NAME, f"{path} holds NaN or infinite values (or values beyond float32)", LAYOUT)
+    return x
+
+
+def audio_rows(rows: np.ndarray, scale: float, audio_size: int, path: str) -> np.ndarray:
+    """Stored spectrogram rows (B, 112, 112) -> float32 (B, audio_size, audio_size): scaled, average-pooled."""
+    with np.errstate(over="ignore"):
+        chunk = np.asarray(rows, dtype=np.float32).reshape(-1, AUDIO_SIDE, AUDIO_SIDE)
+    if not np.all(np.isfinite(chunk)):   # as for the images
+        raise layout_error(NAME, f"{path} holds NaN or infinite values (or values beyond float32)", LAYOUT)
+    chunk = chunk / np.float32(scale)
+    if audio_size != AUDIO_SIDE:
+        pooled = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(chunk)[:, None], audio_size)
+        chunk = pooled[:, 0].numpy()
+    return chunk
+
+
+def _transforms(paths, audio_size: int, normalize: bool) -> dict:
+    scale = 255.0 if normalize else 1.0
+    return {"image": partial(image_rows, scale=scale, path=str(paths["image"])),
+            "audio": partial(audio_rows, scale=scale, audio_size=audio_size, path=str(paths["audio"]))}
+
+
+def _read_split(root: Path, split: str, audio_size: int, normalize: bool, max_samples):
+    paths, arrays, index, labels = _check_split(root, split, max_samples)
+    transforms = _transforms(paths, audio_size, normalize)
+    shapes = {"image": (28, 28), "audio": (audio_size, audio_size)}
+    inputs = {m: torch.empty((len(index), *shapes[m]), dtype=torch.float32) for m in shapes}
+    for start in range(0, len(index), _CHUNK):   # chunks bound the float32 intermediate
         rows = index[start:start + _CHUNK]
-        with np.errstate(over="ignore"):
-            chunk = np.asarray(audio[rows], dtype=np.float32).reshape(-1, AUDIO_SIDE, AUDIO_SIDE)
-        if not np.all(np.isfinite(chunk)):   # as for the images
-            raise layout_error(NAME, f"{paths['audio']} holds NaN or infinite values "
-                                     "(or values beyond float32)", LAYOUT)
-        chunk = torch.from_numpy(chunk / np.float32(scale))
-        if audio_size != AUDIO_SIDE:
-            chunk = torch.nn.functional.adaptive_avg_pool2d(chunk[:, None], audio_size)[:, 0]
-        x_audio[start:start + len(rows)] = chunk
-    inputs = {"image": torch.from_numpy(np.ascontiguousarray(x_image)), "audio": x_audio}
-    return MultimodalData(inputs, torch.from_numpy(y.astype(np.int64)), num_classes=10)
+        for m in shapes:
+            inputs[m][start:start + len(rows)] = torch.from_numpy(transforms[m](arrays[m][rows]))
+    return MultimodalData(inputs, labels, num_classes=10)
 
 
-def load(cache_dir, root, audio_size=112, normalize=True, max_samples=None) -> Splits:
-    """AV-MNIST from ``root`` in the MultiBench layout (``cache_dir`` is unused)."""
+def _stream_split(root: Path, split: str, audio_size: int, normalize: bool, max_samples):
+    paths, arrays, index, labels = _check_split(root, split, max_samples)
+    sources = {m: NpyArray(paths[m], arrays[m].shape, arrays[m].dtype) for m in ("image", "audio")}
+    return StreamingData(sources, labels, 10, transforms=_transforms(paths, audio_size, normalize),
+                         rows=index, sample_shapes={"image": (28, 28), "audio": (audio_size, audio_size)})
+
+
+def _check_options(audio_size):
     audio_size = check_positive_int(audio_size, "audio_size", NAME)
     if audio_size > AUDIO_SIDE:
         raise ValueError(f"{NAME}: option audio_size must be at most {AUDIO_SIDE}, got {audio_size}")
-    root = require_root(root, NAME, LAYOUT)
-    train = _read_split(root, "train", audio_size, bool(normalize), max_samples)
-    test = _read_split(root, "test", audio_size, bool(normalize), max_samples)
-    info = {
+    return audio_size
+
+
+def _info(root, audio_size, normalize, max_samples) -> dict:
+    return {
         "name": NAME,
         "description": ("AV-MNIST (MultiBench): PCA-reduced MNIST digit images paired with "
                         "112x112 spectrograms of Free Spoken Digit Dataset recordings of the "
                         "same digit"),
         "encoders": {"image": "cnn", "audio": "cnn"},
-        "shapes": {m: tuple(x.shape[1:]) for m, x in train.inputs.items()},
+        "shapes": {"image": (28, 28), "audio": (audio_size, audio_size)},
         "options": {"root": str(root), "audio_size": audio_size, "normalize": bool(normalize),
                     "max_samples": max_samples},
         "class_names": list(CLASS_NAMES),
     }
-    return Splits(train, test, info)
+
+
+def load_stream(cache_dir, root, audio_size=112, normalize=True, max_samples=None) -> Splits:
+    """AV-MNIST read per batch straight from its memory-mapped ``.npy`` files (no cache needed).
+
+    Each batch's rows are converted and pooled by the same :func:`image_rows` /
+    :func:`audio_rows` as :func:`load` uses; a NaN in a row is reported when its
+    batch is read, not at load time.
+    """
+    audio_size = _check_options(audio_size)
+    root = require_root(root, NAME, LAYOUT)
+    train = _stream_split(root, "train", audio_size, bool(normalize), max_samples)
+    test = _stream_split(root, "test", audio_size, bool(normalize), max_samples)
+    return Splits(train, test, _info(root, audio_size, normalize, max_samples))
+
+
+def estimate_bytes(root, audio_size=112, normalize=True, max_samples=None) -> int:
+    """Decoded float32 size of both splits, from the ``.npy`` headers alone."""
+    audio_size = _check_options(audio_size)
+    root = require_root(root, NAME, LAYOUT)
+    total = 0
+    for split in ("train", "test"):
+        labels = load_npy(_split_paths(root, split)["labels"], NAME, LAYOUT)
+        n = len(subsample(len(labels), max_samples)) if labels.ndim else 0
+        total += n * (4 * (28 * 28 + audio_size * audio_size) + 8)
+    return total
+
+
+def load(cache_dir, root, audio_size=112, normalize=True, max_samples=None) -> Splits:
+    """AV-MNIST from ``root`` in the MultiBench layout (``cache_dir`` is unused)."""
+    audio_size = _check_options(audio_size)
+    root = require_root(root, NAME, LAYOUT)
+    train = _read_split(root, "train", audio_size, bool(normalize), max_samples)
+    test = _read_split(root, "test", audio_size, bool(normalize), max_samples)
+    return Splits(train, test, _info(root, audio_size, normalize, max_samples))
 
 
 # --------------------------------------------------------------------------- builder

@@ -1,7 +1,12 @@
 """The in-memory multimodal dataset every loader returns.
 
-Datasets in this field are small, so they live as tensors on the training
-device and are batched by indexing: no DataLoader, no worker processes.
+Most datasets in this field are small, so they live as tensors on the training
+device and are batched by indexing: no DataLoader, no worker processes (the
+fast path). One that does not fit is read per batch instead by
+:class:`~msam_lab.datasets.streaming.StreamingData`, which has the same
+duck-typed interface (``modalities``, ``num_classes``, ``labels``, ``len``,
+``device``, ``to``, ``batches``, ``subset``, ``sample_shapes``) and yields the
+same batches for the same generator state.
 A batch is ``(inputs, labels)`` with ``inputs`` a dict modality -> tensor.
 """
 from __future__ import annotations
@@ -38,6 +43,11 @@ class MultimodalData:
     def device(self) -> torch.device:
         return self.labels.device
 
+    @property
+    def sample_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Per-sample shape of each modality (what a model's input layer is built for)."""
+        return {m: tuple(x.shape[1:]) for m, x in self.inputs.items()}
+
     def __len__(self) -> int:
         return len(self.labels)
 
@@ -49,6 +59,10 @@ class MultimodalData:
         index = torch.as_tensor(index, device=self.device)
         return MultimodalData({m: x[index] for m, x in self.inputs.items()},
                               self.labels[index], self.num_classes)
+
+    def select(self, index) -> "MultimodalData":
+        """The samples ``index`` on the same path: here ``subset`` (``StreamingData.select`` stays streamed)."""
+        return self.subset(index)
 
     def batches(self, batch_size: int, shuffle: bool = False,
                 generator: torch.Generator | None = None,
@@ -70,11 +84,12 @@ class MultimodalData:
 
 @dataclass
 class Splits:
-    """A dataset's train and test parts plus a few facts about it."""
+    """A dataset's train, test and (where it has one) validation parts plus a few facts about it."""
 
-    train: MultimodalData
+    train: MultimodalData      # or a StreamingData: the same interface, read per batch
     test: MultimodalData
     info: dict = field(default_factory=dict)
+    val: MultimodalData | None = None      # the dataset's own validation split, or a hold-out of train
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -85,4 +100,16 @@ class Splits:
         return self.train.num_classes
 
     def to(self, device) -> "Splits":
-        return Splits(self.train.to(device), self.test.to(device), dict(self.info))
+        return Splits(self.train.to(device), self.test.to(device), dict(self.info),
+                      None if self.val is None else self.val.to(device))
+
+
+def in_memory(data) -> MultimodalData:
+    """``data`` itself if it is a :class:`MultimodalData`, else all of it materialised by ``subset``.
+
+    For code that needs ``data.inputs`` (a small evaluation subset, say) whichever
+    path the data came from.
+    """
+    if isinstance(data, MultimodalData):
+        return data
+    return data.subset(torch.arange(len(data)))

@@ -29,15 +29,22 @@ keeps that many evenly spaced rows of each CSV (None: all), before any file is
 read; ``skip_missing`` drops rows whose WAV or frame folder is absent (what
 OGM-GE's loader does silently) instead of raising, and counts them in
 ``info["skipped"]``.
+
+:func:`load_stream` decodes each split once into a memory-mapped cache under
+``cache_dir`` (``memmap_cache``) and reads it per batch; :func:`estimate_bytes`
+gives the decoded size from the CSVs alone.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 
+from . import memmap_cache
 from .base import MultimodalData, Splits
 from .files import (check_positive_int, frames_array, is_plain_name, layout_error, load_frames,
                     read_lines, read_wav, require_root, resample, stft_magnitude, subsample)
+from .memmap_cache import file_stamp
+from .streaming import cached_split
 
 NAME = "crema-d"
 
@@ -89,7 +96,8 @@ def audio_features(path, layout: str = LAYOUT) -> np.ndarray:
     return np.log(stft_magnitude(x, N_FFT, HOP) + 1e-7).astype(np.float32)
 
 
-def _read_split(root, split, n_frames, image_size, fps, max_samples, skip_missing):
+def _rows(root, split, fps, max_samples, skip_missing) -> tuple[list[tuple[str, int]], int]:
+    """``(rows, skipped)``: the clips of one split that will be read."""
     layout = _layout(fps)
     rows = read_split_csv(root / f"{split}.csv", layout)
     if not rows:
@@ -104,38 +112,101 @@ def _read_split(root, split, n_frames, image_size, fps, max_samples, skip_missin
                                      "frame folder", layout)
     else:
         skipped = 0
-    rows = [rows[i] for i in subsample(len(rows), max_samples)]
+    return [rows[i] for i in subsample(len(rows), max_samples)], skipped
+
+
+def _sources(root, fps, clip) -> tuple:
+    return root / "AudioWAV" / f"{clip}.wav", root / f"Image-{fps:02d}-FPS" / clip
+
+
+def _fill(root, rows, fps, n_frames, image_size, audio, visual, labels) -> None:
+    """Decode every clip of ``rows`` into ``audio`` / ``visual`` / ``labels`` (arrays or memmaps): both paths."""
+    layout = _layout(fps)
+    for i, (clip, y) in enumerate(rows):
+        wav, frames = _sources(root, fps, clip)
+        audio[i] = audio_features(wav, layout)
+        visual[i] = load_frames(frames, n_frames, image_size, NAME, layout)
+        labels[i] = y
+
+
+def _read_split(root, split, n_frames, image_size, fps, max_samples, skip_missing):
+    rows, skipped = _rows(root, split, fps, max_samples, skip_missing)
     audio = np.empty((len(rows),) + AUDIO_SHAPE, dtype=np.float32)
     visual = frames_array(len(rows), n_frames, image_size, NAME)   # too large: one-line error
-    for i, (clip, _) in enumerate(rows):
-        audio[i] = audio_features(root / "AudioWAV" / f"{clip}.wav", layout)
-        visual[i] = load_frames(frames_root / clip, n_frames, image_size, NAME, layout)
-    labels = torch.tensor([y for _, y in rows], dtype=torch.int64)
+    labels = np.empty(len(rows), dtype=np.int64)
+    _fill(root, rows, fps, n_frames, image_size, audio, visual, labels)
     data = MultimodalData({"audio": torch.from_numpy(audio), "visual": torch.from_numpy(visual)},
-                          labels, num_classes=len(EMOTIONS))
+                          torch.from_numpy(labels), num_classes=len(EMOTIONS))
     return data, skipped
 
 
-def load(cache_dir, root, n_frames=1, image_size=64, fps=1, max_samples=None,
-         skip_missing=False) -> Splits:
-    """CREMA-D from ``root`` in the OGM-GE layout (``cache_dir`` is unused)."""
-    n_frames = check_positive_int(n_frames, "n_frames", NAME)
-    image_size = check_positive_int(image_size, "image_size", NAME)
-    fps = check_positive_int(fps, "fps", NAME)
-    root = require_root(root, NAME, _layout(fps))
-    train, skipped_train = _read_split(root, "train", n_frames, image_size, fps, max_samples,
-                                       bool(skip_missing))
-    test, skipped_test = _read_split(root, "test", n_frames, image_size, fps, max_samples,
-                                     bool(skip_missing))
-    info = {
+def _stream_split(cache_dir, root, split, n_frames, image_size, fps, max_samples, skip_missing):
+    rows, skipped = _rows(root, split, fps, max_samples, skip_missing)
+    shapes = {"audio": AUDIO_SHAPE, "visual": (3 * n_frames, image_size, image_size)}
+    signature = {"dataset": NAME, "root": str(root), "split": split,
+                 "rows": memmap_cache.signature_key(rows),
+                 "options": {"n_frames": n_frames, "image_size": image_size, "fps": fps,
+                             "max_samples": max_samples, "skip_missing": skip_missing},
+                 "sources": file_stamp(p for clip, _ in rows for p in _sources(root, fps, clip))}
+
+    def fill(arrays, labels):
+        _fill(root, rows, fps, n_frames, image_size, arrays["audio"], arrays["visual"], labels)
+
+    folder, manifest = memmap_cache.build(cache_dir, NAME, split, signature, len(rows), shapes, fill)
+    return cached_split(folder, manifest, len(EMOTIONS)), skipped
+
+
+def _info(root, n_frames, image_size, fps, max_samples, skip_missing, skipped) -> dict:
+    return {
         "name": NAME,
         "description": ("CREMA-D: 91 actors speaking 12 sentences in 6 emotions; audio "
                         "log-spectrogram (22.05 kHz, 3 s, STFT 512/353) and RGB face frames"),
         "encoders": {"audio": "cnn", "visual": "cnn"},
-        "shapes": {m: tuple(x.shape[1:]) for m, x in train.inputs.items()},
+        "shapes": {"audio": AUDIO_SHAPE, "visual": (3 * n_frames, image_size, image_size)},
         "options": {"root": str(root), "n_frames": n_frames, "image_size": image_size,
                     "fps": fps, "max_samples": max_samples, "skip_missing": bool(skip_missing)},
         "class_names": list(CLASS_NAMES),
-        "skipped": {"train": skipped_train, "test": skipped_test},
+        "skipped": skipped,
     }
-    return Splits(train, test, info)
+
+
+def _check(root, n_frames, image_size, fps):
+    n_frames = check_positive_int(n_frames, "n_frames", NAME)
+    image_size = check_positive_int(image_size, "image_size", NAME)
+    fps = check_positive_int(fps, "fps", NAME)
+    return require_root(root, NAME, _layout(fps)), n_frames, image_size, fps
+
+
+def load(cache_dir, root, n_frames=1, image_size=64, fps=1, max_samples=None,
+         skip_missing=False) -> Splits:
+    """CREMA-D from ``root`` in the OGM-GE layout, decoded into memory (``cache_dir`` is unused)."""
+    root, n_frames, image_size, fps = _check(root, n_frames, image_size, fps)
+    args = (n_frames, image_size, fps, max_samples, bool(skip_missing))
+    train, s_train = _read_split(root, "train", *args)
+    test, s_test = _read_split(root, "test", *args)
+    return Splits(train, test, _info(root, *args, {"train": s_train, "test": s_test}))
+
+
+def load_stream(cache_dir, root, n_frames=1, image_size=64, fps=1, max_samples=None,
+                skip_missing=False) -> Splits:
+    """CREMA-D decoded once into memory-mapped ``.npy`` files under ``cache_dir``, then read per batch.
+
+    The same decoding as :func:`load` (``_fill``); see ``memmap_cache`` for the
+    cache's layout and when it is rebuilt.
+    """
+    root, n_frames, image_size, fps = _check(root, n_frames, image_size, fps)
+    args = (n_frames, image_size, fps, max_samples, bool(skip_missing))
+    train, s_train = _stream_split(cache_dir, root, "train", *args)
+    test, s_test = _stream_split(cache_dir, root, "test", *args)
+    return Splits(train, test, _info(root, *args, {"train": s_train, "test": s_test}))
+
+
+def estimate_bytes(root, n_frames=1, image_size=64, fps=1, max_samples=None, skip_missing=False) -> int:
+    """Decoded float32 size of both splits, from the CSV row counts (no media file is read)."""
+    root, n_frames, image_size, fps = _check(root, n_frames, image_size, fps)
+    per_sample = 4 * (int(np.prod(AUDIO_SHAPE)) + 3 * n_frames * image_size * image_size) + 8
+    n = 0
+    for split in ("train", "test"):
+        rows = read_split_csv(root / f"{split}.csv", _layout(fps))
+        n += len(subsample(len(rows), max_samples)) if rows else 0
+    return n * per_sample

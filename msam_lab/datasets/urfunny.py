@@ -18,13 +18,16 @@ Labels: 0 = not humorous, 1 = humorous.
 
 Splits, by ``use_valid_as``:
 
-* ``"drop"`` (default) -- train = train, test = test; valid is not used.
+* ``"val"`` (default) -- train = train, val = valid (``Splits.val``), test = test.
+* ``"drop"`` -- train = train, test = test; valid is not used.
 * ``"train"`` -- train = train + valid, test = test.
 * ``"test"`` -- train = train, test = valid; the test split is not used (keep
   it untouched while tuning).
 
 ``max_samples`` keeps that many evenly spaced samples of each resulting split
 (None: all). The file is read with :mod:`pickle`: only read data you trust.
+:func:`load_stream` writes the cleaned splits once to a memory-mapped cache
+under ``cache_dir`` (a pickle cannot be mapped) and reads them per batch.
 """
 from __future__ import annotations
 
@@ -34,12 +37,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import memmap_cache
 from .base import MultimodalData, Splits
 from .files import layout_error, require_file, require_root, subsample
+from .memmap_cache import file_stamp
+from .streaming import cached_split
 
 NAME = "ur-funny"
 
-OPTIONS = {"root": None, "use_valid_as": "drop", "max_samples": None}
+OPTIONS = {"root": None, "use_valid_as": "val", "max_samples": None}
 
 LAYOUT = ("<root>/humor.pkl, a pickled dict with train/valid/test, each a dict with "
           "vision (N,50,371), audio (N,50,81), text (N,50,300), labels (N,1) in {0,1} "
@@ -47,7 +53,7 @@ LAYOUT = ("<root>/humor.pkl, a pickled dict with train/valid/test, each a dict w
 
 MODALITIES = ("text", "audio", "vision")
 CLASS_NAMES = ["not humorous", "humorous"]
-VALID_USES = ("drop", "train", "test")
+VALID_USES = ("val", "drop", "train", "test")
 
 
 def _read_pickle(path: Path) -> dict:
@@ -71,7 +77,8 @@ def _clean_split(path: Path, data: dict, split: str) -> tuple[dict[str, np.ndarr
     """``(inputs, labels, n_dropped)`` of one split, cleaned."""
     part = data.get(split)
     if not isinstance(part, dict):
-        raise layout_error(NAME, f"{path} has no dict under key {split!r}", LAYOUT)
+        hint = " (or set use_valid_as=drop)" if split == "valid" else ""
+        raise layout_error(NAME, f"{path} has no dict under key {split!r}{hint}", LAYOUT)
     arrays = {}
     for key in MODALITIES + ("labels",):
         if key not in part:
@@ -122,13 +129,20 @@ def _to_data(path, inputs, labels, max_samples, what) -> MultimodalData:
                           torch.from_numpy(labels[index]), num_classes=2)
 
 
-def load(cache_dir, root, use_valid_as="drop", max_samples=None) -> Splits:
-    """UR-Funny from MultiBench's ``humor.pkl`` (``cache_dir`` is unused)."""
+def _check_use(use_valid_as) -> str:
     if use_valid_as not in VALID_USES:
         raise ValueError(f"{NAME}: option use_valid_as must be one of {', '.join(VALID_USES)}, "
                          f"got {use_valid_as!r}")
+    return use_valid_as
+
+
+def _pickle_path(root) -> Path:
     root = require_root(root, NAME, LAYOUT)
-    path = root if root.is_file() else root / "humor.pkl"
+    return root if root.is_file() else root / "humor.pkl"
+
+
+def _read_parts(path: Path, use_valid_as: str, max_samples) -> tuple[dict[str, MultimodalData], dict]:
+    """The resulting splits (``train``, ``test``[, ``val``]) as in-memory data, and the drop counts: both paths."""
     data = _read_pickle(path)
     splits = {"train", "test"} | ({"valid"} if use_valid_as != "drop" else set())
     cleaned = {s: _clean_split(path, data, s) for s in sorted(splits)}
@@ -140,24 +154,82 @@ def load(cache_dir, root, use_valid_as="drop", max_samples=None) -> Splits:
                 raise layout_error(NAME, f"{path} [{split!r}][{m!r}] has per-sample shape "
                                          f"{inputs[m].shape[1:]} but train has {shapes[m]}", LAYOUT)
 
-    train_inputs, train_labels, _ = cleaned["train"]
-    test_inputs, test_labels, _ = cleaned["test"]
-    if use_valid_as == "train":
+    parts = {"train": cleaned["train"][:2], "test": cleaned["test"][:2]}
+    if use_valid_as == "val":
+        parts["val"] = cleaned["valid"][:2]
+    elif use_valid_as == "train":
         valid_inputs, valid_labels, _ = cleaned["valid"]
-        train_inputs = {m: np.concatenate([train_inputs[m], valid_inputs[m]]) for m in MODALITIES}
-        train_labels = np.concatenate([train_labels, valid_labels])
+        train_inputs, train_labels = parts["train"]
+        parts["train"] = ({m: np.concatenate([train_inputs[m], valid_inputs[m]]) for m in MODALITIES},
+                          np.concatenate([train_labels, valid_labels]))
     elif use_valid_as == "test":
-        test_inputs, test_labels, _ = cleaned["valid"]
-    train = _to_data(path, train_inputs, train_labels, max_samples, "train")
-    test = _to_data(path, test_inputs, test_labels, max_samples, "test")
-    info = {
+        parts["test"] = cleaned["valid"][:2]
+    data = {s: _to_data(path, inputs, labels, max_samples, s) for s, (inputs, labels) in parts.items()}
+    return data, {s: c[2] for s, c in cleaned.items()}
+
+
+def _info(root, use_valid_as, max_samples, shapes, dropped) -> dict:
+    return {
         "name": NAME,
         "description": ("UR-Funny (MultiBench): TED-talk punchline humour detection from "
                         "GloVe text, COVAREP audio and OpenFace video features, 50 steps"),
         "encoders": {m: "mlp" for m in MODALITIES},
-        "shapes": {m: tuple(x.shape[1:]) for m, x in train.inputs.items()},
+        "shapes": {m: tuple(s) for m, s in shapes.items()},
         "options": {"root": str(root), "use_valid_as": use_valid_as, "max_samples": max_samples},
         "class_names": list(CLASS_NAMES),
-        "dropped": {s: c[2] for s, c in cleaned.items()},
+        "dropped": dropped,
     }
-    return Splits(train, test, info)
+
+
+def load(cache_dir, root, use_valid_as="val", max_samples=None) -> Splits:
+    """UR-Funny from MultiBench's ``humor.pkl`` (``cache_dir`` is unused)."""
+    use_valid_as = _check_use(use_valid_as)
+    path = _pickle_path(root)
+    parts, dropped = _read_parts(path, use_valid_as, max_samples)
+    info = _info(require_root(root, NAME, LAYOUT), use_valid_as, max_samples,
+                 parts["train"].sample_shapes, dropped)
+    return Splits(parts["train"], parts["test"], info, parts.get("val"))
+
+
+def load_stream(cache_dir, root, use_valid_as="val", max_samples=None) -> Splits:
+    """UR-Funny's cleaned splits written once to memory-mapped ``.npy`` files under ``cache_dir``, read per batch.
+
+    A pickle cannot be memory-mapped, so the first call unpickles and cleans it
+    exactly as :func:`load` does (it must fit in memory once); later calls with
+    the same file (size, mtime) and options read only the cache.
+    """
+    use_valid_as = _check_use(use_valid_as)
+    path = _pickle_path(root)
+    names = ("train", "test", "val") if use_valid_as == "val" else ("train", "test")
+    signature = {s: {"dataset": NAME, "split": s, "path": str(path), "source": file_stamp([path]),
+                     "options": {"use_valid_as": use_valid_as, "max_samples": max_samples}} for s in names}
+    found = {s: memmap_cache.read_cache(memmap_cache.cache_folder(cache_dir, NAME, s, signature[s]), signature[s])
+             for s in names}
+    parts = dropped = None
+    if any(m is None for m in found.values()):
+        parts, dropped = _read_parts(path, use_valid_as, max_samples)
+    out = {}
+    for s in names:
+        def fill(arrays, labels, s=s):
+            for m in MODALITIES:
+                arrays[m][:] = parts[s].inputs[m].numpy()
+            labels[:] = parts[s].labels.numpy()
+            return {"dropped": dropped}
+        n = len(parts[s]) if parts is not None else found[s]["n"]
+        shapes = parts[s].sample_shapes if parts is not None else \
+            {m: tuple(found[s]["arrays"][m]["shape"][1:]) for m in MODALITIES}
+        folder, manifest = memmap_cache.build(cache_dir, NAME, s, signature[s], n, shapes, fill)
+        out[s] = cached_split(folder, manifest, 2)
+        dropped = dropped if dropped is not None else manifest["extra"]["dropped"]
+    info = _info(require_root(root, NAME, LAYOUT), use_valid_as, max_samples, out["train"].sample_shapes, dropped)
+    return Splits(out["train"], out["test"], info, out.get("val"))
+
+
+def estimate_bytes(root, use_valid_as="val", max_samples=None) -> int:
+    """The size of ``humor.pkl`` on disk: a pickle cannot be sized without unpickling it.
+
+    MultiBench stores float32 arrays, so the file is close to the decoded size.
+    """
+    _check_use(use_valid_as)
+    path = require_file(_pickle_path(root), NAME, LAYOUT)
+    return path.stat().st_size

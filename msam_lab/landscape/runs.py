@@ -63,8 +63,15 @@ def _check_scope(model, scope: str) -> list[str]:
 def _load_split(run: Run, split: str):
     if split not in SPLITS:
         raise ConfigError(f"--split must be train or test, got {split!r}")
+    from ..datasets import load_for_training
+
+    cfg = run.config
     try:
-        splits = run.load_data()
+        # the run's own data path: a dataset too large for memory streams, and only the
+        # seeded evaluation subset (eval_subset) is read into memory
+        splits = load_for_training(cfg.dataset, cfg.data, "cpu", data_path=getattr(cfg, "data_path", "auto"),
+                                   stream_above_mb=getattr(cfg, "stream_above_mb", 1024.0),
+                                   num_workers=getattr(cfg, "num_workers", 2))
     except (OSError, ValueError) as err:
         raise ConfigError(f"cannot load the data of run {run.path}: {err}") from None
     return getattr(splits, split)

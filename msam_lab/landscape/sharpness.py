@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..datasets.base import in_memory
 from .directions import scope_parameters
 from .state import preserved
 
@@ -166,6 +167,7 @@ def epsilon_sharpness(loss_fn: Callable[[], torch.Tensor], params: Sequence[torc
 
 def fused_loss_fn(model, data, batch_size: int | None = None) -> Callable[[], torch.Tensor]:
     """Mean cross-entropy of the fused logits over ``data`` (one graph over all batches)."""
+    data = in_memory(data)   # a StreamingData is read once, here: the loss is evaluated many times
     n = len(data)
     bs = n if not batch_size else int(batch_size)
     batches = [({m: x[s:s + bs] for m, x in data.inputs.items()}, data.labels[s:s + bs])
@@ -180,12 +182,15 @@ def fused_loss_fn(model, data, batch_size: int | None = None) -> Callable[[], to
 
 
 def sharpness(model, data, scope: str = "model", rho: float = 0.05, topk: int = 1, probes: int = 32,
-              seed: int = 0, max_iter: int = 100, tol: float = 1e-3, batch_size: int | None = 64) -> dict:
+              seed: int = 0, max_iter: int = 100, tol: float = 1e-3, batch_size: int | None = 64,
+              n_samples: int | None = None, subset_seed: int = 0) -> dict:
     """Top-k eigenvalues, Hutchinson trace and ε-sharpness of the fused loss on ``data``, for ``scope``.
 
-    ``data`` is used whole (take a subset first: ``surface.eval_subset``), its
-    forward in chunks of ``batch_size`` inside one graph (measured ~2x faster
-    Hessian-vector products on CPU than one 512-sample batch).
+    ``data`` (a ``MultimodalData`` or ``StreamingData``) is used whole unless
+    ``n_samples`` is given: then the fixed subset ``surface.eval_subset(data,
+    n_samples, subset_seed)``. Its forward runs in chunks of ``batch_size`` inside
+    one graph (measured ~2x faster Hessian-vector products on CPU than one
+    512-sample batch).
     ``topk=0`` or ``probes=0`` skip the eigenvalues or the trace. Eval mode;
     the model is left bitwise as it was.
     """
@@ -198,6 +203,9 @@ def sharpness(model, data, scope: str = "model", rho: float = 0.05, topk: int = 
         for p in params:
             p.requires_grad_(True)
         device = params[0].device
+        if n_samples is not None:
+            from .surface import eval_subset
+            data, _ = eval_subset(data, n_samples, subset_seed)
         loss_fn = fused_loss_fn(model, data.to(device), batch_size)
         H = HessianOperator(loss_fn, params)
         row = {"scope": scope, "n_parameters": int(sum(p.numel() for p in params)), "loss": H.loss}

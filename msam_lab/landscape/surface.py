@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..coalitions import coalition_logits
+from ..datasets.base import in_memory
 from .directions import Direction, check_compatible
 from .state import preserved
 
@@ -65,8 +66,10 @@ def grid(n: int = 21, span: float = 1.0) -> np.ndarray:
 
 
 def eval_subset(data, n_samples: int | None = 512, seed: int = 0):
-    """A fixed subset of ``data`` (a ``MultimodalData``): ``n_samples`` indices drawn with ``seed``, sorted.
+    """A fixed subset of ``data``: ``n_samples`` indices drawn with ``seed``, sorted.
 
+    ``data``: a ``MultimodalData`` or a ``StreamingData``; the subset is always an
+    in-memory ``MultimodalData`` (``data.subset``), the same samples on either.
     Returns ``(subset, index)``; the whole set (in order) when ``n_samples`` is None or >= len(data).
     """
     n = len(data)
@@ -168,7 +171,7 @@ class PointEvaluator:
         self.masks, rows = coalition_plan(self.modalities, per_modality)
         self.rows = [r for _, r in rows]
         self.names = metric_names(self.modalities, per_modality)
-        data = data.to(device)
+        data = in_memory(data.to(device))   # a StreamingData is read once, here (pass a subset)
         n = len(data)
         bs = n if not batch_size else int(batch_size)
         self.batches = [({m: x[s:s + bs] for m, x in data.inputs.items()}, data.labels[s:s + bs])

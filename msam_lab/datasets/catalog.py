@@ -1,0 +1,142 @@
+"""What each dataset is and where to get it (``msam-lab data info``): plain data + a formatter.
+
+Facts come from the loaders' own constants where they have them (layout
+strings, class names, feature shapes, option defaults); the rest (sizes of the
+published sets, download addresses) is written here once.
+"""
+from __future__ import annotations
+
+from . import DATASETS, ave, av_digits, avmnist, cremad, synthetic, urfunny
+
+
+def _val_fraction() -> float:
+    from ..config import Config   # lazily: config imports the dataset registry
+
+    return Config().val_fraction
+
+
+def _holdout() -> str:
+    return (f"none of its own: a seeded hold-out of train (config field val_fraction, "
+            f"default {_val_fraction()})")
+
+
+_N_FRAMES, _SIZE = cremad.OPTIONS["n_frames"], cremad.OPTIONS["image_size"]
+_VISUAL = (f"(3*n_frames, image_size, image_size) float32 in [0, 1], default "
+           f"({3 * _N_FRAMES}, {_SIZE}, {_SIZE}): RGB frames, options data.n_frames / data.image_size")
+
+CATALOG: dict[str, dict] = {
+    "av-digits": {
+        "summary": "the embedded default: scikit-learn's 1,797 real 8x8 handwritten digits paired with a "
+                   "synthesized telephone-keypad (DTMF) tone of the same digit",
+        "modalities": {"image": f"(8, 8) float32 in [0, 1] (+ noise data.image_noise, default "
+                                f"{av_digits.OPTIONS['image_noise']})",
+                       "audio": f"({av_digits.N_FREQ}, {av_digits.N_FRAMES}) float32 log-STFT of an "
+                                f"{av_digits.SAMPLE_RATE // 1000} kHz tone at data.audio_snr_db "
+                                f"(default {av_digits.OPTIONS['audio_snr_db']} dB)"},
+        "classes": av_digits.CLASS_NAMES,
+        "splits": f"train / test, stratified, data.test_fraction = {av_digits.OPTIONS['test_fraction']}",
+        "own_val": False,
+        "source": "embedded: generated from scikit-learn's bundled digits in about a second, cached under "
+                  "data/ ($MSAM_LAB_DATA); nothing to download",
+        "layout": None,
+    },
+    "synthetic": {
+        "summary": "M-modality Gaussian class clusters with one informativeness knob per modality "
+                   "(tests, M >= 3, teaching)",
+        "modalities": {"m0 .. m{M-1}": f"(data.n_features,) float32, default "
+                                       f"M = {synthetic.OPTIONS['n_modalities']}, "
+                                       f"{synthetic.OPTIONS['n_features']} features; informativeness "
+                                       "3.0, 1.5, 0.75, ... (data.informativeness)"},
+        "classes": f"data.n_classes, default {synthetic.OPTIONS['n_classes']}",
+        "splits": f"train / test, stratified, {synthetic.OPTIONS['n_samples']} samples, data.test_fraction = "
+                  f"{synthetic.OPTIONS['test_fraction']}",
+        "own_val": False,
+        "source": "generated: instant, seeded (data.seed), nothing cached or downloaded",
+        "layout": None,
+    },
+    "av-mnist": {
+        "summary": "MNIST digits reduced to the PCA components explaining ~25 % of the variance, paired "
+                   "with a 112x112 spectrogram of a Free Spoken Digit Dataset recording of the same digit",
+        "modalities": {"image": "(28, 28) float32 (stored (N, 784), divided by 255)",
+                       "audio": f"({avmnist.AUDIO_SIDE}, {avmnist.AUDIO_SIDE}) float32 (divided by 255; "
+                                "data.audio_size < 112 average-pools it)"},
+        "classes": avmnist.CLASS_NAMES,
+        "splits": "train 60,000 / test 10,000 in the published set",
+        "own_val": False,
+        "source": "MultiBench (https://github.com/pliang279/MultiBench, AV-MNIST download link in its "
+                  "README); or build a small real one from MNIST IDX files and FSDD recordings "
+                  "(https://github.com/Jakobovski/free-spoken-digit-dataset): msam-lab data build-avmnist "
+                  "--mnist DIR --fsdd DIR --out DIR",
+        "layout": avmnist.LAYOUT,
+    },
+    "crema-d": {
+        "summary": "CREMA-D: 91 actors speaking 12 sentences in 6 emotions, 7,442 clips; audio and face frames",
+        "modalities": {"audio": f"{cremad.AUDIO_SHAPE} float32 log-magnitude STFT (22.05 kHz, 3 s, "
+                                f"n_fft {cremad.N_FFT}, hop {cremad.HOP})",
+                       "visual": _VISUAL},
+        "classes": [f"{code} {name}" for code, name in zip(cremad.EMOTIONS, cremad.CLASS_NAMES)],
+        "splits": "train / test from OGM-GE's train.csv / test.csv (6,698 / 744 clips)",
+        "own_val": False,
+        "source": "https://github.com/CheyneyComputerScience/CREMA-D (AudioWAV/, VideoFlash/); frames "
+                  "extracted at 1 fps and train.csv / test.csv as in OGM-GE "
+                  "(https://github.com/GeWu-Lab/OGM-GE_CVPR2022)",
+        "layout": cremad.LAYOUT,
+    },
+    "ave": {
+        "summary": "AVE (Audio-Visual Event): 4,143 10-second YouTube videos of 28 event classes",
+        "modalities": {"audio": "(257, 1004 // data.audio_time_pool) float32 stored spectrogram",
+                       "visual": _VISUAL},
+        "classes": "28, read from stat.txt (line order = label)",
+        "splits": "train / test from my_train.txt / my_test.txt, val from my_val.txt when present",
+        "own_val": "its own when my_val.txt is present (OGM-GE's layout has it); else {holdout}",
+        "source": "videos from the AVE authors (Tian et al., https://github.com/YapengTian/AVE-ECCV18); "
+                  "spectrograms, frames and split files prepared with OGM-GE's scripts "
+                  "(https://github.com/GeWu-Lab/OGM-GE_CVPR2022)",
+        "layout": ave.LAYOUT,
+    },
+    "ur-funny": {
+        "summary": "UR-Funny: TED-talk punchline humour detection from GloVe text, COVAREP audio and "
+                   "OpenFace video features, 50 time steps, left zero-padded",
+        "modalities": {"text": "(50, 300) float32", "audio": "(50, 81) float32 (-inf set to 0)",
+                       "vision": "(50, 371) float32"},
+        "classes": urfunny.CLASS_NAMES,
+        "splits": "train / valid / test of humor.pkl (all-zero-text samples dropped); data.use_valid_as "
+                  f"= {' | '.join(urfunny.VALID_USES)}",
+        "own_val": (f"its own: humor.pkl's 'valid' split (data.use_valid_as: {' | '.join(urfunny.VALID_USES)}; "
+                    f"default {urfunny.OPTIONS['use_valid_as']})"),
+        "source": "MultiBench's humor.pkl (https://github.com/pliang279/MultiBench, affective computing "
+                  "datasets); the original UR-FUNNY: https://github.com/ROC-HCI/UR-FUNNY",
+        "layout": urfunny.LAYOUT,
+    },
+}
+
+assert set(CATALOG) == set(DATASETS), "every registered dataset needs a catalogue entry"
+
+
+def format_entry(name: str) -> str:
+    """The catalogue entry of ``name`` as a few indented lines."""
+    if name not in CATALOG:
+        raise ValueError(f"unknown dataset {name!r}; choose one of: {', '.join(CATALOG)}")
+    e = CATALOG[name]
+    classes = e["classes"]
+    classes = f"{len(classes)}: {', '.join(classes)}" if isinstance(classes, list) else classes
+    val = e["own_val"].replace("{holdout}", _holdout()) if e["own_val"] else _holdout()
+    lines = [f"{name}: {e['summary']}", "  modalities:"]
+    lines += [f"    {m}: {shape}" for m, shape in e["modalities"].items()]
+    lines += [f"  classes: {classes}", f"  splits: {e['splits']}", f"  validation: {val}",
+              f"  get it: {e['source']}"]
+    if e["layout"]:
+        lines += [f"  layout: {e['layout']}",
+                  f"  check it: msam-lab data check {name} --root DIR",
+                  f"  train on it: msam-lab train --dataset {name} --set data.root=DIR"]
+    else:
+        lines += [f"  train on it: msam-lab train --dataset {name}"]
+    return "\n".join(lines)
+
+
+def format_catalog(names=None) -> str:
+    """Entries of ``names`` (default: every dataset), separated by blank lines."""
+    return "\n\n".join(format_entry(n) for n in (names or CATALOG))
+
+
+__all__ = ["CATALOG", "format_entry", "format_catalog"]
