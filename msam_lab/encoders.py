@@ -17,6 +17,11 @@ Encoder kinds (``models.build_encoder``; per-sample input shapes, no batch dimen
   are averaged over time and space (AGM's CREMA-D visual branch).
 - ``transformer``: :class:`TransformerEncoder` on ``(T, F)`` sequences.
 
+Keyword options per kind (``encoder_options`` in the config, checked by ``check_options``
+against ``PAPER_OPTIONS``): ``transformer`` takes ``dim``, ``heads``, ``layers``, ``ff``,
+``dropout``, ``mask_padding`` (AGM's UR-Funny: dim 768, heads 4, layers 8);
+``resnet18_visual`` takes ``channels``; ``resnet18`` and ``resnet18_audio`` take none.
+
 Every ResNet gives the 512-d globally pooled features; when ``out_dim`` is not 512 a
 final ``Linear(512, out_dim)`` projects them (so the default ``feature_dim=64`` works;
 the paper protocol is ``feature_dim=512``, where no projection is added).
@@ -211,23 +216,84 @@ class MaxOutMLP(nn.Module):
     (N, in_dim) -> (N, second), or (N, out_dim) through a final Linear when ``out_dim`` is
     given. The AV-MNIST protocol (DESIGN §8): in_dim 1024 (concatenated 512+512), hidden
     2048, second 1024, then an MLP head 1024 -> 128 -> 10 (not part of this module).
+
+    With ``batchnorm`` the layout is AGM's own ``MaxOut_MLP`` (as in MultiBench):
+    BatchNorm1d(in_dim, eps 1e-4), MaxOut, BatchNorm1d(hidden), Dropout, MaxOut,
+    BatchNorm1d(second), Dropout (``models.build_model``'s ``fusion_trunk="maxout"`` uses it
+    with dropout 0.3). Without it: MaxOut, Dropout (if any), MaxOut.
     """
 
     def __init__(self, in_dim: int, hidden: int = 2048, second: int = 1024, pieces: int = 2,
-                 out_dim: int | None = None, dropout: float = 0.0):
+                 out_dim: int | None = None, dropout: float = 0.0, batchnorm: bool = False):
         super().__init__()
-        self.net = nn.Sequential(
-            MaxOut(in_dim, hidden, pieces), nn.Dropout(dropout) if dropout else nn.Identity(),
-            MaxOut(hidden, second, pieces))
+        if batchnorm:
+            self.net = nn.Sequential(
+                nn.BatchNorm1d(in_dim, eps=1e-4), MaxOut(in_dim, hidden, pieces),
+                nn.BatchNorm1d(hidden), nn.Dropout(dropout),
+                MaxOut(hidden, second, pieces), nn.BatchNorm1d(second), nn.Dropout(dropout))
+        else:
+            self.net = nn.Sequential(
+                MaxOut(in_dim, hidden, pieces), nn.Dropout(dropout) if dropout else nn.Identity(),
+                MaxOut(hidden, second, pieces))
+        self.out_features = out_dim if out_dim is not None else second
         self.out = nn.Linear(second, out_dim) if out_dim is not None else nn.Identity()
 
     def forward(self, x):
         return self.out(self.net(x))
 
 
-def build_paper_encoder(kind: str, in_shape, out_dim: int) -> nn.Module:
-    """The encoder for one of this module's kinds (see the module docstring)."""
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _probability(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1
+
+
+# kind -> option name -> (check, what a valid value is): the ``encoder_options`` each kind takes
+OPTION_CHECKS = {
+    "positive int": _positive_int,
+    "number in [0, 1)": _probability,
+    "true or false": lambda v: isinstance(v, bool),
+}
+PAPER_OPTIONS = {
+    "resnet18": {},
+    "resnet18_audio": {},
+    "resnet18_visual": {"channels": "positive int"},
+    "transformer": {"dim": "positive int", "heads": "positive int", "layers": "positive int",
+                    "ff": "positive int", "dropout": "number in [0, 1)", "mask_padding": "true or false"},
+}
+
+
+def check_options(kind: str, options, valid: dict[str, str], where: str | None = None) -> dict:
+    """``options`` as a dict, after checking its names and values against ``valid`` (name -> rule).
+
+    Raises a one-line ValueError naming the valid options (``where``: how the message names
+    the options, default ``"<kind> encoder options"``).
+    """
+    where = where or f"{kind} encoder options"
+    options = dict(options or {})
+    unknown = [k for k in options if k not in valid]
+    if unknown:
+        takes = f"takes {', '.join(valid)}" if valid else "takes no options"
+        raise ValueError(f"{where}: unknown option {unknown[0]!r}; the {kind} encoder {takes}")
+    for name, value in options.items():
+        rule = valid[name]
+        if not OPTION_CHECKS[rule](value):
+            raise ValueError(f"{where}: {name} must be a {rule}, got {value!r}")
+    return options
+
+
+def build_paper_encoder(kind: str, in_shape, out_dim: int, options=None) -> nn.Module:
+    """The encoder for one of this module's kinds (see the module docstring).
+
+    ``options``: the kind's keyword options (``PAPER_OPTIONS``; e.g. transformer ``dim``,
+    ``heads``, ``layers``, ``ff``, ``dropout``, ``mask_padding``); unknown names are a ValueError.
+    """
     in_shape = tuple(in_shape)
+    if kind not in PAPER_OPTIONS:
+        raise ValueError(f"unknown encoder {kind!r}")
+    options = check_options(kind, options, PAPER_OPTIONS[kind])
     if kind == "resnet18":
         if len(in_shape) == 4:
             return ResNet18FrameEncoder(in_shape, out_dim)
@@ -238,10 +304,8 @@ def build_paper_encoder(kind: str, in_shape, out_dim: int) -> nn.Module:
                              f"got shape {in_shape}")
         return ResNet18Encoder(in_shape, out_dim)
     if kind == "resnet18_visual":
-        return ResNet18FrameEncoder(in_shape, out_dim)
-    if kind == "transformer":
-        return TransformerEncoder(in_shape, out_dim)
-    raise ValueError(f"unknown encoder {kind!r}")
+        return ResNet18FrameEncoder(in_shape, out_dim, **options)
+    return TransformerEncoder(in_shape, out_dim, **options)
 
 
 KINDS = ("resnet18", "resnet18_audio", "resnet18_visual", "transformer")
@@ -252,5 +316,5 @@ def parameter_count(module: nn.Module) -> int:
 
 
 __all__ = ["BasicBlock", "ResNet18Trunk", "ResNet18Encoder", "ResNet18FrameEncoder",
-           "TransformerEncoder", "MaxOut", "MaxOutMLP", "build_paper_encoder", "KINDS",
-           "parameter_count"]
+           "TransformerEncoder", "MaxOut", "MaxOutMLP", "build_paper_encoder", "check_options",
+           "KINDS", "PAPER_OPTIONS", "parameter_count"]

@@ -7,11 +7,18 @@ fed zeros gives one constant feature vector, so only the fusion has to run
 once per coalition.
 
 Fusions:
-- ``late_sum``: a linear head per modality, logits summed (unimodal logits are
-  the heads' outputs);
-- ``late_concat``: one linear head over the concatenated features;
-- ``early``: each modality gets only a thin linear stem, and a shared MLP
-  trunk does the work on the joined features.
+- ``late_sum``: a head per modality, logits summed (unimodal logits are the
+  heads' outputs);
+- ``late_concat``: one head over the concatenated features;
+- ``early``: a shared trunk does the work on the joined features; by default
+  each modality gets only a thin linear stem (``encoders`` may name others).
+  The trunk is ``mlp`` (two hidden layers of ``hidden_dim``) or ``maxout``
+  (AGM's MaxOut-MLP: 2048 then 1024 units, BatchNorm and dropout 0.3), and a
+  head follows it.
+
+Every head is ``Linear(d, C)`` by default; ``head_hidden=[w1, ...]`` makes it an
+MLP ``Linear(d, w1), ReLU, ..., Linear(wk, C)`` (AGM's AV-MNIST: late_concat with
+[100], early maxout with [128]).
 """
 from __future__ import annotations
 
@@ -26,6 +33,12 @@ from .datasets import Batch
 
 FUSIONS = ("late_sum", "late_concat", "early")
 ENCODERS = ("mlp", "cnn", "linear", "resnet18", "resnet18_audio", "resnet18_visual", "transformer")
+FUSION_TRUNKS = ("mlp", "maxout")
+MAXOUT_WIDTHS = (2048, 1024)     # AGM's MaxOut-MLP trunk: first and second hidden widths (DESIGN §8)
+MAXOUT_DROPOUT = 0.3
+# kind -> the encoder_options it takes (name -> rule, see encoders.check_options)
+ENCODER_OPTIONS = {"mlp": {"hidden": "positive int"}, "cnn": {"width": "positive int"}, "linear": {},
+                   **paper_encoders.PAPER_OPTIONS}
 
 
 class MLPEncoder(nn.Module):
@@ -73,30 +86,63 @@ class LinearStem(nn.Module):
         return self.net(x)
 
 
+def head_layers(in_dim: int, num_classes: int, hidden=()) -> list[nn.Module]:
+    """``[Linear(in_dim, C)]``, or with ``hidden`` widths ``Linear, ReLU, ..., Linear(w_k, C)``."""
+    widths = [in_dim, *hidden]
+    layers: list[nn.Module] = []
+    for a, b in zip(widths, widths[1:]):
+        layers += [nn.Linear(a, b), nn.ReLU()]
+    return layers + [nn.Linear(widths[-1], num_classes)]
+
+
+def make_head(in_dim: int, num_classes: int, hidden=()) -> nn.Module:
+    """A classifier head: ``nn.Linear`` when ``hidden`` is empty, else an ``nn.Sequential`` MLP."""
+    layers = head_layers(in_dim, num_classes, hidden)
+    return layers[0] if len(layers) == 1 else nn.Sequential(*layers)
+
+
 class SumFusion(nn.Module):
-    def __init__(self, dims, num_classes):
+    """One head per modality (``make_head``), logits summed."""
+
+    def __init__(self, dims, num_classes, head_hidden=()):
         super().__init__()
-        self.heads = nn.ModuleList(nn.Linear(d, num_classes) for d in dims)
+        self.heads = nn.ModuleList(make_head(d, num_classes, head_hidden) for d in dims)
 
     def forward(self, features):
         return sum(head(f) for head, f in zip(self.heads, features))
 
 
 class ConcatFusion(nn.Module):
-    def __init__(self, dims, num_classes):
+    """One head (``make_head``) over the concatenated features."""
+
+    def __init__(self, dims, num_classes, head_hidden=()):
         super().__init__()
-        self.head = nn.Linear(sum(dims), num_classes)
+        self.head = make_head(sum(dims), num_classes, head_hidden)
 
     def forward(self, features):
         return self.head(torch.cat(features, dim=1))
 
 
 class EarlyFusion(nn.Module):
-    def __init__(self, dims, num_classes, hidden: int = 128):
+    """A shared trunk on the concatenated features, then a head; all in one ``trunk`` Sequential.
+
+    ``trunk="mlp"``: ReLU, Linear(sum(dims), hidden), ReLU, Linear(hidden, hidden), ReLU, then
+    the head from ``hidden`` (with no ``head_hidden``: exactly the original six-layer trunk).
+    ``trunk="maxout"``: AGM's MaxOut-MLP (``encoders.MaxOutMLP`` with BatchNorm, 2048 and 1024
+    units, dropout 0.3), then the head from 1024.
+    """
+
+    def __init__(self, dims, num_classes, hidden: int = 128, trunk: str = "mlp", head_hidden=()):
         super().__init__()
-        self.trunk = nn.Sequential(
-            nn.ReLU(), nn.Linear(sum(dims), hidden), nn.ReLU(),
-            nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
+        if trunk == "mlp":
+            body = [nn.ReLU(), nn.Linear(sum(dims), hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU()]
+            width = hidden
+        elif trunk == "maxout":
+            body = [paper_encoders.MaxOutMLP(sum(dims), *MAXOUT_WIDTHS, dropout=MAXOUT_DROPOUT, batchnorm=True)]
+            width = MAXOUT_WIDTHS[1]
+        else:
+            raise ValueError(f"unknown fusion_trunk {trunk!r}; choose one of: {', '.join(FUSION_TRUNKS)}")
+        self.trunk = nn.Sequential(*body, *head_layers(width, num_classes, head_hidden))
 
     def forward(self, features):
         return self.trunk(torch.cat(features, dim=1))
@@ -114,6 +160,7 @@ class MultimodalModel(nn.Module):
         self.input_shapes = {m: tuple(s) for m, s in input_shapes.items()}
         # fixed at construction; the per-step coalition passes ask for it every step
         self.mode_invariant = is_mode_invariant(self)
+        self.fusion_mode_invariant = is_mode_invariant(fusion)
 
     def encode(self, inputs: Batch) -> list[torch.Tensor]:
         return [self.encoders[m](inputs[m]) for m in self.modalities]
@@ -137,8 +184,11 @@ class MultimodalModel(nn.Module):
 
         An absent modality contributes its zero feature. All coalitions go
         through the fusion as one stacked batch; a summed-head fusion instead
-        runs each head once on real and once on zero features and adds per
-        coalition (its logits are additive over modalities).
+        runs each head (linear or MLP) once on real and once on zero features
+        and adds per coalition (its logits are additive over modalities). A
+        fusion with BatchNorm or dropout (the maxout trunk) in train mode runs
+        once per coalition instead, so that its batch statistics are each
+        coalition's own, as in the naive path, not those of the stacked batch.
         """
         n = features[0].shape[0]
         if isinstance(self.fusion, SumFusion):
@@ -149,6 +199,10 @@ class MultimodalModel(nn.Module):
                                    dtype=real.dtype, device=real.device)                   # (K, M)
             return (torch.einsum("km,mbc->kbc", present, real)
                     + torch.einsum("km,mbc->kbc", 1 - present, zero))
+        if self.fusion.training and not getattr(self, "fusion_mode_invariant", True):
+            return torch.stack([self.fuse([f if k >> m & 1 else z.expand_as(f)
+                                           for m, (f, z) in enumerate(zip(features, zero_features))])
+                                for k in masks])
         stacked = [torch.cat([f if k >> m & 1 else z.expand_as(f) for k in masks], dim=0)
                    for m, (f, z) in enumerate(zip(features, zero_features))]
         return self.fuse(stacked).view(len(masks), n, -1)
@@ -206,13 +260,36 @@ def is_mode_invariant(model: nn.Module) -> bool:
     return not any(isinstance(m, mode_dependent) for m in model.modules())
 
 
+def last_linear(module: nn.Module) -> nn.Linear | None:
+    """The last ``nn.Linear`` inside ``module`` (a head's output layer), or None."""
+    linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
+    return linears[-1] if linears else None
+
+
 def has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
-def build_encoder(kind: str, in_shape, out_dim: int, hidden: int) -> nn.Module:
+def check_encoder_options(kind: str, options, where: str | None = None) -> dict:
+    """``options`` for an encoder of ``kind``, checked against ``ENCODER_OPTIONS[kind]``.
+
+    A one-line ValueError names the valid options (or says the kind takes none).
+    """
+    if kind not in ENCODER_OPTIONS:
+        raise ValueError(f"unknown encoder {kind!r}; choose one of: {', '.join(ENCODERS)}")
+    return paper_encoders.check_options(kind, options, ENCODER_OPTIONS[kind], where)
+
+
+def build_encoder(kind: str, in_shape, out_dim: int, hidden: int, options=None) -> nn.Module:
+    """One modality's encoder; ``options``: the kind's keyword options (``ENCODER_OPTIONS``).
+
+    mlp takes ``hidden`` (default: the ``hidden`` argument, i.e. hidden_dim), cnn ``width``,
+    resnet18_visual ``channels``, transformer ``dim``, ``heads``, ``layers``, ``ff``, ``dropout``,
+    ``mask_padding``; linear and the other resnet kinds take none.
+    """
+    options = check_encoder_options(kind, options)
     if kind == "mlp":
-        return MLPEncoder(in_shape, out_dim, hidden)
+        return MLPEncoder(in_shape, out_dim, options.get("hidden", hidden))
     if kind == "cnn":
         if len(in_shape) not in (2, 3):
             raise ValueError(f"a cnn encoder needs (H,W) or (C,H,W) inputs, got shape {tuple(in_shape)}; "
@@ -220,39 +297,75 @@ def build_encoder(kind: str, in_shape, out_dim: int, hidden: int) -> nn.Module:
         if min(in_shape[-2:]) < 4:     # two 2x2 max-pools: a smaller map pools to nothing
             raise ValueError(f"a cnn encoder needs inputs of at least 4x4, got shape {tuple(in_shape)}; "
                              "use encoder=mlp for this modality or larger inputs")
-        return CNNEncoder(in_shape, out_dim)
+        return CNNEncoder(in_shape, out_dim, **options)
     if kind == "linear":
         return LinearStem(in_shape, out_dim)
-    if kind in paper_encoders.KINDS:     # the paper protocol's networks (encoders.py documents the kinds)
-        return paper_encoders.build_paper_encoder(kind, in_shape, out_dim)
-    raise ValueError(f"unknown encoder {kind!r}; choose one of: {', '.join(ENCODERS)}")
+    # the paper protocol's networks (encoders.py documents the kinds)
+    return paper_encoders.build_paper_encoder(kind, in_shape, out_dim, options)
+
+
+def spec_encoders(fusion: str, dataset_defaults: dict | None, config_encoders: dict | None) -> dict:
+    """The ``encoders`` entry of a model spec: which kinds the config and data set ask for.
+
+    Early fusion uses only the config's explicit ``encoders`` (a data set's defaults are
+    written for late fusion; modalities not named get the thin ``linear`` stem). Late fusion
+    uses the data set's defaults overridden by the config (modalities named by neither get mlp).
+    """
+    if fusion == "early":
+        return dict(config_encoders or {})
+    return {**(dataset_defaults or {}), **(config_encoders or {})}
 
 
 def build_model(input_shapes: dict[str, tuple], num_classes: int, fusion: str = "late_sum",
                 encoders: dict[str, str] | None = None, feature_dim: int = 64,
-                hidden_dim: int = 128) -> MultimodalModel:
+                hidden_dim: int = 128, encoder_options: dict[str, dict] | None = None,
+                fusion_trunk: str = "mlp", head_hidden=()) -> MultimodalModel:
     """Build a model for modalities with per-sample ``input_shapes``.
 
-    ``encoders`` maps modality -> encoder kind (``ENCODERS``: mlp, cnn, resnet18*, transformer; see
-    msam_lab/encoders.py); missing ones get mlp.
-    Early fusion replaces every encoder by a thin linear stem.
+    ``encoders`` maps modality -> encoder kind (``ENCODERS``: mlp, cnn, linear, resnet18*,
+    transformer; see msam_lab/encoders.py). Modalities not named get ``mlp`` under late fusion
+    and the thin ``linear`` stem under early fusion. Kinds named for modalities the data does not
+    have are ignored.
+
+    ``encoder_options`` maps modality -> that encoder's keyword options (``ENCODER_OPTIONS``,
+    e.g. ``{"text": {"dim": 768, "heads": 4, "layers": 8}}``); an unknown modality or option name
+    is a one-line ValueError.
+
+    ``fusion_trunk`` (early fusion only): ``mlp`` (two hidden layers of ``hidden_dim``) or
+    ``maxout`` (AGM's MaxOut-MLP, 2048 and 1024 units). ``head_hidden``: hidden widths of the
+    classifier head(s) after fusion; empty gives linear heads. With the defaults the model (its
+    parameters, their creation order and names) is the one this function always built.
     """
     if fusion not in FUSIONS:
         raise ValueError(f"unknown fusion {fusion!r}; choose one of: {', '.join(FUSIONS)}")
+    if fusion_trunk not in FUSION_TRUNKS:
+        raise ValueError(f"unknown fusion_trunk {fusion_trunk!r}; choose one of: {', '.join(FUSION_TRUNKS)}")
+    if fusion_trunk != "mlp" and fusion != "early":
+        raise ValueError(f"fusion_trunk={fusion_trunk} applies to early fusion only; this model is {fusion} "
+                         f"(set fusion=early or fusion_trunk=mlp)")
+    head_hidden = list(head_hidden or ())
+    if not all(isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in head_hidden):
+        raise ValueError(f"head_hidden must be a list of positive widths, e.g. [100], got {head_hidden!r}")
     encoders = dict(encoders or {})
-    if fusion == "early":
-        kinds = {m: "linear" for m in input_shapes}
-    else:
-        kinds = {m: encoders.get(m, "mlp") for m in input_shapes}
-    modules = {m: build_encoder(kinds[m], shape, feature_dim, hidden_dim)
+    encoder_options = dict(encoder_options or {})
+    unknown = [m for m in encoder_options if m not in input_shapes]
+    if unknown:
+        raise ValueError(f"encoder_options names modality {unknown[0]!r}, which the data does not have "
+                         f"(modalities: {', '.join(input_shapes)})")
+    default = "linear" if fusion == "early" else "mlp"
+    kinds = {m: encoders.get(m, default) for m in input_shapes}
+    options = {m: check_encoder_options(kinds[m], encoder_options.get(m),
+                                        f"encoder_options.{m} (encoder {kinds[m]})")
+               for m in input_shapes}
+    modules = {m: build_encoder(kinds[m], shape, feature_dim, hidden_dim, options[m])
                for m, shape in input_shapes.items()}
     dims = [feature_dim] * len(modules)
     if fusion == "late_sum":
-        head = SumFusion(dims, num_classes)
+        head = SumFusion(dims, num_classes, head_hidden)
     elif fusion == "late_concat":
-        head = ConcatFusion(dims, num_classes)
+        head = ConcatFusion(dims, num_classes, head_hidden)
     else:
-        head = EarlyFusion(dims, num_classes, hidden_dim)
+        head = EarlyFusion(dims, num_classes, hidden_dim, fusion_trunk, head_hidden)
     return MultimodalModel(modules, head, input_shapes)
 
 
@@ -279,7 +392,38 @@ class running_stats_kept:
         return False
 
 
+SPEC_KEYS = ("input_shapes", "num_classes", "fusion", "encoders", "feature_dim", "hidden_dim",
+             "encoder_options", "fusion_trunk", "head_hidden")
+NEW_SPEC_KEYS = ("encoder_options", "fusion_trunk", "head_hidden")
+
+
 def model_from_spec(spec: dict) -> MultimodalModel:
-    """A fresh model from a run's ``model.json`` (what ``build_model`` needs, JSON-friendly)."""
+    """A fresh model from a run's ``model.json`` (what ``build_model`` needs, JSON-friendly).
+
+    The spec contract (a JSON object; the trainer writes every key):
+
+    - ``input_shapes``: {modality: [per-sample shape ints]}, in the model's modality order;
+    - ``num_classes``: int;
+    - ``fusion``: "late_sum" | "late_concat" | "early";
+    - ``encoders``: {modality: kind}, as ``spec_encoders(fusion, dataset_defaults,
+      config.encoders)`` gives it: under early fusion only the config's explicit ``encoders``
+      (others get the linear stem), under late fusion the data set's defaults then the config's
+      (others get mlp);
+    - ``feature_dim``, ``hidden_dim``: ints (config);
+    - ``encoder_options``: {modality: {option: value}} (config.encoder_options; {} for none);
+    - ``fusion_trunk``: "mlp" | "maxout" (config.fusion_trunk);
+    - ``head_hidden``: [width, ...] (config.head_hidden; [] for linear heads).
+
+    A spec with none of ``encoder_options`` / ``fusion_trunk`` / ``head_hidden`` is an old run's
+    (written before they existed): it is rebuilt as it was then, with no options, the mlp trunk,
+    linear heads, and, under early fusion, a linear stem for every modality whatever its
+    ``encoders`` say (early fusion ignored them then). In a new spec a missing key of the three
+    takes its default.
+    """
+    old = not any(k in spec for k in NEW_SPEC_KEYS)
+    encoders = {} if old and spec["fusion"] == "early" else spec["encoders"]
     return build_model({m: tuple(s) for m, s in spec["input_shapes"].items()}, spec["num_classes"],
-                       spec["fusion"], spec["encoders"], spec["feature_dim"], spec["hidden_dim"])
+                       spec["fusion"], encoders, spec["feature_dim"], spec["hidden_dim"],
+                       encoder_options=spec.get("encoder_options") or {},
+                       fusion_trunk=spec.get("fusion_trunk", "mlp"),
+                       head_hidden=spec.get("head_hidden") or ())

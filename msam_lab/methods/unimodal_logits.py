@@ -3,13 +3,13 @@
 Per fusion:
 
 - ``late_sum`` (``SumFusion``): head m's output, ``heads[m](f_m)`` with its own bias;
-- ``late_concat`` (``ConcatFusion``): modality m's block of the head weight times its
-  features plus ``bias / M`` (OGM-GE's convention, which halves the bias for two
-  modalities);
-- ``early`` and any other fusion: the fused logits with only m present, the other
+- ``late_concat`` (``ConcatFusion``) with a linear head: modality m's block of the head
+  weight times its features plus ``bias / M`` (OGM-GE's convention, which halves the bias
+  for two modalities);
+- ``early``, a concat fusion with an MLP head (``head_hidden``), any other fusion: the fused logits with only m present, the other
   modalities zeroed at the input (their encoders' all-zero features).
 
-For both late fusions the M outputs sum exactly to the fused logits. Everything is
+For both linear late fusions the M outputs sum exactly to the fused logits. Everything is
 differentiable with respect to ``features`` and the head parameters; the zero features
 of the generic path are computed without gradient, in eval mode, unless passed in.
 
@@ -19,6 +19,7 @@ gives; for late fusion the two coincide up to how the bias is shared.)
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from .. import coalitions
 from ..models import ConcatFusion, MultimodalModel, SumFusion
@@ -42,7 +43,7 @@ def unimodal_logits(model: MultimodalModel, features: list[torch.Tensor],
     n_mod = len(features)
     if isinstance(fusion, SumFusion):
         return [head(f) for head, f in zip(fusion.heads, features)]
-    if isinstance(fusion, ConcatFusion):
+    if isinstance(fusion, ConcatFusion) and isinstance(fusion.head, nn.Linear):   # blocks exist only then
         weight, bias = fusion.head.weight, fusion.head.bias
         out, start = [], 0
         for f in features:
