@@ -1,28 +1,65 @@
-"""One table over several runs: method, fused and per-modality accuracy, τ, switches, time."""
+"""One table over several runs: method, fused and per-modality accuracy, τ, switches, time.
+
+Test numbers appear twice, each labelled in its header: at the epoch of best validation accuracy
+(``test_acc (best val)``, msam_lab.selection) and at the last epoch (``test_acc (last)``). A run
+without a validation split (or written before validation existed) has only the last-epoch numbers:
+its ``best_epoch`` and ``(best val)`` cells are empty (NA / NaN), which is not an error.
+"""
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from .runs import Run, load_run
+from .selection import BEST, LAST, labelled, selection_summary
+
+
+def _selected(run: Run) -> dict:
+    """``selection_summary`` of the run's epoch table; last-epoch numbers fall back to summary.json."""
+    sel = selection_summary(run.epochs)
+    for key, value in run.summary.items():
+        if key.startswith(("test_", "tau")) and not key.endswith(("_last", "_at_best")):
+            sel.setdefault(f"{key}_last", value)
+    return sel
+
+
+def _num(value) -> float:
+    return np.nan if value is None else value
 
 
 def compare_runs(runs) -> pd.DataFrame:
-    """``runs``: Run objects or run directories. One row per run, final-epoch test numbers.
+    """``runs``: Run objects or run directories (finished). One row per run.
 
-    ``acc_<m>`` is modality m's Shapley-decomposed accuracy inside the fused
-    model; ``switches`` counts changes of the per-step dominant modality.
+    Columns: ``run``, ``method``, ``seed``, ``best_epoch`` (NA without validation), then
+    ``test_acc (best val)``, ``test_acc (last)``, ``test_acc_<m> (best val)``, ``test_acc_<m> (last)``
+    for each modality m, ``tau (best val)``, ``tau (last)``, ``switches``, ``wall_s``.
+    ``test_acc_<m>`` is modality m's Shapley-decomposed accuracy inside the fused model; ``switches``
+    counts changes of the per-step dominant modality.
     """
     rows = []
     for run in runs:
         run = run if isinstance(run, Run) else load_run(run)
-        s = run.summary
-        row = {"run": run.name, "method": s["method"], "seed": s["seed"], "acc": s["test_acc"]}
-        for m in run.modalities:
-            row[f"acc_{m}"] = s.get(f"test_acc_{m}")
-        row.update({"tau": s["tau"], "switches": s["dominance_switches"], "wall_s": s["wall_time"]})
+        s, sel = run.summary, _selected(run)
+        row = {"run": run.name, "method": s["method"], "seed": s["seed"], "best_epoch": sel["best_epoch"]}
+        for key in ["test_acc"] + [f"test_acc_{m}" for m in run.modalities] + ["tau"]:
+            row[labelled(key, BEST)] = _num(sel.get(f"{key}_at_best"))
+            row[labelled(key, LAST)] = _num(sel.get(f"{key}_last"))
+        row.update({"switches": s["dominance_switches"], "wall_s": s["wall_time"]})
         rows.append(row)
-    return pd.DataFrame(rows)
+    df = pd.DataFrame(rows)
+    if "best_epoch" in df:
+        df["best_epoch"] = df["best_epoch"].astype("Int64")
+    return df
+
+
+def _cell(value) -> str:
+    if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
+        return "-"
+    if isinstance(value, (float, np.floating)):
+        return f"{value:.3f}"
+    return str(value)
 
 
 def format_table(df: pd.DataFrame) -> str:
-    return df.to_string(index=False, float_format=lambda x: f"{x:.3f}")
+    """The table as text: floats with 3 decimals, missing cells (no validation) as ``-``."""
+    return df.astype(object).apply(lambda col: col.map(_cell)).to_string(index=False)

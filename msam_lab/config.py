@@ -37,6 +37,9 @@ class Config:
     encoders: dict = field(default_factory=dict)    # modality -> models.ENCODERS kind; default: the dataset's
     feature_dim: int = 64
     hidden_dim: int = 128
+    encoder_options: dict = field(default_factory=dict)  # modality -> encoder keywords, e.g. {"text": {"dim": 768}}
+    fusion_trunk: str = "mlp"                       # early fusion's shared trunk: mlp | maxout (AGM's MaxOut-MLP)
+    head_hidden: list = field(default_factory=list)  # hidden widths of the classifier after fusion ([100]: 1024-100-10)
     # optimisation
     method: str = "msam"
     epochs: int = 20
@@ -46,6 +49,23 @@ class Config:
     weight_decay: float = 5e-4
     seed: int = 0
     device: str = "auto"                            # auto (CUDA when present) | cpu | cuda | cuda:N
+    optimizer: str = "sgd"                          # sgd (momentum, weight_decay) | adamw (weight_decay)
+    lr_schedule: str = "none"                       # none | step | cosine: lr per epoch (msam_lab/schedules.py)
+    lr_step: int = 30                               # step: epochs between decays (AGM: 70)
+    lr_gamma: float = 0.1                           # step: decay factor
+    lr_min: float = 0.0                             # cosine: the final lr
+    warmup_epochs: int = 0                          # linear warm-up epochs before the schedule
+    grad_clip: float = 0.0                          # max global gradient norm before each update (0: off)
+    grad_clip_rule: str = "norm"                    # norm: always | agm: only when an output-layer grad leaves ±clip
+    # model selection (docs/runs.md)
+    val_fraction: float = 0.1                       # seeded hold-out of train when the dataset has no val split (0: none)
+    # data path and precision (docs/performance.md)
+    data_path: str = "auto"                         # auto (by size) | memory (device tensors) | stream (DataLoader)
+    stream_above_mb: float = 1024.0                 # auto: stream a dataset larger than this
+    num_workers: int = 2                            # stream: DataLoader worker processes
+    precision: str = "fp32"                         # fp32 | bf16 | fp16 (autocast; fp16 with a GradScaler)
+    channels_last: bool = False                     # channels-last memory format for convolutions
+    compile: bool = False                           # torch.compile the encoders and fusion
     # SAM / M-SAM
     rho: float = 0.05
     adaptive: bool = False                          # ASAM: scale ε elementwise by |θ|
@@ -102,15 +122,22 @@ METHODS = ("joint", "sam", "msam")                 # extended by msam_lab.method
 MSAM_VARIANTS = ("default", "unimodal", "params")
 BN_POLICIES = ("restore", "update")
 NAN_POLICIES = ("stop", "skip")
+OPTIMIZERS = ("sgd", "adamw")
+LR_SCHEDULES = ("none", "step", "cosine")
+CLIP_RULES = ("norm", "agm")
+TRUNKS = ("mlp", "maxout")
+DATA_PATHS = ("auto", "memory", "stream")
+PRECISIONS = ("fp32", "bf16", "fp16")
 _CHOICES = {
     "fusion": FUSIONS, "msam_variant": MSAM_VARIANTS, "share_rule": SHARE_RULES,
     "tie_rule": TIE_RULES, "bn_policy": BN_POLICIES, "shapley_value": ("accuracy", "loss"),
-    "nan_policy": NAN_POLICIES,
+    "nan_policy": NAN_POLICIES, "optimizer": OPTIMIZERS, "lr_schedule": LR_SCHEDULES,
+    "grad_clip_rule": CLIP_RULES, "fusion_trunk": TRUNKS, "data_path": DATA_PATHS, "precision": PRECISIONS,
 }
 _POSITIVE = ("epochs", "batch_size", "feature_dim", "hidden_dim", "eval_batch_size",
-             "shapley_exact_max", "shapley_permutations", "eval_every")
+             "shapley_exact_max", "shapley_permutations", "eval_every", "lr_step", "stream_above_mb")
 _NON_NEGATIVE = ("rho", "lr", "momentum", "weight_decay", "checkpoint_every", "train_eval_samples",
-                 "flush_every", "resume_every")
+                 "flush_every", "resume_every", "lr_gamma", "lr_min", "warmup_epochs", "grad_clip", "num_workers")
 
 
 def field_names() -> tuple[str, ...]:
@@ -194,6 +221,16 @@ def validate(cfg: Config) -> Config:
         if not isinstance(kind, str) or kind not in ENCODERS:
             raise ConfigError(f"encoders.{modality} must be one of {', '.join(ENCODERS)}, got "
                               f"{reprlib.repr(kind)} (set it with --set encoders.MODALITY=KIND)")
+    if not 0 <= cfg.val_fraction < 1:
+        raise ConfigError(f"val_fraction must be in [0, 1), got {cfg.val_fraction}")
+    if cfg.warmup_epochs and cfg.warmup_epochs >= cfg.epochs:
+        raise ConfigError(f"warmup_epochs ({cfg.warmup_epochs}) must be below epochs ({cfg.epochs})")
+    if not all(isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in cfg.head_hidden):
+        raise ConfigError(f"head_hidden must be a list of positive widths, e.g. [100], got {shown(cfg.head_hidden)}")
+    for modality, options in cfg.encoder_options.items():
+        if not isinstance(modality, str) or not isinstance(options, dict):
+            raise ConfigError(f"encoder_options maps a modality to its encoder's keywords, e.g. "
+                              f"{{text: {{dim: 768, heads: 4, layers: 8}}}}; got {shown({modality: options})}")
     try:
         cfg.data = resolve_options(cfg.dataset, cfg.data)
     except ValueError as err:

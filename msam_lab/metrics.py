@@ -91,8 +91,15 @@ def train_eval_subset(data: MultimodalData, n_samples: int, seed: int) -> Multim
     return data.subset(index.sort().values)
 
 
-def epoch_metrics(model: MultimodalModel, train: MultimodalData, test: MultimodalData, config) -> dict:
-    """The epoch table's row (without ``epoch`` and ``wall_time``): ``train_``/``test_`` metrics, τ."""
+def epoch_metrics(model: MultimodalModel, train: MultimodalData, test: MultimodalData, config,
+                  val: MultimodalData | None = None) -> dict:
+    """The epoch table's row (without ``epoch`` and ``wall_time``): ``train_``/``test_`` metrics, τ.
+
+    With ``val`` (the run's validation split, msam_lab.datasets.validation) the row also holds
+    ``val_loss``, ``val_acc`` and every other ``val_<key>`` of ``evaluate`` (per-modality
+    accuracies, Shapley values, shares, dominant), after the train/test columns, which do not change.
+    τ stays the train/test gap.
+    """
     c = config
     kw = dict(batch_size=c.eval_batch_size, share_rule=c.share_rule, shapley_value=c.shapley_value,
               exact_max=c.shapley_exact_max, n_permutations=c.shapley_permutations, seed=c.seed)
@@ -103,6 +110,10 @@ def epoch_metrics(model: MultimodalModel, train: MultimodalData, test: Multimoda
         for key, value in res.items():
             if key not in ("loss", "acc"):
                 row[f"{split}_{key}"] = value
+    if val is not None:
+        va = evaluate(model, val, **kw)
+        row.update({"val_loss": va["loss"], "val_acc": va["acc"]})
+        row.update({f"val_{key}": value for key, value in va.items() if key not in ("loss", "acc")})
     return row
 
 

@@ -24,16 +24,16 @@ class NonFiniteError(RuntimeError):
         self.what = what
 
 
-def first_non_finite(loss: float, model: torch.nn.Module) -> str | None:
-    """``None`` when loss, gradients and parameters are all finite, else what is not."""
+def first_non_finite(loss: float, model: torch.nn.Module, grads: bool = True) -> str | None:
+    """``None`` when loss, gradients (unless ``grads=False``) and parameters are all finite, else what is not."""
     if not math.isfinite(loss):
         return f"loss ({loss})"
     tensors = [p.detach() for p in model.parameters()] + \
-              [p.grad.detach() for p in model.parameters() if p.grad is not None]
+              [p.grad.detach() for p in model.parameters() if grads and p.grad is not None]
     if not tensors or bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):
         return None                                   # the common case: one check, one sync
     for name, p in model.named_parameters():          # the rare case: name the culprit
-        if p.grad is not None and not bool(torch.isfinite(p.grad).all()):
+        if grads and p.grad is not None and not bool(torch.isfinite(p.grad).all()):
             return f"gradient of {name}"
     for name, p in model.named_parameters():
         if not bool(torch.isfinite(p).all()):
@@ -51,8 +51,10 @@ class StepGuard:
 
     def step(self, inputs, labels) -> dict:
         before = self._snapshot() if self.policy == "skip" else None
-        row = self.method.step(inputs, labels)
-        what = first_non_finite(row["loss"], self.model)
+        row = self.method.train_step(inputs, labels)
+        # fp16: inf gradients on an overflow are the GradScaler's business (it skipped the update and
+        # lowered the scale); loss and parameters are still checked
+        what = first_non_finite(row["loss"], self.model, grads=not row.get("overflow", 0))
         if what is None:
             return {**row, "skipped": 0}
         if self.policy == "stop":

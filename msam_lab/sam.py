@@ -10,6 +10,12 @@ from __future__ import annotations
 import torch
 
 
+def _no_autocast(param_groups):
+    """Autocast off for the parameters' device: SAM's norm and ε are computed in fp32."""
+    device = next((p.device for g in param_groups for p in g["params"]), torch.device("cpu"))
+    return torch.autocast(device.type, enabled=False)
+
+
 class SAM(torch.optim.Optimizer):
     def __init__(self, params, base_optimizer=torch.optim.SGD, rho: float = 0.05,
                  adaptive: bool = False, **kwargs):
@@ -28,7 +34,8 @@ class SAM(torch.optim.Optimizer):
     @torch.no_grad()
     def grad_norm(self, only=None) -> torch.Tensor:
         """Global L2 norm of the (adaptively scaled) gradients of all, or ``only``, parameters."""
-        norms = [self._scaled(p, g).norm(p=2)
+        # .float(): ε and its norm stay fp32 even if a caller keeps low-precision gradients
+        norms = [self._scaled(p, g).float().norm(p=2)
                  for g in self.param_groups for p in g["params"]
                  if p.grad is not None and (only is None or p in only)]
         if not norms:
@@ -39,7 +46,15 @@ class SAM(torch.optim.Optimizer):
     def first_step(self, zero_grad: bool = False, only=None):
         """θ <- θ + ε, ε = ρ·g/‖g‖ (ASAM: ρ·θ²·g/‖|θ|·g‖). ``only``: perturb just these params."""
         only = None if only is None else set(only)
-        norm = self.grad_norm(only)
+        with _no_autocast(self.param_groups):
+            self._perturb(self.grad_norm(only), only)
+        # autocast caches its low-precision copy of each weight for the whole autocast region: without
+        # this, the perturbed forward would reuse the copies of θ and SAM would silently become SGD
+        torch.clear_autocast_cache()
+        if zero_grad:
+            self.zero_grad()
+
+    def _perturb(self, norm, only):
         for group in self.param_groups:
             scale = group["rho"] / (norm + 1e-12)
             for p in group["params"]:
@@ -50,8 +65,6 @@ class SAM(torch.optim.Optimizer):
                     continue
                 e_w = (torch.pow(p, 2) if group["adaptive"] else 1.0) * p.grad * scale.to(p)
                 p.add_(e_w)
-        if zero_grad:
-            self.zero_grad()
 
     @torch.no_grad()
     def restore(self):
@@ -60,6 +73,7 @@ class SAM(torch.optim.Optimizer):
             for p in group["params"]:
                 if "old_p" in self.state[p]:
                     p.data.copy_(self.state[p].pop("old_p"))
+        torch.clear_autocast_cache()          # as in first_step: no forward may see cached copies of θ+ε
 
     @torch.no_grad()
     def second_step(self, zero_grad: bool = False):

@@ -7,7 +7,9 @@ finished ones, and summarise each cell as mean ± std over seeds.
 
 Layout under ``out``: one run directory per cell, ``<method>/seed<S>`` or, for methods that
 use ρ (SAM and its subclasses) when ``rhos`` is given, ``<method>/rho<R>/seed<S>``;
-``sweep.csv`` holds one row per run and ``sweep_summary.csv`` the returned table.
+``sweep.csv`` holds one row per run and ``sweep_summary.csv`` the returned table. Test numbers are
+reported at the epoch of best validation accuracy (``acc_at_best``, …) and at the last epoch
+(``acc_last``, …); docs/runs.md, "Model selection".
 
 Every config is resolved and checked (including against the dataset's modalities, and
 against any finished run already at its path) before the first run starts, so a typo fails
@@ -32,6 +34,7 @@ from .datasets import load_dataset
 from .methods import METHOD_NAMES, METHODS
 from .methods.sam import SAMMethod
 from .runs import check_output_dir, is_run, is_run_dir, load_run, run_state
+from .selection import BEST, LAST, labelled, selection_summary
 from .trainer import train
 
 DEFAULT_METHODS = ("joint", "sam", "msam", "ogm_ge", "agm", "cggm", "reconboost")
@@ -150,42 +153,102 @@ def plan_sweep(methods, seeds, rhos=None, dataset=None, out="runs/sweep", overri
     return cells
 
 
+AT_BEST, AT_LAST = "_at_best", "_last"     # column suffixes: test numbers at the best-val / last epoch
+
+
+def _at_label(col: str) -> str:
+    """``acc_m0_at_best`` -> ``acc_m0 (best val)``, ``tau_last`` -> ``tau (last)`` (for printed headers)."""
+    if col.endswith(AT_BEST):
+        return labelled(col[:-len(AT_BEST)], BEST)
+    if col.endswith(AT_LAST):
+        return labelled(col[:-len(AT_LAST)], LAST)
+    return col
+
+
+def _unlabelled(col: str) -> bool:
+    """A test metric of a table written before model selection: ``acc``, ``acc_<m>``, ``acc_only_<m>``, ``tau``."""
+    return (col in ("acc", "tau") or col.startswith("acc_")) and not col.endswith((AT_BEST, AT_LAST))
+
+
+def upgrade_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """A per-run table (``sweep.csv``) from before model selection, its last-epoch columns labelled:
+    ``acc`` -> ``acc_last``, ``acc_<m>`` -> ``acc_<m>_last``, ``tau`` -> ``tau_last``. New tables pass as they are."""
+    if any(c.endswith(AT_LAST) for c in runs.columns):
+        return runs
+    return runs.rename(columns={c: c + AT_LAST for c in runs.columns if _unlabelled(c)})
+
+
+def upgrade_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """The same for a summary table (``sweep_summary.csv``): ``acc_mean`` -> ``acc_last_mean``, … ."""
+    if any(c.endswith((AT_LAST + "_mean", AT_LAST + "_std")) for c in table.columns):
+        return table
+    renamed = {}
+    for c in table.columns:
+        for stat in ("_mean", "_std"):
+            if c.endswith(stat) and _unlabelled(c[:-len(stat)]):
+                renamed[c] = c[:-len(stat)] + AT_LAST + stat
+    return table.rename(columns=renamed)
+
+
+def _num(value) -> float:
+    return np.nan if value is None else value
+
+
 def _row(cell: Cell) -> dict:
+    """One run of the grid: test numbers at the best-validation epoch (``<metric>_at_best``; NaN for a run
+    without validation) and at the last epoch (``<metric>_last``), ``best_epoch``, ``best_val_acc``."""
     run = load_run(cell.path)
     s = run.summary
+    sel = selection_summary(run.epochs)
     row = {"method": cell.method, "rho": cell.config.rho if uses_rho(cell.method) else np.nan,
-           "seed": cell.seed, "acc": s["test_acc"]}
-    for m in run.modalities:
-        row[f"acc_{m}"] = s.get(f"test_acc_{m}", np.nan)
-    for m in run.modalities:
-        row[f"acc_only_{m}"] = s.get(f"test_acc_only_{m}", np.nan)
-    row.update({"tau": s["tau"], "switches": s["dominance_switches"], "wall_s": s["wall_time"],
-                "run": str(cell.path)})
+           "seed": cell.seed, "best_epoch": _num(sel["best_epoch"]), "best_val_acc": _num(sel["best_val_acc"])}
+    keys = [("acc", "test_acc")] + [(f"acc_{m}", f"test_acc_{m}") for m in run.modalities] + \
+        [(f"acc_only_{m}", f"test_acc_only_{m}") for m in run.modalities] + [("tau", "tau")]
+    for col, key in keys:
+        row[col + AT_BEST] = _num(sel.get(key + AT_BEST))
+        row[col + AT_LAST] = _num(sel.get(key + AT_LAST, s.get(key, np.nan)))
+    row.update({"switches": s["dominance_switches"], "wall_s": s["wall_time"], "run": str(cell.path)})
     return row
 
 
+def _summarised(col: str) -> bool:
+    return col.startswith(("acc_", "tau_")) or col in ("best_epoch", "best_val_acc")
+
+
 def summarise(runs: pd.DataFrame) -> pd.DataFrame:
-    """Mean and sample std (ddof=1) over seeds per (method, rho) of acc, acc_<m>, acc_only_<m>, tau."""
-    metrics = [c for c in runs.columns if c == "acc" or c.startswith("acc_") or c == "tau"]
+    """Mean and sample std (ddof=1) over seeds per (method, rho) of best_epoch, best_val_acc and the test
+    metrics at the best-validation and at the last epoch: ``acc_at_best``/``acc_last``, ``acc_<m>_…``,
+    ``acc_only_<m>_…``, ``tau_…`` (columns ``<metric>_mean``, ``<metric>_std``).
+
+    A mean over a cell where some seed has NaN (e.g. no validation: no best epoch) is NaN, not a mean
+    of the others. A per-run table from before model selection (``acc``, ``tau``, …) is read as
+    last-epoch numbers (``upgrade_runs``).
+    """
+    runs = upgrade_runs(runs)
+    metrics = [c for c in runs.columns if _summarised(c)]
     rows = []
     for (method, rho), group in runs.groupby(["method", "rho"], dropna=False, sort=False):
         row = {"method": method, "rho": rho, "n_seeds": len(group)}
         for col in metrics:
             values = group[col].astype(float)
-            row[f"{col}_mean"] = values.mean()
-            row[f"{col}_std"] = values.std(ddof=1) if len(values) > 1 else np.nan
+            row[f"{col}_mean"] = values.mean(skipna=False)
+            row[f"{col}_std"] = values.std(ddof=1, skipna=False) if len(values) > 1 else np.nan
         rows.append(row)
     return pd.DataFrame(rows)
 
 
 def format_sweep(table: pd.DataFrame) -> str:
-    """The summary as text, each metric as ``mean ± std``."""
+    """The summary as text, each metric as ``mean ± std``, headers labelled ``(best val)`` / ``(last)``;
+    a metric a cell lacks (no validation: nothing at the best epoch) shows as ``-``."""
+    table = upgrade_summary(table)
     shown = table[["method", "rho", "n_seeds"]].copy()
     shown["rho"] = [("" if pd.isna(r) else f"{r:g}") for r in shown["rho"]]
     metrics = [c[:-5] for c in table.columns if c.endswith("_mean")]
     for col in metrics:
-        shown[col] = [f"{m:.3f} ± {s:.3f}" if not pd.isna(s) else f"{m:.3f}"
-                      for m, s in zip(table[f"{col}_mean"], table[f"{col}_std"])]
+        digits = 1 if col == "best_epoch" else 3
+        shown[_at_label(col)] = ["-" if pd.isna(m) else f"{m:.{digits}f} ± {s:.{digits}f}" if not pd.isna(s)
+                                 else f"{m:.{digits}f}"
+                                 for m, s in zip(table[f"{col}_mean"], table[f"{col}_std"])]
     return shown.to_string(index=False)
 
 
@@ -197,7 +260,9 @@ def run_sweep(methods, seeds, rhos=None, dataset=None, out="runs/sweep", overrid
     ``overrides`` are ``key=value`` strings for every run (e.g. ``"epochs=5"``), ``config`` an
     optional base config (Config, dict or YAML path). Writes ``<out>/sweep.csv`` (one row per
     run) and ``<out>/sweep_summary.csv`` (the returned table: method, rho, n_seeds and
-    ``<metric>_mean``/``<metric>_std`` for acc, acc_<m>, acc_only_<m>, tau).
+    ``<metric>_mean``/``<metric>_std`` for best_epoch, best_val_acc and acc, acc_<m>, acc_only_<m>,
+    tau each at the best-validation epoch (``_at_best``) and at the last epoch (``_last``); see
+    ``summarise`` and docs/runs.md, "Model selection").
     """
     cells = plan_sweep(methods, seeds, rhos, dataset, out, overrides, config)
     for i, cell in enumerate(cells, 1):

@@ -18,16 +18,19 @@ import torch
 
 from . import config as config_mod
 from . import resume as resume_mod
+from . import schedules, speed
 from .config import Config, ConfigError
-from .datasets import load_dataset
+from .datasets import load_for_training
+from .datasets.validation import with_validation
 from .interrupts import sigterm_as_keyboard_interrupt
 from .methods import build_method
 from .metrics import dominance_switches, epoch_metrics, train_eval_subset
-from .models import has_batchnorm, model_from_spec
+from .models import has_batchnorm, model_from_spec, spec_encoders
 from .nonfinite import NonFiniteError, StepGuard
 from .progress import Progress
 from .run_writer import RunWriter
 from .runs import CHECKPOINTS, EPOCHS, RESUME, STEPS, Run, check_output_dir, load_run, read_table
+from .selection import selection_summary
 
 
 class TrainingError(RuntimeError):
@@ -55,7 +58,8 @@ def default_out(cfg: Config) -> Path:
 
 def _load_splits(cfg: Config, device):
     try:
-        splits = load_dataset(cfg.dataset, **cfg.data).to(device)
+        splits = load_for_training(cfg.dataset, cfg.data, device, cfg.data_path, cfg.stream_above_mb,
+                                   cfg.num_workers)
     except (ValueError, OSError) as err:   # a loader's one-line layout/option message, an unreadable file
         raise ConfigError(str(err)) from None
     except MemoryError:
@@ -69,16 +73,23 @@ def _load_splits(cfg: Config, device):
 
 
 def _model_spec(splits, cfg: Config) -> dict:
-    return {"input_shapes": {m: list(x.shape[1:]) for m, x in splits.train.inputs.items()},
+    """The model's spec, as ``models.model_from_spec`` reads it back (run directory: spec.json)."""
+    return {"input_shapes": {m: list(shape) for m, shape in splits.train.sample_shapes.items()},
             "num_classes": splits.num_classes, "fusion": cfg.fusion,
-            "encoders": {**splits.info.get("encoders", {}), **cfg.encoders},
-            "feature_dim": cfg.feature_dim, "hidden_dim": cfg.hidden_dim}
+            "encoders": spec_encoders(cfg.fusion, splits.info.get("encoders", {}), cfg.encoders),
+            "feature_dim": cfg.feature_dim, "hidden_dim": cfg.hidden_dim,
+            "encoder_options": cfg.encoder_options, "fusion_trunk": cfg.fusion_trunk,
+            "head_hidden": cfg.head_hidden}
 
 
 def _build(spec: dict, cfg: Config, device):
     """The model and its method, before anything is written: a model that cannot be built is bad input."""
     try:
         model = model_from_spec(spec).to(device)
+        if cfg.channels_last:
+            speed.use_channels_last(model)
+        if cfg.compile:
+            speed.compile_model(model)
         return model, build_method(model, cfg)
     except ValueError as err:                   # an encoder that does not fit its modality's inputs
         raise ConfigError(str(err)) from None
@@ -108,7 +119,7 @@ def train(config=None, out=None, quiet: bool = False, overrides=(), resume=None,
         cfg = config_mod.resolve(config, overrides)
         out = check_output_dir(out if out is not None else default_out(cfg))
     device = resolve_device(cfg.device)
-    splits = _load_splits(cfg, device)
+    splits = with_validation(_load_splits(cfg, device), cfg.val_fraction, cfg.seed)
     train_eval = train_eval_subset(splits.train, cfg.train_eval_samples, cfg.seed)
     seed_everything(cfg.seed)
     spec = _model_spec(splits, cfg)
@@ -135,8 +146,12 @@ def train(config=None, out=None, quiet: bool = False, overrides=(), resume=None,
         return pos.wall_time + time.perf_counter() - started
 
     def record_epoch(epoch: int) -> None:
-        row = {"epoch": epoch, **epoch_metrics(model, train_eval, splits.test, cfg), "wall_time": wall()}
+        row = {"epoch": epoch, **epoch_metrics(model, train_eval, splits.test, cfg, val=splits.val), "lr": lr,
+               "wall_time": wall()}
         writer.log_epoch(row)
+        if epoch > 0 and row.get("val_acc", -1) > writer.status.get("best_val_acc", -1):
+            writer.status["best_val_acc"] = row["val_acc"]     # kept in status.json: survives a resume
+            checkpoint(epoch)                                   # the selected model can be loaded
         progress.epoch(row)
         if on_epoch is not None:
             on_epoch(row)
@@ -154,6 +169,7 @@ def train(config=None, out=None, quiet: bool = False, overrides=(), resume=None,
         with sigterm_as_keyboard_interrupt():
             if resume is not None:
                 writer.truncate(pos.step, pos.epoch if point is not None else -1)   # rows after the point
+            lr = method.set_lr_factor(schedules.lr_factor(epoch, cfg))   # row 0 shows epoch 1's lr
             if point is None:
                 record_epoch(0)
                 checkpoint(0)
@@ -161,6 +177,7 @@ def train(config=None, out=None, quiet: bool = False, overrides=(), resume=None,
 
             while epoch < cfg.epochs:
                 method.start_epoch(epoch)
+                lr = method.set_lr_factor(schedules.lr_factor(epoch, cfg))
                 epoch_generator = generator.get_state()
                 for inputs, labels in splits.train.batches(cfg.batch_size, shuffle=True, generator=generator,
                                                            drop_last=drop_last, start_batch=batch):
@@ -181,7 +198,7 @@ def train(config=None, out=None, quiet: bool = False, overrides=(), resume=None,
                 if epoch == cfg.epochs or (cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0):
                     checkpoint(epoch)
                 save_resume_point(generator.get_state())
-            writer.finish(_summary(cfg, model, device, step, wall(), out, writer.status))
+            writer.finish(_summary(cfg, model, device, step, wall(), out, writer.status, splits.info))
     except KeyboardInterrupt:
         writer.interrupt(f"interrupted at step {step} (epoch {min(epoch + 1, cfg.epochs)}); resume with "
                          f"`msam-lab train --resume {out}`")
@@ -206,9 +223,10 @@ def _non_finite_message(err: NonFiniteError, step: int, epoch: int, out, status:
             f"run marked failed (lower lr, or nan_policy=skip to skip such batches)")
 
 
-def _summary(cfg: Config, model, device, steps: int, wall: float, out, status: dict) -> dict:
+def _summary(cfg: Config, model, device, steps: int, wall: float, out, status: dict, info: dict) -> dict:
     steps_df = read_table(Path(out) / STEPS)
-    final = read_table(Path(out) / EPOCHS).iloc[-1].to_dict()
+    epochs_df = read_table(Path(out) / EPOCHS)
+    final = epochs_df.iloc[-1].to_dict()
     return {
         "method": cfg.method, "dataset": cfg.dataset, "seed": cfg.seed, "epochs": cfg.epochs,
         "steps": steps, "wall_time": wall, "device": str(device),
@@ -217,5 +235,7 @@ def _summary(cfg: Config, model, device, steps: int, wall: float, out, status: d
         "n_parameters": sum(p.numel() for p in model.parameters()),
         "dominance_switches": dominance_switches(steps_df["dominant"]) if len(steps_df) else 0,
         "skipped_batches": int(status.get("skipped_batches", 0)), "resumed": int(status.get("resumed", 0)),
-        **{k: final[k] for k in final if k.startswith(("test_", "train_", "tau"))},
+        "val_split": info.get("val_split", "none"), "val_size": info.get("val_size", 0),
+        **{k: final[k] for k in final if k.startswith(("test_", "train_", "val_", "tau"))},   # the last epoch
+        **selection_summary(epochs_df),                       # best-validation epoch and last, labelled
     }

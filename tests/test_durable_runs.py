@@ -24,7 +24,7 @@ from msam_lab.trainer import TrainingError, _model_spec
 
 SYN = {"dataset": "synthetic", "data": {"n_samples": 300, "n_modalities": 2}, "batch_size": 32, "epochs": 2,
        "train_eval_samples": 100}
-STEPS_PER_EPOCH = 7            # 224 train samples / 32
+STEPS_PER_EPOCH = 7            # 202 train samples (224 less the validation hold-out) / 32
 
 
 def test_the_run_is_readable_while_it_trains(tmp_path):

@@ -23,11 +23,12 @@ from msam_lab.runs import load_run
 
 CHILD = str(Path(__file__).with_name("train_child.py"))
 TIMEOUT = 120
-# 224 train samples / batch 16 = 14 steps per epoch; the kill lands at step 22 (epoch 2, batch 9)
+# 202 train samples (224 less the 10 % validation hold-out) / batch 16 = 13 steps per epoch;
+# the kill lands at step 22 (epoch 2, batch 9)
 BASE = {"dataset": "synthetic", "data": {"n_samples": 300, "n_modalities": 2}, "batch_size": 16, "epochs": 3,
         "deterministic": True, "flush_every": 0, "checkpoint_every": 1, "train_eval_samples": 100}
 PAUSE_AT = 22
-STEPS_PER_EPOCH = 14
+STEPS_PER_EPOCH = 13
 # Every method that keeps state beyond its parameters, with settings that exercise that state across the
 # kill: ReconBoost changes phase every few steps, OGM-GE draws gradient noise from the torch RNG, and half
 # of them resume from a resume point inside the epoch (resume_every) rather than the last epoch end.

@@ -119,8 +119,11 @@ def test_other_fusions_train_above_chance(tmp_path, fusion):
 
 
 def test_default_dataset_shows_the_imbalance(tmp_path):
-    """At the av-digits defaults, audio alone is learnable but the joint model leaves it weak."""
-    cfg = {"method": "joint", "epochs": 6}
+    """At the av-digits defaults, audio alone is learnable but the joint model leaves it weak.
+
+    A property of the data, measured on the whole train split (no validation hold-out): with 10 %
+    fewer digits the audio-only model needs more than these 6 epochs to pass 60 %."""
+    cfg = {"method": "joint", "epochs": 6, "val_fraction": 0.0}
     joint = msam_lab.train(cfg, out=tmp_path / "joint", quiet=True)
     audio = msam_lab.train({**cfg, "data": {"image_noise": 50.0}}, out=tmp_path / "audio", quiet=True)
     # with the image drowned in noise the same model must learn from audio alone

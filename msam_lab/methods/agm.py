@@ -149,8 +149,8 @@ class AGM(Method):
                 out_m.register_hook(lambda g, k=float(k): g * k)
         loss = self.loss(sum(per_modality), labels)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        self.backward(loss)
+        self.update()
         return self.record(loss, obs, **self.per_modality(coef=coef, score=scores))
 
     def state_dict(self) -> dict:

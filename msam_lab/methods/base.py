@@ -14,10 +14,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .. import coalitions, shapley
+from .. import coalitions, optim, schedules, shapley
 from ..config import Config
 from ..datasets import Batch
 from ..models import MultimodalModel
+from ..precision import Precision
 
 
 @dataclass
@@ -35,11 +36,16 @@ class Method:
         self.model = model
         self.config = config
         self._previous_dominant: int | None = None
+        self.precision = Precision(config.precision, next(model.parameters()).device)
+        self.lr_factor = 1.0                  # the schedule's factor for this epoch (set_lr_factor)
         self.optimizer = self.make_base_optimizer(model.parameters())
 
     def make_base_optimizer(self, params) -> torch.optim.Optimizer:
-        c = self.config
-        return torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
+        return optim.make_optimizer(params, self.config)
+
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        """Every optimizer the lr schedule scales (methods with auxiliary ones extend it)."""
+        return [self.optimizer]
 
     @classmethod
     def validate_config(cls, config: Config) -> None:
@@ -54,19 +60,52 @@ class Method:
         """Called before each epoch (0-based); methods with schedules override it."""
         self.epoch = epoch
 
+    def set_lr_factor(self, factor: float) -> float:
+        """Scale every optimizer's lr to ``factor`` × its configured lr; return the base optimizer's lr."""
+        self.lr_factor = factor
+        for opt in self.optimizers():
+            schedules.set_lr_factor(opt, factor)
+        return self.optimizer.param_groups[0]["lr"]
+
+    def train_step(self, inputs: Batch, labels: torch.Tensor) -> dict:
+        """``step`` under the configured precision: forwards autocast, the fp16 scale updated after."""
+        with self.precision.autocast():
+            row = self.step(inputs, labels)
+        overflow = self.precision.end_step()
+        return {**row, "overflow": int(overflow)} if self.precision.scaler is not None else row
+
     def step(self, inputs: Batch, labels: torch.Tensor) -> dict:
         raise NotImplementedError
 
     def state_dict(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict(), "previous_dominant": self._previous_dominant}
+        return {"optimizer": self.optimizer.state_dict(), "previous_dominant": self._previous_dominant,
+                "precision": self.precision.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self._previous_dominant = state.get("previous_dominant")
+        self.precision.load_state_dict(state.get("precision", {}))
 
     # -- shared pieces -------------------------------------------------------------
     def loss(self, logits, labels):
         return F.cross_entropy(logits, labels)
+
+    def backward(self, loss: torch.Tensor, **kwargs) -> None:
+        """``loss.backward()``, scaled first under fp16 (every method backpropagates through here)."""
+        self.precision.scale(loss).backward(**kwargs)
+
+    def update(self, optimizer: torch.optim.Optimizer | None = None, clip: bool = True) -> None:
+        """The last act of an update: unscale (fp16), clip as ``grad_clip`` says, step ``optimizer``.
+
+        ``clip=False`` for auxiliary optimizers (CGGM's heads): the clip rule is about the model.
+        """
+        opt = self.optimizer if optimizer is None else optimizer
+        c = self.config
+        self.precision.unscale(opt)
+        if clip and c.grad_clip > 0:
+            params = [p for g in opt.param_groups for p in g["params"]]
+            optim.clip_gradients(params, c.grad_clip, c.grad_clip_rule, optim.output_weights(self.model))
+        self.precision.step(opt)
 
     def observe(self, inputs: Batch, labels: torch.Tensor, features=None) -> Observation:
         """Shapley values, shares and dominant modality of this batch at the current weights."""
@@ -94,7 +133,7 @@ class Method:
         obs = self.observe(inputs, labels, features)
         loss = self.loss(model.fuse(features), labels)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        self.backward(loss)
         return features, obs, loss
 
     def per_modality(self, **columns) -> dict:

@@ -23,9 +23,10 @@ Per batch, following the authors' code (zrguo/CGGM, ``src/msatrain.py`` and
 6. the aux optimizer steps; the model's gradients are clipped to norm ``cggm_clip``
    (the code clips at 0.8 in every script), then the base optimizer steps.
 
-Our analogue of "the fusion's output layer" for modality m: late_sum → head m's weight;
-late_concat → modality m's column block of the head weight; early (and other fusions) →
-the last linear layer of the fusion, shared by all m. Aux classifier m is
+Our analogue of "the fusion's output layer" for modality m: late_sum → head m's (last)
+output-layer weight; late_concat with a linear head → modality m's column block of the head
+weight; early, a concat MLP head (``head_hidden``) and other fusions → the last linear layer
+of the fusion, shared by all m. Aux classifier m is
 Linear(d_m, h) → ReLU → Linear(h, C) with h the input width of that fusion weight, so the
 two weights have the same shape (the code's aux classifiers are small transformers with
 the same output layer shape as the fusion's).
@@ -44,8 +45,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import optim
 from ..config import ConfigError
-from ..models import ConcatFusion, SumFusion
+from ..models import ConcatFusion, SumFusion, last_linear
 from .base import Method
 from .ogm_ge import check_min_modalities
 
@@ -62,17 +64,17 @@ def fusion_output_weights(model) -> list[tuple[nn.Parameter, slice]]:
     fusion = model.fusion
     n_mod = len(model.modalities)
     if isinstance(fusion, SumFusion):
-        return [(h.weight, slice(None)) for h in fusion.heads]
-    if isinstance(fusion, ConcatFusion):
+        return [(last_linear(h).weight, slice(None)) for h in fusion.heads]
+    if isinstance(fusion, ConcatFusion) and isinstance(fusion.head, nn.Linear):
         out, start = [], 0
         for d in _feature_dims(model):
             out.append((fusion.head.weight, slice(start, start + d)))
             start += d
         return out
-    linears = [m for m in fusion.modules() if isinstance(m, nn.Linear)]
-    if not linears:
+    output = last_linear(fusion)
+    if output is None:
         raise ConfigError("cggm needs a fusion with a linear output layer")
-    return [(linears[-1].weight, slice(None))] * n_mod
+    return [(output.weight, slice(None))] * n_mod
 
 
 def _feature_dims(model) -> list[int]:
@@ -108,8 +110,7 @@ class CGGM(Method):
         ).to(device)
         c = config
         cls_lr = c.lr / 2 if c.cggm_cls_lr is None else c.cggm_cls_lr
-        self.aux_optimizer = torch.optim.SGD(self.aux.parameters(), lr=cls_lr, momentum=c.momentum,
-                                             weight_decay=c.weight_decay)
+        self.aux_optimizer = optim.make_optimizer(self.aux.parameters(), c, cls_lr)
         self.acc_prev = np.zeros(len(model.modalities))
         self.pending: dict | None = None      # B and weight snapshots for next step's L_gm
 
@@ -156,11 +157,12 @@ class CGGM(Method):
     def step(self, inputs, labels):
         model, c = self.model, self.config
         features, obs, loss = self.fused_backward(inputs, labels)
+        self.precision.unscale(self.optimizer)    # fp16: the direction term and the scaling below are unscaled
         l_gm_prev = self.add_direction_grad()
 
         self.aux_optimizer.zero_grad(set_to_none=True)
         aux_logits = [head(f.detach()) for head, f in zip(self.aux, features)]
-        sum(F.cross_entropy(z, labels) for z in aux_logits).backward()
+        self.backward(sum(F.cross_entropy(z, labels) for z in aux_logits))
         acc_now = np.array([float((z.detach().argmax(1) == labels).float().mean()) for z in aux_logits])
         coef = cggm_coefficients(self.acc_prev, acc_now, c.cggm_eps)
         self.acc_prev = acc_now
@@ -173,12 +175,15 @@ class CGGM(Method):
                 for p in model.encoder_parameters(name):
                     if p.grad is not None:
                         p.grad.mul_(c.cggm_rho * float(coef[m]))
-        self.aux_optimizer.step()
+        self.update(self.aux_optimizer, clip=False)
         if c.cggm_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), c.cggm_clip)
-        self.optimizer.step()
+        self.update()
 
         return self.record(loss, obs, l_gm=l_gm_prev, **self.per_modality(coef=coef, aux_acc=acc_now))
+
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return super().optimizers() + [self.aux_optimizer]
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "aux": self.aux.state_dict(),

@@ -9,5 +9,5 @@ class Joint(Method):
 
     def step(self, inputs, labels):
         _, obs, loss = self.fused_backward(inputs, labels)
-        self.optimizer.step()
+        self.update()
         return self.record(loss, obs)

@@ -44,16 +44,16 @@ class MSAM(SAMMethod):
             l_d, l_s = self._unimodal_losses(features, model.zero_features(), labels, obs.share, d)
             with torch.no_grad():
                 loss = self.loss(model.fuse(features), labels)
-            grads_s = (torch.autograd.grad(l_s, params, retain_graph=True, allow_unused=True)
+            grads_s = (torch.autograd.grad(self.precision.scale(l_s), params, retain_graph=True, allow_unused=True)
                        if torch.is_tensor(l_s) else [None] * len(params))
-            l_d.backward()
+            self.backward(l_d)
 
             def perturbed_loss():
                 feats = model.encode(inputs)
                 return self._unimodal_losses(feats, model.zero_features(), labels, obs.share, d)[0]
         else:
             loss = self.loss(model.fuse(features), labels)
-            loss.backward()
+            self.backward(loss)
             # ∇L_d(θ) = v_d·∇ℓ: the scale cancels in ε, so p.grad = ∇ℓ already points the right way.
             grads_s = [None if p.grad is None else (1.0 - v_d) * p.grad for p in params]
 
@@ -72,5 +72,5 @@ class MSAM(SAMMethod):
                     p.grad = g_s.clone()
                 else:
                     p.grad.add_(g_s)
-        self.optimizer.step()
+        self.update()
         return self.record(loss, obs, rho_share=v_d)

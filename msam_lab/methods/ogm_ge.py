@@ -116,5 +116,5 @@ class OGMGE(Method):
         coef = ogm_coefficients(scores, self.config.ogm_alpha) if self.active() else np.ones(len(scores))
         if self.active():
             self.modulate(coef)
-        self.optimizer.step()
+        self.update()
         return self.record(loss, obs, **self.per_modality(coef=coef, score=scores))

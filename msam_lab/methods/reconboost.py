@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import optim, schedules
 from ..config import ConfigError
 from ..models import ConcatFusion, SumFusion
 from .base import Method
@@ -127,10 +128,15 @@ class ReconBoost(Method):
             self.ensemble.remove(m)
         self.ensemble.append(m)
 
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return super().optimizers() + ([] if self.phase_optimizer is None else [self.phase_optimizer])
+
     def _optimizer(self, params) -> torch.optim.Optimizer:
         c = self.config
         lr = c.lr if c.recon_lr is None else c.recon_lr
-        return torch.optim.SGD(params, lr=lr, momentum=c.momentum, weight_decay=c.weight_decay)
+        opt = optim.make_optimizer(params, c, lr)
+        schedules.set_lr_factor(opt, self.lr_factor)   # a phase that starts mid-run takes the schedule's lr
+        return opt
 
     def _phase_params(self, key) -> list[nn.Parameter]:
         stage, phase = key
@@ -191,8 +197,8 @@ class ReconBoost(Method):
             active = "ensemble"
         self.phase_optimizer.zero_grad(set_to_none=True)
         model.zero_grad(set_to_none=True)
-        loss.backward()
-        self.phase_optimizer.step()
+        self.backward(loss)
+        self.update(self.phase_optimizer)
         self.steps_done += 1
         return self.record(loss, obs, active=active, stage=stage, phase=phase,
                            boost_rate=float(self.boost_rate.detach()))

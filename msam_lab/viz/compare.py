@@ -3,6 +3,11 @@
 Input: the summary ``msam_lab.sweep.run_sweep`` returns (or ``sweep_summary.csv``: ``method``,
 ``rho``, ``n_seeds``, ``<metric>_mean``, ``<metric>_std``), or the per-run table (``sweep.csv``:
 one row per seed), which is summarised here with ``msam_lab.sweep.summarise``.
+
+Test numbers come at two epochs, each labelled: the epoch of best validation accuracy
+(``<metric>_at_best_mean``, "best val") and the last epoch (``<metric>_last_mean``, "last"); see
+docs/runs.md, "Model selection". Tables from before model selection (``acc_mean``, ``acc``) are
+read as last-epoch numbers; their "best val" cells are blank.
 """
 from __future__ import annotations
 
@@ -16,13 +21,14 @@ from .common import check_backend
 
 
 def summary_table(table) -> pd.DataFrame:
-    """The mean ± std summary from a summary table, a per-run table or a path to either CSV."""
+    """The mean ± std summary from a summary table, a per-run table or a path to either CSV
+    (old, unlabelled tables upgraded: their numbers are last-epoch ones)."""
+    from ..sweep import summarise, upgrade_summary
     if isinstance(table, (str, Path)):
         table = pd.read_csv(table)
     if any(c.endswith("_mean") for c in table.columns):
-        return table.reset_index(drop=True)
+        return upgrade_summary(table).reset_index(drop=True)
     if "seed" in table.columns:
-        from ..sweep import summarise
         return summarise(table)
     raise ValueError("expected a sweep summary (<metric>_mean/_std columns) or a per-run sweep table (seed column)")
 
@@ -38,42 +44,96 @@ def _row_labels(table: pd.DataFrame) -> list[str]:
     return labels
 
 
+_SUFFIX = {"best": "_at_best", "last": "_last"}
+_LABEL = {"best": "best val", "last": "last"}
+
+
 def modalities_in(table: pd.DataFrame) -> list[str]:
-    """Modalities with a Shapley-decomposed accuracy column (``acc_<m>_mean``)."""
-    return [c[len("acc_"):-len("_mean")] for c in table.columns
-            if c.startswith("acc_") and c.endswith("_mean") and not c.startswith("acc_only_")
-            and c != "acc_mean"]
+    """Modalities with a Shapley-decomposed accuracy column (``acc_<m>_last_mean`` or ``acc_<m>_at_best_mean``)."""
+    mods = []
+    for c in table.columns:
+        for suffix in _SUFFIX.values():
+            if c.endswith(suffix + "_mean"):
+                key = c[:-len(suffix + "_mean")]
+                if key.startswith("acc_") and not key.startswith("acc_only_") and key[4:] not in mods:
+                    mods.append(key[4:])
+    return mods
+
+
+def has_best(table) -> bool:
+    """True when every row of the summary has a fused accuracy at the best-validation epoch."""
+    t = summary_table(table)
+    return "acc_at_best_mean" in t and bool(t["acc_at_best_mean"].notna().all()) and len(t) > 0
+
+
+def _at(table: pd.DataFrame, at: str | None) -> str:
+    if at is None:
+        return "best" if has_best(table) else "last"
+    if at not in _SUFFIX:
+        raise ValueError(f"at must be 'best' (the best-validation epoch), 'last' or None (best where "
+                         f"every row has it), got {at!r}")
+    return at
 
 
 def comparison_table(table, digits: int = 1) -> pd.DataFrame:
-    """One row per method (and ρ): accuracies in % and τ as ``mean ± std`` strings, plus the seed count."""
+    """One row per method (and ρ): accuracies in % and τ as ``mean ± std`` strings, plus the seed count.
+
+    Each metric has two columns, labelled ``(…, best val)`` (at the epoch of best validation accuracy)
+    and ``(…, last)`` (at the last epoch); a "best val" cell is blank for runs without validation.
+    ``best epoch`` is the mean ± std of the selected epoch (blank without validation).
+    """
     t = summary_table(table)
     out = pd.DataFrame({"method": _row_labels(t), "seeds": t["n_seeds"].astype(int)})
-    cols = [("acc", "fused acc (%)", 100)] + [(f"acc_{m}", f"{m} acc in model (%)", 100) for m in modalities_in(t)]
-    cols += [(f"acc_only_{m}", f"{m} alone (%)", 100) for m in modalities_in(t) if f"acc_only_{m}_mean" in t]
-    cols += [("tau", "τ (acc form, ×100)", 100)]
-    for key, name, scale in cols:
-        if f"{key}_mean" not in t:
+
+    def cells(mean, std, digits):
+        return ["" if pd.isna(m) else f"{m:.{digits}f} ± {s:.{digits}f}" if not pd.isna(s) else f"{m:.{digits}f}"
+                for m, s in zip(mean, std)]
+
+    if "best_epoch_mean" in t:
+        out["best epoch"] = cells(t["best_epoch_mean"], t["best_epoch_std"], 1)
+    mods = modalities_in(t)
+    cols = [("acc", "fused acc", "%", 100)] + [(f"acc_{m}", f"{m} acc in model", "%", 100) for m in mods]
+    cols += [(f"acc_only_{m}", f"{m} alone", "%", 100) for m in mods
+             if f"acc_only_{m}_last_mean" in t or f"acc_only_{m}_at_best_mean" in t]
+    cols += [("tau", "τ, acc form", "×100", 100)]
+    for key, name, unit, scale in cols:
+        if not any(f"{key}{sfx}_mean" in t for sfx in _SUFFIX.values()):
             continue
-        mean, std = scale * t[f"{key}_mean"], scale * t[f"{key}_std"]
-        out[name] = [f"{m:.{digits}f} ± {s:.{digits}f}" if not pd.isna(s) else f"{m:.{digits}f}"
-                     for m, s in zip(mean, std)]
+        for at, sfx in _SUFFIX.items():
+            header = f"{name} ({unit}, {_LABEL[at]})"
+            if f"{key}{sfx}_mean" in t:
+                out[header] = cells(scale * t[f"{key}{sfx}_mean"], scale * t[f"{key}{sfx}_std"], digits)
+            else:
+                out[header] = ""
     return out
 
 
 @style.styled
-def comparison_bars(table, parts=None, include_tau: bool = True, backend: str = "plotly"):
+def comparison_bars(table, parts=None, include_tau: bool = True, backend: str = "plotly", at: str | None = None):
     """Bars of test accuracy per method — fused and each modality's Shapley-decomposed accuracy — with
-    error bars of one standard deviation over seeds; a second panel with τ when ``include_tau``."""
+    error bars of one standard deviation over seeds; a second panel with τ when ``include_tau``.
+
+    ``at``: ``"best"`` (the epoch of best validation accuracy), ``"last"`` (the last epoch) or None:
+    best where every row has it, else last. The title says which.
+    """
     backend = check_backend(backend)
     t = summary_table(table)
+    at = _at(t, at)
     mods = modalities_in(t)
     parts = ["fused", *mods] if parts is None else list(parts)
-    key = {"fused": "acc", **{m: f"acc_{m}" for m in mods}}
+    sfx = _SUFFIX[at]
+    key = {"fused": "acc" + sfx, **{m: f"acc_{m}{sfx}" for m in mods}}
+    tau_key = "tau" + sfx
+    missing = [k for k in [*(key[p] for p in parts if p in key), *([tau_key] if include_tau else [])]
+               if f"{k}_mean" not in t]
+    if missing:
+        raise ValueError(f"the table has no {missing[0]}_mean column"
+                         + (" (no validation split: use at='last')" if at == "best" else ""))
     labels = _row_labels(t)
     n_seeds = sorted(set(int(n) for n in t["n_seeds"]))
     seeds_txt = f"{n_seeds[0]}" if len(n_seeds) == 1 else f"{n_seeds[0]}–{n_seeds[-1]}"
-    title = f"Method comparison: mean ± std over {seeds_txt} seed{'s' if n_seeds[-1] > 1 else ''}"
+    where = "at the best-validation epoch" if at == "best" else "at the last epoch"
+    title = f"Method comparison {where}: mean ± std over {seeds_txt} seed{'s' if n_seeds[-1] > 1 else ''}"
     colors = {p: (style.FUSED_COLOR if p == "fused" else style.modality_color(p, mods)) for p in parts}
     names = {p: ("fused model" if p == "fused" else f"{p} (Shapley-decomposed)") for p in parts}
 
@@ -96,9 +156,9 @@ def comparison_bars(table, parts=None, include_tau: bool = True, backend: str = 
         fig.update_yaxes(title_text="test accuracy (%)", range=[0, 105], row=1, col=1)
         fig.update_xaxes(title_text="method", row=1, col=1)
         if include_tau:
-            fig.add_trace(go.Bar(x=labels, y=t["tau_mean"], name="τ (accuracy form)", meta={"part": "tau"},
+            fig.add_trace(go.Bar(x=labels, y=t[f"{tau_key}_mean"], name="τ (accuracy form)", meta={"part": "tau"},
                                  marker_color=[style.method_color(m, i) for i, m in enumerate(t["method"])],
-                                 error_y=dict(type="data", array=std("tau"), visible=True), showlegend=False),
+                                 error_y=dict(type="data", array=std(tau_key), visible=True), showlegend=False),
                           1, 2)
             fig.update_yaxes(title_text=style.TAU_LABELS["acc"], row=1, col=2)
             fig.update_xaxes(title_text="method", row=1, col=2)
@@ -118,7 +178,7 @@ def comparison_bars(table, parts=None, include_tau: bool = True, backend: str = 
     ax.set(ylabel="test accuracy (%)", ylim=(0, 105), title="test accuracy", xlabel="method")
     fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncol=len(parts))
     if ax2 is not None:
-        ax2.bar(xs, t["tau_mean"], 0.6, yerr=std("tau"), capsize=2,
+        ax2.bar(xs, t[f"{tau_key}_mean"], 0.6, yerr=std(tau_key), capsize=2,
                 color=[style.method_color(m, i) for i, m in enumerate(t["method"])], error_kw=dict(lw=0.8))
         ax2.set_xticks(xs, labels, rotation=30 if len(labels) > 2 else 0, ha="right" if len(labels) > 2 else "center")
         ax2.set(ylabel="τ, accuracy form (fraction)", title="τ = (Acc_train − Acc_test) / Acc_train",
