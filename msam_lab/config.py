@@ -59,7 +59,7 @@ class Config:
     grad_clip_rule: str = "norm"                    # norm: always | agm: only when an output-layer grad leaves ±clip
     # model selection (docs/runs.md)
     val_fraction: float = 0.1                       # seeded hold-out of train when the dataset has no val split (0: none)
-    # data path and precision (docs/performance.md)
+    # data path and precision (docs/paper_protocol.md)
     data_path: str = "auto"                         # auto (by size) | memory (device tensors) | stream (DataLoader)
     stream_above_mb: float = 1024.0                 # auto: stream a dataset larger than this
     num_workers: int = 2                            # stream: DataLoader worker processes
@@ -76,6 +76,7 @@ class Config:
     shapley_value: str = "accuracy"                 # accuracy | loss (value of a coalition)
     shapley_exact_max: int = 10                     # exact Shapley up to this many modalities
     shapley_permutations: int = 64                  # permutations when sampling
+    shapley_batch: int = 0                          # coalitions on the first N samples of each shuffled batch (0: all)
     # records (docs/runs.md)
     checkpoint_every: int = 5                       # epochs between analysis checkpoints (0: first and last only)
     eval_batch_size: int = 128                      # chunks of the evaluation passes (small: cache-friendly on CPU)
@@ -137,7 +138,7 @@ _CHOICES = {
 _POSITIVE = ("epochs", "batch_size", "feature_dim", "hidden_dim", "eval_batch_size",
              "shapley_exact_max", "shapley_permutations", "eval_every", "lr_step", "stream_above_mb")
 _NON_NEGATIVE = ("rho", "lr", "momentum", "weight_decay", "checkpoint_every", "train_eval_samples",
-                 "flush_every", "resume_every", "lr_gamma", "lr_min", "warmup_epochs", "grad_clip", "num_workers")
+                 "flush_every", "resume_every", "shapley_batch", "lr_gamma", "lr_min", "warmup_epochs", "grad_clip", "num_workers")
 
 
 def field_names() -> tuple[str, ...]:

@@ -103,3 +103,19 @@ def test_fast_path_in_double_precision():
         naive = coalitions.coalition_logits_naive(model, inputs, range(4))
     assert fast.dtype == torch.float64
     torch.testing.assert_close(fast, naive)
+
+
+def test_shapley_batch_observes_the_first_n_samples_only():
+    """shapley_batch=N gives exactly the observation of the batch's first N samples."""
+    import numpy as np
+
+    from msam_lab.methods import build_method
+    from tests.conftest import make_batch, make_config, make_model
+    inputs, labels = make_batch(n_mod=3, n=40, informative=(2.0, 0.3, 1.0))
+    head = {m: x[:12] for m, x in inputs.items()}, labels[:12]
+    model = make_model(n_mod=3)
+    sub = build_method(model, make_config(method="msam", shapley_batch=12)).observe(inputs, labels)
+    ref = build_method(model, make_config(method="msam")).observe(*head)
+    full = build_method(model, make_config(method="msam")).observe(inputs, labels)
+    assert np.array_equal(sub.phi, ref.phi) and sub.dominant == ref.dominant
+    assert not np.array_equal(sub.phi, full.phi)               # the subsample really is a different game

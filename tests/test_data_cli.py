@@ -116,7 +116,7 @@ def test_check_cremad_ok_then_every_breakage_named(tmp_path, capsys):
                for l in lines)
     assert ("Image-01-FPS/1002_DFA_SAD_XX/: holds no .jpg frames (listed in test.csv line 1); expected a "
             "folder of NNNNN.jpg frames (Image-01-FPS/<clip_id>/)") in lines
-    assert "test.csv line 2: malformed row 'garbage'; expected rows clip_id,EMO with EMO one of " \
+    assert "test.csv line 2: expected clip_id,EMO, got 'garbage'; expected rows clip_id,EMO with EMO one of " \
            "NEU HAP SAD FEA DIS ANG" in lines
     assert any(l.startswith("test.csv line 3: unknown emotion 'XYZ'") for l in lines)
     assert any(l.startswith("test.csv line 4: clip id '/etc/passwd' is not a plain file name") for l in lines)

@@ -129,36 +129,33 @@ def _cnn_batch():
         torch.randint(0, 3, (16,), generator=g)
 
 
+def assert_trains_alike(plain, fast, inputs, labels, method, steps, tol=1e-5):
+    """``steps`` updates of ``method`` on both models: losses and weights within ``tol``."""
+    a = build_method(plain, make_config(method=method))
+    b = build_method(fast, make_config(method=method))
+    for _ in range(steps):
+        ra, rb = a.train_step(inputs, labels), b.train_step(inputs, labels)
+        assert rb["loss"] == pytest.approx(ra["loss"], abs=tol)
+    for pa, pb in zip(plain.parameters(), fast.parameters()):
+        assert torch.allclose(pa, pb, atol=tol)
+
+
 def test_channels_last_equals_contiguous():
-    inputs, labels = _cnn_batch()
     plain, fast = _cnn_model(), speed.use_channels_last(_cnn_model())
     conv = next(p for p in fast.parameters() if p.dim() == 4)
     assert conv.is_contiguous(memory_format=torch.channels_last)
-    a = build_method(plain, make_config(method="msam"))
-    b = build_method(fast, make_config(method="msam"))
-    for _ in range(3):
-        ra, rb = a.train_step(inputs, labels), b.train_step(inputs, labels)
-        assert rb["loss"] == pytest.approx(ra["loss"], abs=1e-5)
-    for pa, pb in zip(plain.parameters(), fast.parameters()):
-        assert torch.allclose(pa, pb, atol=1e-5)
+    assert_trains_alike(plain, fast, *_cnn_batch(), method="msam", steps=3)
 
 
 @pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,
                     reason="torch.compile's CPU backend needs a C compiler (none on PATH)")
 def test_compile_equals_eager_and_keeps_the_state_dict_keys():
-    inputs, labels = make_batch(n_mod=2)
     eager, compiled = make_model(n_mod=2), speed.compile_model(make_model(n_mod=2))
     assert list(eager.state_dict()) == list(compiled.state_dict())     # checkpoints stay loadable
-    a = build_method(eager, make_config(method="joint"))
-    b = build_method(compiled, make_config(method="joint"))
-    for _ in range(2):
-        ra, rb = a.train_step(inputs, labels), b.train_step(inputs, labels)
-        assert rb["loss"] == pytest.approx(ra["loss"], abs=1e-5)
-    for pa, pb in zip(eager.parameters(), compiled.parameters()):
-        assert torch.allclose(pa, pb, atol=1e-5)
+    assert_trains_alike(eager, compiled, *make_batch(n_mod=2), method="joint", steps=2)
 
 
-def test_a_bf16_channels_last_run_trains_and_resumes_its_scaler_state(tmp_path):
+def test_an_fp16_channels_last_run_trains_and_keeps_its_scaler_state(tmp_path):
     cfg = {"dataset": "synthetic", "data": {"n_samples": 200, "n_modalities": 2}, "epochs": 2,
            "batch_size": 50, "method": "msam", "precision": "fp16", "channels_last": True}
     run = msam_lab.train(cfg, out=tmp_path / "r", quiet=True)

@@ -294,3 +294,39 @@ def test_stream_throughput_is_measurable():
         t = time.perf_counter()
         n = sum(len(y) for _, y in data.batches(64, shuffle=True, generator=torch.Generator().manual_seed(0)))
         assert n == 2000 and time.perf_counter() - t < 10
+
+
+# -- the trainer on both paths -----------------------------------------------------------------
+def _train(tmp_path, name, on_step=None, **kw):
+    import msam_lab
+    cfg = {"dataset": "synthetic", "data": {"n_samples": 240, "n_modalities": 2}, "epochs": 2,
+           "batch_size": 32, "method": "msam", "device": "cpu", "num_workers": 0, "resume_every": 2, **kw}
+    return msam_lab.train(cfg, out=tmp_path / name, quiet=True, on_step=on_step)
+
+
+def test_training_on_the_stream_path_equals_the_memory_path(tmp_path):
+    """Same batches, same evaluation: the whole run (tables and weights) is the same on both paths."""
+    memory, stream = _train(tmp_path, "memory", data_path="memory"), _train(tmp_path, "stream", data_path="stream")
+    assert stream.summary["n_parameters"] == memory.summary["n_parameters"]
+    cols = [c for c in memory.steps.columns if c != "wall_time"]
+    assert memory.steps[cols].equals(stream.steps[cols])
+    ecols = [c for c in memory.epochs.columns if c != "wall_time"]
+    assert memory.epochs[ecols].equals(stream.epochs[ecols])
+    for a, b in zip(memory.load_model(2).parameters(), stream.load_model(2).parameters()):
+        assert torch.equal(a, b)
+
+
+def test_a_streamed_run_resumes_inside_an_epoch(tmp_path):
+    import msam_lab
+    whole = _train(tmp_path, "whole", data_path="stream")
+
+    def stop(row):
+        if row["step"] == 8:                  # epoch 2, batch 2 of 7
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _train(tmp_path, "cut", data_path="stream", on_step=stop)
+    resumed = msam_lab.train(resume=tmp_path / "cut", quiet=True)
+    assert list(resumed.steps["step"]) == list(whole.steps["step"])
+    for a, b in zip(whole.load_model(2).parameters(), resumed.load_model(2).parameters()):
+        assert torch.equal(a, b)

@@ -82,29 +82,38 @@ def read_classes(path) -> list[str]:
     return names
 
 
+def parse_row(line: str, classes: list[str], by_length: list[str] | None = None) -> tuple[str, int]:
+    """``(video_id, label)`` of one ``my_*.txt`` row; ValueError saying what is wrong (the loader
+    and ``msam-lab data check`` share this rule). Class names may hold commas: the longest known
+    name the row starts with wins (``by_length``: ``classes`` longest first, passed to save a sort)."""
+    by_length = sorted(classes, key=len, reverse=True) if by_length is None else by_length
+    quoted = _unquote(line)
+    if quoted is not None:
+        name, rest = quoted[0].strip(), quoted[1:]
+        if name not in classes:
+            name = None
+    else:
+        name = next((c for c in by_length if line.startswith(c + ",")), None)
+        rest = line[len(name) + 1:].split(",") if name is not None else []
+    if name is None:
+        raise ValueError(f"row does not start with a class of stat.txt followed by a comma: {line!r}")
+    video = rest[0].strip() if rest else ""
+    if not video:
+        raise ValueError("no video id after the class")
+    if not is_plain_name(video):   # "/x" made <root>/audio_spec/<video>.pkl an absolute path
+        raise ValueError(f"video id {video!r} is not a plain file name")
+    return video, classes.index(name)
+
+
 def read_split_rows(path, classes: list[str]) -> list[tuple[str, int]]:
     """``[(video_id, label)]`` of a ``my_*.txt`` file, matching known class names."""
     by_length = sorted(classes, key=len, reverse=True)
     rows = []
     for lineno, line in read_lines(path, NAME, LAYOUT):
-        quoted = _unquote(line)
-        if quoted is not None:
-            name, rest = quoted[0].strip(), quoted[1:]
-            if name not in classes:
-                name = None
-        else:
-            name = next((c for c in by_length if line.startswith(c + ",")), None)
-            rest = line[len(name) + 1:].split(",") if name is not None else []
-        if name is None:
-            raise layout_error(NAME, f"{path} line {lineno}: row does not start with a class "
-                                     f"of stat.txt followed by a comma: {line!r}", LAYOUT)
-        video = rest[0].strip() if rest else ""
-        if not video:
-            raise layout_error(NAME, f"{path} line {lineno}: no video id after the class", LAYOUT)
-        if not is_plain_name(video):   # "/x" made <root>/audio_spec/<video>.pkl an absolute path
-            raise layout_error(NAME, f"{path} line {lineno}: video id {video!r} is not a plain file "
-                                     "name", LAYOUT)
-        rows.append((video, classes.index(name)))
+        try:
+            rows.append(parse_row(line, classes, by_length))
+        except ValueError as err:
+            raise layout_error(NAME, f"{path} line {lineno}: {err}", LAYOUT) from None
     return rows
 
 

@@ -70,20 +70,27 @@ def _layout(fps: int = 1) -> str:
 LAYOUT = _layout()
 
 
+def parse_row(line: str) -> tuple[str, int]:
+    """``(clip_id, label)`` of one CSV row; ValueError saying what is wrong (the loader and
+    ``msam-lab data check`` share this rule)."""
+    fields = [f.strip().strip('"') for f in line.split(",")]
+    if len(fields) < 2 or not fields[0]:
+        raise ValueError(f"expected clip_id,EMO, got {line!r}")
+    if fields[1] not in EMOTIONS:
+        raise ValueError(f"unknown emotion {fields[1]!r}")
+    if not is_plain_name(fields[0]):   # "/x" made <root>/AudioWAV/<clip>.wav an absolute path
+        raise ValueError(f"clip id {fields[0]!r} is not a plain file name")
+    return fields[0], EMOTIONS.index(fields[1])
+
+
 def read_split_csv(path, layout: str = LAYOUT) -> list[tuple[str, int]]:
     """``[(clip_id, label)]`` from a ``clip_id,EMO`` CSV (BOM / CRLF tolerated)."""
     rows = []
     for lineno, line in read_lines(path, NAME, layout):
-        fields = [f.strip().strip('"') for f in line.split(",")]
-        if len(fields) < 2 or not fields[0]:
-            raise layout_error(NAME, f"{path} line {lineno}: expected clip_id,EMO, got {line!r}",
-                               layout)
-        if fields[1] not in EMOTIONS:
-            raise layout_error(NAME, f"{path} line {lineno}: unknown emotion {fields[1]!r}", layout)
-        if not is_plain_name(fields[0]):   # "/x" made <root>/AudioWAV/<clip>.wav an absolute path
-            raise layout_error(NAME, f"{path} line {lineno}: clip id {fields[0]!r} is not a plain file "
-                                     "name", layout)
-        rows.append((fields[0], EMOTIONS.index(fields[1])))
+        try:
+            rows.append(parse_row(line))
+        except ValueError as err:
+            raise layout_error(NAME, f"{path} line {lineno}: {err}", layout) from None
     return rows
 
 

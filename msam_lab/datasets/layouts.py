@@ -228,17 +228,21 @@ def check_avmnist(root) -> LayoutReport:
 
 # --------------------------------------------------------------------------- crema-d
 
-def _cremad_row(line: str) -> tuple[str | None, str | None, str]:
-    """``(clip, EMO, "")`` of one CSV row, or ``(None, None, what is wrong)``; rules of
-    :func:`cremad.read_split_csv`."""
-    fields = [f.strip().strip('"') for f in line.split(",")]
-    if len(fields) < 2 or not fields[0]:
-        return None, None, f"malformed row {line!r}"
-    if fields[1] not in cremad.EMOTIONS:
-        return None, None, f"unknown emotion {fields[1]!r}"
-    if not is_plain_name(fields[0]):
-        return None, None, f"clip id {fields[0]!r} is not a plain file name"
-    return fields[0], fields[1], ""
+def _read_rows(report, path: Path, list_expected: str, row_expected: str, parse) -> list | None:
+    """``[(*parse(line), lineno)]`` of a list file, each bad row reported; ``parse`` is the loader's
+    own row rule (``cremad.parse_row``, ``ave.parse_row``), so check and loader cannot disagree."""
+    lines = _list_lines(report, path, list_expected)
+    if lines is None:
+        return None
+    rows = []
+    for lineno, line in lines:
+        try:
+            rows.append((*parse(line), lineno))
+        except ValueError as err:
+            report.add(f"{path.name} line {lineno}", str(err), row_expected)
+    if not lines:
+        report.add(path.name, "holds no rows", row_expected)
+    return rows
 
 
 def check_cremad(root, fps: int = 1) -> LayoutReport:
@@ -252,20 +256,10 @@ def check_cremad(root, fps: int = 1) -> LayoutReport:
     frames_expected = f"a folder of NNNNN.jpg frames ({frames_dir.name}/<clip_id>/)"
     rows_by_split = {}
     for split in ("train", "test"):
-        path = root / f"{split}.csv"
-        lines = _list_lines(report, path, f"a CSV of {row_expected} (no header)")
-        if lines is None:
-            continue
-        rows = []
-        for lineno, line in lines:
-            clip, emotion, wrong = _cremad_row(line)
-            if wrong:
-                report.add(f"{path.name} line {lineno}", wrong, row_expected)
-            else:
-                rows.append((clip, emotion, lineno))
-        if not lines:
-            report.add(path.name, "holds no rows", row_expected)
-        rows_by_split[split] = rows
+        rows = _read_rows(report, root / f"{split}.csv", f"a CSV of {row_expected} (no header)", row_expected,
+                          cremad.parse_row)
+        if rows is not None:
+            rows_by_split[split] = rows
     folders_ok = True
     for folder, expected in ((audio_dir, "a folder of <clip_id>.wav files"),
                              (frames_dir, f"a folder of <clip_id>/NNNNN.jpg frame folders ({fps} fps)")):
@@ -300,7 +294,7 @@ def check_cremad(root, fps: int = 1) -> LayoutReport:
             else:
                 frame_counts.append(count)
             bad += not ok
-        labels = [cremad.EMOTIONS.index(e) for _, e, _ in rows]
+        labels = [y for _, y, _ in rows]
         report.summary.append(f"{split}: {_plural(len(rows), 'clip')} ({_counts(labels, cremad.EMOTIONS)})"
                               + (f", {bad} with a bad file" if bad else ""))
     if rates:
@@ -319,27 +313,6 @@ def check_cremad(root, fps: int = 1) -> LayoutReport:
 def _ave_class_line(line: str) -> str:
     quoted = ave._unquote(line)
     return quoted[0].strip() if quoted and len(quoted) == 1 else line
-
-
-def _ave_row(line: str, classes: list[str], by_length: list[str]) -> tuple[str | None, int | None, str]:
-    """``(video, label, "")`` of one ``my_*.txt`` row, or ``(None, None, what is wrong)``; rules of
-    :func:`ave.read_split_rows`."""
-    quoted = ave._unquote(line)
-    if quoted is not None:
-        name, rest = quoted[0].strip(), quoted[1:]
-        if name not in classes:
-            name = None
-    else:
-        name = next((c for c in by_length if line.startswith(c + ",")), None)
-        rest = line[len(name) + 1:].split(",") if name is not None else []
-    if name is None:
-        return None, None, f"row does not start with a class of stat.txt and a comma: {line!r}"
-    video = rest[0].strip() if rest else ""
-    if not video:
-        return None, None, "no video id after the class"
-    if not is_plain_name(video):
-        return None, None, f"video id {video!r} is not a plain file name"
-    return video, classes.index(name), ""
 
 
 def check_ave(root) -> LayoutReport:
@@ -369,20 +342,10 @@ def check_ave(root) -> LayoutReport:
     # my_val.txt is optional: when it is there the loader reads it as the validation split
     splits = ("train", "test") + (("val",) if (root / "my_val.txt").is_file() else ())
     for split in splits:
-        path = root / f"my_{split}.txt"
-        lines = _list_lines(report, path, row_expected)
-        if lines is None:
-            continue
-        rows = []
-        for lineno, line in lines:
-            video, label, wrong = _ave_row(line, classes, by_length)
-            if wrong:
-                report.add(f"{path.name} line {lineno}", wrong, row_expected)
-            else:
-                rows.append((video, label, lineno))
-        if not lines:
-            report.add(path.name, "holds no rows", row_expected)
-        rows_by_split[split] = rows
+        rows = _read_rows(report, root / f"my_{split}.txt", row_expected, row_expected,
+                          lambda line: ave.parse_row(line, classes, by_length))
+        if rows is not None:
+            rows_by_split[split] = rows
     for folder, expected in ((root / "audio_spec", "a folder of <video_id>.pkl spectrograms"),
                              (root / "visual", "a folder of <video_id>/frame_0000k.jpg frame folders")):
         if not folder.is_dir():

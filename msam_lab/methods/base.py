@@ -111,6 +111,12 @@ class Method:
         """Shapley values, shares and dominant modality of this batch at the current weights."""
         c = self.config
         model = self.model
+        if 0 < c.shapley_batch < len(labels):
+            # the training batches are shuffled, so their first N samples are a uniform subsample: with
+            # BatchNorm encoders this shrinks the extra eval-mode encoder pass by B/N (bench/paper_step_cost.py)
+            n = c.shapley_batch
+            inputs, labels = {m: x[:n] for m, x in inputs.items()}, labels[:n]
+            features = None if features is None else [f[:n] for f in features]
 
         def stats(masks):
             return coalitions.batch_coalition_stats(model, inputs, labels, features, masks)
