@@ -282,6 +282,21 @@ def from_dict(values: dict) -> Config:
     return Config(**values)
 
 
+# Fields added after runs were already being written whose default is NOT what those runs did:
+# a stored config without the field ran as this value (a resumed or re-read old run must too).
+STORED_DEFAULTS = {"val_fraction": 0.0}     # runs before model selection trained on the whole train split
+
+
+def stored_values(values: dict) -> dict:
+    """A run directory's config.json values, completed for fields that did not exist when it was written."""
+    return {**STORED_DEFAULTS, **values}
+
+
+def from_stored(values: dict) -> Config:
+    """The Config of a stored run (see ``STORED_DEFAULTS``)."""
+    return from_dict(stored_values(values))
+
+
 def load_config_file(path) -> Config:
     """A YAML (or JSON) file of config fields."""
     path = Path(path)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import Config, ConfigError, from_dict
+from .config import Config, ConfigError, from_stored
 from .runs import CHECKPOINTS, CONFIG, RESUME, is_run_dir, read_status
 
 
@@ -81,4 +81,4 @@ def resumable(run_dir) -> Config:
     if state == "running":
         raise ConfigError(f"--resume {run_dir}: that run is still training ({status.get('host')}, pid "
                           f"{status.get('pid')}); wait for it or stop it first")
-    return from_dict(json.loads((run_dir / CONFIG).read_text()))
+    return from_stored(json.loads((run_dir / CONFIG).read_text()))

@@ -25,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from .config import Config, ConfigError, from_dict
+from .config import Config, ConfigError, from_stored
 from .models import MultimodalModel, model_from_spec
 from .run_lock import read_lock
 
@@ -197,7 +197,7 @@ def load_run(path) -> Run:
     if not is_run_dir(path):
         raise FileNotFoundError(f"{path} is not a run directory (no {STATUS}); train one with `msam-lab train`")
     status = read_status(path)
-    config = from_dict(json.loads((path / CONFIG).read_text()))
+    config = from_stored(json.loads((path / CONFIG).read_text()))
     summary = json.loads((path / SUMMARY).read_text()) if is_run(path) else {}
     return Run(path=path, config=config, steps=read_table(path / STEPS), epochs=read_table(path / EPOCHS),
                summary=summary, model_spec=json.loads((path / MODEL).read_text()), status=status)

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from . import config as config_mod
-from .config import Config, ConfigError
+from .config import Config, ConfigError, stored_values
 from .datasets import load_dataset
 from .methods import METHOD_NAMES, METHODS
 from .methods.sam import SAMMethod
@@ -109,8 +109,8 @@ def _check_existing(cell: Cell) -> None:
     state = run_state(cell.path)
     if state == "running":
         raise ConfigError(f"{cell.path} is being trained by another process; wait for it or use another --out")
-    # fields added to Config after that run was made count as their defaults
-    stored = {**_normalised(Config().to_dict()), **json.loads((cell.path / "config.json").read_text())}
+    # fields added to Config after that run was made count as what that run did (config.stored_values)
+    stored = {**_normalised(Config().to_dict()), **stored_values(json.loads((cell.path / "config.json").read_text()))}
     wanted = _normalised(cell.config.to_dict())
     for key in sorted(set(stored) | set(wanted)):
         if stored.get(key) != wanted.get(key):

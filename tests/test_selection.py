@@ -265,3 +265,27 @@ def test_old_sweep_tables_read_as_last_epoch_numbers(tmp_path):
     shown = viz.comparison_table(tmp_path / "sweep_summary.csv")
     assert shown.loc[0, "fused acc (%, last)"] == "91.0 ± 1.4" and shown.loc[0, "fused acc (%, best val)"] == ""
     assert "acc (last)" in sweep.format_sweep(old_summary)
+
+
+def test_a_run_written_before_validation_resumes_without_a_holdout(tmp_path):
+    """An interrupted run whose config.json predates val_fraction trained on the whole train split;
+    resuming it must not start holding samples out (its remaining epochs would train on other data)."""
+    import json
+
+    import msam_lab
+    cfg = {"dataset": "synthetic", "data": {"n_samples": 200, "n_modalities": 2}, "epochs": 2, "batch_size": 50,
+           "method": "joint", "val_fraction": 0.0, "resume_every": 1}
+
+    def stop(row):
+        if row["step"] == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        msam_lab.train(cfg, out=tmp_path / "old", quiet=True, on_step=stop)
+    stored = json.loads((tmp_path / "old" / "config.json").read_text())
+    del stored["val_fraction"]                        # as a run written before the field existed
+    (tmp_path / "old" / "config.json").write_text(json.dumps(stored))
+    resumed = msam_lab.train(resume=tmp_path / "old", quiet=True)
+    whole = msam_lab.train(cfg, out=tmp_path / "whole", quiet=True)
+    assert resumed.config.val_fraction == 0.0 and "val_acc" not in resumed.epochs.columns
+    assert list(resumed.steps["loss"]) == list(whole.steps["loss"])
