@@ -138,7 +138,8 @@ _CHOICES = {
 _POSITIVE = ("epochs", "batch_size", "feature_dim", "hidden_dim", "eval_batch_size",
              "shapley_exact_max", "shapley_permutations", "eval_every", "lr_step", "stream_above_mb")
 _NON_NEGATIVE = ("rho", "lr", "momentum", "weight_decay", "checkpoint_every", "train_eval_samples",
-                 "flush_every", "resume_every", "shapley_batch", "lr_gamma", "lr_min", "warmup_epochs", "grad_clip", "num_workers")
+                 "flush_every", "resume_every", "shapley_batch", "lr_gamma", "lr_min", "warmup_epochs",
+                 "grad_clip", "num_workers")
 
 
 def field_names() -> tuple[str, ...]:
