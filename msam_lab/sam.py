@@ -85,6 +85,11 @@ class SAM(torch.optim.Optimizer):
     def step(self, closure=None):
         raise RuntimeError("SAM needs two passes: call first_step() and second_step()")
 
+    def state_dict(self):
+        """The base optimizer's state (momentum, Adam moments) with the shared param groups (ρ too):
+        SAM's own ``state`` holds only the transient ``old_p`` of a step in progress."""
+        return self.base_optimizer.state_dict()
+
     def load_state_dict(self, state_dict):
-        super().load_state_dict(state_dict)
-        self.base_optimizer.param_groups = self.param_groups
+        self.base_optimizer.load_state_dict(state_dict)
+        self.param_groups = self.base_optimizer.param_groups
