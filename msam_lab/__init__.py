@@ -7,8 +7,10 @@
 from .config import Config, ConfigError
 from .datasets import load_dataset
 from .models import build_model
+from .msam_optimizer import MSAM, ShapleyRecord, observe
 from .runs import Run, load_run
 from .trainer import train
 
 __version__ = "0.1.0"
-__all__ = ["Config", "ConfigError", "Run", "build_model", "load_dataset", "load_run", "train"]
+__all__ = ["Config", "ConfigError", "MSAM", "Run", "ShapleyRecord", "build_model", "load_dataset", "load_run",
+           "observe", "train"]

@@ -1,0 +1,159 @@
+"""M-SAM as an optimizer for any model and any training loop, in the shape of ``davda54/sam``.
+
+    opt = msam_lab.MSAM(model.parameters(), torch.optim.SGD, modalities=("image", "audio"), model=model,
+                        rho=0.05, lr=0.05, momentum=0.9)      # other keyword arguments go to the base optimizer
+    rec = opt.step(forward, labels)     # forward(present: frozenset[str]) -> logits
+    rec.loss, rec.dominant, rec.shares, rec.shapley
+
+``forward(present)`` computes logits with only the modalities in ``present``; how the others are
+removed (zeros, mask tokens, dropped tokens) is the caller's choice. ``step`` does all of M-SAM's work
+(DESIGN §2): the clean forward, the 2^M coalition passes with no grad and ``model`` in eval mode
+(its mode restored after), the Shapley values of coalition accuracy, shares and the dominant modality d; then
+g = v_d·∇ℓ(θ+ε) + (1−v_d)·∇ℓ(θ) with ε = ρ·∇ℓ/‖∇ℓ‖, and the base optimizer's step.
+
+On msam_lab's own ``MultimodalModel`` with ``forward = lambda present: model(inputs, present)`` it
+takes the built-in trainer's M-SAM steps (tests/test_msam_optimizer.py, float64). Not supported
+here (yet): ``variant="unimodal"`` (it needs the model's Shapley-decomposed logits, which only the
+built-in trainer's models expose), mixed precision and DDP — the built-in trainer has those.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import shapley
+from .coalitions import CoalitionStats, modality_shapley
+from .models import running_stats_kept
+from .sam import SAM
+
+VARIANTS = ("default", "params")
+
+
+@dataclass
+class ShapleyRecord:
+    """One batch's Shapley observation: values, shares and the dominant modality (by name)."""
+    loss: float                   # the fused loss at θ (nan for ``observe``, which takes no loss pass)
+    dominant: str
+    shares: dict[str, float]
+    shapley: dict[str, float]
+
+
+def observe(forward, labels: torch.Tensor, modalities, model=None, loss_fn=F.cross_entropy,
+            share_rule: str = "clip", tie_rule: str = "lowest", shapley_value: str = "accuracy",
+            exact_max: int = shapley.EXACT_MAX, n_permutations: int = 64, seed: int = 0,
+            previous: int | None = None) -> ShapleyRecord:
+    """The Shapley record of one batch from ``forward(present)`` alone (no update, no grad).
+
+    ``model``: put in eval mode for the coalition passes and restored after (None: left as it is).
+    ``previous``: the last dominant index, for ``tie_rule="previous"``.
+    """
+    names = tuple(modalities)
+    if not names:
+        raise ValueError("modalities must name at least one modality, e.g. modalities=('image', 'audio')")
+    was_training = model.training if model is not None else None
+
+    @torch.no_grad()
+    def stats(masks) -> CoalitionStats:
+        acc, loss = np.zeros(len(masks)), np.zeros(len(masks))
+        for i, mask in enumerate(masks):
+            present = frozenset(n for m, n in enumerate(names) if int(mask) >> m & 1)
+            logits = forward(present)
+            acc[i] = float((logits.argmax(-1) == labels).float().mean())
+            loss[i] = float(loss_fn(logits, labels))
+        return CoalitionStats(acc, loss)
+
+    try:
+        if model is not None:
+            model.eval()
+        phi = modality_shapley(stats, len(names), shapley_value, exact_max, n_permutations, seed)
+    finally:
+        if model is not None:
+            model.train(was_training)
+    share = shapley.shares(phi, share_rule)
+    d = shapley.dominant(share, tie_rule, previous)
+    return ShapleyRecord(float("nan"), names[d], dict(zip(names, map(float, share))),
+                         dict(zip(names, map(float, phi))))
+
+
+class MSAM(SAM):
+    """SAM applied to the dominant modality's share of the loss (see the module docstring)."""
+
+    def __init__(self, params, base_optimizer=torch.optim.SGD, modalities=(), model=None, rho: float = 0.05,
+                 adaptive: bool = False, variant: str = "default", share_rule: str = "clip",
+                 tie_rule: str = "lowest", shapley_value: str = "accuracy", exact_max: int = shapley.EXACT_MAX,
+                 n_permutations: int = 64, seed: int = 0, bn_policy: str = "restore",
+                 modality_parameters: dict | None = None, **kwargs):
+        if variant == "unimodal":
+            raise ValueError("variant='unimodal' needs Shapley-decomposed logits, which only msam_lab's built-in "
+                             "trainer provides; use variant='default' or 'params' here")
+        if variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
+        if share_rule not in shapley.SHARE_RULES or tie_rule not in shapley.TIE_RULES:
+            raise ValueError(f"share_rule must be one of {', '.join(shapley.SHARE_RULES)} and tie_rule one of "
+                             f"{', '.join(shapley.TIE_RULES)}; got {share_rule!r}, {tie_rule!r}")
+        if bn_policy not in ("restore", "update"):
+            raise ValueError(f"bn_policy must be restore or update, got {bn_policy!r}")
+        super().__init__(params, base_optimizer, rho=rho, adaptive=adaptive, **kwargs)
+        self.modalities = tuple(modalities)
+        if not self.modalities:
+            raise ValueError("MSAM needs modalities=(...): the names forward(present) understands")
+        self.model = model
+        if variant == "params":
+            if modality_parameters is None and model is not None and hasattr(model, "encoder_parameters"):
+                modality_parameters = {m: model.encoder_parameters(m) for m in self.modalities}
+            if modality_parameters is None:
+                raise ValueError("variant='params' needs modality_parameters={modality: [parameters]} "
+                                 "(or a msam_lab MultimodalModel as model)")
+        self.modality_parameters = modality_parameters
+        self.options = dict(variant=variant, share_rule=share_rule, tie_rule=tie_rule,
+                            shapley_value=shapley_value, exact_max=exact_max, n_permutations=n_permutations,
+                            seed=seed, bn_policy=bn_policy)
+        self.previous_dominant: int | None = None
+
+    def observe(self, forward, labels, loss_fn=F.cross_entropy) -> ShapleyRecord:
+        o = self.options
+        rec = observe(forward, labels, self.modalities, self.model, loss_fn, o["share_rule"], o["tie_rule"],
+                      o["shapley_value"], o["exact_max"], o["n_permutations"], o["seed"], self.previous_dominant)
+        self.previous_dominant = self.modalities.index(rec.dominant)
+        return rec
+
+    def step(self, forward, labels, loss_fn=F.cross_entropy) -> ShapleyRecord:
+        """One M-SAM update; returns the batch's record (``loss`` is the fused loss at θ)."""
+        # the clean forward first, then the coalitions: as in the built-in trainer, the eval-mode passes
+        # see the BatchNorm statistics this batch's train-mode forward has just updated
+        loss = loss_fn(forward(frozenset(self.modalities)), labels)
+        rec = self.observe(forward, labels, loss_fn)
+        v_d = rec.shares[rec.dominant]
+        params = [p for g in self.param_groups for p in g["params"]]
+        self.zero_grad(set_to_none=True)
+        loss.backward()
+        # ∇L_d(θ) = v_d·∇ℓ: v_d cancels in ε, so p.grad = ∇ℓ already points the right way
+        grads_s = [None if p.grad is None else (1.0 - v_d) * p.grad for p in params]
+        only = self.modality_parameters[rec.dominant] if self.options["variant"] == "params" else None
+        self.first_step(zero_grad=True, only=only)
+        keep = self.options["bn_policy"] == "restore"     # BN statistics move once per step, as in SAM
+        with running_stats_kept(self.model, keep) if self.model is not None else contextlib.nullcontext():
+            (v_d * loss_fn(forward(frozenset(self.modalities)), labels)).backward()
+        self.restore()
+        with torch.no_grad():
+            for p, g_s in zip(params, grads_s):
+                if g_s is not None:
+                    if p.grad is None:
+                        p.grad = g_s.clone()
+                    else:
+                        p.grad.add_(g_s)
+        self.base_optimizer.step()
+        rec.loss = float(loss.detach())
+        return rec
+
+    def state_dict(self):
+        return {**super().state_dict(), "previous_dominant": self.previous_dominant}
+
+    def load_state_dict(self, state_dict):
+        state_dict = dict(state_dict)
+        self.previous_dominant = state_dict.pop("previous_dominant", None)
+        super().load_state_dict(state_dict)

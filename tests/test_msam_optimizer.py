@@ -1,0 +1,172 @@
+"""msam_lab.MSAM, the model-agnostic optimizer: the built-in trainer's M-SAM steps on its own models
+(float64), the ρ = 0 identity, model modes and BatchNorm statistics, state dicts, msam_lab.observe."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import msam_lab
+from msam_lab.methods import build_method
+from msam_lab.models import build_model
+from tests.conftest import make_batch, make_config, make_model
+
+OPT = dict(lr=0.1, momentum=0.9, weight_decay=5e-4)
+
+
+def pair(model):
+    twin = copy.deepcopy(model)
+    return model, twin
+
+
+def builtin_and_wrapper(model, rho=0.1, **msam_kw):
+    a, b = pair(model)
+    builtin = build_method(a, make_config(method="msam", rho=rho, **OPT))
+    opt = msam_lab.MSAM(b.parameters(), torch.optim.SGD, modalities=b.modalities, model=b, rho=rho, **OPT, **msam_kw)
+    return a, builtin, b, opt
+
+
+def bn_model():
+    torch.manual_seed(0)
+    return build_model({"img": (1, 8, 8), "spec": (1, 8, 8)}, 3, "late_concat",
+                       encoders={"img": "resnet18", "spec": "resnet18"}, feature_dim=8).double()
+
+
+def bn_batch(n=16):
+    g = torch.Generator().manual_seed(2)
+    labels = torch.randint(0, 3, (n,), generator=g)
+    img = torch.randn(n, 1, 8, 8, generator=g, dtype=torch.float64) + labels.view(-1, 1, 1, 1)
+    spec = 0.3 * torch.randn(n, 1, 8, 8, generator=g, dtype=torch.float64) + 0.2 * labels.view(-1, 1, 1, 1)
+    return {"img": img, "spec": spec}, labels
+
+
+@pytest.mark.parametrize("case", ["mlp-3-modalities", "batchnorm-resnet"])
+def test_msam_takes_the_builtin_trainers_steps(case):
+    if case == "batchnorm-resnet":
+        model, (inputs, labels) = bn_model(), bn_batch()
+    else:
+        model = make_model(n_mod=3).double()
+        inputs, labels = make_batch(n_mod=3, n=48, informative=(2.0, 0.3, 1.0))
+        inputs = {m: x.double() for m, x in inputs.items()}
+    a, builtin, b, opt = builtin_and_wrapper(model)
+    for _ in range(4):
+        row = builtin.train_step(inputs, labels)
+        rec = opt.step(lambda present: b(inputs, present), labels)
+        assert rec.dominant == row["dominant"]
+        assert rec.loss == pytest.approx(row["loss"], rel=1e-12)
+        for m in b.modalities:
+            assert rec.shares[m] == pytest.approx(row[f"share_{m}"], abs=1e-12)
+            assert rec.shapley[m] == pytest.approx(row[f"shapley_{m}"], abs=1e-12)
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.allclose(pa, pb, rtol=0, atol=1e-10)
+    for (name, ba), bb in zip(a.named_buffers(), b.buffers()):                # BN statistics moved alike
+        assert torch.allclose(ba.double(), bb.double(), atol=1e-10), name
+
+
+def test_rho_zero_is_the_base_optimizers_step():
+    model = make_model(n_mod=2).double()
+    inputs, labels = make_batch(n_mod=2)
+    inputs = {m: x.double() for m, x in inputs.items()}
+    a, b = pair(model)
+    sgd = torch.optim.SGD(a.parameters(), **OPT)
+    opt = msam_lab.MSAM(b.parameters(), torch.optim.SGD, modalities=b.modalities, model=b, rho=0.0, **OPT)
+    for _ in range(3):
+        sgd.zero_grad()
+        F.cross_entropy(a(inputs), labels).backward()
+        sgd.step()
+        opt.step(lambda present: b(inputs, present), labels)
+    # v_d·g + (1 − v_d)·g is g up to one rounding of each term
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.allclose(pa, pb, rtol=1e-12, atol=1e-14)
+    start = make_model(n_mod=2).double()
+    assert not all(torch.equal(p, q) for p, q in zip(b.parameters(), start.parameters()))   # it moved
+
+
+def test_coalition_passes_run_in_eval_mode_and_the_mode_is_restored():
+    model = make_model(n_mod=2)
+    inputs, labels = make_batch(n_mod=2)
+    seen = []
+
+    def forward(present):
+        seen.append((model.training, torch.is_grad_enabled(), present))
+        return model(inputs, present)
+
+    opt = msam_lab.MSAM(model.parameters(), torch.optim.SGD, modalities=model.modalities, model=model, lr=0.1)
+    model.train()
+    opt.step(forward, labels)
+    # the clean pass, the 2^M no-grad eval-mode coalition passes, the perturbed pass
+    assert [s[:2] for s in seen] == [(True, True)] + [(False, False)] * 4 + [(True, True)]
+    assert {s[2] for s in seen[1:5]} == {frozenset(), frozenset({"m0"}), frozenset({"m1"}), frozenset({"m0", "m1"})}
+    assert model.training
+
+
+def test_a_mask_token_model_that_msam_lab_did_not_build():
+    """forward decides how a modality is removed: here a learned mask token replaces it."""
+    torch.manual_seed(0)
+
+    class TokenModel(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = torch.nn.ModuleDict({m: torch.nn.Linear(6, 8) for m in ("a", "b")})
+            self.mask = torch.nn.ParameterDict({m: torch.nn.Parameter(torch.zeros(8)) for m in ("a", "b")})
+            self.head = torch.nn.Linear(16, 3)
+
+        def forward(self, x, present):
+            parts = [self.proj[m](x[m]) if m in present else self.mask[m].expand(len(x[m]), 8) for m in ("a", "b")]
+            return self.head(torch.relu(torch.cat(parts, 1)))
+
+    model = TokenModel()
+    raw, labels = make_batch(n_mod=2)
+    x = {"a": raw["m0"], "b": raw["m1"]}
+    opt = msam_lab.MSAM(model.parameters(), torch.optim.SGD, modalities=("a", "b"), model=model, lr=0.5)
+    before = F.cross_entropy(model(x, {"a", "b"}), labels).item()
+    recs = [opt.step(lambda present: model(x, present), labels) for _ in range(20)]
+    assert F.cross_entropy(model(x, {"a", "b"}), labels).item() < before
+    assert all(abs(sum(r.shares.values()) - 1) < 1e-9 for r in recs)
+    assert recs[-1].dominant == "a"                       # m0 carries the label 2.0 strong, m1 0.3
+    # the coalitions really go through the mask tokens: moving one changes the observed game
+    ref = msam_lab.observe(lambda present: model(x, present), labels, ("a", "b"), model=model, shapley_value="loss")
+    with torch.no_grad():
+        model.mask["a"].add_(3.0)
+    moved = msam_lab.observe(lambda present: model(x, present), labels, ("a", "b"), model=model, shapley_value="loss")
+    assert moved.shapley != ref.shapley
+
+
+def test_state_dict_round_trip_continues_identically():
+    model = make_model(n_mod=2)
+    inputs, labels = make_batch(n_mod=2)
+    opt = msam_lab.MSAM(model.parameters(), torch.optim.SGD, modalities=model.modalities, model=model,
+                        tie_rule="previous", **OPT)
+    opt.step(lambda p: model(inputs, p), labels)
+    twin = copy.deepcopy(model)
+    opt2 = msam_lab.MSAM(twin.parameters(), torch.optim.SGD, modalities=twin.modalities, model=twin,
+                         tie_rule="previous", **OPT)
+    opt2.load_state_dict(copy.deepcopy(opt.state_dict()))        # as saved to disk: no shared buffers
+    assert opt2.previous_dominant == opt.previous_dominant is not None
+    for _ in range(2):
+        opt.step(lambda p: model(inputs, p), labels)
+        opt2.step(lambda p: twin(inputs, p), labels)
+    for pa, pb in zip(model.parameters(), twin.parameters()):
+        assert torch.equal(pa, pb)
+
+
+def test_observe_equals_the_builtin_observation():
+    model = make_model(n_mod=3)
+    inputs, labels = make_batch(n_mod=3, n=40, informative=(2.0, 0.3, 1.0))
+    rec = msam_lab.observe(lambda p: model(inputs, p), labels, model.modalities, model=model)
+    ref = build_method(model, make_config(method="msam")).observe(inputs, labels)
+    assert np.allclose([rec.shapley[m] for m in model.modalities], ref.phi, atol=1e-12)
+    assert rec.dominant == model.modalities[ref.dominant]
+
+
+def test_bad_arguments_are_one_line_errors():
+    model = make_model(n_mod=2)
+    with pytest.raises(ValueError, match="unimodal"):
+        msam_lab.MSAM(model.parameters(), modalities=model.modalities, model=model, variant="unimodal", lr=0.1)
+    with pytest.raises(ValueError, match="modalities"):
+        msam_lab.MSAM(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="rho"):
+        msam_lab.MSAM(model.parameters(), modalities=model.modalities, rho=-1, lr=0.1)
