@@ -19,7 +19,8 @@ from pathlib import Path
 import yaml
 
 from .datasets import DATASETS, resolve_options
-from .models import FUSIONS
+from .models import FUSION_TRUNKS, FUSIONS, check_head_hidden
+from .precision import PRECISIONS
 from .shapley import SHARE_RULES, TIE_RULES
 
 
@@ -126,14 +127,12 @@ NAN_POLICIES = ("stop", "skip")
 OPTIMIZERS = ("sgd", "adamw")
 LR_SCHEDULES = ("none", "step", "cosine")
 CLIP_RULES = ("norm", "agm")
-TRUNKS = ("mlp", "maxout")
 DATA_PATHS = ("auto", "memory", "stream")
-PRECISIONS = ("fp32", "bf16", "fp16")
 _CHOICES = {
     "fusion": FUSIONS, "msam_variant": MSAM_VARIANTS, "share_rule": SHARE_RULES,
     "tie_rule": TIE_RULES, "bn_policy": BN_POLICIES, "shapley_value": ("accuracy", "loss"),
     "nan_policy": NAN_POLICIES, "optimizer": OPTIMIZERS, "lr_schedule": LR_SCHEDULES,
-    "grad_clip_rule": CLIP_RULES, "fusion_trunk": TRUNKS, "data_path": DATA_PATHS, "precision": PRECISIONS,
+    "grad_clip_rule": CLIP_RULES, "fusion_trunk": FUSION_TRUNKS, "data_path": DATA_PATHS, "precision": PRECISIONS,
 }
 _POSITIVE = ("epochs", "batch_size", "feature_dim", "hidden_dim", "eval_batch_size",
              "shapley_exact_max", "shapley_permutations", "eval_every", "lr_step", "stream_above_mb")
@@ -227,8 +226,10 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"val_fraction must be in [0, 1), got {cfg.val_fraction}")
     if cfg.warmup_epochs and cfg.warmup_epochs >= cfg.epochs:
         raise ConfigError(f"warmup_epochs ({cfg.warmup_epochs}) must be below epochs ({cfg.epochs})")
-    if not all(isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in cfg.head_hidden):
-        raise ConfigError(f"head_hidden must be a list of positive widths, e.g. [100], got {shown(cfg.head_hidden)}")
+    try:
+        check_head_hidden(cfg.head_hidden)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     for modality, options in cfg.encoder_options.items():
         if not isinstance(modality, str) or not isinstance(options, dict):
             raise ConfigError(f"encoder_options maps a modality to its encoder's keywords, e.g. "

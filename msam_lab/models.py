@@ -28,6 +28,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+import reprlib
+
 from . import encoders as paper_encoders
 from .datasets import Batch
 
@@ -316,6 +318,14 @@ def spec_encoders(fusion: str, dataset_defaults: dict | None, config_encoders: d
     return {**(dataset_defaults or {}), **(config_encoders or {})}
 
 
+def check_head_hidden(widths) -> list[int]:
+    """``head_hidden`` as a list of positive widths; ValueError naming the fix otherwise."""
+    widths = list(widths)
+    if not all(isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in widths):
+        raise ValueError(f"head_hidden must be a list of positive widths, e.g. [100], got {reprlib.repr(widths)}")
+    return widths
+
+
 def build_model(input_shapes: dict[str, tuple], num_classes: int, fusion: str = "late_sum",
                 encoders: dict[str, str] | None = None, feature_dim: int = 64,
                 hidden_dim: int = 128, encoder_options: dict[str, dict] | None = None,
@@ -343,9 +353,7 @@ def build_model(input_shapes: dict[str, tuple], num_classes: int, fusion: str = 
     if fusion_trunk != "mlp" and fusion != "early":
         raise ValueError(f"fusion_trunk={fusion_trunk} applies to early fusion only; this model is {fusion} "
                          f"(set fusion=early or fusion_trunk=mlp)")
-    head_hidden = list(head_hidden or ())
-    if not all(isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in head_hidden):
-        raise ValueError(f"head_hidden must be a list of positive widths, e.g. [100], got {head_hidden!r}")
+    head_hidden = check_head_hidden(head_hidden or ())
     encoders = dict(encoders or {})
     encoder_options = dict(encoder_options or {})
     unknown = [m for m in encoder_options if m not in input_shapes]

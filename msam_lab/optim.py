@@ -13,9 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .config import OPTIMIZERS
 from .models import last_linear
-
-OPTIMIZERS = {"sgd": torch.optim.SGD, "adamw": torch.optim.AdamW}
 
 
 def base_optimizer(config, lr: float | None = None) -> tuple[type[torch.optim.Optimizer], dict]:
