@@ -146,11 +146,12 @@ def train(config=None, out=None, quiet: bool = False, overrides=(), resume=None,
         return pos.wall_time + time.perf_counter() - started
 
     def record_epoch(epoch: int) -> None:
+        nonlocal best_val
         row = {"epoch": epoch, **epoch_metrics(model, train_eval, splits.test, cfg, val=splits.val), "lr": lr,
                "wall_time": wall()}
         writer.log_epoch(row)
-        if epoch > 0 and row.get("val_acc", -1) > writer.status.get("best_val_acc", -1):
-            writer.status["best_val_acc"] = row["val_acc"]     # kept in status.json: survives a resume
+        if epoch > 0 and row.get("val_acc", -1) > best_val:    # selection's rule: earliest best, not epoch 0
+            best_val = row["val_acc"]
             checkpoint(epoch)                                   # the selected model can be loaded
         progress.epoch(row)
         if on_epoch is not None:
@@ -169,6 +170,9 @@ def train(config=None, out=None, quiet: bool = False, overrides=(), resume=None,
         with sigterm_as_keyboard_interrupt():
             if resume is not None:
                 writer.truncate(pos.step, pos.epoch if point is not None else -1)   # rows after the point
+            # the best validation accuracy so far, read back from the (truncated) epoch table on a resume
+            best_val = selection_summary(read_table(out / EPOCHS))["best_val_acc"] if resume is not None else None
+            best_val = -1.0 if best_val is None else best_val
             lr = method.set_lr_factor(schedules.lr_factor(epoch, cfg))   # row 0 shows epoch 1's lr
             if point is None:
                 record_epoch(0)
