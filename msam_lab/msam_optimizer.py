@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from . import shapley
 from .coalitions import CoalitionStats, modality_shapley
 from .models import running_stats_kept
-from .sam import SAM
+from .sam import SAM, add_to_grads
 
 VARIANTS = ("default", "params")
 
@@ -139,13 +139,7 @@ class MSAM(SAM):
         with running_stats_kept(self.model, keep) if self.model is not None else contextlib.nullcontext():
             (v_d * loss_fn(forward(frozenset(self.modalities)), labels)).backward()
         self.restore()
-        with torch.no_grad():
-            for p, g_s in zip(params, grads_s):
-                if g_s is not None:
-                    if p.grad is None:
-                        p.grad = g_s.clone()
-                    else:
-                        p.grad.add_(g_s)
+        add_to_grads(params, grads_s)
         self.base_optimizer.step()
         rec.loss = float(loss.detach())
         return rec

@@ -10,6 +10,19 @@ from __future__ import annotations
 import torch
 
 
+@torch.no_grad()
+def add_to_grads(params, grads) -> None:
+    """``p.grad += g`` for each pair (``g`` None: nothing to add; ``p.grad`` None: it becomes ``g``):
+    how M-SAM puts the plain part ∇L_s(θ) back after the perturbed backward."""
+    for p, g in zip(params, grads):
+        if g is None:
+            continue
+        if p.grad is None:
+            p.grad = g.clone()
+        else:
+            p.grad.add_(g)
+
+
 def _no_autocast(param_groups):
     """Autocast off for the parameters' device: SAM's norm and ε are computed in fp32."""
     device = next((p.device for g in param_groups for p in g["params"]), torch.device("cpu"))

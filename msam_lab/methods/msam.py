@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from .. import coalitions, shapley
+from ..sam import add_to_grads
 from .sam import SAMMethod
 
 
@@ -64,13 +65,6 @@ class MSAM(SAMMethod):
         self.sam.first_step(zero_grad=True, only=only)
         self.perturbed_backward(perturbed_loss)
         self.sam.restore()
-        with torch.no_grad():
-            for p, g_s in zip(params, grads_s):
-                if g_s is None:
-                    continue
-                if p.grad is None:
-                    p.grad = g_s.clone()
-                else:
-                    p.grad.add_(g_s)
+        add_to_grads(params, grads_s)
         self.update()
         return self.record(loss, obs, rho_share=v_d)
