@@ -226,6 +226,14 @@ def check_avmnist(root) -> LayoutReport:
     return report
 
 
+def _frames_ok(report: LayoutReport, folder: Path, listed: str, expected: str, counts: list) -> bool:
+    """``_check_frames`` for one clip or video: its frame count joins ``counts``; False after a problem."""
+    count = _check_frames(report, folder, listed, expected)
+    if count is not None:
+        counts.append(count)
+    return count is not None
+
+
 # --------------------------------------------------------------------------- crema-d
 
 def _read_rows(report, path: Path, list_expected: str, row_expected: str, parse) -> list | None:
@@ -288,11 +296,7 @@ def check_cremad(root, fps: int = 1) -> LayoutReport:
                     report.add(_rel(wav, root), f"{_reason(exc, cremad.NAME, layout, wav)} ({listed})",
                                "a readable PCM or float WAV file")
                     ok = False
-            count = _check_frames(report, frames_dir / clip, listed, frames_expected)
-            if count is None:
-                ok = False
-            else:
-                frame_counts.append(count)
+            ok = _frames_ok(report, frames_dir / clip, listed, frames_expected, frame_counts) and ok
             bad += not ok
         labels = [y for _, y, _ in rows]
         report.summary.append(f"{split}: {_plural(len(rows), 'clip')} ({_counts(labels, cremad.EMOTIONS)})"
@@ -371,11 +375,7 @@ def check_ave(root) -> LayoutReport:
                     report.add(_rel(spec, root), f"{_reason(exc, ave.NAME, ave.LAYOUT, spec)} ({listed})",
                                spec_expected)
                     ok = False
-            count = _check_frames(report, root / "visual" / video, listed, frames_expected)
-            if count is None:
-                ok = False
-            else:
-                frame_counts.append(count)
+            ok = _frames_ok(report, root / "visual" / video, listed, frames_expected, frame_counts) and ok
             bad += not ok
         labels = [y for _, y, _ in rows]
         report.summary.append(f"{split}: {_plural(len(rows), 'video')} in {_plural(len(set(labels)), 'class')}"
