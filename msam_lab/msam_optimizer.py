@@ -11,10 +11,20 @@ removed (zeros, mask tokens, dropped tokens) is the caller's choice. ``step`` do
 (its mode restored after), the Shapley values of coalition accuracy, shares and the dominant modality d; then
 g = v_d·∇ℓ(θ+ε) + (1−v_d)·∇ℓ(θ) with ε = ρ·∇ℓ/‖∇ℓ‖, and the base optimizer's step.
 
+Variants (DESIGN §2): ``default`` as above; ``params`` perturbs only the dominant modality's
+parameters (``modality_parameters={name: [params]}``, found by itself on a msam_lab model);
+``unimodal`` splits the loss over each modality's Shapley-decomposed logits, computed here from
+``forward`` over every non-empty coalition with grad (2^M − 1 forwards per pass instead of one).
+
+``precision="bf16" | "fp16"`` runs every forward under autocast (fp16 with a GradScaler: an overflowing
+step is skipped and ``rec.overflow`` is True); a caller's own ``torch.autocast`` around ``step`` works
+too for bf16, because SAM clears autocast's weight cache at θ+ε.
+
 On msam_lab's own ``MultimodalModel`` with ``forward = lambda present: model(inputs, present)`` it
-takes the built-in trainer's M-SAM steps (tests/test_msam_optimizer.py, float64). Not supported
-here (yet): ``variant="unimodal"`` (it needs the model's Shapley-decomposed logits, which only the
-built-in trainer's models expose), mixed precision and DDP — the built-in trainer has those.
+takes the built-in trainer's M-SAM steps (tests/test_msam_optimizer.py, float64). Not supported:
+DDP's gradient synchronisation (the scale-out issue: the coalition counts must be all-reduced so every
+rank picks the same dominant modality), ``shapley_batch`` (pass a smaller batch to ``forward`` yourself),
+and gradient clipping inside ``step`` (clip in ``base_optimizer`` or a hook if you need it).
 """
 from __future__ import annotations
 
@@ -26,11 +36,12 @@ import torch
 import torch.nn.functional as F
 
 from . import shapley
-from .coalitions import CoalitionStats, modality_shapley
+from .coalitions import CoalitionStats, decomposed_logits, modality_shapley
 from .models import running_stats_kept
+from .precision import Precision
 from .sam import SAM, add_to_grads
 
-VARIANTS = ("default", "params")
+VARIANTS = ("default", "unimodal", "params")
 
 
 @dataclass
@@ -40,6 +51,7 @@ class ShapleyRecord:
     dominant: str
     shares: dict[str, float]
     shapley: dict[str, float]
+    overflow: bool = False        # fp16: the GradScaler met inf/NaN gradients and skipped this update
 
 
 def observe(forward, labels: torch.Tensor, modalities, model=None, loss_fn=F.cross_entropy,
@@ -86,10 +98,7 @@ class MSAM(SAM):
                  adaptive: bool = False, variant: str = "default", share_rule: str = "clip",
                  tie_rule: str = "lowest", shapley_value: str = "accuracy", exact_max: int = shapley.EXACT_MAX,
                  n_permutations: int = 64, seed: int = 0, bn_policy: str = "restore",
-                 modality_parameters: dict | None = None, **kwargs):
-        if variant == "unimodal":
-            raise ValueError("variant='unimodal' needs Shapley-decomposed logits, which only msam_lab's built-in "
-                             "trainer provides; use variant='default' or 'params' here")
+                 modality_parameters: dict | None = None, precision: str = "fp32", **kwargs):
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
         if share_rule not in shapley.SHARE_RULES or tie_rule not in shapley.TIE_RULES:
@@ -113,6 +122,8 @@ class MSAM(SAM):
                             shapley_value=shapley_value, exact_max=exact_max, n_permutations=n_permutations,
                             seed=seed, bn_policy=bn_policy)
         self.previous_dominant: int | None = None
+        device = next((p.device for g in self.param_groups for p in g["params"]), torch.device("cpu"))
+        self.precision = Precision(precision, device)
 
     def observe(self, forward, labels, loss_fn=F.cross_entropy) -> ShapleyRecord:
         o = self.options
@@ -123,31 +134,72 @@ class MSAM(SAM):
 
     def step(self, forward, labels, loss_fn=F.cross_entropy) -> ShapleyRecord:
         """One M-SAM update; returns the batch's record (``loss`` is the fused loss at θ)."""
-        # the clean forward first, then the coalitions: as in the built-in trainer, the eval-mode passes
-        # see the BatchNorm statistics this batch's train-mode forward has just updated
-        loss = loss_fn(forward(frozenset(self.modalities)), labels)
-        rec = self.observe(forward, labels, loss_fn)
-        v_d = rec.shares[rec.dominant]
+        with self.precision.autocast():
+            rec, loss = self._step(forward, labels, loss_fn)
+        rec.overflow = self.precision.end_step()
+        rec.loss = float(loss.detach())
+        return rec
+
+    def _step(self, forward, labels, loss_fn):
         params = [p for g in self.param_groups for p in g["params"]]
+        scale = self.precision.scale
         self.zero_grad(set_to_none=True)
-        loss.backward()
-        # ∇L_d(θ) = v_d·∇ℓ: v_d cancels in ε, so p.grad = ∇ℓ already points the right way
-        grads_s = [None if p.grad is None else (1.0 - v_d) * p.grad for p in params]
+        if self.options["variant"] == "unimodal":
+            # the graph of every coalition first (train mode), then the eval-mode observation
+            l_d, l_s, loss, rec = self._unimodal_losses(forward, labels, loss_fn, None)
+            grads_s = (torch.autograd.grad(scale(l_s), params, retain_graph=True, allow_unused=True)
+                       if torch.is_tensor(l_s) else [None] * len(params))
+            scale(l_d).backward()
+
+            def perturbed_loss():
+                return self._unimodal_losses(forward, labels, loss_fn, rec)[0]
+        else:
+            # the clean forward first, then the coalitions: as in the built-in trainer, the eval-mode passes
+            # see the BatchNorm statistics this batch's train-mode forward has just updated
+            loss = loss_fn(forward(frozenset(self.modalities)), labels)
+            rec = self.observe(forward, labels, loss_fn)
+            v_d = rec.shares[rec.dominant]
+            scale(loss).backward()
+            # ∇L_d(θ) = v_d·∇ℓ: v_d cancels in ε, so p.grad = ∇ℓ already points the right way
+            grads_s = [None if p.grad is None else (1.0 - v_d) * p.grad for p in params]
+
+            def perturbed_loss():
+                return v_d * loss_fn(forward(frozenset(self.modalities)), labels)
         only = self.modality_parameters[rec.dominant] if self.options["variant"] == "params" else None
         self.first_step(zero_grad=True, only=only)
         keep = self.options["bn_policy"] == "restore"     # BN statistics move once per step, as in SAM
         with running_stats_kept(self.model, keep) if self.model is not None else contextlib.nullcontext():
-            (v_d * loss_fn(forward(frozenset(self.modalities)), labels)).backward()
+            scale(perturbed_loss()).backward()
         self.restore()
         add_to_grads(params, grads_s)
-        self.base_optimizer.step()
-        rec.loss = float(loss.detach())
-        return rec
+        self.precision.unscale(self.base_optimizer)
+        self.precision.step(self.base_optimizer)
+        return rec, loss
+
+    def _unimodal_losses(self, forward, labels, loss_fn, rec):
+        """(L_d, L_s, fused loss, record): L_m = v_m·loss(out_m), out_m modality m's Shapley-decomposed
+        logits over every coalition (the empty one counts as zero logits, so it is never run).
+        ``rec`` None: observe the batch after the coalition graph is built, as the built-in trainer does."""
+        names, n = self.modalities, len(self.modalities)
+        coalition = [None] + [forward(frozenset(names[m] for m in range(n) if mask >> m & 1))
+                              for mask in range(1, 1 << n)]
+        coalition[0] = torch.zeros_like(coalition[-1])
+        per_modality = decomposed_logits(torch.stack(coalition))
+        if rec is None:
+            rec = self.observe(forward, labels, loss_fn)
+        share, d = rec.shares, rec.dominant
+        losses = {m: loss_fn(per_modality[i], labels) for i, m in enumerate(names)}
+        l_s = sum(share[m] * losses[m] for m in names if m != d)
+        with torch.no_grad():
+            loss = loss_fn(coalition[-1], labels)
+        return share[d] * losses[d], l_s, loss, rec
 
     def state_dict(self):
-        return {**super().state_dict(), "previous_dominant": self.previous_dominant}
+        return {**super().state_dict(), "previous_dominant": self.previous_dominant,
+                "precision": self.precision.state_dict()}
 
     def load_state_dict(self, state_dict):
         state_dict = dict(state_dict)
         self.previous_dominant = state_dict.pop("previous_dominant", None)
+        self.precision.load_state_dict(state_dict.pop("precision", {}))
         super().load_state_dict(state_dict)

@@ -66,6 +66,82 @@ def test_msam_takes_the_builtin_trainers_steps(case):
         assert torch.allclose(ba.double(), bb.double(), atol=1e-10), name
 
 
+@pytest.mark.parametrize("variant", ["unimodal", "params"])
+def test_the_variants_take_the_builtin_trainers_steps(variant):
+    """unimodal: the wrapper builds the decomposed logits from forward over every coalition."""
+    model = make_model(n_mod=3).double()
+    inputs, labels = make_batch(n_mod=3, n=48, informative=(2.0, 0.3, 1.0))
+    inputs = {m: x.double() for m, x in inputs.items()}
+    a, b = pair(model)
+    builtin = build_method(a, make_config(method="msam", rho=0.1, msam_variant=variant, **OPT))
+    opt = msam_lab.MSAM(b.parameters(), torch.optim.SGD, modalities=b.modalities, model=b, rho=0.1,
+                        variant=variant, **OPT)
+    for _ in range(4):
+        row = builtin.train_step(inputs, labels)
+        rec = opt.step(lambda present: b(inputs, present), labels)
+        assert rec.dominant == row["dominant"]
+        assert rec.loss == pytest.approx(row["loss"], rel=1e-12)
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.allclose(pa, pb, rtol=0, atol=1e-10)
+    start = make_model(n_mod=3).double()
+    assert not all(torch.allclose(p, q) for p, q in zip(b.parameters(), start.parameters()))
+
+
+def test_unimodal_never_runs_the_empty_coalition_with_grad():
+    model = make_model(n_mod=2)
+    inputs, labels = make_batch(n_mod=2)
+    seen = []
+
+    def forward(present):
+        seen.append((torch.is_grad_enabled(), present))
+        return model(inputs, present)
+
+    opt = msam_lab.MSAM(model.parameters(), modalities=model.modalities, model=model, variant="unimodal", lr=0.1)
+    opt.step(forward, labels)
+    with_grad = [p for g, p in seen if g]
+    assert frozenset() not in with_grad and len(with_grad) == 2 * 3      # 3 coalitions, clean and perturbed
+
+
+@pytest.mark.parametrize("mode", ["bf16", "fp16"])
+def test_mixed_precision_matches_the_builtin_trainer_and_stays_near_fp32(mode):
+    model = make_model(n_mod=2)
+    inputs, labels = make_batch(n_mod=2, n=64)
+    a, b = pair(model)
+    ref = copy.deepcopy(model)
+    builtin = build_method(a, make_config(method="msam", rho=0.1, precision=mode, **OPT))
+    opt = msam_lab.MSAM(b.parameters(), torch.optim.SGD, modalities=b.modalities, model=b, rho=0.1,
+                        precision=mode, **OPT)
+    fp32 = msam_lab.MSAM(ref.parameters(), torch.optim.SGD, modalities=ref.modalities, model=ref, rho=0.1, **OPT)
+    start = [p.detach().clone() for p in model.parameters()]
+    builtin.train_step(inputs, labels)
+    rec = opt.step(lambda present: b(inputs, present), labels)
+    fp32.step(lambda present: ref(inputs, present), labels)
+    assert rec.overflow is False
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.allclose(pa, pb, rtol=0, atol=1e-6)
+    delta = torch.cat([(p - s).flatten() for p, s in zip(b.parameters(), start)])
+    delta32 = torch.cat([(p - s).flatten() for p, s in zip(ref.parameters(), start)])
+    assert 0 < (delta - delta32).norm() / delta32.norm() < 0.05          # low precision, not another update
+    assert all(p.dtype == torch.float32 for p in b.parameters())
+
+
+def test_an_fp16_overflow_skips_the_update_and_lowers_the_scale():
+    model = make_model(n_mod=2)
+    inputs, labels = make_batch(n_mod=2)
+    opt = msam_lab.MSAM(model.parameters(), modalities=model.modalities, model=model, precision="fp16", **OPT)
+    state = opt.precision.scaler.state_dict()
+    opt.precision.scaler.load_state_dict({**state, "scale": 3.0e38})      # every scaled gradient overflows
+    before = [p.detach().clone() for p in model.parameters()]
+    rec = opt.step(lambda present: model(inputs, present), labels)
+    assert rec.overflow is True
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))   # θ restored, no step taken
+    assert opt.precision.scaler.get_scale() < 3.0e38
+    opt.precision.scaler.load_state_dict(state)                             # a sane scale steps again
+    rec = opt.step(lambda present: model(inputs, present), labels)
+    assert rec.overflow is False
+    assert not all(torch.equal(p, q) for p, q in zip(model.parameters(), before))
+
+
 def test_rho_zero_is_the_base_optimizers_step():
     model = make_model(n_mod=2).double()
     inputs, labels = make_batch(n_mod=2)
@@ -164,8 +240,10 @@ def test_observe_equals_the_builtin_observation():
 
 def test_bad_arguments_are_one_line_errors():
     model = make_model(n_mod=2)
-    with pytest.raises(ValueError, match="unimodal"):
-        msam_lab.MSAM(model.parameters(), modalities=model.modalities, model=model, variant="unimodal", lr=0.1)
+    with pytest.raises(ValueError, match="variant"):
+        msam_lab.MSAM(model.parameters(), modalities=model.modalities, model=model, variant="per-modality", lr=0.1)
+    with pytest.raises(ValueError, match="precision"):
+        msam_lab.MSAM(model.parameters(), modalities=model.modalities, precision="fp8", lr=0.1)
     with pytest.raises(ValueError, match="modalities"):
         msam_lab.MSAM(model.parameters(), lr=0.1)
     with pytest.raises(ValueError, match="rho"):
