@@ -6,11 +6,14 @@
 """
 from .config import Config, ConfigError
 from .datasets import load_dataset
+from .forward_eval import evaluate_forward
+from .metrics import epoch_row
 from .models import build_model
 from .msam_optimizer import MSAM, ShapleyRecord, observe
+from .run_logger import RunLogger
 from .runs import Run, load_run
 from .trainer import train
 
 __version__ = "0.1.0"
-__all__ = ["Config", "ConfigError", "MSAM", "Run", "ShapleyRecord", "build_model", "load_dataset", "load_run",
+__all__ = ["Config", "ConfigError", "MSAM", "Run", "RunLogger", "ShapleyRecord", "epoch_row", "evaluate_forward", "build_model", "load_dataset", "load_run",
            "observe", "train"]

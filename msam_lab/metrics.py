@@ -103,7 +103,14 @@ def epoch_metrics(model: MultimodalModel, train: MultimodalData, test: Multimoda
     c = config
     kw = dict(batch_size=c.eval_batch_size, share_rule=c.share_rule, shapley_value=c.shapley_value,
               exact_max=c.shapley_exact_max, n_permutations=c.shapley_permutations, seed=c.seed)
-    tr, te = evaluate(model, train, **kw), evaluate(model, test, **kw)
+    return epoch_row(evaluate(model, train, **kw), evaluate(model, test, **kw),
+                     None if val is None else evaluate(model, val, **kw))
+
+
+def epoch_row(train: dict, test: dict, val: dict | None = None) -> dict:
+    """One epoch-table row from ``evaluate``-style results of the splits (``train_``/``test_``/``val_``
+    prefixed keys, and τ, the train/test gap). msam_lab.RunLogger's rows are made the same way."""
+    tr, te = train, test
     row = {"train_loss": tr["loss"], "train_acc": tr["acc"], "test_loss": te["loss"], "test_acc": te["acc"],
            "tau": tau(tr["acc"], te["acc"]), "tau_loss": tau_loss(tr["loss"], te["loss"])}
     for split, res in (("train", tr), ("test", te)):
@@ -111,9 +118,8 @@ def epoch_metrics(model: MultimodalModel, train: MultimodalData, test: Multimoda
             if key not in ("loss", "acc"):
                 row[f"{split}_{key}"] = value
     if val is not None:
-        va = evaluate(model, val, **kw)
-        row.update({"val_loss": va["loss"], "val_acc": va["acc"]})
-        row.update({f"val_{key}": value for key, value in va.items() if key not in ("loss", "acc")})
+        row.update({"val_loss": val["loss"], "val_acc": val["acc"]})
+        row.update({f"val_{key}": value for key, value in val.items() if key not in ("loss", "acc")})
     return row
 
 

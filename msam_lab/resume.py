@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .config import Config, ConfigError, from_stored
-from .runs import CHECKPOINTS, CONFIG, RESUME, is_run_dir, read_status
+from .runs import CHECKPOINTS, CONFIG, LOGGED, MODEL, RESUME, is_run_dir, read_status
 
 
 @dataclass
@@ -74,6 +74,9 @@ def resumable(run_dir) -> Config:
     if not is_run_dir(run_dir):
         raise ConfigError(f"--resume {run_dir}: no run directory there (no status.json); "
                           f"start a new run with --out instead")
+    if (run_dir / MODEL).is_file() and json.loads((run_dir / MODEL).read_text()).get("kind") == LOGGED:
+        raise ConfigError(f"--resume {run_dir}: that run was logged from your own loop (msam_lab.RunLogger); "
+                          f"resume it there, from its checkpoints")
     status = read_status(run_dir)
     state = status["state"]
     if state == "finished":

@@ -14,6 +14,10 @@ Layout of ``<run>/`` (docs/runs.md)::
 
 The writer is ``msam_lab.run_writer``. A run is readable from its first step: ``load_run`` opens
 running and stopped runs too, and ``Run.state`` says which.
+
+A run written from your own loop by ``msam_lab.RunLogger`` has the same files; its ``model.json``
+says ``"kind": "logged"`` (``Run.logged``) and holds the modalities instead of a model spec, so its
+model is rebuilt by a factory you pass (``run.load_model(epoch, factory=MyModel)``).
 """
 from __future__ import annotations
 
@@ -25,13 +29,14 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from .config import Config, ConfigError, from_stored
+from .config import Config, ConfigError, field_names, from_stored
 from .models import MultimodalModel, model_from_spec
 from .run_lock import read_lock
 
 STATUS, SUMMARY, CONFIG, MODEL = "status.json", "summary.json", "config.json", "model.json"
 STEPS, EPOCHS, CHECKPOINTS, RESUME = "steps.csv", "epochs.csv", "checkpoints", "resume.pt"
 STATES = ("running", "finished", "failed", "interrupted")
+LOGGED = "logged"          # model.json "kind" of a run written by msam_lab.RunLogger
 
 
 def is_run(path) -> bool:
@@ -125,6 +130,12 @@ class Run:
     summary: dict
     model_spec: dict = field(repr=False, default_factory=dict)
     status: dict = field(repr=False, default_factory=dict)
+    raw_config: dict = field(repr=False, default_factory=dict)   # config.json as stored
+
+    @property
+    def logged(self) -> bool:
+        """True for a run written by msam_lab.RunLogger from a model msam_lab did not build."""
+        return self.model_spec.get("kind") == LOGGED
 
     @property
     def state(self) -> str:
@@ -144,6 +155,8 @@ class Run:
 
     @property
     def modalities(self) -> tuple[str, ...]:
+        if self.logged:
+            return tuple(self.model_spec["modalities"])
         return tuple(self.model_spec["input_shapes"])
 
     @property
@@ -152,8 +165,16 @@ class Run:
         files = sorted((self.path / CHECKPOINTS).glob("epoch_*.pt"))
         return {int(f.stem.split("_")[1]): f for f in files}
 
-    def build_model(self) -> MultimodalModel:
-        """A fresh (untrained) model of this run's architecture."""
+    def build_model(self, factory=None):
+        """A fresh (untrained) model of this run's architecture; a logged run's from ``factory()``."""
+        if self.logged:
+            if factory is None:
+                raise ValueError(f"run {self.path} was logged from your own model (msam_lab.RunLogger): pass "
+                                 f"factory=<a function returning a fresh model> to rebuild it")
+            return factory()
+        if factory is not None:
+            raise ValueError(f"run {self.path} was trained by msam_lab, which rebuilds its model itself; "
+                             f"drop factory=")
         return model_from_spec(self.model_spec)
 
     def load_checkpoint(self, epoch: int | None = None, map_location="cpu") -> dict:
@@ -166,9 +187,9 @@ class Run:
             raise KeyError(f"run {self.path} has no checkpoint for epoch {epoch}; saved: {sorted(ckpts)}")
         return torch.load(ckpts[epoch], map_location=map_location, weights_only=False)
 
-    def load_model(self, epoch: int | None = None, device="cpu") -> MultimodalModel:
-        """The model with the weights of ``epoch`` (default: last), in eval mode."""
-        model = self.build_model()
+    def load_model(self, epoch: int | None = None, device="cpu", factory=None) -> MultimodalModel:
+        """The model with the weights of ``epoch`` (default: last), in eval mode (``factory``: see build_model)."""
+        model = self.build_model(factory)
         model.load_state_dict(self.load_checkpoint(epoch)["model"])
         return model.to(device).eval()
 
@@ -185,6 +206,9 @@ class Run:
 
     def load_data(self, device="cpu"):
         """The run's dataset splits (regenerated or read from the cache)."""
+        if self.logged:
+            raise ValueError(f"run {self.path} was logged from your own loop (msam_lab.RunLogger); its data "
+                             f"lives in your code, not in msam_lab")
         from .datasets import load_dataset
         return load_dataset(self.config.dataset, **self.config.data).to(device)
 
@@ -197,7 +221,17 @@ def load_run(path) -> Run:
     if not is_run_dir(path):
         raise FileNotFoundError(f"{path} is not a run directory (no {STATUS}); train one with `msam-lab train`")
     status = read_status(path)
-    config = from_stored(json.loads((path / CONFIG).read_text()))
+    raw = json.loads((path / CONFIG).read_text())
+    spec = json.loads((path / MODEL).read_text())
     summary = json.loads((path / SUMMARY).read_text()) if is_run(path) else {}
-    return Run(path=path, config=config, steps=read_table(path / STEPS), epochs=read_table(path / EPOCHS),
-               summary=summary, model_spec=json.loads((path / MODEL).read_text()), status=status)
+    return Run(path=path, config=_config_of(raw, spec), steps=read_table(path / STEPS),
+               epochs=read_table(path / EPOCHS), summary=summary, model_spec=spec, status=status, raw_config=raw)
+
+
+def _config_of(raw: dict, spec: dict) -> Config:
+    """The run's Config. A logged run's config.json is yours: the Config holds the keys of it that
+    are Config fields (method, dataset, seed, epochs and any you share) and defaults for the rest."""
+    if spec.get("kind") != LOGGED:
+        return from_stored(raw)
+    known = set(field_names())
+    return Config(**{k: v for k, v in raw.items() if k in known and v is not None})

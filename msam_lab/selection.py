@@ -115,3 +115,16 @@ def selection_summary(epochs) -> dict:
     for c in cols:
         out[f"{c}_last"] = _value(last[c])
     return out
+
+
+def table_summary(steps: pd.DataFrame, epochs: pd.DataFrame) -> dict:
+    """The summary.json fields read off a run's tables: dominance switches, the last epoch's
+    ``test_``/``train_``/``val_``/``tau`` numbers (unlabelled, as summary.json has always had them) and
+    ``selection_summary``. The trainer and msam_lab.RunLogger both write these."""
+    from .metrics import dominance_switches
+
+    final = epochs.iloc[-1].to_dict() if len(epochs) else {}
+    switches = dominance_switches(steps["dominant"].dropna()) if "dominant" in steps.columns else 0
+    return {"dominance_switches": switches,
+            **{k: final[k] for k in final if k.startswith(("test_", "train_", "val_", "tau"))},
+            **selection_summary(epochs)}

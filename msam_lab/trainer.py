@@ -24,13 +24,13 @@ from .datasets import load_for_training
 from .datasets.validation import with_validation
 from .interrupts import sigterm_as_keyboard_interrupt
 from .methods import build_method
-from .metrics import dominance_switches, epoch_metrics, train_eval_subset
+from .metrics import epoch_metrics, train_eval_subset
 from .models import has_batchnorm, model_from_spec, spec_encoders
 from .nonfinite import NonFiniteError, StepGuard
 from .progress import Progress
 from .run_writer import RunWriter
 from .runs import CHECKPOINTS, EPOCHS, RESUME, STEPS, Run, check_output_dir, load_run, read_table
-from .selection import selection_summary
+from .selection import selection_summary, table_summary
 
 
 class TrainingError(RuntimeError):
@@ -228,18 +228,14 @@ def _non_finite_message(err: NonFiniteError, step: int, epoch: int, out, status:
 
 
 def _summary(cfg: Config, model, device, steps: int, wall: float, out, status: dict, info: dict) -> dict:
-    steps_df = read_table(Path(out) / STEPS)
-    epochs_df = read_table(Path(out) / EPOCHS)
-    final = epochs_df.iloc[-1].to_dict()
     return {
         "method": cfg.method, "dataset": cfg.dataset, "seed": cfg.seed, "epochs": cfg.epochs,
         "steps": steps, "wall_time": wall, "device": str(device),
         "torch": torch.__version__, "python": platform.python_version(),
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "n_parameters": sum(p.numel() for p in model.parameters()),
-        "dominance_switches": dominance_switches(steps_df["dominant"]) if len(steps_df) else 0,
         "skipped_batches": int(status.get("skipped_batches", 0)), "resumed": int(status.get("resumed", 0)),
         "val_split": info.get("val_split", "none"), "val_size": info.get("val_size", 0),
-        **{k: final[k] for k in final if k.startswith(("test_", "train_", "val_", "tau"))},   # the last epoch
-        **selection_summary(epochs_df),                       # best-validation epoch and last, labelled
+        # switches, the last epoch's numbers, best-validation epoch and last (labelled)
+        **table_summary(read_table(Path(out) / STEPS), read_table(Path(out) / EPOCHS)),
     }

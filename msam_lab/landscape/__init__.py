@@ -12,6 +12,7 @@ See docs/landscapes.md.
 """
 from .directions import (PCADirections, between, filter_normalize, orthogonalize, pca_directions, project,
                          random_direction, random_directions, scope_parameters)
+from .evaluation import ForwardEvaluation
 from .parallel import WorkerPool
 from .runs import landscape_for_run, list_landscapes, load_landscape, sharpness_for_run
 from .sharpness import epsilon_sharpness, hutchinson_trace, sharpness, sharpness_table, top_eigenvalues
@@ -20,7 +21,7 @@ from .surface import (PointEvaluator, Surface, compute_surface, eval_subset, eva
                       generalization_gap, grid, metric_names)
 
 __all__ = [
-    "PCADirections", "between", "filter_normalize", "orthogonalize", "pca_directions", "project",
+    "ForwardEvaluation", "PCADirections", "between", "filter_normalize", "orthogonalize", "pca_directions", "project",
     "random_direction", "random_directions", "scope_parameters",
     "WorkerPool", "landscape_for_run", "list_landscapes", "load_landscape", "sharpness_for_run",
     "epsilon_sharpness", "hutchinson_trace", "sharpness", "sharpness_table", "top_eigenvalues",

@@ -30,8 +30,8 @@ SPLITS = ("train", "test")
 
 
 def open_run(path, what: str = "RUN") -> Run:
-    """``load_run`` with one-line ConfigErrors."""
-    path = Path(path)
+    """``load_run`` with one-line ConfigErrors (a ``Run`` is read again from its folder)."""
+    path = Path(path.path if isinstance(path, Run) else path)
     if not is_run(path):
         raise ConfigError(f"{what} {path} is not a finished run directory (no summary.json); "
                           "pass a folder written by `msam-lab train`")
@@ -51,6 +51,33 @@ def _check_epoch(run: Run, epoch, flag: str = "--epoch") -> int:
         raise ConfigError(f"run {run.path} has no checkpoint for epoch {epoch}; pass {flag} one of "
                           f"{', '.join(map(str, sorted(ckpts)))}")
     return int(epoch)
+
+
+def _evaluation(run: Run, model_factory, forward, batches, per_modality: bool = True):
+    """A logged run's ForwardEvaluation (None for msam_lab's own runs, which need none of the three)."""
+    given = [k for k, v in (("model_factory", model_factory), ("forward", forward), ("batches", batches))
+             if v is not None]
+    if not run.logged:
+        if given:
+            raise ConfigError(f"{given[0]}= is for runs logged from your own model (msam_lab.RunLogger); "
+                              f"run {run.path} was trained by msam_lab, which rebuilds its model and data")
+        return None
+    missing = [k for k in ("model_factory", "forward", "batches") if k not in given]
+    if missing:
+        raise ConfigError(f"run {run.path} was logged from your own model: pass model_factory= (a function "
+                          f"returning a fresh model), forward= (forward(model, inputs, present) -> logits) and "
+                          f"batches= (a list of (inputs, labels)); missing: {', '.join(missing)} (docs/api.md)")
+    from .evaluation import ForwardEvaluation
+
+    try:
+        return ForwardEvaluation(forward, batches, run.modalities, per_modality)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(str(err)) from None
+
+
+def _scope_path(run: Run, scope: str) -> str:
+    """A logged run's scope names (its modalities) mapped to the submodule paths RunLogger recorded."""
+    return run.model_spec.get("scopes", {}).get(scope, scope) if run.logged else scope
 
 
 def _check_scope(model, scope: str) -> list[str]:
@@ -108,7 +135,8 @@ def landscape_for_run(run, *, dim: int = 2, grid: int = 21, span: float = 1.0, d
                       orthogonal: bool = False, per_modality: bool = True, reuse=None,
                       batch_size: int | None = 32, flush_every: int = 32, overwrite: bool = False,
                       bf16: bool = False,
-                      progress: Callable[[int, int], None] | None = None) -> Surface:
+                      progress: Callable[[int, int], None] | None = None,
+                      model_factory=None, forward=None, batches=None) -> Surface:
     """Compute (or resume) a surface of ``run`` and save it under ``<run>/landscapes/<name>/``.
 
     ``directions``: ``random`` (filter-normalised Gaussian, seeded per parameter
@@ -139,9 +167,13 @@ def landscape_for_run(run, *, dim: int = 2, grid: int = 21, span: float = 1.0, d
     if directions == "between" and to is None and reuse is None:
         raise ConfigError("--directions between needs --to RUN2 (the run to interpolate towards)")
     run = open_run(run)
+    evaluation = _evaluation(run, model_factory, forward, batches, per_modality)
+    if evaluation is not None and workers != 1:
+        raise ConfigError("a run logged from your own model is evaluated in this process: use workers=1")
     epoch = _check_epoch(run, epoch)
-    model = run.load_model(epoch)
-    scope_names = _check_scope(model, scope)
+    model = run.load_model(epoch, factory=model_factory)
+    path_of_scope = _scope_path(run, scope)
+    scope_names = _check_scope(model, path_of_scope)
     other = None
     if directions == "between" and reuse is None:
         other = open_run(to, "--to")
@@ -151,6 +183,8 @@ def landscape_for_run(run, *, dim: int = 2, grid: int = 21, span: float = 1.0, d
             raise ConfigError(f"--to {other.path} has a different architecture ({', '.join(diff)} differ); "
                               "--directions between needs two runs of the same model")
         to_epoch = _check_epoch(other, to_epoch, "--to-epoch")
+        if other.logged and not run.logged:
+            raise ConfigError(f"--to {other.path} was logged from your own model; interpolate between runs of one model")
     reused = None
     if reuse is not None:
         try:
@@ -168,7 +202,7 @@ def landscape_for_run(run, *, dim: int = 2, grid: int = 21, span: float = 1.0, d
         if n_ckpt < dim + 1:
             raise ConfigError(f"--directions pca with --dim {dim} needs at least {dim + 1} checkpoints up to epoch "
                               f"{epoch}, run {run.path} has {n_ckpt}; train with --set checkpoint_every=1")
-    data = _load_split(run, split)
+    data = _load_split(run, split) if evaluation is None else None
 
     # ---- directions and grid
     meta = {"run": str(run.path.resolve()), "run_name": run.name, "epoch": epoch, "split": split,
@@ -180,14 +214,14 @@ def landscape_for_run(run, *, dim: int = 2, grid: int = 21, span: float = 1.0, d
         meta.update(directions=kind, reused_from=str(Path(reuse).resolve()),
                     grid=reused.meta.get("grid"), span=reused.meta.get("span"))
     elif directions == "random":
-        d_list = dirs.random_directions(model, dim, seed, scope, include_1d, orthogonal)
+        d_list = dirs.random_directions(model, dim, seed, path_of_scope, include_1d, orthogonal)
         coords = [make_grid(grid, span) for _ in range(dim)]
         meta.update(directions="random", normalization="filter", orthogonal=orthogonal, grid=grid, span=span)
     elif directions == "between":
-        end = other.load_model(to_epoch)
+        end = other.load_model(to_epoch, factory=model_factory)
         d_list = [dirs.between(model, end, scope_names)]
         if dim == 2:
-            second = dirs.random_direction(model, seed, 1, scope, include_1d)
+            second = dirs.random_direction(model, seed, 1, path_of_scope, include_1d)
             d_list.append(dirs.orthogonalize(second, d_list[0]) if orthogonal else second)
         coords = [make_grid(grid, span) for _ in range(dim)]
         meta.update(directions="between", to=str(other.path.resolve()), to_epoch=to_epoch,
@@ -218,7 +252,8 @@ def landscape_for_run(run, *, dim: int = 2, grid: int = 21, span: float = 1.0, d
     return compute_surface(model, data, d_list, coords, per_modality=per_modality, n_samples=n_samples,
                            subset_seed=subset_seed, batch_size=batch_size, path=path, flush_every=flush_every,
                            workers=workers, threads=threads, meta=meta,
-                           autocast_dtype=torch.bfloat16 if bf16 else None, overwrite=overwrite, progress=progress)
+                           autocast_dtype=torch.bfloat16 if bf16 else None, overwrite=overwrite, progress=progress,
+                           evaluation=evaluation)
 
 
 def _epochs_arg(run: Run, epochs) -> list[int]:
@@ -234,8 +269,13 @@ def _epochs_arg(run: Run, epochs) -> list[int]:
 def sharpness_for_run(run, *, epochs=None, rho: float = 0.05, topk: int = 1, probes: int = 32,
                       split: str = "test", n_samples: int = 512, subset_seed: int = 0, seed: int = 0,
                       scopes: Sequence[str] | None = None, max_iter: int = 100, tol: float = 1e-3,
-                      write: bool = True, progress: Callable[[str], None] | None = None) -> pd.DataFrame:
+                      write: bool = True, progress: Callable[[str], None] | None = None,
+                      model_factory=None, forward=None, batches=None) -> pd.DataFrame:
     """Sharpness of ``run`` at ``epochs`` (None: last; an int; a list; ``"all"``) for each scope.
+
+    A run logged from your own model (msam_lab.RunLogger) needs ``model_factory``, ``forward`` and
+    ``batches`` (as ``landscape_for_run``); its scopes are ``model`` and the modalities whose encoder
+    paths RunLogger(scopes=...) recorded, or any submodule path.
 
     Rows are appended to ``<run>/sharpness.csv`` (a row with the same epoch,
     scope and settings is replaced).
@@ -251,20 +291,27 @@ def sharpness_for_run(run, *, epochs=None, rho: float = 0.05, topk: int = 1, pro
     if n_samples is not None and n_samples < 1:
         raise ConfigError(f"--n-samples must be >= 1, got {n_samples}")
     run = open_run(run)
+    evaluation = _evaluation(run, model_factory, forward, batches)
     epoch_list = _epochs_arg(run, epochs)
-    model = run.build_model()
-    scopes = ["model", *model.modalities] if scopes is None else list(scopes)
+    model = run.build_model(model_factory)
+    if scopes is None:
+        scopes = ["model", *(run.model_spec.get("scopes", {}) if run.logged else model.modalities)]
+    scopes = list(scopes)
     for s in scopes:
-        _check_scope(model, s)
-    data, index = eval_subset(_load_split(run, split), n_samples, subset_seed)
+        _check_scope(model, _scope_path(run, s))
+    if evaluation is None:
+        data, index = eval_subset(_load_split(run, split), n_samples, subset_seed)
+    else:
+        data, index = None, np.arange(evaluation.n)
     rows = []
     for e in epoch_list:
-        model = run.load_model(e)
+        model = run.load_model(e, factory=model_factory)
         for s in scopes:
             if progress:
                 progress(f"epoch {e}, {s}")
-            row = sharpness(model, data, s, rho=rho, topk=topk, probes=probes, seed=seed,
-                            max_iter=max_iter, tol=tol)
+            row = sharpness(model, data, _scope_path(run, s), rho=rho, topk=topk, probes=probes, seed=seed,
+                            max_iter=max_iter, tol=tol, evaluation=evaluation)
+            row["scope"] = s
             rows.append({"epoch": e, "split": split, "n_samples": len(index), "subset_seed": subset_seed,
                          "seed": seed, "topk": topk, "probes": probes, **row})
     table = pd.DataFrame(rows)

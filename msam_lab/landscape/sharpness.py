@@ -183,7 +183,7 @@ def fused_loss_fn(model, data, batch_size: int | None = None) -> Callable[[], to
 
 def sharpness(model, data, scope: str = "model", rho: float = 0.05, topk: int = 1, probes: int = 32,
               seed: int = 0, max_iter: int = 100, tol: float = 1e-3, batch_size: int | None = 64,
-              n_samples: int | None = None, subset_seed: int = 0) -> dict:
+              n_samples: int | None = None, subset_seed: int = 0, evaluation=None) -> dict:
     """Top-k eigenvalues, Hutchinson trace and ε-sharpness of the fused loss on ``data``, for ``scope``.
 
     ``data`` (a ``MultimodalData`` or ``StreamingData``) is used whole unless
@@ -192,7 +192,8 @@ def sharpness(model, data, scope: str = "model", rho: float = 0.05, topk: int = 
     one graph (measured ~2x faster Hessian-vector products on CPU than one
     512-sample batch).
     ``topk=0`` or ``probes=0`` skip the eigenvalues or the trace. Eval mode;
-    the model is left bitwise as it was.
+    the model is left bitwise as it was. ``evaluation``: a ``ForwardEvaluation`` instead of ``data``
+    (any model: its fused loss over the evaluation's batches, through the caller's forward).
     """
     with preserved(model):
         model.eval()
@@ -203,10 +204,13 @@ def sharpness(model, data, scope: str = "model", rho: float = 0.05, topk: int = 
         for p in params:
             p.requires_grad_(True)
         device = params[0].device
-        if n_samples is not None:
-            from .surface import eval_subset
-            data, _ = eval_subset(data, n_samples, subset_seed)
-        loss_fn = fused_loss_fn(model, data.to(device), batch_size)
+        if evaluation is not None:
+            loss_fn = evaluation.to(device).fused_loss(model)
+        else:
+            if n_samples is not None:
+                from .surface import eval_subset
+                data, _ = eval_subset(data, n_samples, subset_seed)
+            loss_fn = fused_loss_fn(model, data.to(device), batch_size)
         H = HessianOperator(loss_fn, params)
         row = {"scope": scope, "n_parameters": int(sum(p.numel() for p in params)), "loss": H.loss}
         if topk:

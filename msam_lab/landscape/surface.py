@@ -148,7 +148,7 @@ class PointEvaluator:
     """
 
     def __init__(self, model, data, directions: Sequence[Direction], per_modality: bool = True,
-                 batch_size: int | None = 32, autocast_dtype: torch.dtype | None = None):
+                 batch_size: int | None = 32, autocast_dtype: torch.dtype | None = None, evaluation=None):
         for d in directions:
             check_compatible(d, model)
         self.model = model
@@ -167,6 +167,12 @@ class PointEvaluator:
                     if bool(t.any()):
                         entries.append((k, torch.empty_like(p).copy_(t)))
             self.dirs.append(entries)
+        self.device = device
+        self.autocast_dtype = autocast_dtype
+        self.evaluation = evaluation        # a ForwardEvaluation: any model, through the caller's forward
+        if evaluation is not None:
+            self.names, self.n = evaluation.names, evaluation.n
+            return
         self.modalities = tuple(model.modalities)
         self.masks, rows = coalition_plan(self.modalities, per_modality)
         self.rows = [r for _, r in rows]
@@ -177,8 +183,6 @@ class PointEvaluator:
         self.batches = [({m: x[s:s + bs] for m, x in data.inputs.items()}, data.labels[s:s + bs])
                         for s in range(0, n, bs)]
         self.n = n
-        self.device = device
-        self.autocast_dtype = autocast_dtype
 
     @torch.no_grad()
     def set_point(self, point: Sequence[float]) -> None:
@@ -196,10 +200,13 @@ class PointEvaluator:
     def evaluate(self) -> np.ndarray:
         """Every metric (``self.names`` order) at the current parameters."""
         model = self.model
-        fused_only = self.masks == [(1 << len(self.modalities)) - 1]
-        totals = torch.zeros(len(self.masks), 2, dtype=torch.float64, device=self.device)
         ctx = (torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype
                else contextlib.nullcontext())
+        if self.evaluation is not None:
+            with ctx:
+                return self.evaluation(model)
+        fused_only = self.masks == [(1 << len(self.modalities)) - 1]
+        totals = torch.zeros(len(self.masks), 2, dtype=torch.float64, device=self.device)
         with ctx:
             zeros = None if fused_only else model.zero_features()
             for inputs, labels in self.batches:
@@ -382,11 +389,13 @@ def compute_surface(model, data, directions: Sequence[Direction], coords: Sequen
                     batch_size: int | None = 32, channels_last="auto", path=None, flush_every: int = 32,
                     workers: int = 1, devices=None, pool=None, threads: int | None = None,
                     autocast_dtype: torch.dtype | None = None, meta: dict | None = None,
-                    overwrite: bool = False, progress: Callable[[int, int], None] | None = None) -> Surface:
+                    overwrite: bool = False, progress: Callable[[int, int], None] | None = None,
+                    evaluation=None) -> Surface:
     """Evaluate ``model`` on the grid ``coords`` (one array per direction) around its current θ₀.
 
     ``data``: a ``MultimodalData`` split; a seeded subset of ``n_samples`` is
-    used. ``path``: a folder to save into, flushed every ``flush_every``
+    used. ``evaluation``: a ``ForwardEvaluation`` instead of ``data``, for a model
+    msam_lab did not build (its batches are used whole; one process only). ``path``: a folder to save into, flushed every ``flush_every``
     points; if it already holds a compatible partial surface, only its
     missing points are computed (an incompatible one raises ConfigError,
     unless ``overwrite``). ``workers`` > 1: that many worker processes, one
@@ -410,12 +419,20 @@ def compute_surface(model, data, directions: Sequence[Direction], coords: Sequen
         raise ValueError(f"workers must be >= 1, got {workers}")
     for d in directions:
         check_compatible(d, model)
-    subset, index = eval_subset(data, n_samples, subset_seed)
-    names = metric_names(tuple(model.modalities), per_modality)
+    if evaluation is not None:
+        if workers != 1 or devices or pool is not None:
+            raise ValueError("a ForwardEvaluation runs in this process (your forward need not be importable "
+                             "by workers): use workers=1")
+        device = next(model.parameters()).device
+        subset, index, n_samples = None, np.arange(evaluation.to(device).n), None
+        names, modalities, per_modality = evaluation.names, evaluation.modalities, evaluation.per_modality
+    else:
+        subset, index = eval_subset(data, n_samples, subset_seed)
+        names, modalities = metric_names(tuple(model.modalities), per_modality), tuple(model.modalities)
     shape = tuple(len(c) for c in coords)
     info = {
         "format_version": FORMAT_VERSION, "dim": len(coords), "shape": list(shape), "metrics": names,
-        "modalities": list(model.modalities), "per_modality": per_modality,
+        "modalities": list(modalities), "per_modality": per_modality,
         "n_samples": int(len(index)), "n_samples_requested": n_samples, "subset_seed": int(subset_seed),
         "model_sha1": model_fingerprint(model), "directions_sha1": directions_fingerprint(directions),
         "direction_norms": [float(sum(t.double().pow(2).sum() for t in d.values()) ** 0.5) for d in directions],
@@ -486,7 +503,8 @@ def compute_surface(model, data, directions: Sequence[Direction], coords: Sequen
             try:
                 with preserved(model):
                     prepare_for_evaluation(model, channels_last)
-                    ev = PointEvaluator(model, subset, directions, per_modality, batch_size, autocast_dtype)
+                    ev = PointEvaluator(model, subset, directions, per_modality, batch_size, autocast_dtype,
+                                        evaluation)
                     for i in pending:
                         store([i], ev(all_points[i])[None])
             finally:
