@@ -116,11 +116,14 @@ CHECKABLE = ("av-mnist", "crema-d", "ave", "ur-funny")
 
 
 def cmd_data_check(args) -> int:
-    from .datasets import DATASETS
+    from .datasets import dataset_names, is_plugin
     from .datasets.layouts import check
 
-    if args.name not in CHECKABLE:
-        if args.name in DATASETS:
+    if args.name not in CHECKABLE or is_plugin(args.name):
+        if is_plugin(args.name):
+            raise UsageError(f"{args.name} is a plug-in dataset: its loader checks its own files when it "
+                             f"loads; layouts are checked for {', '.join(CHECKABLE)} (msam-lab data info {args.name})")
+        if args.name in dataset_names():
             raise UsageError(f"{args.name} is generated, not read from files: nothing to check "
                              f"(msam-lab data info {args.name})")
         raise UsageError(f"unknown dataset {args.name!r}; checkable: {', '.join(CHECKABLE)}")
@@ -149,11 +152,13 @@ def cmd_data_check(args) -> int:
 
 
 def cmd_data_info(args) -> int:
-    from .datasets.catalog import CATALOG, format_catalog
+    from .datasets import dataset_names
+    from .datasets.catalog import format_catalog
 
-    unknown = [n for n in args.names if n not in CATALOG]
+    known = dataset_names()      # built-ins and plug-ins
+    unknown = [n for n in args.names if n not in known]
     if unknown:
-        raise UsageError(f"unknown dataset {unknown[0]!r}; choose one of: {', '.join(CATALOG)}")
+        raise UsageError(f"unknown dataset {unknown[0]!r}; choose one of: {', '.join(known)}")
     print(format_catalog(args.names or None))
     return 0
 

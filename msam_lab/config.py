@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from .datasets import DATASETS, resolve_options
+from .datasets import dataset_names, resolve_options
 from .models import FUSION_TRUNKS, FUSIONS, check_head_hidden
 from .precision import PRECISIONS
 from .shapley import SHARE_RULES, TIE_RULES
@@ -35,7 +35,7 @@ class Config:
     data: dict = field(default_factory=dict)        # dataset options, e.g. {"audio_snr_db": -8}
     # model
     fusion: str = "late_sum"                        # late_sum | late_concat | early
-    encoders: dict = field(default_factory=dict)    # modality -> models.ENCODERS kind; default: the dataset's
+    encoders: dict = field(default_factory=dict)    # modality -> models.encoder_names() kind; default: the dataset's
     feature_dim: int = 64
     hidden_dim: int = 128
     encoder_options: dict = field(default_factory=dict)  # modality -> encoder keywords, e.g. {"text": {"dim": 768}}
@@ -187,16 +187,18 @@ def _check_type(name: str, value, annotation: str):
 
 def validate(cfg: Config) -> Config:
     """Check every field; resolve dataset options. Raises ConfigError."""
-    from .methods import METHOD_NAMES
-    from .models import ENCODERS
+    from .methods import method_names
+    from .models import encoder_names
 
     hints = {f.name: f.type for f in dataclasses.fields(Config)}
     for name, annotation in hints.items():
         setattr(cfg, name, _check_type(name, getattr(cfg, name), annotation))
-    if cfg.dataset not in DATASETS:
-        raise ConfigError(f"unknown dataset {cfg.dataset!r}; choose one of: {', '.join(DATASETS)}")
-    if cfg.method not in METHOD_NAMES:
-        raise ConfigError(f"unknown method {cfg.method!r}; choose one of: {', '.join(METHOD_NAMES)}")
+    # the live registries: registered and installed plug-ins are choices too (msam_lab.plugins)
+    datasets, methods, encoders = dataset_names(), method_names(), encoder_names()
+    if cfg.dataset not in datasets:
+        raise ConfigError(f"unknown dataset {cfg.dataset!r}; choose one of: {', '.join(datasets)}")
+    if cfg.method not in methods:
+        raise ConfigError(f"unknown method {cfg.method!r}; choose one of: {', '.join(methods)}")
     for name, choices in _CHOICES.items():
         if getattr(cfg, name) not in choices:
             raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {getattr(cfg, name)!r}")
@@ -219,8 +221,8 @@ def validate(cfg: Config) -> Config:
         if bad:
             raise ConfigError(f"{head} keys must be names (strings), got {reprlib.repr(bad[0])}")
     for modality, kind in cfg.encoders.items():
-        if not isinstance(kind, str) or kind not in ENCODERS:
-            raise ConfigError(f"encoders.{modality} must be one of {', '.join(ENCODERS)}, got "
+        if not isinstance(kind, str) or kind not in encoders:
+            raise ConfigError(f"encoders.{modality} must be one of {', '.join(encoders)}, got "
                               f"{reprlib.repr(kind)} (set it with --set encoders.MODALITY=KIND)")
     if not 0 <= cfg.val_fraction < 1:
         raise ConfigError(f"val_fraction must be in [0, 1), got {cfg.val_fraction}")

@@ -255,6 +255,7 @@ OPTION_CHECKS = {
     "positive int": _positive_int,
     "number in [0, 1)": _probability,
     "true or false": lambda v: isinstance(v, bool),
+    "any": lambda v: True,             # a plug-in encoder's option: its factory checks the value
 }
 PAPER_OPTIONS = {
     "resnet18": {},

@@ -22,6 +22,7 @@ MLP ``Linear(d, w1), ReLU, ..., Linear(wk, C)`` (AGM's AV-MNIST: late_concat wit
 """
 from __future__ import annotations
 
+import inspect
 import math
 from contextlib import contextmanager
 
@@ -32,9 +33,10 @@ import reprlib
 
 from . import encoders as paper_encoders
 from .datasets import Batch
+from .entry_points import check_callable, check_name, describe, is_new, load_plugins, shown
 
 FUSIONS = ("late_sum", "late_concat", "early")
-ENCODERS = ("mlp", "cnn", "linear", "resnet18", "resnet18_audio", "resnet18_visual", "transformer")
+ENCODERS = ("mlp", "cnn", "linear", "resnet18", "resnet18_audio", "resnet18_visual", "transformer")  # built-ins
 FUSION_TRUNKS = ("mlp", "maxout")
 MAXOUT_WIDTHS = (2048, 1024)     # AGM's MaxOut-MLP trunk: first and second hidden widths (DESIGN §8)
 MAXOUT_DROPOUT = 0.3
@@ -272,13 +274,80 @@ def has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
+# -- encoder plug-ins: name -> factory(in_shape, out_dim, hidden, **options) -> nn.Module ----------
+
+_ENCODER_PLUGINS: dict[str, object] = {}      # a name here shadows a built-in kind
+
+
+def encoder_names() -> tuple[str, ...]:
+    """Every encoder kind: the built-ins, then the registered plug-ins (installed ones loaded first)."""
+    load_plugins()
+    return ENCODERS + tuple(n for n in _ENCODER_PLUGINS if n not in ENCODERS)
+
+
+def register_encoder(name: str, factory, *, replace: bool = False) -> None:
+    """Make ``factory(in_shape, out_dim, hidden, **options)`` the encoder kind ``name``.
+
+    It must return an ``nn.Module`` mapping (B, *in_shape) to (B, out_dim); ``hidden`` is the
+    config's hidden_dim and ``options`` the modality's ``encoder_options`` (the factory's keyword
+    parameters beyond the first three; any name when it takes ``**options``).
+    """
+    check_name("encoder", name)
+    check_callable("encoder", name, "factory", factory)
+    existing = _ENCODER_PLUGINS.get(name) or (f"the built-in {name} encoder" if name in ENCODERS else None)
+    if is_new("encoder", name, factory, existing, replace):
+        _ENCODER_PLUGINS[name] = factory
+
+
+def unregister_encoder(name: str) -> None:
+    """Forget the plug-in ``name`` (a built-in it replaced comes back); unknown names are ignored."""
+    _ENCODER_PLUGINS.pop(name, None)
+
+
+def _plugin_options(name: str, factory) -> dict[str, str] | None:
+    """The option names a factory takes (rule "any": the factory checks values), None for ``**options``."""
+    try:
+        params = list(inspect.signature(factory).parameters.values())[3:]
+    except (TypeError, ValueError):      # a builtin without a signature: let it check its own options
+        return None
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return {p.name: "any" for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
+def _build_plugin_encoder(kind: str, in_shape, out_dim: int, hidden: int, options: dict) -> nn.Module:
+    factory = _ENCODER_PLUGINS[kind]
+    module = factory(tuple(in_shape), out_dim, hidden, **options)
+    if not isinstance(module, nn.Module):
+        raise ValueError(f"encoder plug-in {kind!r} ({describe(factory)}) returned {type(module).__name__}, "
+                         "not a torch.nn.Module; return the encoder module")
+    # one tiny forward now, so a wrong feature size is this one line, not a shape error mid-training;
+    # eval mode and a forked RNG: the model and the run's random stream are left as they were
+    with torch.no_grad(), eval_mode(module), torch.random.fork_rng(devices=[]):
+        out = module(torch.zeros((2, *in_shape)))
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, out_dim):
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"encoder plug-in {kind!r} maps a batch of shape {(2, *in_shape)} to {got}; it must "
+                         f"give (batch, out_dim) = {(2, out_dim)} features (out_dim is feature_dim)")
+    return module
+
+
 def check_encoder_options(kind: str, options, where: str | None = None) -> dict:
     """``options`` for an encoder of ``kind``, checked against ``ENCODER_OPTIONS[kind]``.
 
-    A one-line ValueError names the valid options (or says the kind takes none).
+    A one-line ValueError names the valid options (or says the kind takes none). A plug-in's
+    options are the keyword parameters of its factory (values are the factory's to check).
     """
+    load_plugins()
+    if kind in _ENCODER_PLUGINS:
+        valid = _plugin_options(kind, _ENCODER_PLUGINS[kind])
+        if valid is None:
+            if not isinstance(options, (dict, type(None))):
+                raise ValueError(f"{where or f'{kind} encoder options'} must be a mapping, got {shown(options)}")
+            return dict(options or {})
+        return paper_encoders.check_options(kind, options, valid, where)
     if kind not in ENCODER_OPTIONS:
-        raise ValueError(f"unknown encoder {kind!r}; choose one of: {', '.join(ENCODERS)}")
+        raise ValueError(f"unknown encoder {kind!r}; choose one of: {', '.join(encoder_names())}")
     return paper_encoders.check_options(kind, options, ENCODER_OPTIONS[kind], where)
 
 
@@ -290,6 +359,8 @@ def build_encoder(kind: str, in_shape, out_dim: int, hidden: int, options=None) 
     ``mask_padding``; linear and the other resnet kinds take none.
     """
     options = check_encoder_options(kind, options)
+    if kind in _ENCODER_PLUGINS:
+        return _build_plugin_encoder(kind, in_shape, out_dim, hidden, options)
     if kind == "mlp":
         return MLPEncoder(in_shape, out_dim, options.get("hidden", hidden))
     if kind == "cnn":

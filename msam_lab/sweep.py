@@ -31,7 +31,7 @@ import pandas as pd
 from . import config as config_mod
 from .config import Config, ConfigError, stored_values
 from .datasets import load_dataset
-from .methods import METHOD_NAMES, METHODS
+from .methods import method_class, method_names
 from .methods.sam import SAMMethod
 from .runs import check_output_dir, is_run, is_run_dir, load_run, run_state
 from .selection import BEST, LAST, labelled, selection_summary
@@ -45,7 +45,7 @@ SUMMARY_FILE = "sweep_summary.csv"
 
 def uses_rho(method: str) -> bool:
     """True for methods whose update depends on ρ (SAM and everything built on it)."""
-    return issubclass(METHODS[method], SAMMethod)
+    return issubclass(method_class(method), SAMMethod)
 
 
 def run_dir(out, method: str, seed: int, rho: float | None = None) -> Path:
@@ -77,9 +77,10 @@ def _as_list(value):
 def _check_lists(methods, seeds, rhos):
     if not isinstance(methods, list) or not methods or not all(isinstance(m, str) for m in methods):
         raise ConfigError(f"methods must be a non-empty list of method names, got {methods!r}")
-    unknown = [m for m in methods if m not in METHOD_NAMES]
+    known = method_names()       # built-ins and plug-ins
+    unknown = [m for m in methods if m not in known]
     if unknown:
-        raise ConfigError(f"unknown method {unknown[0]!r} in the sweep; choose from: {', '.join(METHOD_NAMES)}")
+        raise ConfigError(f"unknown method {unknown[0]!r} in the sweep; choose from: {', '.join(known)}")
     if len(set(methods)) != len(methods):
         raise ConfigError(f"methods lists a method twice: {', '.join(methods)}")
     if (not isinstance(seeds, list) or not seeds
@@ -122,7 +123,7 @@ def _check_modalities(cells: list[Cell]) -> None:
     """Let each method check the dataset's modalities (unimodal's ``modality``, ≥ 2 for balancers)."""
     cache: dict[str, tuple] = {}
     for cell in cells:
-        check = METHODS[cell.method].validate_modalities
+        check = method_class(cell.method).validate_modalities
         cfg = cell.config
         key = json.dumps([cfg.dataset, cfg.data], sort_keys=True, default=str)
         if key not in cache:

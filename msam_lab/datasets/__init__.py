@@ -1,5 +1,8 @@
 """Dataset registry: a name -> a module with ``OPTIONS`` (defaults) and ``load(**options)``.
 
+Built-in loaders are modules of this package; a plug-in's loader is registered with
+:func:`register_dataset` (``msam_lab.plugins``) and stands in for such a module.
+
 Every loader's ``load`` returns :class:`Splits` of :class:`MultimodalData`. A
 loader whose data may not fit in memory also has ``load_stream(cache_dir,
 **options)`` (Splits of :class:`StreamingData`) and ``estimate_bytes(**options)``
@@ -11,7 +14,9 @@ from __future__ import annotations
 import importlib
 import os
 from pathlib import Path
+from typing import Callable
 
+from ..entry_points import check_callable, check_name, describe, is_new, load_plugins
 from .base import Batch, MultimodalData, Splits, in_memory
 from .streaming import StreamingData
 
@@ -26,7 +31,95 @@ _REGISTRY = {
     "ur-funny": "msam_lab.datasets.urfunny",
 }
 
-DATASETS = tuple(_REGISTRY)
+DATASETS = tuple(_REGISTRY)     # the built-ins; dataset_names() adds the registered plug-ins
+
+
+class PluginDataset:
+    """A registered loader in the shape of a loader module (``OPTIONS``, ``load``, optionally
+    ``load_stream`` and ``estimate_bytes``), so every path below treats both alike."""
+
+    def __init__(self, name: str, loader: Callable, options: dict, stream_loader: Callable | None = None,
+                 estimator: Callable | None = None):
+        self.name, self.loader, self.options = name, loader, dict(options)
+        self.stream_loader, self.estimator = stream_loader, estimator
+
+    def __eq__(self, other):   # the same functions (by identity) and option defaults
+        return (isinstance(other, PluginDataset) and (self.name, self.options) == (other.name, other.options)
+                and all(a is b for a, b in zip((self.loader, self.stream_loader, self.estimator),
+                                               (other.loader, other.stream_loader, other.estimator))))
+
+    __hash__ = None
+
+    def __repr__(self) -> str:
+        return f"the plug-in loader {describe(self.loader)}"
+
+    @property
+    def OPTIONS(self) -> dict:   # noqa: N802 - the loader modules' name for it
+        return dict(self.options)
+
+    def load(self, cache_dir=None, **options) -> Splits:
+        return self._checked(self.loader(cache_dir, **options), "loader")
+
+    def __getattr__(self, attr):
+        # load_stream / estimate_bytes exist only when registered (callers test with hasattr);
+        # self.__dict__, not self.x: no recursion on a half-built instance (copy, pickle)
+        fns = self.__dict__
+        if attr == "load_stream" and fns.get("stream_loader") is not None:
+            return lambda cache_dir=None, **options: self._checked(fns["stream_loader"](cache_dir, **options),
+                                                                   "load_stream")
+        if attr == "estimate_bytes" and fns.get("estimator") is not None:
+            return fns["estimator"]
+        raise AttributeError(attr)
+
+    def _checked(self, splits, what: str) -> Splits:
+        if not isinstance(splits, Splits):
+            raise ValueError(f"dataset plug-in {self.name!r}: its {what} returned {type(splits).__name__}, "
+                             f"not msam_lab.datasets.Splits; return Splits(train, test, info)")
+        return splits
+
+
+_PLUGINS: dict[str, PluginDataset] = {}     # registered plug-ins; a name here shadows a built-in
+
+
+def dataset_names() -> tuple[str, ...]:
+    """Every dataset name: the built-ins, then the registered plug-ins (installed ones loaded first)."""
+    load_plugins()
+    return DATASETS + tuple(n for n in _PLUGINS if n not in _REGISTRY)
+
+
+def is_plugin(name: str) -> bool:
+    """Whether ``name`` is a registered plug-in dataset (not, or no longer, the built-in)."""
+    load_plugins()
+    return name in _PLUGINS
+
+
+def register_dataset(name: str, loader: Callable, options: dict | None = None, *,
+                     load_stream: Callable | None = None, estimate_bytes: Callable | None = None,
+                     replace: bool = False) -> None:
+    """Make ``loader(cache_dir, **options) -> Splits`` the dataset ``name``; ``options``: its option defaults.
+
+    Optionally ``load_stream(cache_dir, **options) -> Splits`` of StreamingData and
+    ``estimate_bytes(**options) -> int`` (see :func:`load_for_training`). Registering the same
+    loader and options again is a no-op; another under a taken name needs ``replace=True``.
+    """
+    check_name("dataset", name)
+    check_callable("dataset", name, "loader", loader)
+    for what, fn in (("load_stream", load_stream), ("estimate_bytes", estimate_bytes)):
+        if fn is not None:
+            check_callable("dataset", name, what, fn)
+    options = {} if options is None else options
+    if not isinstance(options, dict) or not all(isinstance(k, str) for k in options):
+        raise ValueError(f"dataset {name!r}: options must be a dict of option name -> default, "
+                         f"e.g. {{'n_samples': 300}}; got {type(options).__name__}")
+    entry = PluginDataset(name, loader, dict(options), load_stream, estimate_bytes)
+    existing = _PLUGINS.get(name) or (f"the built-in {_REGISTRY[name]}" if name in _REGISTRY else None)
+    if is_new("dataset", name, entry, existing, replace):
+        _PLUGINS[name] = entry
+
+
+def unregister_dataset(name: str) -> None:
+    """Forget the plug-in ``name`` (a built-in it replaced comes back); unknown names are ignored."""
+    _PLUGINS.pop(name, None)
 
 
 def default_cache_dir() -> Path:
@@ -35,8 +128,11 @@ def default_cache_dir() -> Path:
 
 
 def _module(name: str):
+    load_plugins()
+    if name in _PLUGINS:
+        return _PLUGINS[name]
     if name not in _REGISTRY:
-        raise ValueError(f"unknown dataset {name!r}; choose one of: {', '.join(_REGISTRY)}")
+        raise ValueError(f"unknown dataset {name!r}; choose one of: {', '.join(dataset_names())}")
     return importlib.import_module(_REGISTRY[name])
 
 
@@ -151,4 +247,5 @@ def _configure(splits: Splits, device, num_workers: int) -> Splits:
 
 __all__ = ["Batch", "MultimodalData", "Splits", "StreamingData", "DATASETS", "DATA_PATHS", "load_dataset",
            "load_for_training", "choose_data_path", "estimate_bytes", "in_memory",
-           "dataset_options", "resolve_options", "default_cache_dir"]
+           "dataset_options", "resolve_options", "default_cache_dir", "dataset_names", "is_plugin",
+           "register_dataset", "unregister_dataset", "PluginDataset"]

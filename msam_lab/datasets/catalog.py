@@ -2,11 +2,12 @@
 
 Facts come from the loaders' own constants where they have them (layout
 strings, class names, feature shapes, option defaults); the rest (sizes of the
-published sets, download addresses) is written here once.
+published sets, download addresses) is written here once. The catalogue describes
+the built-ins; a registered plug-in gets a short entry from its registration.
 """
 from __future__ import annotations
 
-from . import DATASETS, ave, av_digits, avmnist, cremad, synthetic, urfunny
+from . import DATASETS, _module, ave, av_digits, avmnist, cremad, dataset_names, is_plugin, synthetic, urfunny
 
 
 def _val_fraction() -> float:
@@ -110,13 +111,23 @@ CATALOG: dict[str, dict] = {
     },
 }
 
-assert set(CATALOG) == set(DATASETS), "every registered dataset needs a catalogue entry"
+assert set(CATALOG) == set(DATASETS), "every built-in dataset needs a catalogue entry"
+
+
+def _plugin_entry(name: str) -> str:
+    """What msam_lab knows of a plug-in without loading it: who registered it and its options."""
+    entry = _module(name)
+    options = ", ".join(f"{k}={v!r}" for k, v in entry.OPTIONS.items()) or "none"
+    return "\n".join([f"{name}: a plug-in dataset ({entry!r})", f"  options (data.NAME): {options}",
+                       f"  train on it: msam-lab train --dataset {name}"])
 
 
 def format_entry(name: str) -> str:
     """The catalogue entry of ``name`` as a few indented lines."""
+    if is_plugin(name):
+        return _plugin_entry(name)
     if name not in CATALOG:
-        raise ValueError(f"unknown dataset {name!r}; choose one of: {', '.join(CATALOG)}")
+        raise ValueError(f"unknown dataset {name!r}; choose one of: {', '.join(dataset_names())}")
     e = CATALOG[name]
     classes = e["classes"]
     classes = f"{len(classes)}: {', '.join(classes)}" if isinstance(classes, list) else classes
@@ -135,8 +146,8 @@ def format_entry(name: str) -> str:
 
 
 def format_catalog(names=None) -> str:
-    """Entries of ``names`` (default: every dataset), separated by blank lines."""
-    return "\n\n".join(format_entry(n) for n in (names or CATALOG))
+    """Entries of ``names`` (default: every dataset, plug-ins included), separated by blank lines."""
+    return "\n\n".join(format_entry(n) for n in (names or dataset_names()))
 
 
 __all__ = ["CATALOG", "format_entry", "format_catalog"]

@@ -18,7 +18,7 @@ it stops by itself when the runs end, or on ``.stop()``.
 from .dominance_explorer import DominanceExplorer
 from .follow import Follower, LiveCurves, LiveFigure
 from .landscape_explorer import LandscapeExplorer
-from .teaching_lab import AV_DIGITS_KNOBS, TeachingLab, synthetic_knobs
+from .teaching_lab import AV_DIGITS_KNOBS, TeachingLab, lab_methods, synthetic_knobs
 
 __all__ = ["DominanceExplorer", "Follower", "LandscapeExplorer", "LiveCurves", "LiveFigure", "TeachingLab",
-           "AV_DIGITS_KNOBS", "synthetic_knobs"]
+           "AV_DIGITS_KNOBS", "lab_methods", "synthetic_knobs"]

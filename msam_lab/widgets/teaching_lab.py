@@ -15,6 +15,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from .. import viz
+from ..methods import METHOD_NAMES, method_names
 from ..notebook_utils import ensure_run, run_path, runs_root
 from .follow import ready, waiting_figure
 
@@ -46,6 +47,14 @@ def synthetic_knobs(informativeness=(3.0, 0.75)) -> list[Knob]:
     return knobs + [Knob("rho", "ρ (SAM radius)", 0.0, 0.5, 0.01, 0.05)]
 
 
+LAB_METHODS = ("msam", "joint", "sam")     # the lab's story: M-SAM against its two ancestors
+
+
+def lab_methods() -> tuple[str, ...]:
+    """The method dropdown's default choices: ``LAB_METHODS``, then every registered plug-in method."""
+    return LAB_METHODS + tuple(m for m in method_names() if m not in METHOD_NAMES)
+
+
 def set_field(config: dict, key: str, value) -> dict:
     """Set ``key`` (``a``, ``data.b`` or ``data.b[i]``) in a config dict, in place; returns it."""
     head, dot, rest = key.partition(".")
@@ -64,12 +73,19 @@ class TeachingLab(W.VBox):
     """``TeachingLab(base_config, knobs=AV_DIGITS_KNOBS, epochs=3)``; press **Train** (or call ``retrain()``).
 
     ``base_config``: the fixed part of the config (default av-digits with ``checkpoint_every=1``);
-    ``methods``: the choices of the method dropdown; ``root``: where the lab's runs go (default
-    ``runs_root()/lab``).
+    ``methods``: the choices of the method dropdown (default ``lab_methods()``: msam, joint, sam and
+    any plug-in methods); ``root``: where the lab's runs go (default ``runs_root()/lab``).
     """
 
     def __init__(self, base_config: dict | None = None, knobs=None, epochs: int = 3, max_epochs: int = 20,
-                 methods=("msam", "joint", "sam"), smooth: int = 5, root=None, **kwargs):
+                 methods=None, smooth: int = 5, root=None, **kwargs):
+        methods = tuple(lab_methods() if methods is None else methods)
+        known = method_names()
+        unknown = [m for m in methods if m not in known]
+        if not methods:
+            raise ValueError("methods must name at least one method, e.g. ('msam', 'joint')")
+        if unknown:
+            raise ValueError(f"unknown method {unknown[0]!r} in methods; choose from: {', '.join(known)}")
         self.base_config = {"checkpoint_every": 1, **(base_config or {})}
         if "data" in self.base_config:
             self.base_config["data"] = copy.deepcopy(self.base_config["data"])

@@ -1,0 +1,31 @@
+"""Register your own datasets, encoders and training methods, in code or from an installed package.
+
+    import msam_lab
+    msam_lab.register_dataset("my-data", load_my_data, {"n_samples": 500})   # loader(cache_dir, **options)
+    msam_lab.register_encoder("my-enc", MyEncoder)        # factory(in_shape, out_dim, hidden, **options)
+    msam_lab.register_method("my-method", MyMethod)       # a subclass of msam_lab.methods.Method
+    msam_lab.train({"dataset": "my-data", "encoders": {"image": "my-enc"}, "method": "my-method"})
+
+A package registers through the entry-point group ``msam_lab.plugins`` (msam_lab.entry_points),
+which msam_lab loads the first time it lists or looks up a name. Each layer keeps its own registry
+(datasets, models, methods, so no lower layer imports this one); these functions delegate to them.
+Names are lower-case (letters, digits, ``_ . -``); registering the same object twice is a no-op,
+a different one under a taken name (a built-in's too) needs ``replace=True``.
+"""
+from __future__ import annotations
+
+from .datasets import register_dataset, unregister_dataset
+from .entry_points import GROUP, load_plugins
+from .methods import register_method, unregister_method
+from .models import register_encoder, unregister_encoder
+
+
+def unregister(kind: str, name: str) -> None:
+    """Forget plug-in ``name`` of ``kind`` ("dataset", "encoder" or "method"); a replaced built-in comes back."""
+    forget = {"dataset": unregister_dataset, "encoder": unregister_encoder, "method": unregister_method}
+    if kind not in forget:
+        raise ValueError(f"kind must be one of {', '.join(forget)}, got {kind!r}")
+    forget[kind](name)
+
+
+__all__ = ["GROUP", "load_plugins", "register_dataset", "register_encoder", "register_method", "unregister"]
