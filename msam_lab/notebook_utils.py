@@ -251,11 +251,15 @@ def ensure_sharpness(run, epochs=None, n_samples: int = 256, probes: int = 16, t
     from .landscape.runs import SHARPNESS_CSV
     wanted = ([max(run.checkpoints)] if epochs is None else sorted(run.checkpoints) if epochs == "all"
               else [int(epochs)] if isinstance(epochs, int) else [int(e) for e in epochs])
-    scopes = ["model", *run.modalities]
+    # a run logged from your own model (RunLogger) measures the encoders its scopes name, on your batches
+    scopes = ["model", *(run.model_spec.get("scopes", {}) if run.logged else run.modalities)]
     path = run.path / SHARPNESS_CSV
     if path.is_file():
         # the table records the subset size actually used: the whole split when it is smaller
-        n_used = n_samples if n_samples is None else min(n_samples, len(getattr(run.load_data(), split)))
+        if run.logged:
+            n_used = sum(len(labels) for _, labels in kwargs.get("batches") or [])
+        else:
+            n_used = n_samples if n_samples is None else min(n_samples, len(getattr(run.load_data(), split)))
         settings = {"split": split, "n_samples": n_used, "subset_seed": subset_seed, "seed": seed, "topk": topk,
                     "probes": probes, "rho": rho}
         old = pd.read_csv(path)

@@ -234,3 +234,19 @@ def test_run_logger_rows_are_checked_and_a_crash_marks_the_run_failed(tmp_path):
     assert msam_lab.load_run(tmp_path / "crash").steps["loss"].tolist() == [0.5]   # its rows stay readable
     with pytest.raises(ConfigError, match="your own loop"):
         msam_lab.train(resume=tmp_path / "crash")
+
+
+def test_the_notebook_helpers_and_the_landscape_explorer_take_a_logged_run(tmp_path):
+    pytest.importorskip("ipywidgets")
+    from msam_lab import notebook_utils as nb
+    from msam_lab.widgets import LandscapeExplorer
+
+    _, test = logged_run(tmp_path / "mine", epochs=1)
+    run = msam_lab.load_run(tmp_path / "mine")
+    own = {"model_factory": TokenModel, "forward": forward, "batches": [test]}
+    first = nb.ensure_sharpness(run, probes=2, **own)
+    again = nb.ensure_sharpness(run, probes=2, **own)                 # read back from sharpness.csv
+    assert list(again["scope"]) == list(first["scope"]) == ["model", "a", "b"]
+    np.testing.assert_allclose(again["lambda_1"], first["lambda_1"])
+    explorer = LandscapeExplorer(run, grid=3, grid_1d=3, landscape_kwargs=own)
+    assert explorer.figure.data and run.landscapes                     # a surface computed and drawn
