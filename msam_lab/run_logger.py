@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import platform
 import re
+import shutil
 import time
 from datetime import datetime, timezone
 
@@ -28,7 +29,7 @@ import torch
 from .config import ConfigError
 from .msam_optimizer import ShapleyRecord
 from .run_writer import RunWriter
-from .runs import EPOCHS, LOGGED, STEPS, read_table
+from .runs import EPOCHS, LOGGED, STEPS, is_run_dir, read_table, run_state
 from .selection import table_summary
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -49,11 +50,13 @@ class RunLogger:
     ``config``: your hyperparameters (plain JSON values), stored as ``config.json`` with ``method``,
     ``dataset``, ``seed`` and ``epochs`` beside them. ``scopes``: modality -> the submodule path of its
     encoder (e.g. ``{"image": "image_net"}``), so ``sharpness_for_run`` can measure each encoder.
+    ``restart=True``: an interrupted or failed run already in ``out`` (a loop stopped midway) is
+    deleted and started afresh; a finished or running one is never touched.
     """
 
     def __init__(self, out, modalities, config: dict | None = None, *, method: str = "custom",
                  dataset: str = "custom", seed: int = 0, epochs: int | None = None, scopes: dict | None = None,
-                 flush_every: float = 1.0):
+                 flush_every: float = 1.0, restart: bool = False):
         names = tuple(modalities) if not isinstance(modalities, str) else (modalities,)
         if not names or len(set(names)) != len(names) or not all(isinstance(m, str) and _NAME.fullmatch(m)
                                                                  for m in names):
@@ -79,6 +82,8 @@ class RunLogger:
                               f"RunLogger(..., {reserved[0]}=...) instead")
         self.config = {**user, "method": method, "dataset": dataset, "seed": seed, "epochs": epochs}
         spec = {"kind": LOGGED, "modalities": list(names), "scopes": scopes}
+        if restart and is_run_dir(out) and run_state(out) in ("interrupted", "failed"):
+            shutil.rmtree(out)          # only after every argument checked: bad input deletes nothing
         self.writer = RunWriter(out, self.config, spec, flush_every=flush_every)
         self.out = self.writer.out
         self.step = 0               # the next step row's number

@@ -250,3 +250,30 @@ def test_the_notebook_helpers_and_the_landscape_explorer_take_a_logged_run(tmp_p
     np.testing.assert_allclose(again["lambda_1"], first["lambda_1"])
     explorer = LandscapeExplorer(run, grid=3, grid_1d=3, landscape_kwargs=own)
     assert explorer.figure.data and run.landscapes                     # a surface computed and drawn
+
+
+def test_restart_replaces_only_an_unfinished_run(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        with msam_lab.RunLogger(tmp_path / "r", modalities=MODALITIES) as log:
+            log.log_step(loss=1.0, dominant="a")
+            raise KeyboardInterrupt
+    assert msam_lab.load_run(tmp_path / "r").state == "interrupted"
+    with pytest.raises(ConfigError, match="interrupted"):
+        msam_lab.RunLogger(tmp_path / "r", modalities=MODALITIES)              # not without restart=True
+    with msam_lab.RunLogger(tmp_path / "r", modalities=MODALITIES, restart=True) as log:
+        log.log_epoch(0, test_acc=0.5)
+    run = msam_lab.load_run(tmp_path / "r")
+    assert run.state == "finished" and run.steps.empty                          # started afresh
+    with pytest.raises(ConfigError, match="finished"):
+        msam_lab.RunLogger(tmp_path / "r", modalities=MODALITIES, restart=True)  # a finished run is kept
+    assert msam_lab.load_run(tmp_path / "r").state == "finished"
+
+
+def test_a_saved_surface_is_not_reused_on_other_batches(tmp_path):
+    _, test = logged_run(tmp_path / "mine", epochs=1)
+    own = dict(grid=3, model_factory=TokenModel, forward=forward, name="s")
+    first = landscape_for_run(tmp_path / "mine", batches=[test], **own)
+    again = landscape_for_run(tmp_path / "mine", batches=[test], **own)          # same data: read back
+    np.testing.assert_array_equal(again["loss"], first["loss"])
+    with pytest.raises(ConfigError, match="batches_sha1"):                       # same size, other samples
+        landscape_for_run(tmp_path / "mine", batches=[data(seed=7)], **own)

@@ -17,6 +17,18 @@ import torch.nn.functional as F
 from ..forward_eval import coalition_totals, present_of
 
 
+def batches_fingerprint(batches) -> str:
+    """SHA-1 of every tensor in ``batches`` (inputs and labels, by position and key)."""
+    from .surface import fingerprint
+
+    flat = {}
+    for i, (inputs, labels) in enumerate(batches):
+        parts = inputs.items() if isinstance(inputs, dict) else [("", inputs)]
+        flat.update({f"{i}:{k}": v for k, v in parts if torch.is_tensor(v)})
+        flat[f"{i}:labels"] = labels
+    return fingerprint(flat)
+
+
 class ForwardEvaluation:
     def __init__(self, forward, batches, modalities: Sequence[str], per_modality: bool = True,
                  loss_fn=F.cross_entropy):
@@ -35,6 +47,7 @@ class ForwardEvaluation:
         self.rows = [r for _, r in rows]
         self.names = metric_names(self.modalities, per_modality)
         self.n = sum(len(labels) for _, labels in self.batches)
+        self.sha1 = batches_fingerprint(self.batches)    # a saved surface is reused only on the same data
 
     def to(self, device) -> "ForwardEvaluation":
         """The batches moved to ``device`` (the model's), in place."""

@@ -381,7 +381,8 @@ def generalization_gap(train: Surface, test: Surface, metric: str = "loss") -> n
 # ---------------------------------------------------------------- computing (with resume)
 
 # settings that must agree for a saved surface to be resumed
-_RESUME_KEYS = ("model_sha1", "directions_sha1", "metrics", "n_samples", "subset_seed", "split", "autocast_dtype")
+_RESUME_KEYS = ("model_sha1", "directions_sha1", "metrics", "n_samples", "subset_seed", "split", "autocast_dtype",
+                "batches_sha1")
 
 
 def compute_surface(model, data, directions: Sequence[Direction], coords: Sequence[np.ndarray], *,
@@ -439,6 +440,7 @@ def compute_surface(model, data, directions: Sequence[Direction], coords: Sequen
         "parameters": sorted({n for d in directions for n in d}),
         "batch_size": batch_size, "torch": torch.__version__,
         "autocast_dtype": None if autocast_dtype is None else str(autocast_dtype),
+        "batches_sha1": None if evaluation is None else evaluation.sha1,     # a ForwardEvaluation's data
     }
     info.update(meta or {})
     info.setdefault("split", None)
