@@ -71,7 +71,9 @@ class Config:
     rho: float = 0.05
     adaptive: bool = False                          # ASAM: scale ε elementwise by |θ|
     msam_variant: str = "default"                   # default | unimodal | params (DESIGN §2)
-    share_rule: str = "clip"                        # Shapley -> shares, see shapley.shares
+    share_rule: str = "clip"                        # Shapley -> shares: clip | shift | softmax | loss (shapley.shares)
+    share_temperature: float = 1.0                  # softmax / loss rules: T in softmax(x / T) (ours; > 0)
+    msam_dominant: str = "shapley"                  # perturbed modality: shapley | fixed:<m> | random | alternate
     tie_rule: str = "lowest"                        # dominant-modality ties, see shapley.dominant
     bn_policy: str = "restore"                      # restore | update: BN running stats in the perturbed pass
     shapley_value: str = "accuracy"                 # accuracy | loss (value of a coalition)
@@ -83,6 +85,9 @@ class Config:
     eval_batch_size: int = 128                      # chunks of the evaluation passes (small: cache-friendly on CPU)
     eval_every: int = 1                             # epochs between evaluations (epoch 0 and the last always)
     train_eval_samples: int = 512                   # seeded train subset for the train-side metrics and τ (0: all)
+    sharpness_every: int = 0                        # λ_max, tr H per encoder/fusion at epochs 0, K, 2K.., last (0: off)
+    sharpness_samples: int = 256                    # seeded subset of the train split they are measured on (0: all)
+    sharpness_probes: int = 16                      # Hutchinson probes per block (trace_se falls as 1/sqrt)
     # durability (docs/runs.md)
     flush_every: float = 1.0                        # seconds between appends of step rows + heartbeat (0: every step)
     resume_every: int = 0                           # resume checkpoint at every epoch end; N > 0: also every N steps
@@ -106,6 +111,8 @@ class Config:
     cggm_cls_lr: float | None = None                # aux classifiers' lr; None: lr/2 (code's cls_lr/lr)
     cggm_clip: float = 0.8                          # grad-norm clip after modulation (code: 0.8; 0 = off)
     cggm_eps: float = 1e-8                          # added to Σ diff in B_m
+    cggm_guard: bool = True                         # clip B_m to [0, cggm_bound] (ours; false: the code's unbounded B)
+    cggm_bound: float = 1.0                         # guard's upper bound: B's range when all diffs share a sign
     recon_stage_epochs: int = 4                     # ReconBoost: epochs the active learner trains
     recon_correct_epochs: int = 4                   # then epochs of joint ensemble correction
     recon_stage_steps: int = 0                      # > 0: count both phases in steps instead of epochs
@@ -115,6 +122,19 @@ class Config:
     recon_boost_rate: float = 1.0                   # initial learnable ensemble scale β
     recon_lr: float | None = None                   # lr of both phases; None: lr (code: 0.01)
     recon_order: list = field(default_factory=list)  # stage order of modalities; []: dataset order
+    mie_stage_epochs: list = field(default_factory=lambda: [25, 50])  # MIE: epochs of stage s (cycled; code CREMA-D epoch_list)
+    mie_stage_steps: int = 0                        # > 0: every stage lasts this many steps instead (ours, short runs)
+    mie_order: list = field(default_factory=list)   # stage order of modalities; []: dataset order (code: audio first)
+    mie_mixup_alpha: float = 1.0                    # λ ~ Beta(α, α); 0: no mixup (code mixup_alpha 1.0)
+    mie_rho: float = 1e-10                          # per-tensor step ρ·g/‖g‖ (code noise_ratio; nil in float32)
+    mie_restore: bool = False                       # undo ε before the update (code: never undone)
+    mie_ori_weight: float = 0.7                     # weight of the mixup loss (code 1 − flat_ratio)
+    mie_flat_weight: float = 0.3                    # weight of the flat loss (code flat_ratio 0.3)
+    mie_temperature: float = 0.4                    # T in exp(−T·(λ−λmin)/(λmax−λmin)) (code temperature1)
+    masam_mode: str = "paper"                       # MASAM: paper | code (the released code's quirks); ρ is `rho`
+    masam_beta: float = 0.9                         # EMA β of each unimodal loss (code: --momentum 0.9)
+    masam_w: float = 0.5                            # APS weight of the loss decay D vs alignment S (--score_weight)
+    masam_aps: bool | None = None                   # APS picks one encoder; false: perturb all; None: paper on, code off
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -135,7 +155,8 @@ _CHOICES = {
     "grad_clip_rule": CLIP_RULES, "fusion_trunk": FUSION_TRUNKS, "data_path": DATA_PATHS, "precision": PRECISIONS,
 }
 _POSITIVE = ("epochs", "batch_size", "feature_dim", "hidden_dim", "eval_batch_size",
-             "shapley_exact_max", "shapley_permutations", "eval_every", "lr_step", "stream_above_mb")
+             "shapley_exact_max", "shapley_permutations", "eval_every", "lr_step", "stream_above_mb",
+             "share_temperature")
 _NON_NEGATIVE = ("rho", "lr", "momentum", "weight_decay", "checkpoint_every", "train_eval_samples",
                  "flush_every", "resume_every", "shapley_batch", "lr_gamma", "lr_min", "warmup_epochs",
                  "grad_clip", "num_workers")
@@ -226,6 +247,16 @@ def validate(cfg: Config) -> Config:
                               f"{reprlib.repr(kind)} (set it with --set encoders.MODALITY=KIND)")
     if not 0 <= cfg.val_fraction < 1:
         raise ConfigError(f"val_fraction must be in [0, 1), got {cfg.val_fraction}")
+    # sharpness over training (msam_lab/sharpness_timeline.py), measured at evaluated epoch ends
+    for name, low in (("sharpness_every", 0), ("sharpness_samples", 0), ("sharpness_probes", 1)):
+        if getattr(cfg, name) < low:
+            raise ConfigError(f"{name} must be >= {low}, got {getattr(cfg, name)}")
+    if cfg.sharpness_every and cfg.sharpness_every % cfg.eval_every:
+        raise ConfigError(f"sharpness_every ({cfg.sharpness_every}) must be a multiple of eval_every "
+                          f"({cfg.eval_every}): sharpness is measured at evaluated epochs")
+    if cfg.sharpness_every and cfg.compile:
+        raise ConfigError("sharpness_every needs compile=false (a compiled model has no double backward); "
+                          "or measure after training: msam-lab sharpness RUN --timeline")
     if cfg.warmup_epochs and cfg.warmup_epochs >= cfg.epochs:
         raise ConfigError(f"warmup_epochs ({cfg.warmup_epochs}) must be below epochs ({cfg.epochs})")
     try:
@@ -288,7 +319,8 @@ def from_dict(values: dict) -> Config:
 
 # Fields added after runs were already being written whose default is NOT what those runs did:
 # a stored config without the field ran as this value (a resumed or re-read old run must too).
-STORED_DEFAULTS = {"val_fraction": 0.0}     # runs before model selection trained on the whole train split
+STORED_DEFAULTS = {"val_fraction": 0.0,     # runs before model selection trained on the whole train split
+                   "cggm_guard": False}     # CGGM runs before the guard used the published, unbounded B
 
 
 def stored_values(values: dict) -> dict:

@@ -54,7 +54,7 @@ def coalition_totals(model, forward, batches, modalities, masks, loss_fn=F.cross
 
 
 def evaluate_forward(model, forward, batches, modalities, loss_fn=F.cross_entropy, share_rule: str = "clip",
-                     shapley_value: str = "accuracy") -> dict:
+                     shapley_value: str = "accuracy", share_temperature: float = 1.0) -> dict:
     """Loss, accuracy, per-modality accuracies and Shapley shares (see the module docstring), eval mode."""
     names = tuple(modalities)
     if not names or len(set(names)) != len(names):
@@ -68,7 +68,7 @@ def evaluate_forward(model, forward, batches, modalities, loss_fn=F.cross_entrop
                                                        decompose=True)
     acc, loss = correct / n, loss_sum / n
     phi = shapley.exact_shapley(acc if shapley_value == "accuracy" else -loss)
-    share = shapley.shares(phi, share_rule)
+    share = shapley.shares(phi, share_rule, share_temperature, [loss[1 << m] for m in range(len(names))])
     full = masks[-1]
     out = {"loss": float(loss[full]), "acc": float(acc[full])}
     for m, name in enumerate(names):

@@ -33,7 +33,8 @@ def dataset_coalition_stats(model: MultimodalModel, data: MultimodalData, masks,
 @torch.no_grad()
 def evaluate(model: MultimodalModel, data: MultimodalData, batch_size: int = 128,
              share_rule: str = "clip", shapley_value: str = "accuracy",
-             exact_max: int = shapley.EXACT_MAX, n_permutations: int = 64, seed: int = 0) -> dict:
+             exact_max: int = shapley.EXACT_MAX, n_permutations: int = 64, seed: int = 0,
+             share_temperature: float = 1.0) -> dict:
     """Loss, accuracy, per-modality accuracies and Shapley shares of ``model`` on ``data``.
 
     One eval-mode pass: features once per batch, every coalition through the fusion.
@@ -69,7 +70,8 @@ def evaluate(model: MultimodalModel, data: MultimodalData, batch_size: int = 128
                 return dataset_coalition_stats(model, data, ms, batch_size)
             phi = coalitions.modality_shapley(stats_fn, n_mod, shapley_value, exact_max,
                                               n_permutations, seed)
-    share = shapley.shares(phi, share_rule)
+    alone = [mean_loss[index[1 << m]] for m in range(n_mod)]        # the loss share rule reads them
+    share = shapley.shares(phi, share_rule, share_temperature, alone)
     out = {"loss": float(mean_loss[index[full]]), "acc": float(acc[index[full]])}
     for m, name in enumerate(names):
         out[f"acc_{name}"] = float(decomposed_correct[m] / total) if exact else float("nan")
@@ -102,7 +104,8 @@ def epoch_metrics(model: MultimodalModel, train: MultimodalData, test: Multimoda
     """
     c = config
     kw = dict(batch_size=c.eval_batch_size, share_rule=c.share_rule, shapley_value=c.shapley_value,
-              exact_max=c.shapley_exact_max, n_permutations=c.shapley_permutations, seed=c.seed)
+              exact_max=c.shapley_exact_max, n_permutations=c.shapley_permutations, seed=c.seed,
+              share_temperature=c.share_temperature)
     return epoch_row(evaluate(model, train, **kw), evaluate(model, test, **kw),
                      None if val is None else evaluate(model, val, **kw))
 

@@ -81,6 +81,29 @@ class CsvAppender:
         return rows
 
 
+def _key_cell(text: str) -> str:
+    """A key cell compared by value: 3, 3.0 and '3' are one key (pandas writes ints of a column with gaps as floats)."""
+    try:
+        return repr(float(text))
+    except ValueError:
+        return text
+
+
+def replace_rows(path: Path, rows: list[dict], keys) -> None:
+    """Put ``rows`` into the CSV table ``path``: rows already there with the same ``keys`` values are
+    replaced, the others kept; the header is widened to new columns. Rewritten atomically."""
+    old = CsvAppender(path)
+    new = [{k: _cell(float(v) if isinstance(v, float) else v) for k, v in r.items()} for r in rows]
+    columns = list(dict.fromkeys([*old.columns, *(k for r in new for k in r)]))
+    replaced = {tuple(_key_cell(r.get(k, "")) for k in keys) for r in new}
+    kept = [r for r in old.read() if tuple(_key_cell(r.get(k) or "") for k in keys) not in replaced]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, columns, restval="", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows([*kept, *new])
+    atomic.write_text(path, buf.getvalue())
+
+
 class RunWriter:
     """Owns a run directory while one trainer writes it.
 
@@ -141,6 +164,10 @@ class RunWriter:
         self._last_flush = time.monotonic()
         if status:
             self.write_status()
+
+    def replace_rows(self, name: str, rows: list[dict], keys) -> None:
+        """Rows of an analysis table ``<run>/<name>`` (sharpness.csv), replacing those with the same keys."""
+        replace_rows(self.out / name, rows, keys)
 
     # -- checkpoints -------------------------------------------------------------------
     def checkpoint(self, epoch: int, state: dict) -> None:

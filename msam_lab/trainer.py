@@ -2,7 +2,8 @@
 
 The loop below reads top to bottom; each concern around it lives in its own module:
 ``run_writer`` (status, streamed tables, checkpoints, lock), ``resume`` (the state a resume
-needs), ``nonfinite`` (``nan_policy``), ``progress`` (bar or log lines), ``interrupts`` (SIGTERM).
+needs), ``nonfinite`` (``nan_policy``), ``progress`` (bar or log lines), ``interrupts`` (SIGTERM),
+``sharpness_timeline`` (``sharpness_every``).
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import torch
 
 from . import config as config_mod
 from . import resume as resume_mod
-from . import schedules, speed
+from . import schedules, sharpness_timeline, speed
 from .config import Config, ConfigError
 from .datasets import load_for_training
 from .datasets.validation import with_validation
@@ -150,6 +151,7 @@ def train(config=None, out=None, quiet: bool = False, overrides=(), resume=None,
         row = {"epoch": epoch, **epoch_metrics(model, train_eval, splits.test, cfg, val=splits.val), "lr": lr,
                "wall_time": wall()}
         writer.log_epoch(row)
+        sharpness_timeline.at_epoch(writer, model, splits.train, epoch, cfg)   # sharpness_every: per-block Hessian
         if epoch > 0 and row.get("val_acc", -1) > best_val:    # selection's rule: earliest best, not epoch 0
             best_val = row["val_acc"]
             checkpoint(epoch)                                   # the selected model can be loaded

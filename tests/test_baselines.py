@@ -15,6 +15,8 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 import msam_lab
 from msam_lab import config as config_mod
@@ -254,6 +256,38 @@ def test_cggm_coefficients_follow_the_accuracy_change_formula():
     assert list(cggm_coefficients([0.4, 0.4], [0.4, 0.4])) == pytest.approx([1.0, 1.0])
 
 
+def test_cggm_published_coefficients_explode_when_the_accuracy_changes_cancel():
+    # batch 64: one sample more right for m0, one fewer for m1, Σ diff = 0 -> B = 1 ∓ (1/64)/1e-8
+    b = cggm_coefficients([0.5, 0.5], [0.5 + 1 / 64, 0.5 - 1 / 64])
+    assert list(b) == pytest.approx([1 - 1.5625e6, 1 + 1.5625e6], rel=1e-9)
+    assert list(cggm_coefficients([0.5, 0.5], [0.5 + 1 / 64, 0.5 - 1 / 64], bound=1.0)) == [0.0, 1.0]
+
+
+ACC = st.integers(0, 64)
+
+
+@settings(max_examples=300, deadline=None)
+@given(n=st.sampled_from([16, 64, 128]), prev=st.lists(ACC, min_size=2, max_size=4),
+       step=st.lists(st.integers(-8, 8), min_size=4, max_size=4), bound=st.sampled_from([0.5, 1.0, 2.0, 7.0]))
+@example(n=64, prev=[32, 32], step=[1, -1, 0, 0], bound=1.0)              # exact cancellation
+@example(n=64, prev=[32, 32, 10], step=[3, -1, -2, 0], bound=1.0)
+def test_cggm_guarded_coefficients_stay_in_bounds_and_keep_the_published_rule_there(n, prev, step, bound):
+    """Accuracies are counts/n as on a batch of n, so Σ diff = 0 with diff ≠ 0 really occurs."""
+    acc_prev = np.array(prev) / n
+    acc_now = np.clip(np.array(prev) + step[:len(prev)], 0, n) / n
+    published = cggm_coefficients(acc_prev, acc_now)
+    guarded = cggm_coefficients(acc_prev, acc_now, bound=bound)
+    assert np.all((guarded >= 0) & (guarded <= bound))
+    inside = (published >= 0) & (published <= bound)
+    assert np.array_equal(guarded[inside], published[inside])              # the published rule, bit for bit
+    assert np.all(guarded[published < 0] == 0) and np.all(guarded[published > bound] == bound)
+    diff = acc_now - acc_prev
+    if bound >= 1 and (np.all(diff >= 0) and diff.sum() > 0):
+        assert np.array_equal(guarded, published)       # all improved: B is the others' fraction of the gain
+    if len(prev) == 2 and bound == 1.0 and np.any(diff != 0):
+        assert guarded.sum() == pytest.approx(1.0, abs=1e-5)     # two modalities: modulation moved, not added
+
+
 def test_cggm_step_scales_encoders_by_rho_b_and_adds_the_direction_term():
     rho, lam = 1.3, 0.5
     model = tiny_model("late_sum")
@@ -288,6 +322,36 @@ def test_cggm_step_scales_encoders_by_rho_b_and_adds_the_direction_term():
         assert close(model.fusion.heads[m].weight.grad, ref2[names.index(f"fusion.heads.{m}.weight")]
                      + lam * extra[m], 1e-5)
         assert extra[m].abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("guard", [True, False])
+def test_cggm_guard_bounds_the_encoder_scaling_on_a_cancelling_step(guard):
+    rho = 1.3
+    model = tiny_model("late_sum")
+    inputs, labels = tiny_batch()
+    method = build_method(model, frozen_config("cggm", cggm_rho=rho, cggm_lambda=0.0, cggm_clip=0.0,
+                                               cggm_guard=guard))
+    with torch.no_grad():
+        feats = model.encode(inputs)
+        acc = np.array([float((head(f).argmax(1) == labels).float().mean()) for head, f in zip(method.aux, feats)])
+    method.acc_prev = acc + np.array([-1, 1]) / len(labels)      # m0 gains one sample, m1 loses one: Σ diff = 0
+    ref = plain_grads(model, inputs, labels, range(len(list(model.parameters()))))
+    row = method.step(inputs, labels)
+    huge = (1 / len(labels)) / 1e-8
+    want = [0.0, 1.0] if guard else [1 - huge, 1 + huge]        # guarded: the gaining encoder pauses
+    assert [row["coef_m0"], row["coef_m1"]] == pytest.approx(want, rel=1e-6)
+    for (name, p), g in zip(model.named_parameters(), ref):
+        if name.startswith("encoders."):
+            assert close(p.grad, rho * want[int(name.split(".")[1][1])] * g, 1e-4), name
+
+
+def test_cggm_old_runs_without_the_guard_field_resume_unguarded():
+    stored = config_mod.resolve({"dataset": "synthetic", "method": "cggm"}).to_dict()
+    del stored["cggm_guard"]
+    assert config_mod.from_stored(stored).cggm_guard is False
+    assert config_mod.resolve({"dataset": "synthetic", "method": "cggm"}).cggm_guard is True
+    with pytest.raises(ConfigError, match="cggm_bound must be > 0"):
+        config_mod.resolve({"dataset": "synthetic", "method": "cggm", "cggm_bound": 0.0})
 
 
 def test_cggm_state_dict_carries_the_aux_classifiers():
@@ -419,7 +483,9 @@ TRAINED = {
     "ogm_ge": ({}, ["coef_m0", "score_m0"]),
     "agm": ({}, ["coef_m2", "score_m2"]),
     "cggm": ({}, ["coef_m1", "aux_acc_m1", "l_gm"]),
+    "masam": ({"rho": 0.3}, ["aps_dominant", "aps_m2", "kappa", "aux_loss_m1"]),
     "reconboost": ({"recon_stage_epochs": 1, "recon_correct_epochs": 1}, ["active", "boost_rate"]),
+    "mie": ({"mie_stage_epochs": [2, 1]}, ["active", "stage", "lambda_mix", "loss_ori", "loss_flat"]),
     "unimodal": ({"modality": "m0"}, []),
 }
 

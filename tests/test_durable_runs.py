@@ -154,7 +154,7 @@ def _built(method: str):
     return model, build_method(model, cfg), splits
 
 
-@pytest.mark.parametrize("method", ["joint", "sam", "msam", "ogm_ge", "agm", "cggm", "reconboost"])
+@pytest.mark.parametrize("method", ["joint", "sam", "msam", "ogm_ge", "agm", "cggm", "reconboost", "masam", "mie"])
 def test_a_skipped_batch_changes_no_parameter_and_no_method_state(method):
     model, m, splits = _built(method)
     guard = StepGuard("skip", model, m)

@@ -248,3 +248,100 @@ def test_bad_arguments_are_one_line_errors():
         msam_lab.MSAM(model.parameters(), lr=0.1)
     with pytest.raises(ValueError, match="rho"):
         msam_lab.MSAM(model.parameters(), modalities=model.modalities, rho=-1, lr=0.1)
+
+
+@pytest.mark.parametrize("variant, dominant", [("params", "fixed:m1"), ("unimodal", "fixed:m1"),
+                                               ("params", "random"), ("unimodal", "alternate")])
+def test_a_chosen_perturbed_modality_takes_the_builtin_trainers_steps(variant, dominant):
+    model = make_model(n_mod=3).double()
+    inputs, labels = make_batch(n_mod=3, n=48, informative=(2.0, 0.3, 1.0))
+    inputs = {m: x.double() for m, x in inputs.items()}
+    sgd = torch.optim.SGD(model.parameters(), lr=0.5)
+    for _ in range(20):                                   # a few steps in: the shares are no longer uniform
+        sgd.zero_grad()
+        F.cross_entropy(model(inputs), labels).backward()
+        sgd.step()
+    a, b = pair(model)
+    builtin = build_method(a, make_config(method="msam", rho=0.1, msam_variant=variant, msam_dominant=dominant,
+                                          seed=1, **OPT))     # seed 1 draws m1 m1 m2 m2 m0: mostly not d
+    opt = msam_lab.MSAM(b.parameters(), torch.optim.SGD, modalities=b.modalities, model=b, rho=0.1,
+                        variant=variant, dominant=dominant, seed=1, **OPT)
+    perturbed, swapped = [], 0
+    for _ in range(5):
+        row = builtin.train_step(inputs, labels)
+        rec = opt.step(lambda present: b(inputs, present), labels)
+        assert (rec.dominant, rec.perturbed) == (row["dominant"], row["perturbed"])
+        assert rec.loss == pytest.approx(row["loss"], rel=1e-12)
+        perturbed.append(rec.perturbed)
+        swapped += rec.shares[rec.perturbed] < rec.shares[rec.dominant] - 0.05     # the swap really acts
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.allclose(pa, pb, rtol=0, atol=1e-10)
+    assert swapped >= 2
+    if dominant == "fixed:m1":
+        assert perturbed == ["m1"] * 5
+    # the choice's state travels with the optimizer's
+    twin = msam_lab.MSAM(copy.deepcopy(b).parameters(), modalities=b.modalities, model=b, variant=variant,
+                         dominant=dominant, seed=0, lr=0.1)
+    twin.load_state_dict(copy.deepcopy(opt.state_dict()))
+    assert [twin.perturbed(0) for _ in range(6)] == [opt.perturbed(0) for _ in range(6)]
+
+
+@pytest.mark.parametrize("share_rule", ["softmax", "loss"])
+def test_the_new_share_rules_take_the_builtin_trainers_steps(share_rule):
+    model = make_model(n_mod=3).double()
+    inputs, labels = make_batch(n_mod=3, n=48, informative=(2.0, 0.3, 1.0))
+    inputs = {m: x.double() for m, x in inputs.items()}
+    a, b = pair(model)
+    builtin = build_method(a, make_config(method="msam", rho=0.1, share_rule=share_rule, share_temperature=0.3,
+                                          **OPT))
+    opt = msam_lab.MSAM(b.parameters(), torch.optim.SGD, modalities=b.modalities, model=b, rho=0.1,
+                        share_rule=share_rule, share_temperature=0.3, **OPT)
+    for _ in range(3):
+        row = builtin.train_step(inputs, labels)
+        rec = opt.step(lambda present: b(inputs, present), labels)
+        assert rec.perturbed == rec.dominant == row["dominant"]
+        for m in b.modalities:
+            assert rec.shares[m] == pytest.approx(row[f"share_{m}"], abs=1e-12)
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.allclose(pa, pb, rtol=0, atol=1e-10)
+    assert msam_lab.observe(lambda p: b(inputs, p), labels, b.modalities, model=b, share_rule=share_rule,
+                            share_temperature=0.3).perturbed is None        # no update, nothing perturbed
+
+
+def test_bad_ablation_arguments_are_one_line_errors():
+    model = make_model(n_mod=2)
+    for kw, words in [({"dominant": "fixed:zz", "variant": "params"}, "fixed:<one of m0, m1>"),
+                      ({"dominant": "random"}, "changes nothing with variant='default'"),
+                      ({"share_temperature": 0.0}, "share_temperature must be > 0"),
+                      ({"share_rule": "rank"}, "share_rule must be one of clip, shift, softmax, loss")]:
+        with pytest.raises(ValueError, match=words):
+            msam_lab.MSAM(model.parameters(), modalities=model.modalities, model=model, lr=0.1, **kw)
+
+
+def test_a_coalitions_hook_gives_the_same_steps_with_one_call_per_observation():
+    """coalitions(presents) -> (K, B, C): the observation from one call, the same record and update."""
+    model = make_model(n_mod=3).double()
+    inputs, labels = make_batch(n_mod=3, n=48, informative=(2.0, 0.3, 1.0))
+    inputs = {m: x.double() for m, x in inputs.items()}
+    a, b = pair(model)
+    calls = []
+
+    def coalitions(presents):
+        calls.append(len(presents))
+        assert not b.training and not torch.is_grad_enabled()            # eval mode, no grad
+        features, zeros = b.encode(inputs), b.zero_features()             # each encoder once
+        n = len(labels)
+        return torch.stack([b.fuse([f if m in p else z.expand(n, -1) for m, f, z in zip(b.modalities, features, zeros)])
+                            for p in presents])
+
+    plain = msam_lab.MSAM(a.parameters(), torch.optim.SGD, modalities=a.modalities, model=a, rho=0.1, **OPT)
+    hooked = msam_lab.MSAM(b.parameters(), torch.optim.SGD, modalities=b.modalities, model=b, rho=0.1, **OPT)
+    for _ in range(3):
+        r1 = plain.step(lambda present: a(inputs, present), labels)
+        r2 = hooked.step(lambda present: b(inputs, present), labels, coalitions=coalitions)
+        assert r1.dominant == r2.dominant and r1.shapley == pytest.approx(r2.shapley, abs=1e-12)
+    assert calls == [8, 8, 8]
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.allclose(pa, pb, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="shape"):
+        msam_lab.observe(lambda p: b(inputs, p), labels, b.modalities, coalitions=lambda ps: torch.zeros(2, 3))

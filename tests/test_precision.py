@@ -19,7 +19,7 @@ from msam_lab.precision import Precision
 from msam_lab.sam import SAM
 from tests.conftest import make_batch, make_config, make_model
 
-METHODS = ["joint", "sam", "msam", "agm", "ogm_ge", "cggm", "reconboost"]
+METHODS = ["joint", "sam", "msam", "agm", "ogm_ge", "cggm", "reconboost", "masam", "mie"]
 
 
 def losses(method, precision, steps=4, **kw):

@@ -40,6 +40,8 @@ METHODS = {
     "agm": {"resume_every": 7},
     "cggm": {},
     "reconboost": {"recon_stage_steps": 6, "recon_correct_steps": 3, "resume_every": 4},
+    "masam": {"resume_every": 5, "rho": 0.3},          # its APS running losses cross the kill
+    "mie": {"mie_stage_steps": 6, "resume_every": 4},  # stage, mixup generator and covariances cross it
 }
 
 

@@ -1,8 +1,10 @@
 """Shapley values against the axioms and against brute force over all orderings."""
 from __future__ import annotations
 
+import copy
 import itertools
 import math
+import re
 
 import numpy as np
 import pytest
@@ -119,3 +121,73 @@ def test_tie_rules():
     assert shapley.dominant([0.1, 0.9], "previous", previous=0) == 1
     with pytest.raises(ValueError, match="tie rule"):
         shapley.dominant([0.5, 0.5], "random")
+
+
+def test_clip_and_shift_are_still_their_formulas_bit_for_bit():
+    phi = np.array([0.3, 0.1, -0.2, 0.05])
+    pos = np.maximum(phi, 0.0)
+    assert np.array_equal(shapley.shares(phi, "clip"), pos / pos.sum())
+    shifted = phi - phi.min()
+    assert np.array_equal(shapley.shares(phi, "shift", temperature=7.0), shifted / shifted.sum())
+
+
+def test_softmax_shares_are_softmax_of_phi_over_t():
+    phi, t = [0.3, 0.1, -0.2], 0.5
+    e = [math.exp(0.6), math.exp(0.2), math.exp(-0.4)]
+    np.testing.assert_allclose(shapley.shares(phi, "softmax", t), [x / sum(e) for x in e], rtol=1e-14)
+    np.testing.assert_allclose(shapley.shares(phi, "softmax"), shapley.shares(np.add(phi, 5.0), "softmax"),
+                               rtol=1e-14)                      # only differences of phi matter
+
+
+def test_softmax_limits_are_the_argmax_and_the_uniform_shares():
+    assert list(shapley.shares([0.1, 0.4, 0.2], "softmax", 1e-6)) == [0.0, 1.0, 0.0]
+    assert list(shapley.shares([0.4, 0.4, 0.1], "softmax", 1e-300)) == [0.5, 0.5, 0.0]     # ties share
+    assert list(shapley.shares([0.1, -0.9], "softmax", 5e-324)) == [1.0, 0.0]               # no overflow
+    np.testing.assert_allclose(shapley.shares([0.9, -0.5, 0.0], "softmax", 1e12), [1 / 3] * 3, atol=1e-12)
+    # in between, a higher temperature flattens the shares
+    sharp, flat = shapley.shares([0.3, 0.1], "softmax", 0.05), shapley.shares([0.3, 0.1], "softmax", 2.0)
+    assert sharp[0] > flat[0] > 0.5
+
+
+def test_loss_shares_are_softmax_of_minus_the_unimodal_losses():
+    # a known game: modality 0 alone has CE 0.5, modality 1 alone 1.2; phi plays no part
+    e0, e1 = math.exp(-0.5 / 0.8), math.exp(-1.2 / 0.8)
+    v = shapley.shares([-1.0, 1.0], "loss", 0.8, unimodal_loss=[0.5, 1.2])
+    np.testing.assert_allclose(v, [e0 / (e0 + e1), e1 / (e0 + e1)], rtol=1e-14)
+    assert list(shapley.shares([0.0, 0.0, 0.0], "loss", 1e-9, unimodal_loss=[2.0, 0.3, 0.4])) == [0, 1, 0]
+    with pytest.raises(ValueError, match="unimodal_loss"):
+        shapley.shares([0.1, 0.2], "loss")
+
+
+def test_perturbed_modality_choices():
+    mods = ("a", "b", "c")
+    assert [shapley.PerturbedModality("shapley", mods)(d) for d in (2, 0, 1)] == [2, 0, 1]
+    assert [shapley.PerturbedModality("fixed:b", mods)(d) for d in (2, 0, 1)] == [1, 1, 1]
+    alt = shapley.PerturbedModality("alternate", mods)
+    assert [alt(0) for _ in range(7)] == [0, 1, 2, 0, 1, 2, 0]
+    draws = [shapley.PerturbedModality("random", mods, seed=3) for _ in range(2)]
+    seqs = [[p(0) for _ in range(300)] for p in draws]
+    assert seqs[0] == seqs[1]                                       # seeded
+    assert all(80 < seqs[0].count(m) < 120 for m in range(3))       # uniform: 100 expected, sd 8
+    assert seqs[0] != [shapley.PerturbedModality("random", mods, seed=4)(0) for _ in range(300)]
+
+
+def test_perturbed_modality_state_dict_resumes_the_sequence():
+    for choice in ("random", "alternate"):
+        p = shapley.PerturbedModality(choice, ("a", "b", "c"), seed=1)
+        [p(0) for _ in range(5)]
+        q = shapley.PerturbedModality(choice, ("a", "b", "c"), seed=99)
+        q.load_state_dict(copy.deepcopy(p.state_dict()))
+        assert [p(0) for _ in range(20)] == [q(0) for _ in range(20)], choice
+
+
+def test_bad_perturbed_choices_name_the_fix():
+    for bad, words in [("fixed:z", "fixed:<one of a, b>"), ("fixed:", "names no modality"),
+                       ("dominant", "shapley, fixed:<modality>, random, alternate"), ("random:a", "random")]:
+        with pytest.raises(ValueError, match=re.escape(words)):
+            shapley.PerturbedModality(bad, ("a", "b"))
+
+
+def test_swap_shares_exchanges_the_two_entries():
+    assert list(shapley.swap_shares([0.6, 0.3, 0.1], 0, 2)) == [0.1, 0.3, 0.6]
+    assert list(shapley.swap_shares([0.6, 0.3, 0.1], 1, 1)) == [0.6, 0.3, 0.1]

@@ -54,17 +54,25 @@ def add_parsers(subparsers) -> None:
 
     p = subparsers.add_parser("sharpness", help="Hessian top eigenvalues, trace and ε-sharpness of a run",
                               description="Sharpness of a run's checkpoint(s), for the whole model and each "
-                                          "modality's encoder; rows are added to RUN/sharpness.csv.")
+                                          "modality's encoder; rows are added to RUN/sharpness.csv. "
+                                          "--timeline: the rows sharpness_every writes during training "
+                                          "(each encoder and the fusion, on the train split, the run's "
+                                          "sharpness_samples and sharpness_probes), for every checkpoint.")
     p.add_argument("run", metavar="RUN", help="run directory")
-    p.add_argument("--epoch", type=_int_or_all, help="epoch, or 'all' (default the last)")
-    p.add_argument("--rho", type=float, default=0.05, help="ε-sharpness radius (default 0.05)")
-    p.add_argument("--topk", type=int, default=1, help="Hessian eigenvalues (default 1)")
-    p.add_argument("--probes", type=int, default=32, help="Hutchinson probes (default 32)")
-    p.add_argument("--split", default="test", choices=("train", "test"), help="evaluation split (default test)")
-    p.add_argument("--n-samples", type=int, default=512, help="evaluation subset size (default 512)")
-    p.add_argument("--seed", type=int, default=0, help="probe seed (default 0)")
-    p.add_argument("--scope", action="append", help="model, fusion or a modality; repeat (default model + each modality)")
-    p.add_argument("--max-iter", type=int, default=100, help="power iterations per eigenvalue (default 100)")
+    p.add_argument("--timeline", action="store_true",
+                   help="every checkpoint, with sharpness_every's scopes and settings (flags below override)")
+    p.add_argument("--epoch", type=_int_or_all, help="epoch, or 'all' (default the last; --timeline: all)")
+    p.add_argument("--rho", type=float, help="ε-sharpness radius (default 0.05)")
+    p.add_argument("--topk", type=int, help="Hessian eigenvalues (default 1)")
+    p.add_argument("--probes", type=int, help="Hutchinson probes (default 32; --timeline: sharpness_probes)")
+    p.add_argument("--split", choices=("train", "test"),
+                   help="evaluation split; train: without the validation hold-out (default test; --timeline: train)")
+    p.add_argument("--n-samples", type=int,
+                   help="evaluation subset size (default 512; --timeline: sharpness_samples)")
+    p.add_argument("--seed", type=int, help="probe seed (default 0)")
+    p.add_argument("--scope", action="append",
+                   help="model, fusion or a modality; repeat (default model + each modality; not with --timeline)")
+    p.add_argument("--max-iter", type=int, help="power iterations per eigenvalue (default 100)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=cmd_sharpness)
 
@@ -108,12 +116,22 @@ def cmd_landscape(args) -> int:
 
 
 def cmd_sharpness(args) -> int:
-    from .runs import SHARPNESS_CSV, sharpness_for_run
+    from ..config import ConfigError
+    from .runs import SHARPNESS_CSV, sharpness_for_run, timeline_for_run
 
     progress = None if args.quiet else (lambda msg: print(f"sharpness: {msg}", file=sys.stderr))
-    table = sharpness_for_run(args.run, epochs=args.epoch, rho=args.rho, topk=args.topk, probes=args.probes,
-                              split=args.split, n_samples=args.n_samples, seed=args.seed, scopes=args.scope,
-                              max_iter=args.max_iter, progress=progress)
+    given = dict(rho=args.rho, topk=args.topk, probes=args.probes, split=args.split, n_samples=args.n_samples,
+                 seed=args.seed, max_iter=args.max_iter)
+    if args.timeline:
+        if args.scope:
+            raise ConfigError("--timeline measures each encoder and the fusion; drop --scope "
+                              "(or leave out --timeline to choose scopes)")
+        table = timeline_for_run(args.run, epochs="all" if args.epoch is None else args.epoch,
+                                 progress=progress, **given)
+    else:
+        defaults = dict(rho=0.05, topk=1, probes=32, split="test", n_samples=512, seed=0, max_iter=100)
+        table = sharpness_for_run(args.run, epochs=args.epoch, scopes=args.scope, progress=progress,
+                                  **{k: defaults[k] if v is None else v for k, v in given.items()})
     cols = [c for c in ["epoch", "scope", "loss", "lambda_1", "trace", "trace_se", "eps_sharpness"]
             if c in table.columns]
     print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))

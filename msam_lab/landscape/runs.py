@@ -7,6 +7,9 @@ Files::
 
     <run>/landscapes/<name>/{meta.json, surface.npz, directions.npz}   one surface each
     <run>/sharpness.csv                                                 one row per (epoch, scope, settings)
+
+``sharpness.csv`` is also written during training (``sharpness_every``, msam_lab/sharpness_timeline.py);
+``timeline_for_run`` recomputes those rows after the fact.
 """
 from __future__ import annotations
 
@@ -18,13 +21,15 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .. import sharpness_timeline as timeline
 from ..config import ConfigError
+from ..run_writer import replace_rows
 from ..runs import Run, is_run, load_run
 from . import directions as dirs
 from .surface import Surface, compute_surface, eval_subset, grid as make_grid
 
 LANDSCAPES = "landscapes"
-SHARPNESS_CSV = "sharpness.csv"
+SHARPNESS_CSV = timeline.SHARPNESS_CSV
 DIRECTION_KINDS = ("random", "pca", "between")
 SPLITS = ("train", "test")
 
@@ -87,10 +92,12 @@ def _check_scope(model, scope: str) -> list[str]:
         raise ConfigError(f"--scope: {err}") from None
 
 
-def _load_split(run: Run, split: str):
+def _load_split(run: Run, split: str, holdout: bool = False):
+    """The run's ``split``; ``holdout``: train without the run's validation hold-out (what it trained on)."""
     if split not in SPLITS:
         raise ConfigError(f"--split must be train or test, got {split!r}")
     from ..datasets import load_for_training
+    from ..datasets.validation import with_validation
 
     cfg = run.config
     try:
@@ -99,6 +106,8 @@ def _load_split(run: Run, split: str):
         splits = load_for_training(cfg.dataset, cfg.data, "cpu", data_path=getattr(cfg, "data_path", "auto"),
                                    stream_above_mb=getattr(cfg, "stream_above_mb", 1024.0),
                                    num_workers=getattr(cfg, "num_workers", 2))
+        if holdout:
+            splits = with_validation(splits, cfg.val_fraction, cfg.seed)
     except (OSError, ValueError) as err:
         raise ConfigError(f"cannot load the data of run {run.path}: {err}") from None
     return getattr(splits, split)
@@ -277,6 +286,9 @@ def sharpness_for_run(run, *, epochs=None, rho: float = 0.05, topk: int = 1, pro
     ``batches`` (as ``landscape_for_run``); its scopes are ``model`` and the modalities whose encoder
     paths RunLogger(scopes=...) recorded, or any submodule path.
 
+    ``split="train"`` is the train split without the run's validation hold-out: the samples the
+    run trained on (as ``sharpness_every`` measures during training).
+
     Rows are appended to ``<run>/sharpness.csv`` (a row with the same epoch,
     scope and settings is replaced).
     """
@@ -290,6 +302,8 @@ def sharpness_for_run(run, *, epochs=None, rho: float = 0.05, topk: int = 1, pro
         raise ConfigError(f"--probes must be >= 0, got {probes}")
     if n_samples is not None and n_samples < 1:
         raise ConfigError(f"--n-samples must be >= 1, got {n_samples}")
+    if max_iter < 1:
+        raise ConfigError(f"--max-iter must be >= 1, got {max_iter}")
     run = open_run(run)
     evaluation = _evaluation(run, model_factory, forward, batches)
     epoch_list = _epochs_arg(run, epochs)
@@ -300,7 +314,7 @@ def sharpness_for_run(run, *, epochs=None, rho: float = 0.05, topk: int = 1, pro
     for s in scopes:
         _check_scope(model, _scope_path(run, s))
     if evaluation is None:
-        data, index = eval_subset(_load_split(run, split), n_samples, subset_seed)
+        data, index = eval_subset(_load_split(run, split, holdout=True), n_samples, subset_seed)
     else:
         data, index = None, np.arange(evaluation.n)
     rows = []
@@ -314,21 +328,37 @@ def sharpness_for_run(run, *, epochs=None, rho: float = 0.05, topk: int = 1, pro
             row["scope"] = s
             rows.append({"epoch": e, "split": split, "n_samples": len(index), "subset_seed": subset_seed,
                          "seed": seed, "topk": topk, "probes": probes, **row})
-    table = pd.DataFrame(rows)
     if write:
-        out = run.path / SHARPNESS_CSV
-        keys = ["epoch", "scope", "split", "n_samples", "subset_seed", "seed", "topk", "probes", "rho"]
-        if out.is_file():
-            old = pd.read_csv(out)
-            if set(keys) <= set(old.columns):
-                new_keys = set(map(tuple, table[keys].astype(str).values))
-                keep = [tuple(r) not in new_keys for r in old[keys].astype(str).values]
-                table_out = pd.concat([old[keep], table], ignore_index=True)
-            else:
-                table_out = table
-        else:
-            table_out = table
-        tmp = out.with_name(out.name + ".tmp")
-        table_out.to_csv(tmp, index=False)
-        tmp.replace(out)
-    return table
+        replace_rows(run.path / SHARPNESS_CSV, rows, timeline.KEYS)
+    return pd.DataFrame(rows)
+
+
+def timeline_for_run(run, *, epochs="all", n_samples: int | None = None, probes: int | None = None,
+                     split: str | None = None, topk: int | None = None, rho: float | None = None,
+                     seed: int | None = None, max_iter: int | None = None, write: bool = True,
+                     progress: Callable[[str], None] | None = None,
+                     model_factory=None, forward=None, batches=None) -> pd.DataFrame:
+    """``sharpness_every``'s rows after the fact: ``sharpness_for_run`` at every checkpoint epoch.
+
+    Same scopes (each encoder, ``fusion``) and settings as the run's config
+    (``sharpness_samples``, ``sharpness_probes``; split, probe seed, ρ, topk: msam_lab.sharpness_timeline),
+    so at the epochs measured during training the rows are the same; an argument given replaces
+    its setting. A run logged from your own model: as ``sharpness_for_run``, for the encoder scopes
+    RunLogger recorded (the whole model when it recorded none).
+    """
+    run = open_run(run)
+    cfg = run.config
+    if run.logged:
+        scopes = list(run.model_spec.get("scopes", {})) or ["model"]
+    else:
+        scopes = timeline.scopes(run.modalities)
+    if n_samples is None:
+        n_samples = cfg.sharpness_samples or None      # 0: the whole split
+    return sharpness_for_run(
+        run, epochs=epochs, scopes=scopes, n_samples=n_samples,
+        probes=cfg.sharpness_probes if probes is None else probes,
+        split=timeline.SPLIT if split is None else split, topk=timeline.TOPK if topk is None else topk,
+        rho=timeline.RHO if rho is None else rho, seed=timeline.SEED if seed is None else seed,
+        subset_seed=timeline.SUBSET_SEED, max_iter=timeline.MAX_ITER if max_iter is None else max_iter,
+        tol=timeline.TOL, write=write, progress=progress,
+        model_factory=model_factory, forward=forward, batches=batches)

@@ -6,6 +6,8 @@ from .agm import AGM
 from .base import Method, Observation
 from .cggm import CGGM
 from .joint import Joint
+from .masam import MASAM
+from .mie import MIE
 from .msam import MSAM
 from .ogm_ge import OGMGE
 from .reconboost import ReconBoost
@@ -19,7 +21,9 @@ METHODS: dict[str, type[Method]] = {
     "ogm_ge": OGMGE,
     "agm": AGM,
     "cggm": CGGM,
+    "masam": MASAM,
     "reconboost": ReconBoost,
+    "mie": MIE,
     "unimodal": Unimodal,
 }
 METHOD_NAMES = tuple(METHODS)     # the built-ins; method_names() adds the registered plug-ins

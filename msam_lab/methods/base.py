@@ -123,7 +123,9 @@ class Method:
 
         phi = coalitions.modality_shapley(stats, len(model.modalities), c.shapley_value,
                                           c.shapley_exact_max, c.shapley_permutations, c.seed)
-        share = shapley.shares(phi, c.share_rule)
+        # the loss rule reads each modality's lone loss: M more coalitions, evaluated for that rule only
+        alone = stats(shapley.singleton_masks(len(model.modalities))).loss if c.share_rule == "loss" else None
+        share = shapley.shares(phi, c.share_rule, c.share_temperature, alone)
         d = shapley.dominant(share, c.tie_rule, self._previous_dominant)
         self._previous_dominant = d
         return Observation(phi, share, d)

@@ -10,18 +10,53 @@ Variants (``msam_variant``):
 - ``unimodal``: L_m = v_m·CE(out_m) with out_m modality m's Shapley-decomposed
   logits, so ε really follows the dominant modality's own loss;
 - ``params``: as default, but ε moves only the dominant encoder's parameters.
+
+Ablation of the choice (``msam_dominant``, the paper's "fixed dominant modality"
+question): ``shapley`` perturbs d; ``fixed:<m>``, ``random`` and ``alternate``
+perturb another modality c (``shapley.PerturbedModality``). c takes d's place
+entirely, share included: the shares of c and d are swapped before the split,
+so L_c = v_d·(c's loss) and every arm applies the same amount of SAM, v_d; only
+where ε points differs. (Using c's own share v_c instead would make SAM vanish
+whenever c contributes nothing, v_c = 0, and the ablation would then measure
+the amount of SAM, not its target; v = 1 would give the ablation arms more SAM
+than the Shapley arm.) In ``default`` ε = ρ·∇ℓ/‖∇ℓ‖ names no modality, so the
+choice could change nothing: it is refused there. The step table keeps the
+Shapley-dominant modality (``dominant``) beside the perturbed one (``perturbed``);
+the Shapley observation is made every step regardless.
 """
 from __future__ import annotations
 
 import torch
 
 from .. import coalitions, shapley
+from ..config import ConfigError
 from ..sam import add_to_grads
 from .sam import SAMMethod
 
 
 class MSAM(SAMMethod):
     name = "msam"
+
+    def __init__(self, model, config):
+        super().__init__(model, config)
+        self.perturbed = shapley.PerturbedModality(config.msam_dominant, model.modalities, config.seed)
+
+    @classmethod
+    def validate_config(cls, config) -> None:
+        kind = config.msam_dominant.partition(":")[0]
+        if kind not in ("shapley", "fixed", "random", "alternate"):
+            raise ConfigError(f"msam_dominant must be one of {', '.join(shapley.DOMINANT_CHOICES)}, "
+                              f"got {config.msam_dominant!r}")
+        if kind != "shapley" and config.msam_variant == "default":
+            raise ConfigError(f"msam_dominant={config.msam_dominant} changes nothing with msam_variant=default "
+                              "(its ε names no modality); set msam_variant=params or unimodal")
+
+    @classmethod
+    def validate_modalities(cls, config, modalities) -> None:
+        try:
+            shapley.check_dominant_choice(config.msam_dominant, modalities)
+        except ValueError as err:
+            raise ConfigError(f"msam_dominant: {err}") from None
 
     def _unimodal_losses(self, features, zeros, labels, share, d):
         """(L_d, L_s) from each modality's decomposed logits (graph kept for both)."""
@@ -37,12 +72,15 @@ class MSAM(SAMMethod):
         model.train()
         features = model.encode(inputs)
         obs = self.observe(inputs, labels, features)
-        d, v_d = obs.dominant, float(obs.share[obs.dominant])
+        # d from here on is the perturbed modality: the Shapley-dominant one unless msam_dominant says otherwise
+        d = self.perturbed(obs.dominant)
+        share = shapley.swap_shares(obs.share, obs.dominant, d)
+        v_d = float(share[d])
         params = [p for g in self.sam.param_groups for p in g["params"]]
         self.sam.zero_grad(set_to_none=True)
 
         if c.msam_variant == "unimodal":
-            l_d, l_s = self._unimodal_losses(features, model.zero_features(), labels, obs.share, d)
+            l_d, l_s = self._unimodal_losses(features, model.zero_features(), labels, share, d)
             with torch.no_grad():
                 loss = self.loss(model.fuse(features), labels)
             grads_s = (torch.autograd.grad(self.precision.scale(l_s), params, retain_graph=True, allow_unused=True)
@@ -51,7 +89,7 @@ class MSAM(SAMMethod):
 
             def perturbed_loss():
                 feats = model.encode(inputs)
-                return self._unimodal_losses(feats, model.zero_features(), labels, obs.share, d)[0]
+                return self._unimodal_losses(feats, model.zero_features(), labels, share, d)[0]
         else:
             loss = self.loss(model.fuse(features), labels)
             self.backward(loss)
@@ -67,4 +105,12 @@ class MSAM(SAMMethod):
         self.sam.restore()
         add_to_grads(params, grads_s)
         self.update()
-        return self.record(loss, obs, rho_share=v_d)
+        return self.record(loss, obs, perturbed=model.modalities[d], rho_share=v_d)
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "perturbed": self.perturbed.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        if "perturbed" in state:            # checkpoints from before the ablation: a fresh choice
+            self.perturbed.load_state_dict(state["perturbed"])

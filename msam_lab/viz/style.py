@@ -20,9 +20,11 @@ MODALITY_COLORS = {"image": "#0072B2", "visual": "#0072B2", "video": "#0072B2", 
                    "audio": "#E69F00", "m1": "#E69F00",
                    "text": "#009E73", "m2": "#009E73", "m3": "#CC79A7"}
 METHOD_COLORS = {"joint": "#7F7F7F", "sam": "#56B4E9", "msam": "#D55E00", "ogm_ge": "#009E73",
-                 "agm": "#CC79A7", "cggm": "#E69F00", "reconboost": "#0072B2", "unimodal": "#000000"}
+                 "agm": "#CC79A7", "cggm": "#E69F00", "reconboost": "#0072B2", "unimodal": "#000000",
+                 "masam": "#999933", "mie": "#882255"}   # Tol olive and wine: distinct from the above
 METHOD_LABELS = {"joint": "Joint", "sam": "SAM", "msam": "M-SAM", "ogm_ge": "OGM-GE", "agm": "AGM",
-                 "cggm": "CGGM", "reconboost": "ReconBoost", "unimodal": "Unimodal"}
+                 "cggm": "CGGM", "reconboost": "ReconBoost", "unimodal": "Unimodal",
+                 "masam": "MASAM", "mie": "MIE"}
 FUSED_COLOR = "#222222"
 # Sequential colour scale of loss surfaces (plotly name and matplotlib name of the same map).
 SURFACE_SCALE_PLOTLY = "Viridis"
