@@ -11,10 +11,10 @@ the methods interleaved (so machine noise hits all alike), as ratios:
 - ``wrapper``: ``msam_lab.MSAM.step`` on a user-defined model (``UserModel`` below: a plain
   ``nn.Module`` of the same architecture and initial weights, not msam_lab's MultimodalModel),
   ``forward = lambda present: model(inputs, present)``, as ``wrapper/msam`` against the built-in
-  M-SAM step on the same batches; ``wrapper+reuse`` is the same optimizer with a ``forward`` that
-  reuses the clean pass's features in the coalition passes (the part of what a coalition hook in
-  msam_optimizer.py would save that a ``forward`` alone can get: the encoders do not run again,
-  but the 2^M coalitions still go through the heads one call, and one host sync, at a time).
+  M-SAM step on the same batches; ``wrapper+hook`` is the same optimizer given the
+  ``coalitions(presents)`` hook (``MSAM.step(..., coalitions=...)``), which the user model
+  implements as the built-in does: each encoder once on the batch and once on one zero sample,
+  each head once on each, and the 2^M coalitions summed from those (one call, one host sync).
   Before timing, both M-SAMs take a few steps from the same weights and their dominant
   modalities are printed and compared (a sanity check, not a timing).
 
@@ -138,14 +138,12 @@ def user_model_like(builtin, shapes, num_classes, kinds, cfg):
 class WrapperStep:
     """``msam_lab.MSAM`` on a UserModel, with the built-in M-SAM's settings; ``step(inputs, labels)``.
 
-    ``reuse``: the ``forward`` given to MSAM reuses the clean pass's (detached) features in the
-    no-grad coalition passes instead of running the encoders again. Valid only for a model whose
-    train and eval modes agree (no BatchNorm/dropout, as here) and only because MSAM.step runs the
-    clean pass first; it is the most a ``forward`` can save today (see the module docstring).
+    ``hook``: MSAM also gets ``coalitions(presents) -> (K, B, C)``, the observation in one call
+    (called in eval mode under no grad, so running the encoders in it is right for any model).
     """
 
-    def __init__(self, model, cfg, reuse=False):
-        self.model, self.reuse = model, reuse
+    def __init__(self, model, cfg, hook=False):
+        self.model, self.hook = model, hook
         base, kwargs = optim.base_optimizer(cfg)
         self.opt = msam_lab.MSAM(model.parameters(), base, modalities=model.names, model=model, rho=cfg.rho,
                                  adaptive=cfg.adaptive, share_rule=cfg.share_rule, tie_rule=cfg.tie_rule,
@@ -155,20 +153,14 @@ class WrapperStep:
 
     def step(self, inputs, labels):
         model = self.model
-        if not self.reuse:
-            return self.opt.step(lambda present: model(inputs, present), labels)
-        clean = {}
 
-        def forward(present):
-            if clean and not torch.is_grad_enabled():         # a coalition pass
-                zeros = model.features({m: inputs[m][:1] for m in model.names}, frozenset())
-                return model.logits({m: clean[m] if m in present else zeros[m].expand_as(clean[m])
-                                     for m in model.names})
-            feats = model.features(inputs, present)
-            if not clean:                                     # the clean pass comes first in MSAM.step
-                clean.update({m: f.detach() for m, f in feats.items()})
-            return model.logits(feats)
-        return self.opt.step(forward, labels)
+        def coalitions(presents):
+            real = {m: model.heads[m](model.encoders[m](inputs[m])) for m in model.names}
+            zero = {m: model.heads[m](model.encoders[m](inputs[m][:1] * 0)) for m in model.names}
+            return torch.stack([sum(real[m] if m in p else zero[m].expand_as(real[m]) for m in model.names)
+                                for p in presents])
+        return self.opt.step(lambda present: model(inputs, present), labels,
+                             coalitions=coalitions if self.hook else None)
 
 
 def same_dominance(cfg, shapes, num_classes, kinds, batches, device, n_steps=5):
@@ -176,8 +168,8 @@ def same_dominance(cfg, shapes, num_classes, kinds, batches, device, n_steps=5):
     (both variants), from the same initial weights on the same batches."""
     torch.manual_seed(0)
     model = build_model(shapes, num_classes, cfg.fusion, kinds, cfg.feature_dim, cfg.hidden_dim).to(device)
-    wrappers = [WrapperStep(user_model_like(model, shapes, num_classes, kinds, cfg), cfg, reuse)
-                for reuse in (False, True)]
+    wrappers = [WrapperStep(user_model_like(model, shapes, num_classes, kinds, cfg), cfg, hook)
+                for hook in (False, True)]
     builtin = build_method(model, resolve(cfg, ["method=msam"]))
     seqs = [[], [], []]
     for i in range(n_steps):
@@ -197,7 +189,7 @@ def bench_dataset(dataset, data, device, repeats, steps):
     kinds = splits.info["encoders"]
     seqs = same_dominance(cfg_base, shapes, splits.num_classes, kinds, batches, device)
     print(f"# {dataset}: dominant modality, first {len(seqs[0])} steps from the same weights: built-in M-SAM "
-          f"{seqs[0]}, msam_lab.MSAM {seqs[1]}, with reuse {seqs[2]}: "
+          f"{seqs[0]}, msam_lab.MSAM {seqs[1]}, with the coalitions hook {seqs[2]}: "
           f"{'same' if seqs[0] == seqs[1] == seqs[2] else 'DIFFERENT'}")
     observe_times = []
     methods = {}
@@ -212,9 +204,9 @@ def bench_dataset(dataset, data, device, repeats, steps):
             timed_observe(m, observe_times)
         methods[name] = m
         if name == "msam":                             # same architecture, same initial weights
-            for wname, reuse in (("wrapper", False), ("wrapper+reuse", True)):
+            for wname, hook in (("wrapper", False), ("wrapper+hook", True)):
                 methods[wname] = WrapperStep(user_model_like(model, shapes, splits.num_classes, kinds,
-                                                             cfg_base), cfg_base, reuse)
+                                                             cfg_base), cfg_base, hook)
     per_step = {name: [] for name in methods}
     msam_total = []
     for r in range(repeats + 1):                       # repeat 0 warms up
@@ -238,9 +230,9 @@ def bench_dataset(dataset, data, device, repeats, steps):
         "sam/joint": med["sam"] / med["joint"], "msam/joint": med["msam"] / med["joint"],
         "msam/sam": med["msam"] / med["sam"], "record/joint": med["joint+record"] / med["joint"] - 1,
         "shapley_share_of_msam": statistics.median(msam_total),
-        "wrapper/msam": med["wrapper"] / med["msam"], "wrapper+reuse/msam": med["wrapper+reuse"] / med["msam"],
+        "wrapper/msam": med["wrapper"] / med["msam"], "wrapper+hook/msam": med["wrapper+hook"] / med["msam"],
         **{f"{k}/msam (paired)": statistics.median(a / b for a, b in zip(per_step[k], per_step["msam"]))
-           for k in ("wrapper", "wrapper+reuse")},
+           for k in ("wrapper", "wrapper+hook")},
         "dominance": "same" if seqs[0] == seqs[1] == seqs[2] else "DIFFERENT",
     }
 
@@ -267,7 +259,7 @@ def main():
             bench_dataset("synthetic", {"n_modalities": 4}, device, args.repeats, args.steps)]
     cols = ["dataset", "M", "joint_ms", "sam_ms", "msam_ms", "sam/joint", "msam/joint", "msam/sam",
             "shapley_share_of_msam", "record/joint", "wrapper_ms", "wrapper/msam", "wrapper/msam (paired)",
-            "wrapper+reuse_ms", "wrapper+reuse/msam", "wrapper+reuse/msam (paired)", "dominance"]
+            "wrapper+hook_ms", "wrapper+hook/msam", "wrapper+hook/msam (paired)", "dominance"]
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
     for row in rows:

@@ -191,25 +191,37 @@ def block_sharpness(model, loss_fn: Callable[[], torch.Tensor], params: Sequence
     params = list(params)
     flags = [(p, p.requires_grad) for p in model.parameters()]
     try:
-        for p in model.parameters():
-            p.requires_grad_(False)
-        for p in params:
-            p.requires_grad_(True)
-        H = HessianOperator(loss_fn, params)
-        row = {"n_parameters": int(sum(p.numel() for p in params)), "loss": H.loss}
-        if topk:
-            vals, _, its = top_eigenvalues(H, params, topk, max_iter, tol, seed)
-            for i, (v, it) in enumerate(zip(vals, its), 1):
-                row[f"lambda_{i}"] = v
-                row[f"lambda_{i}_iterations"] = it
-        if probes:
-            tr, se, _ = hutchinson_trace(H, params, probes, seed)
-            row["trace"], row["trace_se"] = tr, se
-        eps = epsilon_sharpness(loss_fn, params, rho, grad=H.grad, loss=H.loss)
-        row.update(rho=rho, eps_sharpness=eps["eps_sharpness"], perturbed_loss=eps["perturbed_loss"],
-                   grad_norm=eps["grad_norm"], hvp_calls=H.calls)
-        del H
+        with double_backward_attention():
+            return _block_sharpness(model, loss_fn, params, rho, topk, probes, seed, max_iter, tol)
     finally:
         for p, flag in flags:
             p.requires_grad_(flag)
+
+
+def double_backward_attention():
+    """Attention through the math kernel: the fused CPU/flash kernels of
+    ``F.scaled_dot_product_attention`` (``nn.MultiheadAttention``, ``nn.TransformerEncoderLayer``)
+    have no double backward, which every Hessian-vector product needs."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    return sdpa_kernel(SDPBackend.MATH)
+
+
+def _block_sharpness(model, loss_fn, params, rho, topk, probes, seed, max_iter, tol) -> dict:
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    H = HessianOperator(loss_fn, params)
+    row = {"n_parameters": int(sum(p.numel() for p in params)), "loss": H.loss}
+    if topk:
+        vals, _, its = top_eigenvalues(H, params, topk, max_iter, tol, seed)
+        for i, (v, it) in enumerate(zip(vals, its), 1):
+            row[f"lambda_{i}"] = v
+            row[f"lambda_{i}_iterations"] = it
+    if probes:
+        tr, se, _ = hutchinson_trace(H, params, probes, seed)
+        row["trace"], row["trace_se"] = tr, se
+    eps = epsilon_sharpness(loss_fn, params, rho, grad=H.grad, loss=H.loss)
+    row.update(rho=rho, eps_sharpness=eps["eps_sharpness"], perturbed_loss=eps["perturbed_loss"],
+               grad_norm=eps["grad_norm"], hvp_calls=H.calls)
     return row

@@ -240,3 +240,37 @@ def test_cli_sharpness_bad_input_exits_2(syn_run, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 3 and all(e.startswith("msam-lab: error:") for e in err)
     assert not (tmp_path / "sharpness.csv").exists()
+
+
+def test_sharpness_of_a_model_with_torch_attention():
+    """nn.MultiheadAttention's fused kernels have no double backward: sharpness runs attention
+    through the math kernel, and its λ_max is the top eigenvalue of the explicit Hessian."""
+    from msam_lab.hessian import HessianOperator, block_sharpness
+
+    torch.manual_seed(0)
+    model = torch.nn.ModuleDict({"attn": torch.nn.MultiheadAttention(4, 2, batch_first=True),
+                                 "head": torch.nn.Linear(4, 3)}).eval()
+    x, y = torch.randn(10, 3, 4), torch.randint(0, 3, (10,))
+
+    def loss(params=None):
+        attn = (lambda *a, **k: functional_call(model["attn"], params, a, k)) if params else model["attn"]
+        out, _ = attn(x, x, x, need_weights=False)          # the fused attention kernel's path
+        return F.cross_entropy(model["head"](out.mean(1)), y)
+
+    block = dict(model["attn"].named_parameters())
+    with pytest.raises(RuntimeError, match="derivative"):          # what the fix is for
+        HessianOperator(loss, list(block.values()))(
+            [torch.ones_like(p) for p in block.values()])
+    row = block_sharpness(model, loss, list(block.values()), topk=1, probes=0, max_iter=1000, tol=1e-9)
+    names, sizes = list(block), [p.numel() for p in block.values()]
+    flat = torch.cat([p.detach().flatten() for p in block.values()])
+
+    def as_loss(v):
+        parts = dict(zip(names, (t.view_as(block[n]) for n, t in zip(names, torch.split(v, sizes)))))
+        return loss(parts)
+
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    with sdpa_kernel(SDPBackend.MATH):
+        hessian = torch.autograd.functional.hessian(as_loss, flat)
+    top = torch.linalg.eigvalsh(hessian.double())
+    assert row["lambda_1"] == pytest.approx(float(top[top.abs().argmax()]), rel=1e-3)

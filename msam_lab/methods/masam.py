@@ -247,7 +247,8 @@ class MASAM(SAMMethod):
         self.update()
 
         names = model.modalities
-        return self.record(loss_mm, obs, aps_dominant=names[d],
+        # both choices are computed here: does M-SAM's Shapley-dominant modality agree with MASAM's APS?
+        return self.record(loss_mm, obs, aps_dominant=names[d], aps_agrees=int(d == obs.dominant),
                            kappa=float(np.mean([kappas[m] for m in perturbed])),
                            loss_total=float(loss_mm.detach()) + sum(aux_losses),
                            **self.per_modality(aps=scores, decay=self.aps_state["decay"],
