@@ -13,8 +13,9 @@ the methods interleaved (so machine noise hits all alike), as ratios:
   ``forward = lambda present: model(inputs, present)``, as ``wrapper/msam`` against the built-in
   M-SAM step on the same batches; ``wrapper+hook`` is the same optimizer given the
   ``coalitions(presents)`` hook (``MSAM.step(..., coalitions=...)``), which the user model
-  implements as the built-in does: each encoder once on the batch and once on one zero sample,
-  each head once on each, and the 2^M coalitions summed from those (one call, one host sync).
+  implements as the built-in does: the clean pass's features (this model has no BatchNorm or
+  dropout, so they are the eval-mode ones), each encoder once on one zero sample, each head once on
+  each, and the 2^M coalitions summed from those (one call, one host sync).
   Before timing, both M-SAMs take a few steps from the same weights and their dominant
   modalities are printed and compared (a sanity check, not a timing).
 
@@ -154,13 +155,25 @@ class WrapperStep:
     def step(self, inputs, labels):
         model = self.model
 
+        if not self.hook:
+            return self.opt.step(lambda present: model(inputs, present), labels)
+        clean = {}
+
+        def forward(present):
+            feats = model.features(inputs, present)
+            if not clean and len(present) == len(model.names):     # the clean pass, first in MSAM.step
+                clean.update({m: f.detach() for m, f in feats.items()})
+            return model.logits(feats)
+
         def coalitions(presents):
-            real = {m: model.heads[m](model.encoders[m](inputs[m])) for m in model.names}
+            # this model has no BatchNorm or dropout, so its train-mode features are its eval-mode ones and
+            # the clean pass's can be reused (the built-in decides the same with models.is_mode_invariant)
+            feats = clean or {m: model.encoders[m](inputs[m]) for m in model.names}
+            real = {m: model.heads[m](feats[m]) for m in model.names}
             zero = {m: model.heads[m](model.encoders[m](inputs[m][:1] * 0)) for m in model.names}
             return torch.stack([sum(real[m] if m in p else zero[m].expand_as(real[m]) for m in model.names)
                                 for p in presents])
-        return self.opt.step(lambda present: model(inputs, present), labels,
-                             coalitions=coalitions if self.hook else None)
+        return self.opt.step(forward, labels, coalitions=coalitions)
 
 
 def same_dominance(cfg, shapes, num_classes, kinds, batches, device, n_steps=5):
