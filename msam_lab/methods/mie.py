@@ -61,7 +61,7 @@ from .. import optim, schedules
 from ..config import ConfigError
 from ..models import SumFusion, eval_mode, last_linear
 from .base import Method
-from .ogm_ge import check_min_modalities
+from .ogm_ge import check_min_modalities, check_stage_order
 
 
 def mixup_draw(rng: np.random.Generator, n: int, alpha: float) -> tuple[float, np.ndarray]:
@@ -136,17 +136,12 @@ class MIE(Method):
                 raise ConfigError(f"{name} must be in [0, 1], got {getattr(c, name)}")
         if c.mie_ori_weight == 0 and c.mie_flat_weight == 0:
             raise ConfigError("mie_ori_weight and mie_flat_weight are both 0: nothing would train; set one > 0")
-        order = c.mie_order
-        if not all(isinstance(m, str) for m in order) or len(set(order)) != len(order):
-            raise ConfigError(f"mie_order must be a list of distinct modality names, got {order!r}")
+        check_stage_order("mie_order", c.mie_order)
 
     @classmethod
     def validate_modalities(cls, config, modalities) -> None:
         check_min_modalities(cls.name, modalities)
-        order = config.mie_order
-        if order and sorted(order) != sorted(modalities):
-            raise ConfigError(f"mie_order must list each modality once: {', '.join(modalities)}; "
-                              f"got {', '.join(order)}")
+        check_stage_order("mie_order", config.mie_order, modalities)
 
     # -- schedule ------------------------------------------------------------------
     def schedule(self) -> tuple[int, bool]:

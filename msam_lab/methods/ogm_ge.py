@@ -70,6 +70,15 @@ def check_min_modalities(name: str, modalities, minimum: int = 2) -> None:
                           f"{len(modalities)} ({', '.join(modalities)}); use method=joint")
 
 
+def check_stage_order(field: str, order, modalities=None) -> None:
+    """A stage order (ReconBoost's, MIE's): distinct names; with ``modalities``, each exactly once."""
+    if not all(isinstance(m, str) for m in order) or len(set(order)) != len(order):
+        raise ConfigError(f"{field} must be a list of distinct modality names, got {order!r}")
+    if modalities is not None and order and sorted(order) != sorted(modalities):
+        raise ConfigError(f"{field} must list each modality once: {', '.join(modalities)}; "
+                          f"got {', '.join(order)}")
+
+
 class OGMGE(Method):
     name = "ogm_ge"
 

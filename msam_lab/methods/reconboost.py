@@ -48,7 +48,7 @@ from .. import optim, schedules
 from ..config import ConfigError
 from ..models import ConcatFusion, SumFusion
 from .base import Method
-from .ogm_ge import check_min_modalities
+from .ogm_ge import check_min_modalities, check_stage_order
 from .unimodal_logits import unimodal_logits
 
 LATE_FUSIONS = ("late_sum", "late_concat")
@@ -91,17 +91,12 @@ class ReconBoost(Method):
             raise ConfigError("recon_weight1 and recon_weight2 must be >= 0")
         if config.recon_lr is not None and config.recon_lr < 0:
             raise ConfigError(f"recon_lr must be >= 0 or null (the run's lr), got {config.recon_lr}")
-        order = config.recon_order
-        if not all(isinstance(m, str) for m in order) or len(set(order)) != len(order):
-            raise ConfigError(f"recon_order must be a list of distinct modality names, got {order!r}")
+        check_stage_order("recon_order", config.recon_order)
 
     @classmethod
     def validate_modalities(cls, config, modalities) -> None:
         check_min_modalities(cls.name, modalities)
-        order = config.recon_order
-        if order and sorted(order) != sorted(modalities):
-            raise ConfigError(f"recon_order must list each modality once: {', '.join(modalities)}; "
-                              f"got {', '.join(order)}")
+        check_stage_order("recon_order", config.recon_order, modalities)
 
     # -- schedule ------------------------------------------------------------------
     def schedule(self) -> tuple[int, int]:
