@@ -15,13 +15,16 @@ Every config is resolved and checked (including against the dataset's modalities
 against any finished run already at its path) before the first run starts, so a typo fails
 in a second, not after hours. A finished run (``runs.is_run``) whose stored config matches is
 reused, never retrained; an interrupted or failed one is resumed from its last resume checkpoint:
-an interrupted sweep resumes by calling it again.
+an interrupted sweep resumes by calling it again. That decision is ``complete_cell``'s, the one
+function every launcher calls: ``launcher="inline"`` (default) runs the cells here one after
+another, ``"local"`` and ``"slurm"`` one submitit job per cell (msam_lab.launch, docs/scale.md).
 """
 from __future__ import annotations
 
 import json
 import math
 import numbers
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +56,15 @@ def run_dir(out, method: str, seed: int, rho: float | None = None) -> Path:
     if rho is not None:
         path = path / f"rho{rho:g}"
     return path / f"seed{seed}"
+
+
+class SweepError(RuntimeError):
+    """Cells of a launched sweep that did not finish: ``failed`` (one line each) and ``table``, the
+    summary of those that did (already written to sweep_summary.csv; empty if none did)."""
+
+    def __init__(self, failed: list[str], table: pd.DataFrame):
+        super().__init__(f"{len(failed)} cell(s) did not finish: " + "; ".join(failed))
+        self.failed, self.table = failed, table
 
 
 @dataclass
@@ -101,14 +113,15 @@ def _normalised(d: dict) -> dict:
     return json.loads(json.dumps(d, default=str))
 
 
-def _check_existing(cell: Cell) -> None:
+def _check_existing(cell: Cell, allow_running: bool = False) -> None:
     """A run at the cell's path (finished, or interrupted/failed: to be resumed) must hold the same
-    config; a run still training there, or anything else, is an error."""
+    config; a run still training there is an error unless ``allow_running`` (a launcher that waits
+    for it), anything else always is."""
     if not is_run_dir(cell.path):
         check_output_dir(cell.path)
         return
     state = run_state(cell.path)
-    if state == "running":
+    if state == "running" and not allow_running:
         raise ConfigError(f"{cell.path} is being trained by another process; wait for it or use another --out")
     # fields added to Config after that run was made count as what that run did (config.stored_values)
     stored = {**_normalised(Config().to_dict()), **stored_values(json.loads((cell.path / "config.json").read_text()))}
@@ -135,8 +148,9 @@ def _check_modalities(cells: list[Cell]) -> None:
 
 
 def plan_sweep(methods, seeds, rhos=None, dataset=None, out="runs/sweep", overrides=(),
-               config=None) -> list[Cell]:
-    """Resolve and check every cell of the grid (raises ConfigError); trains nothing."""
+               config=None, allow_running=False) -> list[Cell]:
+    """Resolve and check every cell of the grid (raises ConfigError); trains nothing.
+    ``allow_running``: a cell whose run is still training passes (see ``_check_existing``)."""
     methods, seeds = _as_list(methods), _as_list(seeds)
     rhos = None if rhos is None else _as_list(rhos)
     _check_lists(methods, seeds, rhos)
@@ -150,8 +164,45 @@ def plan_sweep(methods, seeds, rhos=None, dataset=None, out="runs/sweep", overri
                 cells.append(Cell(method, int(seed), rho, cfg, run_dir(out, method, int(seed), rho)))
     _check_modalities(cells)
     for cell in cells:
-        _check_existing(cell)
+        _check_existing(cell, allow_running)
     return cells
+
+
+def describe(cell: Cell) -> str:
+    """``msam seed 1 rho 0.1``: the cell as progress and error lines name it."""
+    return f"{cell.method} seed {cell.seed}" + (f" rho {cell.rho:g}" if cell.rho is not None else "")
+
+
+def cell_action(path) -> str:
+    """What bringing the run at ``path`` to finished takes: ``reuse`` (finished), ``resume``
+    (interrupted or failed), ``train`` (nothing there yet), or ``running`` (another trainer holds it)."""
+    if is_run(path):
+        return "reuse"
+    if not is_run_dir(path):
+        return "train"
+    return "running" if run_state(path) == "running" else "resume"
+
+
+def complete_cell(cell: Cell, quiet: bool = False, label: str | None = None) -> str:
+    """Bring one cell's run to finished: reuse a finished run, resume an interrupted or failed one
+    from its last resume checkpoint, or train it. Every launcher (inline, and each submitit job)
+    calls this, so the decision lives here only. Returns the action taken (``cell_action``)."""
+    label = label or describe(cell)
+    action = cell_action(cell.path)
+    if action == "reuse":
+        if not quiet:
+            print(f"{label}: finished run found at {cell.path}, reusing it")
+    elif action == "resume":           # interrupted or failed: continue it, don't start again
+        if not quiet:
+            print(f"{label}: {run_state(cell.path)} run found at {cell.path}, resuming it")
+        train(resume=cell.path, quiet=quiet)
+    elif action == "train":
+        if not quiet:
+            print(f"{label}: training {cell.config.epochs} epochs on {cell.config.dataset} -> {cell.path}")
+        train(cell.config, out=cell.path, quiet=quiet)
+    else:                              # the trainer's lock says why (pid, host)
+        raise ConfigError(f"{cell.path} is being trained by another process; wait for it or use another --out")
+    return action
 
 
 AT_BEST, AT_LAST = "_at_best", "_last"     # column suffixes: test numbers at the best-val / last epoch
@@ -254,7 +305,7 @@ def format_sweep(table: pd.DataFrame) -> str:
 
 
 def run_sweep(methods, seeds, rhos=None, dataset=None, out="runs/sweep", overrides=(), quiet=False,
-              config=None) -> pd.DataFrame:
+              config=None, launcher="inline", slurm=(), max_parallel=None) -> pd.DataFrame:
     """Train every (method, seed[, rho]) cell not finished yet; return mean ± std over seeds.
 
     ``rhos`` applies to methods that use ρ (sam, msam) only; the others get one run per seed.
@@ -264,23 +315,36 @@ def run_sweep(methods, seeds, rhos=None, dataset=None, out="runs/sweep", overrid
     ``<metric>_mean``/``<metric>_std`` for best_epoch, best_val_acc and acc, acc_<m>, acc_only_<m>,
     tau each at the best-validation epoch (``_at_best``) and at the last epoch (``_last``); see
     ``summarise`` and docs/runs.md, "Model selection").
+
+    ``launcher``: ``"inline"`` (here, one cell after another; a failing run stops the sweep),
+    ``"local"`` or ``"slurm"`` (one submitit job per cell, ``slurm`` its ``KEY=VALUE`` options,
+    ``max_parallel`` jobs at once; msam_lab.launch). A launched sweep writes the tables of the cells
+    that finished, then raises ``SweepError`` naming each cell that did not.
     """
-    cells = plan_sweep(methods, seeds, rhos, dataset, out, overrides, config)
-    for i, cell in enumerate(cells, 1):
-        label = f"[{i}/{len(cells)}] {cell.method} seed {cell.seed}" + \
-            (f" rho {cell.rho:g}" if cell.rho is not None else "")
-        if is_run(cell.path):
-            if not quiet:
-                print(f"{label}: finished run found at {cell.path}, reusing it")
-            continue
-        if is_run_dir(cell.path):          # interrupted or failed: continue it, don't start again
-            if not quiet:
-                print(f"{label}: {run_state(cell.path)} run found at {cell.path}, resuming it")
-            train(resume=cell.path, quiet=quiet)
-            continue
-        if not quiet:
-            print(f"{label}: training {cell.config.epochs} epochs on {cell.config.dataset} -> {cell.path}")
-        train(cell.config, out=cell.path, quiet=quiet)
+    if launcher == "inline":
+        if slurm or max_parallel is not None:
+            raise ConfigError("slurm options and max_parallel are for launcher='local' or 'slurm'; drop them "
+                              "or pick a launcher")
+        cells = plan_sweep(methods, seeds, rhos, dataset, out, overrides, config)
+        for i, cell in enumerate(cells, 1):
+            complete_cell(cell, quiet, label=f"[{i}/{len(cells)}] {describe(cell)}")
+        failed = []
+    else:
+        from . import launch     # submitit is imported only when a sweep is launched
+
+        plan = launch.plan_launch(launcher, slurm, max_parallel)        # bad options fail before the grid
+        cells = plan_sweep(methods, seeds, rhos, dataset, out, overrides, config, allow_running=True)
+        failed = launch.run_cells(cells, plan, out, quiet=quiet)
+    table = _write_tables([cell for cell in cells if is_run(cell.path)], out)
+    if failed:
+        raise SweepError(failed, table)
+    return table
+
+
+def _write_tables(cells: list[Cell], out) -> pd.DataFrame:
+    """sweep.csv and sweep_summary.csv over the finished ``cells``; the summary is returned."""
+    if not cells:                   # nothing finished (every job failed): no tables to write
+        return pd.DataFrame()
     runs = pd.DataFrame([_row(cell) for cell in cells])
     table = summarise(runs)
     out = Path(out)
@@ -325,12 +389,29 @@ def parse_rhos(text: str) -> list[float]:
 
 
 def cmd_sweep(args) -> int:
+    from .cli import UsageError
+
     methods = _split(args.methods, "--methods", str, "joint,msam")
     seeds = parse_seeds(args.seeds)
     rhos = parse_rhos(args.rhos) if args.rhos is not None else None
     overrides = ([f"epochs={args.epochs}"] if args.epochs is not None else []) + list(args.overrides)
-    table = run_sweep(methods, seeds, rhos, dataset=args.dataset, out=args.out, overrides=overrides,
-                      quiet=args.quiet, config=args.config)
+    if args.slurm and args.launcher != "slurm":
+        raise UsageError(f"--slurm options are for --launcher slurm (got --launcher {args.launcher}); "
+                         f"add --launcher slurm or drop them")
+    if args.max_parallel is not None and args.launcher == "inline":
+        raise UsageError("--max-parallel is for --launcher local or slurm (inline runs one cell at a time)")
+    try:
+        table = run_sweep(methods, seeds, rhos, dataset=args.dataset, out=args.out, overrides=overrides,
+                          quiet=args.quiet, config=args.config, launcher=args.launcher, slurm=args.slurm,
+                          max_parallel=args.max_parallel)
+    except SweepError as err:               # a launched sweep's failed cells: tables of the rest, one line each
+        if not err.table.empty:
+            print()
+            print(format_sweep(err.table))
+            print(f"\nper-run table: {Path(args.out) / RUNS_FILE}; summary: {Path(args.out) / SUMMARY_FILE}")
+        for line in err.failed:
+            print(f"msam-lab: error: {line}", file=sys.stderr)
+        return 1
     print()
     print(format_sweep(table))
     print(f"\nper-run table: {Path(args.out) / RUNS_FILE}; summary: {Path(args.out) / SUMMARY_FILE}")
@@ -354,4 +435,12 @@ def add_parser(subparsers) -> None:
                    help="any config field for every run, e.g. --set batch_size=32")
     p.add_argument("--out", default="runs/sweep", help="folder of the sweep (default runs/sweep)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--launcher", choices=("inline", "local", "slurm"), default="inline",
+                   help="where the cells run: inline (here, one after another; default), local (one "
+                        "submitit process per cell), slurm (one SLURM job per cell); docs/scale.md")
+    p.add_argument("--slurm", action="append", default=[], metavar="KEY=VALUE",
+                   help="a submitit/SLURM option for every job, e.g. --slurm partition=gpu "
+                        "--slurm timeout_min=240 --slurm gpus_per_node=1 (repeatable)")
+    p.add_argument("--max-parallel", type=int, metavar="N",
+                   help="jobs at once (local: default the CPU count; slurm: the job array's parallelism)")
     p.set_defaults(func=cmd_sweep)
