@@ -10,7 +10,9 @@ landscapes, sharpness and the multi-seed sweep, then writes
   one; otherwise a note is printed and they are skipped).
 
 ``--quick`` (or ``MSAM_LAB_QUICK=1``) uses the tiny quick-mode settings (synthetic data, 2–3 epochs).
-Notebook 05 calls ``comparison_figures`` to write the method-comparison figures.
+Notebook 05 calls ``comparison_figures`` to write the method-comparison figures, notebook 08
+``rival_figures`` (M-SAM against MASAM, MIE and SAM; the ρ sweep; the fixed-dominant ablation;
+sharpness per encoder over training, all from ``msam_lab.rivals``).
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import time
 from pathlib import Path
 
 from . import notebook_utils as nb
-from . import viz
+from . import rivals, viz
 
 # Names this module writes (and removes first with clean=True); nothing else in the folder is touched.
 OUTPUT_PREFIXES = ("fig_", "table_")
@@ -35,10 +37,12 @@ def settings(quick: bool | None = None) -> dict:
     if quick:
         return dict(quick=True, methods=["joint", "msam"], epochs=3, grid_1d=11, grid_2d=7, n_samples=64,
                     sharpness=dict(n_samples=64, probes=4, topk=1),
-                    sweep=dict(methods=["joint", "msam"], seeds=[0, 1], epochs=2))
+                    sweep=dict(methods=["joint", "msam"], seeds=[0, 1], epochs=2),
+                    rivals=rivals.rival_settings(True))
     return dict(quick=False, methods=["joint", "msam"], epochs=10, grid_1d=41, grid_2d=21, n_samples=512,
                 sharpness=dict(n_samples=512, probes=16, topk=1),
-                sweep=dict(methods=["joint", "sam", "msam", "ogm_ge", "agm"], seeds=[0, 1, 2], epochs=5))
+                sweep=dict(methods=["joint", "sam", "msam", "ogm_ge", "agm"], seeds=[0, 1, 2], epochs=5),
+                rivals=rivals.rival_settings(False))
 
 
 def _data(s: dict) -> dict:
@@ -59,17 +63,54 @@ def sweep_table(s: dict, quiet: bool = True):
     return run_sweep(sw["methods"], seeds=sw["seeds"], config=base, out=out, quiet=quiet)
 
 
+def _write_table(shown, stem: Path, markdown: bool = True) -> list[Path]:
+    """``stem.csv`` and (``markdown``) ``stem.md`` of a DataFrame; returns the paths."""
+    shown.to_csv(stem.with_suffix(".csv"), index=False)
+    if not markdown:
+        return [stem.with_suffix(".csv")]
+    header = "| " + " | ".join(str(c) for c in shown.columns) + " |\n|" + "---|" * len(shown.columns) + "\n"
+    rows = "".join("| " + " | ".join(str(v) for v in row) + " |\n" for row in shown.itertuples(index=False))
+    stem.with_suffix(".md").write_text(header + rows, encoding="utf-8")
+    return [stem.with_suffix(".csv"), stem.with_suffix(".md")]
+
+
 def comparison_figures(table, out=None) -> list[Path]:
     """Write the method-comparison bar chart (PDF + PNG) and table (CSV + Markdown) into ``out``."""
     out = nb.figures_dir() if out is None else Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = viz.save_mpl(viz.comparison_bars(table, backend="matplotlib"), out / "fig_method_comparison")
-    shown = viz.comparison_table(table)
-    shown.to_csv(out / "table_comparison.csv", index=False)
-    header = "| " + " | ".join(shown.columns) + " |\n|" + "---|" * len(shown.columns) + "\n"
-    rows = "".join("| " + " | ".join(str(v) for v in row) + " |\n" for row in shown.itertuples(index=False))
-    (out / "table_comparison.md").write_text(header + rows, encoding="utf-8")
-    return written + [out / "table_comparison.csv", out / "table_comparison.md"]
+    return written + _write_table(viz.comparison_table(table), out / "table_comparison")
+
+
+# Notebook 08's figures: name -> (tables, backend) -> figure; tables as from ``rivals.all_tables``.
+RIVAL_FIGURES = {
+    "rivals_comparison": lambda t, b: viz.comparison_bars(t["rivals"], backend=b),
+    "rho_sweep": lambda t, b: viz.rho_curve(t["rho"], reference=t["rivals"], backend=b),
+    "fixed_dominant": lambda t, b: viz.ablation_bars(t["ablation"], backend=b),
+    "sharpness_timeline": lambda t, b: viz.sharpness_timeline_figure(t["sharpness"], metric="trace", backend=b),
+}
+
+
+def rival_figures(tables: dict, out=None) -> list[Path]:
+    """Write notebook 08's figures (``fig_<name>`` PDF + PNG for each of ``RIVAL_FIGURES``) and tables
+    (``table_rivals``, ``table_rho_sweep``, ``table_fixed_dominant`` as CSV + Markdown, mean ± std;
+    ``table_sharpness_timeline.csv``, the long per-epoch table) into ``out``.
+
+    ``tables``: ``{"rivals", "rho", "ablation", "sharpness"}`` as ``rivals.all_tables`` returns them.
+    """
+    out = nb.figures_dir() if out is None else Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, make in RIVAL_FIGURES.items():
+        written += viz.save_mpl(make(tables, "matplotlib"), out / f"fig_{name}")
+    written += _write_table(viz.comparison_table(tables["rivals"]), out / "table_rivals")
+    written += _write_table(viz.comparison_table(tables["rho"]), out / "table_rho_sweep")
+    abl = tables["ablation"]
+    written += _write_table(viz.comparison_table(abl).assign(method=list(abl["arm_label"])).rename(
+        columns={"method": "perturbed (msam_dominant)"}), out / "table_fixed_dominant")
+    written += _write_table(tables["sharpness"].drop(columns=["run"], errors="ignore"),
+                            out / "table_sharpness_timeline", markdown=False)
+    return written
 
 
 def clean(out: Path) -> None:
@@ -105,6 +146,8 @@ def make_figures(out=None, quick: bool | None = None, fresh: bool = True, verbos
     sharp = {k: nb.ensure_sharpness(r, **s["sharpness"]) for k, r in runs.items()}
     say("sweep")
     table = sweep_table(s)
+    say("rivals, ρ sweep, fixed-dominant ablation, sharpness over training")
+    rival_tables = rivals.all_tables(s["rivals"])
 
     z = viz.shared_z(land2.values(), "loss", log=True)     # log10 colour: basins stay visible beside high walls
     figs = {
@@ -129,9 +172,11 @@ def make_figures(out=None, quick: bool | None = None, fresh: bool = True, verbos
     for name, make in figs.items():
         written += viz.save_mpl(make("matplotlib"), out / f"fig_{name}")
     written += comparison_figures(table, out)
+    written += rival_figures(rival_tables, out)
     say("plotly figures (interactive.html)")
     plotly_figs = {name: make("plotly") for name, make in figs.items()}
     plotly_figs["method_comparison"] = viz.comparison_bars(table)
+    plotly_figs.update({name: make(rival_tables, "plotly") for name, make in RIVAL_FIGURES.items()})
     written.append(viz.write_html({name.replace("_", " "): f for name, f in plotly_figs.items()},
                                   out / "interactive.html", title="msam_lab figures"))
     say("plotly static PNG (needs Chromium)")

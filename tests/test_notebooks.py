@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 NOTEBOOK_TIMEOUT = 150     # s per notebook (quick mode runs in ~10-30 s on 2 idle cores)
 EXPECTED = ["00_quickstart", "01_dominance_over_time", "02_landscape_1d", "03_landscape_2d",
-            "04_overfitting_gap", "05_method_comparison", "06_teaching_demo", "07_your_own_model"]
+            "04_overfitting_gap", "05_method_comparison", "06_teaching_demo", "07_your_own_model",
+            "08_rivals_and_ablations"]
 
 
 def test_all_notebooks_present():
@@ -95,3 +96,8 @@ def test_notebook_runs_in_quick_mode(path, notebook_env, monkeypatch):
     if path.stem == "05_method_comparison":
         written = sorted(p.name for p in Path(env["MSAM_LAB_FIGURES"]).iterdir())
         assert {"fig_method_comparison.pdf", "fig_method_comparison.png", "table_comparison.csv"} <= set(written)
+    if path.stem == "08_rivals_and_ablations":
+        written = set(p.name for p in Path(env["MSAM_LAB_FIGURES"]).iterdir())
+        for name in ("rivals_comparison", "rho_sweep", "fixed_dominant", "sharpness_timeline"):
+            assert {f"fig_{name}.pdf", f"fig_{name}.png"} <= written, f"fig_{name} not written"
+        assert {"table_rivals.csv", "table_rho_sweep.csv", "table_fixed_dominant.csv"} <= written

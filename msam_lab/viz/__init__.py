@@ -12,8 +12,11 @@ publication; save with ``save_mpl(fig, "figures/name")`` for PDF + PNG).
     viz.contour_grid({"Joint": s1, "M-SAM": s2})    # shared colour scale
     viz.sharpness_figure({"Joint": t1, "M-SAM": t2})
     viz.comparison_bars(sweep_table)                # mean ± std over seeds
+    viz.rho_curve(rho_table)                        # accuracy over ρ (notebook 08, msam_lab.rivals)
+    viz.ablation_bars(ablation_table)               # which modality M-SAM perturbs
+    viz.sharpness_timeline_figure(timeline)         # each encoder's Hessian trace over epochs
 
-Modules: ``style`` (colours, labels, saving), ``curves``, ``dominance``, ``landscape``, ``compare``.
+Modules: ``style`` (colours, labels, saving), ``curves``, ``dominance``, ``landscape``, ``compare``, ``rivals``.
 Following a run while it trains (figures that grow in place): ``msam_lab.widgets.LiveCurves(run)``,
 ``msam_lab.widgets.LiveFigure(viz.<function>, run)``, ``DominanceExplorer(run, follow=True)``.
 Quick mode for notebooks and tests: ``quick_mode()`` (``MSAM_LAB_QUICK=1``).
@@ -26,6 +29,7 @@ from .dominance import (dominance_segments, dominance_summary, epoch_shares, sha
                         smoothed_dominant, smoothed_shares, switch_points)
 from .landscape import (contour_grid, curves_1d, direction_title, metric_key, metric_title, shared_z,
                         sharpness_figure, surface_figure, trajectory)
+from .rivals import ablation_bars, arm_label, rho_curve, sharpness_timeline_figure, timeline_stats
 from .style import (find_chromium, method_color, modality_color, mpl_style, save_mpl, shared_range,
                     write_html, write_plotly_png)
 
@@ -37,6 +41,7 @@ __all__ = [
     "smoothed_shares", "switch_points",
     "contour_grid", "curves_1d", "direction_title", "metric_key", "metric_title", "shared_z",
     "sharpness_figure", "surface_figure", "trajectory",
+    "ablation_bars", "arm_label", "rho_curve", "sharpness_timeline_figure", "timeline_stats",
     "find_chromium", "method_color", "modality_color", "mpl_style", "save_mpl", "shared_range",
     "write_html", "write_plotly_png",
 ]
