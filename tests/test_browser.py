@@ -269,7 +269,7 @@ def test_teaching_lab_under_voila_retrains_in_a_real_browser(tmp_path):
                     def figures() -> list:
                         return [json.loads(plots.nth(i).evaluate(PLOT_DATA_JS)) for i in range(plots.count())]
 
-                    deadline = time.monotonic() + 15
+                    deadline = time.monotonic() + 60                  # returns as soon as both are drawn
                     before = figures()
                     while time.monotonic() < deadline and not all(before):
                         page.wait_for_timeout(250)
