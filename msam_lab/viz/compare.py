@@ -137,9 +137,24 @@ def comparison_bars(table, parts=None, include_tau: bool = True, backend: str = 
     colors = {p: (style.FUSED_COLOR if p == "fused" else style.modality_color(p, mods)) for p in parts}
     names = {p: ("fused model" if p == "fused" else f"{p} (Shapley-decomposed)") for p in parts}
 
+    tau_colors = [style.method_color(m, i) for i, m in enumerate(t["method"])]
+    return grouped_bars(t, labels, parts, key, names, colors, tau_key, tau_colors, "method", title, include_tau,
+                        backend, height=440, size=(7.0, 5.0, 3.3), rotate_all=False)
+
+
+def std_or_zero(t, col: str) -> np.ndarray:
+    """The ``<col>_std`` column with NaN (a single seed) as 0, for error bars."""
+    s = t[f"{col}_std"].to_numpy(dtype=float)
+    return np.where(np.isnan(s), 0.0, s)
+
+
+def grouped_bars(t, labels, parts, key, names, colors, tau_key, tau_colors, xlabel, title, include_tau, backend,
+                 height, size, rotate_all):
+    """Accuracy bars per row of ``t`` (one bar per part, grouped) and, with ``include_tau``, a τ panel:
+    the figure ``comparison_bars`` and ``rivals.ablation_bars`` share. ``size``: (width with τ,
+    width without, height) of the matplotlib figure; ``rotate_all``: always slant the tick labels."""
     def std(col):
-        s = t[f"{col}_std"].to_numpy(dtype=float)
-        return np.where(np.isnan(s), 0.0, s)
+        return std_or_zero(t, col)
 
     if backend == "plotly":
         import plotly.graph_objects as go
@@ -153,18 +168,18 @@ def comparison_bars(table, parts=None, include_tau: bool = True, backend: str = 
                                  customdata=t["n_seeds"], meta={"part": p},
                                  hovertemplate="%{x}<br>%{y:.1f} ± %{error_y.array:.1f} % (n=%{customdata})"
                                                "<extra>" + names[p] + "</extra>"), 1, 1)
-        fig.update_yaxes(title_text="test accuracy (%)", range=[0, 105], row=1, col=1)
-        fig.update_xaxes(title_text="method", row=1, col=1)
+        fig.update_yaxes(title_text=style.acc_label("test"), range=[0, 105], row=1, col=1)
+        fig.update_xaxes(title_text=xlabel, row=1, col=1)
         if include_tau:
             fig.add_trace(go.Bar(x=labels, y=t[f"{tau_key}_mean"], name="τ (accuracy form)", meta={"part": "tau"},
-                                 marker_color=[style.method_color(m, i) for i, m in enumerate(t["method"])],
+                                 marker_color=tau_colors,
                                  error_y=dict(type="data", array=std(tau_key), visible=True), showlegend=False),
                           1, 2)
             fig.update_yaxes(title_text=style.TAU_LABELS["acc"], row=1, col=2)
-            fig.update_xaxes(title_text="method", row=1, col=2)
+            fig.update_xaxes(title_text=xlabel, row=1, col=2)
         fig.update_layout(barmode="group")
-        return style.style_plotly(fig, title, height=440)
-    fig = style.mpl_figure(7.0 if include_tau else 5.0, 3.3)
+        return style.style_plotly(fig, title, height=height)
+    fig = style.mpl_figure(size[0] if include_tau else size[1], size[2])
     if include_tau:
         ax, ax2 = fig.subplots(1, 2, width_ratios=[0.72, 0.28])
     else:
@@ -174,14 +189,16 @@ def comparison_bars(table, parts=None, include_tau: bool = True, backend: str = 
     for i, p in enumerate(parts):
         ax.bar(xs + (i - (len(parts) - 1) / 2) * width, 100 * t[f"{key[p]}_mean"], width,
                yerr=100 * std(key[p]), capsize=2, color=colors[p], label=names[p], error_kw=dict(lw=0.8))
-    ax.set_xticks(xs, labels, rotation=30 if len(labels) > 4 else 0, ha="right" if len(labels) > 4 else "center")
-    ax.set(ylabel="test accuracy (%)", ylim=(0, 105), title="test accuracy", xlabel="method")
+    slant = rotate_all or len(labels) > 4
+    ax.set_xticks(xs, labels, rotation=30 if slant else 0, ha="right" if slant else "center")
+    ax.set(ylabel=style.acc_label("test"), ylim=(0, 105), title="test accuracy", xlabel=xlabel)
     fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncol=len(parts))
     if ax2 is not None:
         ax2.bar(xs, t[f"{tau_key}_mean"], 0.6, yerr=std(tau_key), capsize=2,
-                color=[style.method_color(m, i) for i, m in enumerate(t["method"])], error_kw=dict(lw=0.8))
-        ax2.set_xticks(xs, labels, rotation=30 if len(labels) > 2 else 0, ha="right" if len(labels) > 2 else "center")
+                color=tau_colors, error_kw=dict(lw=0.8))
+        slant = rotate_all or len(labels) > 2
+        ax2.set_xticks(xs, labels, rotation=30 if slant else 0, ha="right" if slant else "center")
         ax2.set(ylabel="τ, accuracy form (fraction)", title="τ = (Acc_train − Acc_test) / Acc_train",
-                xlabel="method")
+                xlabel=xlabel)
     fig.suptitle(title)
     return fig

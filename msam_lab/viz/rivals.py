@@ -17,7 +17,7 @@ import pandas as pd
 
 from . import style
 from .common import check_backend
-from .compare import _SUFFIX, _at, modalities_in, summary_table
+from .compare import _SUFFIX, _at, grouped_bars, modalities_in, std_or_zero, summary_table
 from .landscape import SHARPNESS_LABELS
 
 _WHERE = {"best": "at the best-validation epoch", "last": "at the last epoch"}
@@ -29,11 +29,6 @@ def _seeds_text(t: pd.DataFrame) -> str:
     n = sorted(set(int(v) for v in t["n_seeds"]))
     txt = f"{n[0]}" if len(n) == 1 else f"{n[0]}–{n[-1]}"
     return f"mean ± std over {txt} seed{'s' if n[-1] > 1 else ''}"
-
-
-def _std(t: pd.DataFrame, col: str) -> np.ndarray:
-    s = t[f"{col}_std"].to_numpy(dtype=float)
-    return np.where(np.isnan(s), 0.0, s)
 
 
 def _part_keys(t: pd.DataFrame, parts, at: str) -> tuple[list[str], dict, dict]:
@@ -97,7 +92,7 @@ def rho_curve(table, parts=None, at: str | None = None, reference=None, log_x: b
             for i, m in enumerate(methods):
                 sub = t[t["method"] == m]
                 color = style.method_color(m, i)
-                mean, sd = 100 * sub[f"{key[p]}_mean"].to_numpy(), 100 * _std(sub, key[p])
+                mean, sd = 100 * sub[f"{key[p]}_mean"].to_numpy(), 100 * std_or_zero(sub, key[p])
                 x = sub["rho"].to_numpy(dtype=float)
                 if (sd > 0).any():
                     fig.add_trace(go.Scatter(x=np.r_[x, x[::-1]], y=np.r_[mean + sd, (mean - sd)[::-1]],
@@ -129,7 +124,7 @@ def rho_curve(table, parts=None, at: str | None = None, reference=None, log_x: b
         for i, m in enumerate(methods):
             sub = t[t["method"] == m]
             color = style.method_color(m, i)
-            mean, sd = 100 * sub[f"{key[p]}_mean"].to_numpy(), 100 * _std(sub, key[p])
+            mean, sd = 100 * sub[f"{key[p]}_mean"].to_numpy(), 100 * std_or_zero(sub, key[p])
             x = sub["rho"].to_numpy(dtype=float)
             ax.plot(x, mean, marker="o", ms=3, color=color, label=style.method_label(m))
             if (sd > 0).any():
@@ -195,46 +190,8 @@ def ablation_bars(table, parts=None, include_tau: bool = True, at: str | None = 
                   for a in (t["arm"] if "arm" in t else labels)]
     title = f"Which modality M-SAM perturbs {_WHERE[at]}: {_seeds_text(t)}"
     xlabel = "perturbed modality (msam_dominant)"
-    if backend == "plotly":
-        import plotly.graph_objects as go
-        from plotly.subplots import make_subplots
-        cols = 2 if include_tau else 1
-        fig = make_subplots(rows=1, cols=cols, column_widths=[0.72, 0.28] if cols == 2 else None,
-                            subplot_titles=("test accuracy", "overfitting gap τ") if cols == 2 else None)
-        for p in parts:
-            fig.add_trace(go.Bar(x=labels, y=100 * t[f"{key[p]}_mean"], name=names[p], marker_color=colors[p],
-                                 error_y=dict(type="data", array=100 * _std(t, key[p]), visible=True),
-                                 customdata=t["n_seeds"], meta={"part": p},
-                                 hovertemplate="%{x}<br>%{y:.1f} ± %{error_y.array:.1f} % (n=%{customdata})"
-                                               "<extra>" + names[p] + "</extra>"), 1, 1)
-        fig.update_yaxes(title_text=style.acc_label("test"), range=[0, 105], row=1, col=1)
-        fig.update_xaxes(title_text=xlabel, row=1, col=1)
-        if include_tau:
-            fig.add_trace(go.Bar(x=labels, y=t[f"{tau_key}_mean"], name="τ (accuracy form)", meta={"part": "tau"},
-                                 marker_color=arm_colors, showlegend=False,
-                                 error_y=dict(type="data", array=_std(t, tau_key), visible=True)), 1, 2)
-            fig.update_yaxes(title_text=style.TAU_LABELS["acc"], row=1, col=2)
-            fig.update_xaxes(title_text=xlabel, row=1, col=2)
-        fig.update_layout(barmode="group")
-        return style.style_plotly(fig, title, height=460)
-    fig = style.mpl_figure(7.2 if include_tau else 5.2, 3.5)
-    ax, ax2 = fig.subplots(1, 2, width_ratios=[0.72, 0.28]) if include_tau else (fig.subplots(), None)
-    xs = np.arange(len(labels))
-    width = 0.8 / len(parts)
-    for i, p in enumerate(parts):
-        ax.bar(xs + (i - (len(parts) - 1) / 2) * width, 100 * t[f"{key[p]}_mean"], width, yerr=100 * _std(t, key[p]),
-               capsize=2, color=colors[p], label=names[p], error_kw=dict(lw=0.8))
-    ax.set_xticks(xs, labels, rotation=30, ha="right")
-    ax.set(ylabel=style.acc_label("test"), ylim=(0, 105), title="test accuracy", xlabel=xlabel)
-    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncol=len(parts))
-    if ax2 is not None:
-        ax2.bar(xs, t[f"{tau_key}_mean"], 0.6, yerr=_std(t, tau_key), capsize=2, color=arm_colors,
-                error_kw=dict(lw=0.8))
-        ax2.set_xticks(xs, labels, rotation=30, ha="right")
-        ax2.set(ylabel="τ, accuracy form (fraction)", title="τ = (Acc_train − Acc_test) / Acc_train",
-                xlabel=xlabel)
-    fig.suptitle(title)
-    return fig
+    return grouped_bars(t, labels, parts, key, names, colors, tau_key, arm_colors, xlabel, title, include_tau,
+                        backend, height=460, size=(7.2, 5.2, 3.5), rotate_all=True)
 
 
 # ---------------------------------------------------------------- sharpness over training
