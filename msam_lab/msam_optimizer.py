@@ -203,8 +203,7 @@ class MSAM(SAM):
         modality. ``split`` None: observe the batch after the coalition graph is built, as the built-in trainer
         does, and choose d; else the (record, shares) of that first call."""
         names, n = self.modalities, len(self.modalities)
-        coalition = [None] + [forward(frozenset(names[m] for m in range(n) if mask >> m & 1))
-                              for mask in range(1, 1 << n)]
+        coalition = [None] + [forward(present_of(mask, names)) for mask in range(1, 1 << n)]
         coalition[0] = torch.zeros_like(coalition[-1])
         per_modality = decomposed_logits(torch.stack(coalition))
         if split is None:
