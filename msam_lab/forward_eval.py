@@ -15,7 +15,6 @@ Every coalition is one call of ``forward`` (2^M − 1 per batch, the empty one i
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -37,20 +36,20 @@ def coalition_totals(model, forward, batches, modalities, masks, loss_fn=F.cross
     masks = [int(m) for m in masks]
     if decompose and masks != list(range(1 << len(modalities))):
         raise ValueError("decompose needs every coalition mask 0 .. 2^M - 1, in order")
-    loss_sum, correct = np.zeros(len(masks)), np.zeros(len(masks))
-    parts = np.zeros(len(modalities)) if decompose else None
-    n = 0
+    totals, parts, n = None, None, 0       # summed on the device: one host sync at the end, not two per coalition
     for inputs, labels in batches:
         logits = torch.stack([forward(model, inputs, present_of(mask, modalities)) for mask in masks]).float()
-        for k in range(len(masks)):
-            loss_sum[k] += float(loss_fn(logits[k], labels)) * len(labels)    # loss_fn: a batch mean
-            correct[k] += float((logits[k].argmax(-1) == labels).sum())
+        loss = torch.stack([loss_fn(z, labels) for z in logits]).double() * len(labels)   # loss_fn: a batch mean
+        batch = torch.stack([loss, (logits.argmax(-1) == labels).sum(1).double()])
+        totals = batch if totals is None else totals + batch
         if decompose:
-            parts += (decomposed_logits(logits).argmax(-1) == labels).sum(1).double().cpu().numpy()
+            right = (decomposed_logits(logits).argmax(-1) == labels).sum(1).double()
+            parts = right if parts is None else parts + right
         n += len(labels)
     if n == 0:
         raise ValueError("batches is empty: give at least one (inputs, labels) batch")
-    return loss_sum, correct, n, parts
+    totals = totals.cpu().numpy()
+    return totals[0], totals[1], n, None if parts is None else parts.cpu().numpy()
 
 
 def evaluate_forward(model, forward, batches, modalities, loss_fn=F.cross_entropy, share_rule: str = "clip",
