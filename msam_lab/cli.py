@@ -6,9 +6,11 @@ and exit code 2, before anything is written.
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 from pathlib import Path
 
+from . import distributed
 from .compare import compare_runs, format_table
 from .config import Config, ConfigError
 from .run_lock import RunLockedError
@@ -65,9 +67,29 @@ def cmd_train(args) -> int:
         run = train(resume=args.resume, quiet=args.quiet)
     else:
         run = train(args.config, out=args.out, quiet=args.quiet, overrides=_overrides(args))
-    print(f"run written to {run.path}")
-    print(format_table(compare_runs([run])))
+    if distributed.is_main():
+        print(f"run written to {run.path}")
+        print(format_table(compare_runs([run])))
+    distributed.shutdown()
     return 0
+
+
+def relaunch_under_torchrun(nproc: int, argv: list[str]) -> int:
+    """``msam-lab train --nproc N ...`` -> ``torchrun --standalone --nproc-per-node N -m msam_lab train ...``."""
+    if nproc < 1:
+        raise UsageError(f"--nproc must be >= 1, got {nproc}")
+    rest, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            rest.append(arg)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", "msam_lab", *rest]
+    # torchrun ends every rank when one fails and exits non-zero; its own report follows the rank's error
+    return subprocess.call(cmd)
 
 
 def cmd_compare(args) -> int:
@@ -230,6 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run directory to create (default runs/<dataset>-<method>-s<seed>-<time>)")
     p.add_argument("--resume", metavar="RUN", help="continue an interrupted or failed run from its last "
                    "resume checkpoint (with the run's own config)")
+    p.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="data-parallel processes on this machine, started through torchrun (one per GPU; "
+                   "on the CPU gloo with one thread each); several nodes: torchrun itself (docs/scale.md)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("compare", help="one table over finished runs")
@@ -254,13 +279,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     try:
+        if getattr(args, "nproc", 1) != 1 and not distributed.launched_by_torchrun():
+            return relaunch_under_torchrun(args.nproc, argv)
         return args.func(args)
     except (UsageError, ConfigError, RunLockedError) as err:
         print(f"msam-lab: error: {err}", file=sys.stderr)
         return 2
-    except TrainingError as err:
+    except (TrainingError, distributed.DistributedError) as err:
         print(f"msam-lab: error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -93,6 +93,12 @@ class Config:
     resume_every: int = 0                           # resume checkpoint at every epoch end; N > 0: also every N steps
     nan_policy: str = "stop"                        # stop | skip: what a non-finite loss or gradient does
     deterministic: bool = False                     # torch.use_deterministic_algorithms (bitwise resume on CPU)
+    # data parallel (docs/scale.md): torchrun --nproc-per-node N -m msam_lab train | msam-lab train --nproc N
+    per_device_batch: int = 0                       # > 0: each rank's batch (global: N × ranks); 0: batch_size is global
+    sam_epsilon: str = "local"                      # local: each rank's ε from its shard (DDP no_sync) | global: from all
+    sync_bn: bool = False                           # BatchNorm statistics of the global batch (SyncBatchNorm, CUDA only)
+    dist_timeout_s: float = 300.0                   # seconds a collective waits for a silent rank before the run fails
+    dist_debug: bool = False                        # check every step that all ranks pick the same dominant modality
     # baselines ---------------------------------------------------------------
     # Each method checks its own fields (``validate_config`` in msam_lab/methods/<name>.py);
     # docs/methods.md gives every default's source. Epoch windows are 0-based and inclusive.
@@ -153,13 +159,14 @@ _CHOICES = {
     "tie_rule": TIE_RULES, "bn_policy": BN_POLICIES, "shapley_value": ("accuracy", "loss"),
     "nan_policy": NAN_POLICIES, "optimizer": OPTIMIZERS, "lr_schedule": LR_SCHEDULES,
     "grad_clip_rule": CLIP_RULES, "fusion_trunk": FUSION_TRUNKS, "data_path": DATA_PATHS, "precision": PRECISIONS,
+    "sam_epsilon": ("local", "global"),
 }
 _POSITIVE = ("epochs", "batch_size", "feature_dim", "hidden_dim", "eval_batch_size",
              "shapley_exact_max", "shapley_permutations", "eval_every", "lr_step", "stream_above_mb",
-             "share_temperature")
+             "share_temperature", "dist_timeout_s")
 _NON_NEGATIVE = ("rho", "lr", "momentum", "weight_decay", "checkpoint_every", "train_eval_samples",
                  "flush_every", "resume_every", "shapley_batch", "lr_gamma", "lr_min", "warmup_epochs",
-                 "grad_clip", "num_workers")
+                 "grad_clip", "num_workers", "per_device_batch")
 
 
 def field_names() -> tuple[str, ...]:

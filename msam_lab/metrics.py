@@ -11,7 +11,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from . import coalitions, shapley
+from . import coalitions, distributed, shapley
 from .datasets import MultimodalData
 from .models import MultimodalModel, channels_last_on_cpu, eval_mode
 
@@ -23,11 +23,12 @@ def dataset_coalition_stats(model: MultimodalModel, data: MultimodalData, masks,
     masks = list(masks)
     correct = np.zeros(len(masks))
     loss = np.zeros(len(masks))
-    for inputs, labels in data.batches(batch_size):
+    for inputs, labels in data.batches(batch_size, shard=distributed.shard_of):   # data parallel: a shard each
         s = coalitions.batch_coalition_stats(model, inputs, labels, None, masks)
         correct += s.accuracy * len(labels)
         loss += s.loss * len(labels)
-    return coalitions.CoalitionStats(correct / len(data), loss / len(data))
+    both = distributed.sum_over_ranks(np.stack([correct, loss]))
+    return coalitions.CoalitionStats(both[0] / len(data), both[1] / len(data))
 
 
 @torch.no_grad()
@@ -48,7 +49,8 @@ def evaluate(model: MultimodalModel, data: MultimodalData, batch_size: int = 128
         correct = np.zeros(len(masks))
         loss = np.zeros(len(masks))
         decomposed_correct = np.zeros(n_mod)
-        for inputs, labels in data.batches(batch_size):
+        # data parallel: each rank evaluates its shard of every batch, the sums are then added up
+        for inputs, labels in data.batches(batch_size, shard=distributed.shard_of):
             feats, zeros = model.encode(inputs), model.zero_features()
             logits = coalitions.coalition_logits(model, feats, zeros, masks)
             k, n, c = logits.shape
@@ -58,6 +60,9 @@ def evaluate(model: MultimodalModel, data: MultimodalData, batch_size: int = 128
             if exact:
                 per_mod = coalitions.decomposed_logits(logits)
                 decomposed_correct += (per_mod.argmax(-1) == labels).sum(1).cpu().numpy()
+        correct, loss, decomposed_correct = np.split(
+            distributed.sum_over_ranks(np.concatenate([correct, loss, decomposed_correct])),
+            [len(masks), 2 * len(masks)])
         total = len(data)
         acc, mean_loss = correct / total, loss / total
         full = shapley.mask_of(range(n_mod))

@@ -3,7 +3,7 @@
 The loop below reads top to bottom; each concern around it lives in its own module:
 ``run_writer`` (status, streamed tables, checkpoints, lock), ``resume`` (the state a resume
 needs), ``nonfinite`` (``nan_policy``), ``progress`` (bar or log lines), ``interrupts`` (SIGTERM),
-``sharpness_timeline`` (``sharpness_every``).
+``sharpness_timeline`` (``sharpness_every``), ``data_parallel`` (N ranks under torchrun).
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import torch
 
 from . import config as config_mod
 from . import resume as resume_mod
-from . import schedules, sharpness_timeline, speed
+from . import data_parallel, distributed, schedules, sharpness_timeline, speed
 from .config import Config, ConfigError
 from .datasets import load_for_training
 from .datasets.validation import with_validation
@@ -29,7 +29,6 @@ from .metrics import epoch_metrics, train_eval_subset
 from .models import has_batchnorm, model_from_spec, spec_encoders
 from .nonfinite import NonFiniteError, StepGuard
 from .progress import Progress
-from .run_writer import RunWriter
 from .runs import CHECKPOINTS, EPOCHS, RESUME, STEPS, Run, check_output_dir, load_run, read_table
 from .selection import selection_summary, table_summary
 
@@ -118,26 +117,32 @@ def train(config=None, out=None, quiet: bool = False, overrides=(), resume=None,
         out, cfg = Path(resume), resume_mod.resumable(resume)
     else:
         cfg = config_mod.resolve(config, overrides)
-        out = check_output_dir(out if out is not None else default_out(cfg))
-    device = resolve_device(cfg.device)
+    device = data_parallel.device_for_rank(cfg, resolve_device)    # joins torchrun's process group
+    if resume is None:
+        out = Path(out) if out is not None else default_out(cfg)
+        out = data_parallel.check_out(out, check_output_dir)   # on every rank, before rank 0 writes
+    main = distributed.is_main()                           # rank 0 writes and prints; one process: always
+    quiet = quiet or not main
     splits = with_validation(_load_splits(cfg, device), cfg.val_fraction, cfg.seed)
     train_eval = train_eval_subset(splits.train, cfg.train_eval_samples, cfg.seed)
     seed_everything(cfg.seed)
     spec = _model_spec(splits, cfg)
     model, method = _build(spec, cfg, device)
+    model = data_parallel.prepare_model(model, cfg, device)            # rank 0's weights on every rank
     generator = torch.Generator().manual_seed(cfg.seed)
     guard = StepGuard(cfg.nan_policy, model, method)
 
     point = resume_mod.load_resume_point(out) if resume is not None else None
     pos = resume_mod.restore(point, model, method, generator) if point is not None else resume_mod.Position()
     epoch, batch, step = pos.epoch, pos.batch, pos.step
-    # a last batch of one sample cannot train BatchNorm (one value per channel): drop it then
-    drop_last = len(splits.train) % cfg.batch_size == 1 and has_batchnorm(model)
-    steps_per_epoch = len(splits.train) // cfg.batch_size if drop_last else -(-len(splits.train) // cfg.batch_size)
+    # each rank trains on its shard of every global batch; a last batch too small to shard is dropped
+    batch_size = data_parallel.global_batch(cfg)
+    drop_last = data_parallel.check_batch(cfg, len(splits.train), has_batchnorm(model))
+    steps_per_epoch = len(splits.train) // batch_size if drop_last else -(-len(splits.train) // batch_size)
     progress = Progress(cfg.epochs * steps_per_epoch, cfg.epochs, f"{cfg.method} on {cfg.dataset}", quiet,
                         done=step)
-    writer = RunWriter(out, resume=True, flush_every=cfg.flush_every) if resume is not None else \
-        RunWriter(out, cfg.to_dict(), spec, flush_every=cfg.flush_every)
+    writer = data_parallel.writer(out, resume=True, flush_every=cfg.flush_every) if resume is not None else \
+        data_parallel.writer(out, cfg.to_dict(), spec, flush_every=cfg.flush_every)
     if writer.stale is not None and not quiet:
         print(f"{out}: took over the stale lock of {writer.stale.describe()} (no longer running)", file=sys.stderr)
     was_deterministic = torch.are_deterministic_algorithms_enabled()
@@ -185,8 +190,9 @@ def train(config=None, out=None, quiet: bool = False, overrides=(), resume=None,
                 method.start_epoch(epoch)
                 lr = method.set_lr_factor(schedules.lr_factor(epoch, cfg))
                 epoch_generator = generator.get_state()
-                for inputs, labels in splits.train.batches(cfg.batch_size, shuffle=True, generator=generator,
-                                                           drop_last=drop_last, start_batch=batch):
+                for inputs, labels in splits.train.batches(batch_size, shuffle=True, generator=generator,
+                                                           drop_last=drop_last, start_batch=batch,
+                                                           shard=distributed.shard_of):
                     try:
                         row = {"step": step, "epoch": epoch + 1, **guard.step(inputs, labels)}
                     except NonFiniteError as err:
@@ -204,7 +210,9 @@ def train(config=None, out=None, quiet: bool = False, overrides=(), resume=None,
                 if epoch == cfg.epochs or (cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0):
                     checkpoint(epoch)
                 save_resume_point(generator.get_state())
-            writer.finish(_summary(cfg, model, device, step, wall(), out, writer.status, splits.info))
+            if main:
+                writer.finish(_summary(cfg, model, device, step, wall(), out, writer.status, splits.info))
+            data_parallel.finished(out)                 # the other ranks read the run back once it is written
     except KeyboardInterrupt:
         writer.interrupt(f"interrupted at step {step} (epoch {min(epoch + 1, cfg.epochs)}); resume with "
                          f"`msam-lab train --resume {out}`")
@@ -235,7 +243,7 @@ def _summary(cfg: Config, model, device, steps: int, wall: float, out, status: d
         "steps": steps, "wall_time": wall, "device": str(device),
         "torch": torch.__version__, "python": platform.python_version(),
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "n_parameters": sum(p.numel() for p in model.parameters()),
+        "n_parameters": sum(p.numel() for p in model.parameters()), **data_parallel.summary_fields(cfg),
         "skipped_batches": int(status.get("skipped_batches", 0)), "resumed": int(status.get("resumed", 0)),
         "val_split": info.get("val_split", "none"), "val_size": info.get("val_size", 0),
         # switches, the last epoch's numbers, best-validation epoch and last (labelled)

@@ -66,12 +66,14 @@ class MultimodalData:
 
     def batches(self, batch_size: int, shuffle: bool = False,
                 generator: torch.Generator | None = None,
-                drop_last: bool = False, start_batch: int = 0) -> Iterator[tuple[Batch, torch.Tensor]]:
+                drop_last: bool = False, start_batch: int = 0,
+                shard=None) -> Iterator[tuple[Batch, torch.Tensor]]:
         """Yield ``(inputs, labels)`` mini-batches by index.
 
         The permutation is drawn on the CPU from ``generator`` so that a seed
         gives the same batches on every device. ``start_batch`` skips that many
-        batches of the permutation (a run resumed inside an epoch).
+        batches of the permutation (a run resumed inside an epoch). ``shard``: only
+        that part of every batch (a data-parallel rank's, ``distributed.shard_of``).
         """
         n = len(self)
         order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
@@ -79,7 +81,16 @@ class MultimodalData:
         stop = n - n % batch_size if drop_last else n
         for start in range(start_batch * batch_size, stop, batch_size):
             idx = order[start:start + batch_size]
+            if shard is not None:
+                idx = idx[shard_slice(shard, len(idx))]
+                if not len(idx):        # a batch smaller than the world: nothing for this rank
+                    continue
             yield {m: x[idx] for m, x in self.inputs.items()}, self.labels[idx]
+
+
+def shard_slice(shard, n: int) -> slice:
+    """``shard`` for a batch of ``n``: a slice, or a callable ``n -> slice`` (``distributed.shard_of``)."""
+    return shard(n) if callable(shard) else shard
 
 
 @dataclass

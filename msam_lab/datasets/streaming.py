@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .base import Batch, MultimodalData
+from .base import Batch, MultimodalData, shard_slice
 
 Transform = Callable[[np.ndarray], np.ndarray]
 
@@ -218,17 +218,21 @@ class StreamingData:
     def batches(self, batch_size: int, shuffle: bool = False,
                 generator: torch.Generator | None = None,
                 drop_last: bool = False, start_batch: int = 0,
-                num_workers: int | None = None) -> Iterator[tuple[Batch, torch.Tensor]]:
+                num_workers: int | None = None, shard=None) -> Iterator[tuple[Batch, torch.Tensor]]:
         """Yield ``(inputs, labels)`` mini-batches on ``self.device``, exactly those of ``MultimodalData.batches``.
 
         The permutation is drawn from ``generator`` on the CPU when iteration
         starts, as there; ``start_batch`` skips that many of its batches.
-        ``num_workers`` overrides ``self.num_workers`` for this pass.
+        ``num_workers`` overrides ``self.num_workers`` for this pass. ``shard``: read
+        only that part of every batch, as there (a data-parallel rank's).
         """
         n = len(self)
         order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
         stop = n - n % batch_size if drop_last else n
-        plan = [order[s:s + batch_size].tolist() for s in range(start_batch * batch_size, stop, batch_size)]
+        plan = [order[s:s + batch_size] for s in range(start_batch * batch_size, stop, batch_size)]
+        if shard is not None:
+            plan = [part for part in (idx[shard_slice(shard, len(idx))] for idx in plan) if len(part)]
+        plan = [idx.tolist() for idx in plan]
         if not plan:
             return
         workers = self.num_workers if num_workers is None else int(num_workers)

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .. import coalitions, shapley
+from .. import coalitions, distributed, shapley
 from ..config import ConfigError
 from ..models import is_mode_invariant
 from .base import Method
@@ -138,7 +138,7 @@ class AGM(Method):
         features = model.encode(inputs)
         obs = self.observe(inputs, labels, features)
         per_modality = self.decomposed(features).unbind(0)
-        scores = agm_scores(per_modality, labels)
+        scores = distributed.mean_over_ranks(agm_scores(per_modality, labels), len(labels))   # the global batch's
         if self.active():
             coef = agm_coefficients(scores, self.running, c.agm_alpha, c.agm_clip)
         else:

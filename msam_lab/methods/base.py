@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .. import coalitions, optim, schedules, shapley
+from .. import coalitions, distributed, optim, schedules, shapley
 from ..config import Config
 from ..datasets import Batch
 from ..models import MultimodalModel
@@ -28,6 +28,12 @@ class Observation:
     dominant: int          # index of the dominant modality
 
 
+def global_stats(stats: coalitions.CoalitionStats, n: int) -> coalitions.CoalitionStats:
+    """Coalition accuracies and losses of this rank's ``n`` samples -> those of the global batch."""
+    both = distributed.mean_over_ranks(np.stack([stats.accuracy, stats.loss]), n)
+    return coalitions.CoalitionStats(both[0], both[1])
+
+
 class Method:
     name = "base"
 
@@ -38,6 +44,7 @@ class Method:
         self._previous_dominant: int | None = None
         self.precision = Precision(config.precision, next(model.parameters()).device)
         self.lr_factor = 1.0                  # the schedule's factor for this epoch (set_lr_factor)
+        self.batch_samples = 0                # this rank's samples in the current step (train_step)
         self.optimizer = self.make_base_optimizer(model.parameters())
 
     def make_base_optimizer(self, params) -> torch.optim.Optimizer:
@@ -69,6 +76,7 @@ class Method:
 
     def train_step(self, inputs: Batch, labels: torch.Tensor) -> dict:
         """``step`` under the configured precision: forwards autocast, the fp16 scale updated after."""
+        self.batch_samples = len(labels)      # the weight of this rank's shard in every reduction
         with self.precision.autocast():
             row = self.step(inputs, labels)
         overflow = self.precision.end_step()
@@ -101,6 +109,9 @@ class Method:
         """
         opt = self.optimizer if optimizer is None else optimizer
         c = self.config
+        # data parallel: every rank steps with the global batch's gradient (inf/nan included, so an fp16
+        # overflow is skipped on all ranks alike); clipping then sees the global norm
+        distributed.average_gradients([p for g in opt.param_groups for p in g["params"]], self.batch_samples)
         self.precision.unscale(opt)
         if clip and c.grad_clip > 0:
             params = [p for g in opt.param_groups for p in g["params"]]
@@ -119,7 +130,8 @@ class Method:
             features = None if features is None else [f[:n] for f in features]
 
         def stats(masks):
-            return coalitions.batch_coalition_stats(model, inputs, labels, features, masks)
+            # data parallel: the global batch's coalition accuracies, so every rank picks the same dominant
+            return global_stats(coalitions.batch_coalition_stats(model, inputs, labels, features, masks), len(labels))
 
         phi = coalitions.modality_shapley(stats, len(model.modalities), c.shapley_value,
                                           c.shapley_exact_max, c.shapley_permutations, c.seed)
@@ -127,6 +139,8 @@ class Method:
         alone = stats(shapley.singleton_masks(len(model.modalities))).loss if c.share_rule == "loss" else None
         share = shapley.shares(phi, c.share_rule, c.share_temperature, alone)
         d = shapley.dominant(share, c.tie_rule, self._previous_dominant)
+        if c.dist_debug:
+            distributed.check_same(int(d), "the dominant modality")
         self._previous_dominant = d
         return Observation(phi, share, d)
 
@@ -150,7 +164,9 @@ class Method:
                 for key, values in columns.items() for m, name in enumerate(self.model.modalities)}
 
     def record(self, loss: torch.Tensor, obs: Observation, **extra) -> dict:
-        row = {"loss": float(loss.detach()), "dominant": self.model.modalities[obs.dominant]}
+        """The step row; ``loss`` is the global batch's mean under data parallelism."""
+        loss = float(distributed.mean_over_ranks(float(loss.detach()), self.batch_samples))
+        row = {"loss": loss, "dominant": self.model.modalities[obs.dominant]}
         for m, name in enumerate(self.model.modalities):
             row[f"shapley_{name}"] = float(obs.phi[m])
             row[f"share_{name}"] = float(obs.share[m])

@@ -68,7 +68,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import optim
+from .. import distributed, optim
 from ..config import ConfigError
 from ..models import ConcatFusion, SumFusion, last_linear
 from .base import Method
@@ -193,6 +193,7 @@ class CGGM(Method):
         aux_logits = [head(f.detach()) for head, f in zip(self.aux, features)]
         self.backward(sum(F.cross_entropy(z, labels) for z in aux_logits))
         acc_now = np.array([float((z.detach().argmax(1) == labels).float().mean()) for z in aux_logits])
+        acc_now = distributed.mean_over_ranks(acc_now, len(labels))      # data parallel: the global batch's
         coef = cggm_coefficients(self.acc_prev, acc_now, c.cggm_eps, c.cggm_bound if c.cggm_guard else None)
         self.acc_prev = acc_now
         self.pending = {"coef": coef.tolist(),

@@ -100,7 +100,7 @@ class MSAM(SAMMethod):
                 return v_d * self.loss(model(inputs), labels)
 
         only = model.encoder_parameters(model.modalities[d]) if c.msam_variant == "params" else None
-        self.sam.first_step(zero_grad=True, only=only)
+        self.ascend(only)
         self.perturbed_backward(perturbed_loss)
         self.sam.restore()
         add_to_grads(params, grads_s)

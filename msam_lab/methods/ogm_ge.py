@@ -40,6 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .. import distributed
 from ..config import ConfigError
 from .base import Method
 from .unimodal_logits import unimodal_logits
@@ -103,7 +104,7 @@ class OGMGE(Method):
         for logits in unimodal_logits(self.model, [f.detach() for f in features]):
             p = F.softmax(logits, dim=1).gather(1, labels[:, None]).sum()
             out.append(float(p))
-        return np.asarray(out)
+        return distributed.sum_over_ranks(out)      # data parallel: the global batch's sums
 
     @torch.no_grad()
     def modulate(self, coef) -> None:

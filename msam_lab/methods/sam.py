@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .. import optim
+from .. import distributed, optim
 from ..models import running_stats_kept
 from ..sam import SAM
 from .base import Method
@@ -18,6 +18,18 @@ class SAMMethod(Method):
         self.sam = SAM(params, base, rho=c.rho, adaptive=c.adaptive, **kwargs)
         return self.sam.base_optimizer
 
+    def ascend(self, only=None) -> None:
+        """θ -> θ + ε from the current gradients (``only``: these parameters), gradients then zeroed.
+
+        Data parallel: ε follows this rank's shard (the first pass is not synchronised, as under DDP's
+        ``no_sync``), unless ``sam_epsilon=global`` averages the first-pass gradients first, so that ε is
+        the one-process ε of the global batch, at the price of a second all-reduce per update.
+        """
+        if self.config.sam_epsilon == "global":
+            distributed.average_gradients([p for g in self.sam.param_groups for p in g["params"]],
+                                          self.batch_samples)
+        self.sam.first_step(zero_grad=True, only=only)
+
     def perturbed_backward(self, loss_fn) -> torch.Tensor:
         """Backward of ``loss_fn()`` at the perturbed weights, BN statistics per ``bn_policy``."""
         with running_stats_kept(self.model, self.config.bn_policy == "restore"):
@@ -27,7 +39,7 @@ class SAMMethod(Method):
 
     def step(self, inputs, labels):
         _, obs, loss = self.fused_backward(inputs, labels)
-        self.sam.first_step(zero_grad=True)
+        self.ascend()
         self.perturbed_backward(lambda: self.loss(self.model(inputs), labels))
         self.sam.restore()
         self.update()
