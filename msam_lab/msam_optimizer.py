@@ -24,10 +24,16 @@ step is skipped and ``rec.overflow`` is True); a caller's own ``torch.autocast``
 too for bf16, because SAM clears autocast's weight cache at θ+ε.
 
 On msam_lab's own ``MultimodalModel`` with ``forward = lambda present: model(inputs, present)`` it
-takes the built-in trainer's M-SAM steps (tests/test_msam_optimizer.py, float64). Not supported:
-DDP's gradient synchronisation (the scale-out issue: the coalition counts must be all-reduced so every
-rank picks the same dominant modality), ``shapley_batch`` (pass a smaller batch to ``forward`` yourself),
-and gradient clipping inside ``step`` (clip in ``base_optimizer`` or a hook if you need it).
+takes the built-in trainer's M-SAM steps (tests/test_msam_optimizer.py, float64).
+
+In a DDP loop pass the wrapper as ``model`` (``model=DistributedDataParallel(net)``, ``forward`` calling
+the wrapper) and call ``step`` on every rank: the first pass, forward included, runs under
+``model.no_sync()`` (ε follows each rank's shard, as in SAM under DDP), the coalition accuracies are
+all-reduced before the Shapley values (every rank picks the same dominant modality and shares), and
+the plain part (1−v_d)·∇ℓ(θ) is put into ``p.grad`` before the perturbed backward, so that DDP's one
+all-reduce of that backward averages the whole update gradient (tests/test_distributed.py).
+Not supported: ``shapley_batch`` (pass a smaller batch to ``forward`` yourself), and gradient clipping
+inside ``step`` (clip in ``base_optimizer`` or a hook if you need it).
 """
 from __future__ import annotations
 
@@ -38,7 +44,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import shapley
+from . import distributed, shapley
 from .coalitions import CoalitionStats, decomposed_logits, modality_shapley
 from .forward_eval import present_of
 from .models import running_stats_kept
@@ -87,6 +93,7 @@ def observe(forward, labels: torch.Tensor, modalities, model=None, loss_fn=F.cro
         acc = (logits.argmax(-1) == labels).float().mean(1)
         loss = torch.stack([loss_fn(z, labels) for z in logits])
         both = torch.stack([acc.double(), loss.double()]).cpu().numpy()      # exact: no value is rounded
+        both = distributed.mean_over_ranks(both, len(labels))    # data parallel: the global batch's
         return CoalitionStats(both[0], both[1])
 
     try:
@@ -131,8 +138,9 @@ class MSAM(SAM):
                              "modality); use variant='params' or 'unimodal'")
         self.model = model
         if variant == "params":
-            if modality_parameters is None and model is not None and hasattr(model, "encoder_parameters"):
-                modality_parameters = {m: model.encoder_parameters(m) for m in self.modalities}
+            inner = getattr(model, "module", model)           # a DDP wrapper's model
+            if modality_parameters is None and inner is not None and hasattr(inner, "encoder_parameters"):
+                modality_parameters = {m: inner.encoder_parameters(m) for m in self.modalities}
             if modality_parameters is None:
                 raise ValueError("variant='params' needs modality_parameters={modality: [parameters]} "
                                  "(or a msam_lab MultimodalModel as model)")
@@ -163,8 +171,28 @@ class MSAM(SAM):
 
     def _step(self, forward, labels, loss_fn, coalitions):
         params = [p for g in self.param_groups for p in g["params"]]
-        scale = self.precision.scale
+        ddp = isinstance(self.model, torch.nn.parallel.DistributedDataParallel)
         self.zero_grad(set_to_none=True)
+        with self.model.no_sync() if ddp else contextlib.nullcontext():     # the first pass stays on this rank
+            rec, loss, grads_s, perturbed_loss = self._first_pass(forward, labels, loss_fn, coalitions, params)
+        only = self.modality_parameters[rec.perturbed] if self.options["variant"] == "params" else None
+        self.first_step(zero_grad=True, only=only)
+        if ddp:
+            add_to_grads(params, grads_s)   # before the synchronised backward: DDP averages the sum
+        keep = self.options["bn_policy"] == "restore"     # BN statistics move once per step, as in SAM
+        with running_stats_kept(self.model, keep) if self.model is not None else contextlib.nullcontext():
+            self.precision.scale(perturbed_loss()).backward()
+        self.restore()
+        if not ddp:
+            add_to_grads(params, grads_s)
+        self.precision.unscale(self.base_optimizer)
+        self.precision.step(self.base_optimizer)
+        return rec, loss
+
+    def _first_pass(self, forward, labels, loss_fn, coalitions, params):
+        """The clean pass and the observation: (record, fused loss, the plain part's grads, L_d's closure);
+        ∇L_d(θ) is left in ``p.grad`` for ε."""
+        scale = self.precision.scale
         if self.options["variant"] == "unimodal":
             # the graph of every coalition first (train mode), then the eval-mode observation
             l_d, l_s, loss, rec, share = self._unimodal_losses(forward, labels, loss_fn, None, coalitions)
@@ -186,16 +214,7 @@ class MSAM(SAM):
 
             def perturbed_loss():
                 return v_d * loss_fn(forward(frozenset(self.modalities)), labels)
-        only = self.modality_parameters[rec.perturbed] if self.options["variant"] == "params" else None
-        self.first_step(zero_grad=True, only=only)
-        keep = self.options["bn_policy"] == "restore"     # BN statistics move once per step, as in SAM
-        with running_stats_kept(self.model, keep) if self.model is not None else contextlib.nullcontext():
-            scale(perturbed_loss()).backward()
-        self.restore()
-        add_to_grads(params, grads_s)
-        self.precision.unscale(self.base_optimizer)
-        self.precision.step(self.base_optimizer)
-        return rec, loss
+        return rec, loss, grads_s, perturbed_loss
 
     def _unimodal_losses(self, forward, labels, loss_fn, split, coalitions=None):
         """(L_d, L_s, fused loss, record, shares): L_m = v_m·loss(out_m), out_m modality m's Shapley-decomposed
