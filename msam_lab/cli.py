@@ -281,9 +281,14 @@ def main(argv=None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    # under torchrun the other commands share their work over the ranks (landscape, sharpness);
+    # those that train join the group themselves, on the run's device (data_parallel.device_for_rank)
+    joins = distributed.launched_by_torchrun() and args.command not in ("train", "demo", "sweep")
     try:
         if getattr(args, "nproc", 1) != 1 and not distributed.launched_by_torchrun():
             return relaunch_under_torchrun(args.nproc, argv)
+        if joins:
+            distributed.init_from_env("auto", 300.0)
         return args.func(args)
     except (UsageError, ConfigError, RunLockedError) as err:
         print(f"msam-lab: error: {err}", file=sys.stderr)
@@ -295,6 +300,9 @@ def main(argv=None) -> int:
         print("msam-lab: interrupted; the run is kept (`msam-lab train --resume RUN` continues a run, "
               "a rerun of a sweep or landscape command resumes it)", file=sys.stderr)
         return 130
+    finally:
+        if joins:
+            distributed.shutdown()
 
 
 if __name__ == "__main__":

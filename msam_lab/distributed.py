@@ -180,6 +180,15 @@ def broadcast_object(value):
     return box[0]
 
 
+def gather_objects(value) -> list:
+    """Every rank's ``value`` (picklable), in rank order, on every rank (``[value]`` with one process)."""
+    if not active():
+        return [value]
+    values = [None] * world_size()
+    dist.all_gather_object(values, value)
+    return values
+
+
 def check_same(value, what: str) -> None:
     """Raise DistributedError unless every rank holds the same ``value`` (``dist_debug``)."""
     if not active():

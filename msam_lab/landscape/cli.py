@@ -3,6 +3,9 @@
 Wired into the main CLI by ``add_parsers(subparsers)``; also runnable alone as
 ``python -m msam_lab.landscape.cli ...`` (same commands, same exit codes: a
 user error is one line on stderr and exit 2, nothing written).
+
+Under torchrun (``torchrun --nproc-per-node N -m msam_lab landscape|sharpness ...``) the ranks
+share the work and only rank 0 prints.
 """
 from __future__ import annotations
 
@@ -78,11 +81,12 @@ def add_parsers(subparsers) -> None:
 
 
 def cmd_landscape(args) -> int:
+    from .. import distributed
     from .runs import landscape_for_run
 
     bar = None
     progress = None
-    if not args.quiet:
+    if not args.quiet and distributed.is_main():
         from tqdm.auto import tqdm
 
         def progress(done, total):
@@ -104,6 +108,8 @@ def cmd_landscape(args) -> int:
         if bar is not None:
             bar.close()
     wall = time.perf_counter() - started
+    if not distributed.is_main():
+        return 0
     shape = "x".join(map(str, surface.shape))
     print(f"landscape written to {surface.path} ({shape} points, {wall:.1f} s)")
     try:
@@ -116,10 +122,12 @@ def cmd_landscape(args) -> int:
 
 
 def cmd_sharpness(args) -> int:
+    from .. import distributed
     from ..config import ConfigError
     from .runs import SHARPNESS_CSV, sharpness_for_run, timeline_for_run
 
-    progress = None if args.quiet else (lambda msg: print(f"sharpness: {msg}", file=sys.stderr))
+    progress = None if args.quiet or not distributed.is_main() else \
+        (lambda msg: print(f"sharpness: {msg}", file=sys.stderr))
     given = dict(rho=args.rho, topk=args.topk, probes=args.probes, split=args.split, n_samples=args.n_samples,
                  seed=args.seed, max_iter=args.max_iter)
     if args.timeline:
@@ -132,6 +140,8 @@ def cmd_sharpness(args) -> int:
         defaults = dict(rho=0.05, topk=1, probes=32, split="test", n_samples=512, seed=0, max_iter=100)
         table = sharpness_for_run(args.run, epochs=args.epoch, scopes=args.scope, progress=progress,
                                   **{k: defaults[k] if v is None else v for k, v in given.items()})
+    if not distributed.is_main():
+        return 0
     cols = [c for c in ["epoch", "scope", "loss", "lambda_1", "trace", "trace_se", "eps_sharpness"]
             if c in table.columns]
     print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))

@@ -10,6 +10,10 @@ Files::
 
 ``sharpness.csv`` is also written during training (``sharpness_every``, msam_lab/sharpness_timeline.py);
 ``timeline_for_run`` recomputes those rows after the fact.
+
+Under torchrun (``torchrun --nproc-per-node N -m msam_lab landscape|sharpness RUN ...``) the
+ranks share the work, a surface's grid points (``compute_surface``) or the (epoch, scope)
+measurements of ``sharpness_for_run``; rank 0 alone writes, the same files and numbers as one process.
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .. import distributed
 from .. import sharpness_timeline as timeline
 from ..config import ConfigError
 from ..run_writer import replace_rows
@@ -165,6 +170,9 @@ def landscape_for_run(run, *, dim: int = 2, grid: int = 21, span: float = 1.0, d
         raise ConfigError(f"--span must be > 0, got {span}")
     if workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {workers}")
+    if workers != 1 and distributed.world_size() > 1:
+        raise ConfigError(f"--workers {workers} under torchrun: the {distributed.world_size()} ranks already "
+                          "share the grid; drop --workers (or start more ranks)")
     if threads is not None and threads < 1:
         raise ConfigError(f"--threads must be >= 1, got {threads}")
     if n_samples is not None and n_samples < 1:
@@ -291,6 +299,10 @@ def sharpness_for_run(run, *, epochs=None, rho: float = 0.05, topk: int = 1, pro
 
     Rows are appended to ``<run>/sharpness.csv`` (a row with the same epoch,
     scope and settings is replaced).
+
+    Under torchrun the (epoch, scope) measurements are dealt out round-robin over the ranks (each
+    draws from its own seeded generators, so where it runs does not change it); every rank returns
+    all rows, in the order one process makes them, and rank 0 alone writes them.
     """
     from .sharpness import sharpness
 
@@ -317,19 +329,26 @@ def sharpness_for_run(run, *, epochs=None, rho: float = 0.05, topk: int = 1, pro
         data, index = eval_subset(_load_split(run, split, holdout=True), n_samples, subset_seed)
     else:
         data, index = None, np.arange(evaluation.n)
-    rows = []
-    for e in epoch_list:
-        model = run.load_model(e, factory=model_factory)
-        for s in scopes:
-            if progress:
-                progress(f"epoch {e}, {s}")
-            row = sharpness(model, data, _scope_path(run, s), rho=rho, topk=topk, probes=probes, seed=seed,
-                            max_iter=max_iter, tol=tol, evaluation=evaluation)
-            row["scope"] = s
-            rows.append({"epoch": e, "split": split, "n_samples": len(index), "subset_seed": subset_seed,
-                         "seed": seed, "topk": topk, "probes": probes, **row})
-    if write:
+    tasks = [(e, s) for e in epoch_list for s in scopes]
+    world, rank = distributed.world_size(), distributed.rank()
+    mine = []                     # (position in tasks, row): this rank's share, every world-th task
+    loaded = None
+    for t in range(rank, len(tasks), world):
+        e, s = tasks[t]
+        if loaded != e:
+            model, loaded = run.load_model(e, factory=model_factory), e
+        if progress:
+            progress(f"epoch {e}, {s}")
+        row = sharpness(model, data, _scope_path(run, s), rho=rho, topk=topk, probes=probes, seed=seed,
+                        max_iter=max_iter, tol=tol, evaluation=evaluation)
+        row["scope"] = s
+        mine.append((t, {"epoch": e, "split": split, "n_samples": len(index), "subset_seed": subset_seed,
+                         "seed": seed, "topk": topk, "probes": probes, **row}))
+    rows = [row for _, row in sorted((p for part in distributed.gather_objects(mine) for p in part),
+                                     key=lambda p: p[0])]
+    if write and distributed.is_main():
         replace_rows(run.path / SHARPNESS_CSV, rows, timeline.KEYS)
+    distributed.barrier()         # the file is whole before any rank returns (and reads it)
     return pd.DataFrame(rows)
 
 

@@ -15,8 +15,9 @@ all needed coalitions stacked in one batch (``coalitions.coalition_logits``):
 
 The evaluation set is a fixed, seeded subset of one split (``eval_subset``).
 Grid points can be sharded over worker processes (CPU, one thread each) or
-CUDA devices (``parallel.py``); results are flushed to disk every few points,
-and a rerun on a partly computed surface evaluates only the missing points.
+CUDA devices (``parallel.py``), or over torchrun's ranks (``_evaluate_sharded``;
+rank 0 writes); results are flushed to disk every few points, and a rerun on a
+partly computed surface evaluates only the missing points.
 
 Files, in the surface's folder (``<run>/landscapes/<name>/`` from the CLI)::
 
@@ -43,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import distributed
 from ..coalitions import coalition_logits
 from ..datasets.base import in_memory
 from .directions import Direction, check_compatible
@@ -396,7 +398,7 @@ def compute_surface(model, data, directions: Sequence[Direction], coords: Sequen
 
     ``data``: a ``MultimodalData`` split; a seeded subset of ``n_samples`` is
     used. ``evaluation``: a ``ForwardEvaluation`` instead of ``data``, for a model
-    msam_lab did not build (its batches are used whole; one process only). ``path``: a folder to save into, flushed every ``flush_every``
+    msam_lab did not build (its batches are used whole; no worker processes). ``path``: a folder to save into, flushed every ``flush_every``
     points; if it already holds a compatible partial surface, only its
     missing points are computed (an incompatible one raises ConfigError,
     unless ``overwrite``). ``workers`` > 1: that many worker processes, one
@@ -407,6 +409,8 @@ def compute_surface(model, data, directions: Sequence[Direction], coords: Sequen
     (e.g. ``torch.bfloat16``): run the forward passes under autocast (a GPU
     lever; losses are still accumulated in float64). ``meta``: extra
     provenance stored with the surface.
+    Under torchrun (``distributed.world_size() > 1``; workers=1) the ranks share the pending
+    points, rank 0 alone writes ``path``, and every rank returns the whole surface.
     The model is left bitwise as it was.
     """
     from ..config import ConfigError
@@ -418,6 +422,10 @@ def compute_surface(model, data, directions: Sequence[Direction], coords: Sequen
                          f"got {len(directions)} directions and {len(coords)} coordinate arrays")
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    world = distributed.world_size()
+    if world > 1 and (workers != 1 or devices or pool is not None):
+        raise ValueError(f"under torchrun the {world} ranks share the grid: use workers=1 and no devices or "
+                         "pool (start one rank per core or GPU instead)")
     for d in directions:
         check_compatible(d, model)
     if evaluation is not None:
@@ -458,13 +466,22 @@ def compute_surface(model, data, directions: Sequence[Direction], coords: Sequen
                                   f"({', '.join(diffs)} differ); choose another --name or pass --overwrite")
             surface = old
             surface.meta.update({k: v for k, v in info.items() if k not in surface.meta})
+    if world > 1 and path is not None:
+        # every rank has read the disk (above) before rank 0 writes to it, and all must have read the
+        # same points as done: they share the pending points out by position
+        done = None if surface is None else hashlib.sha1(np.packbits(surface.done).tobytes()).hexdigest()
+        distributed.check_same(done, f"the points already computed in {path} (put it on a disk every rank reads)")
+        distributed.barrier()
     if surface is None:
         info["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         info["seconds"] = 0.0
         surface = Surface(coords, {k: np.full(shape, np.nan) for k in names}, np.zeros(shape, dtype=bool),
                           directions, info, index)
         if path is not None:
-            surface.save(path)
+            if distributed.is_main():
+                surface.save(path)
+            else:
+                surface.path = path         # rank 0 writes the files; this rank only keeps the values
 
     all_points = surface.points()
     pending = np.flatnonzero(~surface.done.reshape(-1))
@@ -494,7 +511,7 @@ def compute_surface(model, data, directions: Sequence[Direction], coords: Sequen
         surface.meta["seconds"] = float(surface.meta.get("seconds", 0.0)) + now - started
         started = now
         since_flush = 0
-        if surface.path is not None:
+        if surface.path is not None and distributed.is_main():
             surface.save_values()
 
     try:
@@ -507,8 +524,11 @@ def compute_surface(model, data, directions: Sequence[Direction], coords: Sequen
                     prepare_for_evaluation(model, channels_last)
                     ev = PointEvaluator(model, subset, directions, per_modality, batch_size, autocast_dtype,
                                         evaluation)
-                    for i in pending:
-                        store([i], ev(all_points[i])[None])
+                    if world == 1:
+                        for i in pending:
+                            store([i], ev(all_points[i])[None])
+                    else:
+                        _evaluate_sharded(ev, all_points, pending, store, flush_every)
             finally:
                 torch.set_num_threads(old_threads)
         else:
@@ -520,4 +540,23 @@ def compute_surface(model, data, directions: Sequence[Direction], coords: Sequen
                               channels_last=channels_last, autocast_dtype=autocast_dtype, chunk=chunk)
     finally:
         flush()
+    distributed.barrier()       # rank 0's files are whole before any rank returns (and may read them)
     return surface
+
+
+def _evaluate_sharded(ev: PointEvaluator, points: np.ndarray, pending: np.ndarray, store, per_rank: int) -> None:
+    """The ``pending`` points shared over torchrun's ranks, in blocks of ``per_rank`` points per rank.
+
+    Rank r evaluates every world-th point of a block; then the ranks exchange their values and
+    every rank stores the whole block point by point, in the order one process would, so each
+    holds the surface and rank 0's flushes leave on disk what one process's would (a resume,
+    by any number of ranks, redoes at most the block in flight).
+    """
+    world, r = distributed.world_size(), distributed.rank()
+    step = per_rank * world
+    for start in range(0, len(pending), step):
+        block = pending[start:start + step]
+        mine = [(int(i), ev(points[i])) for i in block[r::world]]
+        got = sorted((pair for part in distributed.gather_objects(mine) for pair in part), key=lambda p: p[0])
+        for i, v in got:
+            store([i], v[None])
