@@ -73,4 +73,19 @@ PYTHONUNBUFFERED=1 timeout -k 10 "$budget" "$py" bench/gpu.py ${device[@]+"${dev
     ${args[@]+"${args[@]}"} 2>&1 | tee "$out/gpu.log"
 rc=$?
 [ "$rc" = 124 ] && echo "bench/gpu.sh: bench/gpu.py ran past the ${budget} s budget; partial results in $out" >&2
+
+# Several GPUs: data-parallel scaling (issue 12), one rank per GPU over NCCL, 64 samples per GPU,
+# with per-rank BatchNorm and with sync_bn; target: efficiency >= 0.9 per added GPU.
+gpus=$("$py" -c 'import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)' 2>/dev/null || echo 0)
+if [ "${gpus:-0}" -ge 2 ]; then
+    counts=$(seq -s, 1 "$gpus")
+    echo "# data-parallel scaling over $gpus GPUs (bench/ddp_scaling.py)"
+    for bn in "" "--sync-bn"; do
+        OUT="$out" timeout -k 10 "${DDP_BENCH_BUDGET:-300}" "$py" bench/ddp_scaling.py --device cuda \
+            --nproc "$counts" --per-device-batch 64 --steps 20 --repeats 3 --methods joint,msam $bn \
+            2>&1 | tee -a "$out/gpu.log" || rc=1
+    done
+else
+    echo "# one GPU: no data-parallel scaling section (bench/ddp_scaling.py needs 2 or more)"
+fi
 exit "$rc"

@@ -9,7 +9,9 @@ JOBS_JSON holds a list of jobs, run in order in one process group:
 - ``{"kind": "resume", "run": DIR}``: ``msam_lab.train(resume=DIR)``;
 - ``{"kind": "user_msam", "out": FILE, "variant": V, "steps": K}``: ``msam_lab.MSAM`` in a plain DDP
   loop on ``TinyNet`` (below), each rank on its shard of ``user_batches``; rank 0 saves the final
-  weights and the per-step records to FILE.
+  weights and the per-step records to FILE;
+- ``{"kind": "disagree", "out": FILE}``: ``distributed.check_same`` on a value that differs by rank
+  (what ``dist_debug`` checks for the dominant modality); rank 0 writes the error message to FILE.
 """
 import json
 import os
@@ -92,6 +94,14 @@ def main(path):
             msam_lab.train(resume=job["run"], quiet=True)
         elif job["kind"] == "user_msam":
             user_msam(job)
+        elif job["kind"] == "disagree":
+            try:
+                distributed.check_same(f"m{distributed.rank()}", "the dominant modality")
+                message = "no error"
+            except distributed.DistributedError as err:
+                message = str(err)
+            if distributed.is_main():
+                open(job["out"], "w").write(message)
         else:
             raise ValueError(f"unknown job kind {job['kind']!r}")
     distributed.shutdown()

@@ -80,6 +80,7 @@ def runs(tmp_path_factory):
     jobs = [{"kind": "train", "config": config_of(name), "out": str(tmp / f"{name}-2")} for name in CASES]
     jobs += [{"kind": "user_msam", "variant": v, "steps": USER_STEPS, "out": str(tmp / f"user-{v}.pt")}
              for v in ("default", "params")]
+    jobs.append({"kind": "disagree", "out": str(tmp / "disagree.txt")})
     done = launch_jobs(jobs, tmp)
     assert done.returncode == 0, done.stderr[-3000:]
     torch.set_num_threads(1)
@@ -109,9 +110,14 @@ def test_two_ranks_equal_one_process(runs, name):
 def test_ranks_other_than_zero_write_nothing(runs):
     tmp = runs["tmp"]
     made = sorted(p.name for p in tmp.iterdir())
-    expected = {f"{n}-{k}" for n in CASES for k in (1, 2)} | {"user-default.pt", "user-params.pt"}
+    expected = {f"{n}-{k}" for n in CASES for k in (1, 2)} | {"user-default.pt", "user-params.pt", "disagree.txt"}
     assert set(made) - {p for p in made if p.startswith("jobs-")} == expected
     assert run_state(runs["msam"][0]) == "finished"
+
+
+def test_dist_debug_names_the_ranks_that_disagree(runs):
+    message = (runs["tmp"] / "disagree.txt").read_text()
+    assert message.startswith("ranks disagree on the dominant modality (rank 0: m0, rank 1: m1)")
 
 
 def sam_per_shard_reference(run_one: Path, config: dict, world: int = 2) -> dict:
