@@ -49,6 +49,15 @@ def check_batch(cfg: Config, n_train: int, batchnorm: bool) -> bool:
     return remainder > 0 and remainder // world < least
 
 
+def check_resumed_batch(saved: int, now: int, cfg: Config) -> None:
+    """A resume position counts global batches: the global batch must be the one the run was saved with."""
+    if saved and saved != now:
+        ranks = saved // cfg.per_device_batch if cfg.per_device_batch and saved % cfg.per_device_batch == 0 else None
+        fix = f"resume it on {ranks} rank{'s' if ranks != 1 else ''}" if ranks else "resume it with the same number of ranks"
+        raise ConfigError(f"this run was saved with a global batch of {saved} and would resume with {now} "
+                          f"(per_device_batch={cfg.per_device_batch} × {distributed.world_size()} ranks); {fix}")
+
+
 def prepare_model(model: torch.nn.Module, cfg: Config, device: torch.device) -> torch.nn.Module:
     """Rank 0's weights everywhere; SyncBatchNorm with ``sync_bn`` (before the optimizer is built)."""
     if distributed.world_size() == 1:

@@ -28,6 +28,7 @@ class Position:
     batch: int = 0          # batches done inside that epoch
     step: int = 0           # steps done in all
     wall_time: float = 0.0  # seconds of training before this point (all sessions)
+    global_batch: int = 0   # samples per step over all ranks (0: a point from before data parallelism)
 
 
 def rng_state() -> dict:

@@ -132,11 +132,12 @@ def train(config=None, out=None, quiet: bool = False, overrides=(), resume=None,
     generator = torch.Generator().manual_seed(cfg.seed)
     guard = StepGuard(cfg.nan_policy, model, method)
 
-    point = resume_mod.load_resume_point(out) if resume is not None else None
-    pos = resume_mod.restore(point, model, method, generator) if point is not None else resume_mod.Position()
-    epoch, batch, step = pos.epoch, pos.batch, pos.step
     # each rank trains on its shard of every global batch; a last batch too small to shard is dropped
     batch_size = data_parallel.global_batch(cfg)
+    point = resume_mod.load_resume_point(out) if resume is not None else None
+    pos = resume_mod.restore(point, model, method, generator) if point is not None else resume_mod.Position()
+    data_parallel.check_resumed_batch(pos.global_batch, batch_size, cfg)
+    epoch, batch, step = pos.epoch, pos.batch, pos.step
     drop_last = data_parallel.check_batch(cfg, len(splits.train), has_batchnorm(model))
     steps_per_epoch = len(splits.train) // batch_size if drop_last else -(-len(splits.train) // batch_size)
     progress = Progress(cfg.epochs * steps_per_epoch, cfg.epochs, f"{cfg.method} on {cfg.dataset}", quiet,
@@ -169,7 +170,7 @@ def train(config=None, out=None, quiet: bool = False, overrides=(), resume=None,
                                   "rng": {**resume_mod.rng_state(), "batches": generator.get_state()}})
 
     def save_resume_point(epoch_generator) -> None:
-        point = resume_mod.Position(epoch, batch, step, wall())
+        point = resume_mod.Position(epoch, batch, step, wall(), batch_size)
         writer.save_resume(resume_mod.capture(model, method, epoch_generator, point))
 
     try:

@@ -285,3 +285,22 @@ def test_one_process_reductions_are_the_identity():
     distributed.average_gradients([p], 5)
     assert torch.equal(p.grad, torch.full((3,), 2.0))
     assert shapley.dominant(np.array([0.2, 0.8])) == 1
+
+
+def test_a_resume_with_another_global_batch_is_refused(monkeypatch, tmp_path):
+    """per_device_batch=16 saved on 1 rank (global 16) cannot resume on 2 ranks (global 32): positions count batches."""
+    out = tmp_path / "run"
+
+    def stop(row):
+        if row["step"] == 3:
+            raise KeyboardInterrupt
+
+    config = {**BASE, "method": "joint", "per_device_batch": 16, "resume_every": 2}
+    with pytest.raises(KeyboardInterrupt):
+        msam_lab.train(config, out=out, quiet=True, on_step=stop)
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    with pytest.raises(ConfigError, match="saved with a global batch of 16 and would resume with 32.*resume it on 1 rank$"):
+        msam_lab.train(resume=out, quiet=True)
+    monkeypatch.undo()
+    msam_lab.train(resume=out, quiet=True)                     # the same global batch resumes
+    assert run_state(out) == "finished"
