@@ -264,6 +264,20 @@ def is_mode_invariant(model: nn.Module) -> bool:
     return not any(isinstance(m, mode_dependent) for m in model.modules())
 
 
+def absent_features(model) -> list[torch.Tensor]:
+    """The features an absent modality gets in a forward WITH gradient (AGM's and M-SAM-unimodal's
+    coalitions): ``model.zero_features()``, computed in eval mode when the model is training and has
+    BatchNorm/dropout: one all-zero sample has no batch statistics to normalise with (train-mode
+    BatchNorm raises on it), and eval mode is what an absent modality means at test time."""
+    if is_mode_invariant(model) or not model.training:
+        return model.zero_features()
+    model.eval()
+    try:
+        return model.zero_features()
+    finally:
+        model.train()
+
+
 def last_linear(module: nn.Module) -> nn.Linear | None:
     """The last ``nn.Linear`` inside ``module`` (a head's output layer), or None."""
     linears = [m for m in module.modules() if isinstance(m, nn.Linear)]

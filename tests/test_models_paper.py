@@ -319,3 +319,45 @@ def test_coalition_methods_step_on_the_maxout_trunk(method):
     step.step(x, torch.randint(0, 3, (16,)))
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
+
+
+def small_batchnorm_model():
+    torch.manual_seed(0)
+    return build_model({"image": (1, 8, 8), "audio": (1, 12, 12)}, 3, "late_concat",
+                       {"image": "resnet18", "audio": "resnet18"}, feature_dim=512, head_hidden=[16])
+
+
+def test_absent_features_of_a_training_batchnorm_model_are_eval_mode_zero_features_with_grad():
+    """A single all-zero sample cannot go through train-mode BatchNorm (it raises); the features an
+    absent modality gets are the eval-mode ones, with gradient, and the model stays in train mode."""
+    from msam_lab.models import absent_features
+    model = small_batchnorm_model().train()
+    stats = [b.running_mean.clone() for b in model.modules() if isinstance(b, nn.BatchNorm2d)]
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        model.zero_features()
+    got = absent_features(model)
+    assert model.training and all(z.requires_grad for z in got)
+    with torch.no_grad():
+        want = model.eval().zero_features()
+    model.train()
+    assert all(torch.equal(a.detach(), b) for a, b in zip(got, want))
+    after = [b.running_mean for b in model.modules() if isinstance(b, nn.BatchNorm2d)]
+    assert all(torch.equal(a, b) for a, b in zip(stats, after))        # eval mode: no statistics moved
+
+
+@pytest.mark.parametrize("method,extra", [("msam", ["msam_variant=unimodal"]), ("agm", [])])
+def test_coalition_methods_with_gradient_train_a_batchnorm_model(method, extra):
+    """M-SAM's unimodal variant and AGM run every coalition with gradient: on ResNet-18 encoders (the
+    paper's AV-MNIST model) a step trains, and moves both encoders."""
+    model = small_batchnorm_model()
+    m = build_method(model, resolve(None, [f"method={method}", "device=cpu", *extra]))
+    g = torch.Generator().manual_seed(1)
+    inputs = {"image": torch.randn(6, 1, 8, 8, generator=g), "audio": torch.randn(6, 1, 12, 12, generator=g)}
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    row = m.train_step(inputs, labels)
+    assert torch.isfinite(torch.tensor(row["loss"]))
+    for name in ("image", "audio"):
+        moved = [k for k in before if k.startswith(f"encoders.{name}.") and k.endswith("weight")
+                 and not torch.equal(before[k], model.state_dict()[k])]
+        assert moved, f"the {name} encoder did not move"

@@ -46,7 +46,7 @@ import torch.nn.functional as F
 
 from .. import coalitions, distributed, shapley
 from ..config import ConfigError
-from ..models import is_mode_invariant
+from ..models import absent_features
 from .base import Method
 from .ogm_ge import check_min_modalities, check_window
 
@@ -115,20 +115,10 @@ class AGM(Method):
         else:
             self.running = mu * self.running + (1 - mu) * np.asarray(scores)
 
-    def zero_features_with_grad(self):
-        model = self.model
-        if is_mode_invariant(model) or not model.training:
-            return model.zero_features()
-        model.eval()
-        try:
-            return model.zero_features()
-        finally:
-            model.train()
-
     def decomposed(self, features) -> torch.Tensor:
         """(M, B, C) Shapley-decomposed logits, with gradient."""
         n_mod = len(self.model.modalities)
-        logits = coalitions.coalition_logits(self.model, features, self.zero_features_with_grad(),
+        logits = coalitions.coalition_logits(self.model, features, absent_features(self.model),
                                              shapley.all_masks(n_mod))
         return coalitions.decomposed_logits(logits)
 

@@ -30,6 +30,7 @@ import torch
 
 from .. import coalitions, shapley
 from ..config import ConfigError
+from ..models import absent_features
 from ..sam import add_to_grads
 from .sam import SAMMethod
 
@@ -80,7 +81,7 @@ class MSAM(SAMMethod):
         self.sam.zero_grad(set_to_none=True)
 
         if c.msam_variant == "unimodal":
-            l_d, l_s = self._unimodal_losses(features, model.zero_features(), labels, share, d)
+            l_d, l_s = self._unimodal_losses(features, absent_features(model), labels, share, d)
             with torch.no_grad():
                 loss = self.loss(model.fuse(features), labels)
             grads_s = (torch.autograd.grad(self.precision.scale(l_s), params, retain_graph=True, allow_unused=True)
@@ -89,7 +90,7 @@ class MSAM(SAMMethod):
 
             def perturbed_loss():
                 feats = model.encode(inputs)
-                return self._unimodal_losses(feats, model.zero_features(), labels, share, d)[0]
+                return self._unimodal_losses(feats, absent_features(model), labels, share, d)[0]
         else:
             loss = self.loss(model.fuse(features), labels)
             self.backward(loss)
