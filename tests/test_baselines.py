@@ -439,6 +439,32 @@ def test_reconboost_ensemble_is_beta_times_the_sum_of_the_learners():
     assert other.phase_key == method.phase_key
 
 
+@pytest.mark.parametrize("fusion", ["late_sum", "late_concat"])
+def test_reconboost_with_an_mlp_head_zeroes_only_its_output_layer_and_learns(fusion):
+    # An all-zero MLP head (head_hidden) is a saddle: hidden activations 0 and output weight 0
+    # give every parameter but the output bias a zero gradient, and the run never learns.
+    torch.manual_seed(0)
+    model = build_model({f"m{m}": (6,) for m in range(2)}, 3, fusion, feature_dim=8,
+                        hidden_dim=16, head_hidden=[5])
+    inputs, labels = tiny_batch(n_mod=2)
+    method = build_method(model, config_mod.resolve({
+        "dataset": "synthetic", "method": "reconboost", "fusion": fusion, "head_hidden": [5],
+        "lr": 0.1, "momentum": 0.0, "weight_decay": 0.0, "recon_stage_steps": 2, "recon_correct_steps": 1}))
+    heads = model.fusion.heads if fusion == "late_sum" else [model.fusion.head]
+    for head in heads:
+        linears = [m for m in head.modules() if isinstance(m, torch.nn.Linear)]
+        assert len(linears) == 2
+        assert all(p.abs().sum() == 0 for p in linears[-1].parameters())      # learners start silent
+        assert linears[0].weight.abs().sum() > 0                              # ... but not dead
+    enc = model.encoders["m0"]
+    enc_before = {n: p.detach().clone() for n, p in enc.named_parameters()}
+    out_before = heads[0][-1].weight.detach().clone()
+    method.step(inputs, labels)                                               # stage 0, phase 1: m0
+    assert not torch.equal(heads[0][-1].weight, out_before)                   # the output weight learns
+    method.step(inputs, labels)                                               # and now the encoder too
+    assert any(not torch.equal(p, enc_before[n]) for n, p in enc.named_parameters())
+
+
 def test_reconboost_rejects_early_fusion_and_a_bad_order():
     with pytest.raises(ConfigError, match="late_sum or late_concat"):
         config_mod.resolve({"dataset": "synthetic", "method": "reconboost", "fusion": "early"})

@@ -29,10 +29,14 @@ for short runs. Every step records ``active`` (the active modality in phase 1,
 ``ensemble`` in phase 2), ``stage``, ``phase`` and ``boost_rate``.
 
 Evaluation: the trainer evaluates the model's fused logits. To make them the ensemble's,
-every learner's head starts at zero, so a learner that has not had its stage yet adds
-nothing; for late_sum the fused logits then equal Σ_{m in ensemble} g_m exactly (and for
+every learner's head output layer starts at zero (only the output layer: with ``head_hidden``
+an all-zero MLP is a saddle point that gets no gradient), so a learner that has not had
+its stage yet adds nothing; for late_sum the fused logits then equal Σ_{m in ensemble} g_m exactly (and for
 late_concat up to the shared bias b/M of learners not yet added), and β > 0 does not
-change the argmax: ``test_acc`` is the ensemble's accuracy.
+change the argmax: ``test_acc`` is the ensemble's accuracy. With a concat MLP head
+(``head_hidden``) the learners are the coalition logits head(f_m, zero features of the
+others) and the fused logits head(f_1, ..., f_M) are not their sum: ``test_acc`` is then
+the fused head's accuracy, not exactly the ensemble's.
 
 Deliberate differences: early fusion has no per-modality learners and is rejected. The
 code's "GA" term is MSE between two detached softmaxes, which has no gradient, so it is
@@ -46,7 +50,7 @@ from torch import nn
 
 from .. import optim, schedules
 from ..config import ConfigError
-from ..models import ConcatFusion, SumFusion
+from ..models import ConcatFusion, SumFusion, last_linear
 from .base import Method
 from .ogm_ge import check_min_modalities, check_stage_order
 from .unimodal_logits import unimodal_logits
@@ -68,7 +72,10 @@ class ReconBoost(Method):
         with torch.no_grad():
             heads = model.fusion.heads if isinstance(model.fusion, SumFusion) else [model.fusion.head]
             for head in heads:
-                for p in head.parameters():
+                # only the OUTPUT layer: zeroing a hidden layer too (head_hidden) would leave
+                # the MLP at a saddle (hidden activations 0, output weight 0: every gradient
+                # but the output bias's is 0) and the run would never learn
+                for p in last_linear(head).parameters():
                     p.zero_()
         self.ensemble: list[int] = []        # modality indices, in the order they (re)joined
         self.steps_done = 0
