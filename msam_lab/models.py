@@ -271,11 +271,8 @@ def absent_features(model) -> list[torch.Tensor]:
     BatchNorm raises on it), and eval mode is what an absent modality means at test time."""
     if is_mode_invariant(model) or not model.training:
         return model.zero_features()
-    model.eval()
-    try:
+    with eval_mode(model):          # every submodule gets its own mode back (a frozen encoder stays frozen)
         return model.zero_features()
-    finally:
-        model.train()
 
 
 def last_linear(module: nn.Module) -> nn.Linear | None:

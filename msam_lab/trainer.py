@@ -132,12 +132,12 @@ def train(config=None, out=None, quiet: bool = False, overrides=(), resume=None,
     generator = torch.Generator().manual_seed(cfg.seed)
     guard = StepGuard(cfg.nan_policy, model, method)
 
-    # each rank trains on its shard of every global batch; a last batch too small to shard is dropped
-    batch_size = data_parallel.global_batch(cfg)
+    batch_size = data_parallel.global_batch(cfg)           # each rank trains on its shard of every one
     point = resume_mod.load_resume_point(out) if resume is not None else None
     pos = resume_mod.restore(point, model, method, generator) if point is not None else resume_mod.Position()
     data_parallel.check_resumed_batch(pos.global_batch, batch_size, cfg)
     epoch, batch, step = pos.epoch, pos.batch, pos.step
+    # a last batch too small to shard over the ranks (or one sample with BatchNorm) is dropped
     drop_last = data_parallel.check_batch(cfg, len(splits.train), has_batchnorm(model))
     steps_per_epoch = len(splits.train) // batch_size if drop_last else -(-len(splits.train) // batch_size)
     progress = Progress(cfg.epochs * steps_per_epoch, cfg.epochs, f"{cfg.method} on {cfg.dataset}", quiet,
