@@ -10,9 +10,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from . import distributed
+from . import data_parallel, distributed
 from .compare import compare_runs, format_table
-from .config import Config, ConfigError
+from .config import Config, ConfigError, resolve
 from .run_lock import RunLockedError
 from .runs import is_run
 from .trainer import TrainingError
@@ -74,10 +74,13 @@ def cmd_train(args) -> int:
     return 0
 
 
-def relaunch_under_torchrun(nproc: int, argv: list[str]) -> int:
+def relaunch_under_torchrun(nproc: int, argv: list[str], args) -> int:
     """``msam-lab train --nproc N ...`` -> ``torchrun --standalone --nproc-per-node N -m msam_lab train ...``."""
     if nproc < 1:
         raise UsageError(f"--nproc must be >= 1, got {nproc}")
+    if args.resume is None:
+        # bad input is one line and exit 2 here, before N ranks each print it and torchrun exits 1
+        data_parallel.check_shard_size(resolve(args.config, _overrides(args)), world=nproc)
     rest, skip = [], False
     for arg in argv:
         if skip:
@@ -101,7 +104,6 @@ def cmd_compare(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .config import resolve
     from .trainer import train
 
     out = Path(args.out)
@@ -286,7 +288,7 @@ def main(argv=None) -> int:
     joins = distributed.launched_by_torchrun() and args.command not in ("train", "demo", "sweep")
     try:
         if getattr(args, "nproc", 1) != 1 and not distributed.launched_by_torchrun():
-            return relaunch_under_torchrun(args.nproc, argv)
+            return relaunch_under_torchrun(args.nproc, argv, args)
         if joins:
             distributed.init_from_env("auto", 300.0)
         return args.func(args)

@@ -29,8 +29,22 @@ def device_for_rank(cfg: Config, resolve) -> torch.device:
     return resolve(cfg.device)
 
 
-def global_batch(cfg: Config) -> int:
-    return cfg.per_device_batch * distributed.world_size() if cfg.per_device_batch else cfg.batch_size
+def global_batch(cfg: Config, world: int | None = None) -> int:
+    world = distributed.world_size() if world is None else world
+    return cfg.per_device_batch * world if cfg.per_device_batch else cfg.batch_size
+
+
+def check_shard_size(cfg: Config, world: int | None = None, batchnorm: bool = False) -> None:
+    """Raise ConfigError unless every rank's shard of a global batch has a sample (two with BatchNorm).
+
+    ``world``: the rank count (default: this process group's), so that ``msam-lab train --nproc N``
+    can refuse a bad batch before it starts any rank."""
+    world = distributed.world_size() if world is None else world
+    size, least = global_batch(cfg, world), 2 if batchnorm else 1
+    if size // world < least:
+        short = "no sample" if least == 1 else "fewer than 2 samples (BatchNorm needs 2)"
+        raise ConfigError(f"the global batch ({size}) leaves some of the {world} ranks {short}; "
+                          f"raise batch_size to at least {least * world} or set per_device_batch")
 
 
 def check_batch(cfg: Config, n_train: int, batchnorm: bool) -> bool:
@@ -40,11 +54,8 @@ def check_batch(cfg: Config, n_train: int, batchnorm: bool) -> bool:
     variance). The last, partial global batch is dropped when some rank's shard of it would be
     smaller than that; with one process that is a last batch of one sample with BatchNorm.
     """
-    world, size = distributed.world_size(), global_batch(cfg)
-    least = 2 if batchnorm else 1
-    if size // world < least:
-        raise ConfigError(f"the global batch ({size}) gives {world} ranks fewer than {least} samples each; "
-                          f"raise batch_size to at least {least * world} or set per_device_batch")
+    check_shard_size(cfg, batchnorm=batchnorm)
+    world, size, least = distributed.world_size(), global_batch(cfg), 2 if batchnorm else 1
     remainder = n_train % size
     return remainder > 0 and remainder // world < least
 

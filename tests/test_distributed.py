@@ -304,3 +304,16 @@ def test_a_resume_with_another_global_batch_is_refused(monkeypatch, tmp_path):
     monkeypatch.undo()
     msam_lab.train(resume=out, quiet=True)                     # the same global batch resumes
     assert run_state(out) == "finished"
+
+
+def test_cli_nproc_refuses_a_batch_too_small_to_shard_before_starting_any_rank(tmp_path):
+    """One line, exit 2, nothing written: the check runs in the msam-lab process, not once per rank."""
+    out = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-m", "msam_lab", "train", "--nproc", "3", "--device", "cpu",
+                           "--set", "batch_size=2", "--out", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "msam-lab: error: the global batch (2) leaves some of the 3 ranks no sample; "
+        "raise batch_size to at least 3 or set per_device_batch"]
+    assert not out.exists()
