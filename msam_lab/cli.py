@@ -1,16 +1,24 @@
 """The ``msam-lab`` command line.
 
-Every user error ends in one line on stderr naming the problem and the fix,
-and exit code 2, before anything is written.
+Every error ends in one line on stderr naming the problem and the fix, never a traceback:
+
+- exit 2: bad input (options, configs, a run folder that cannot be used), before anything is written;
+- exit 1: a fault of the environment (``faults.ENVIRONMENT``: no space left, a read-only file system,
+  permission denied, an I/O error), or training that stopped on its own terms (a non-finite value).
+  The line names the path and the cause, e.g. ``no space left on device writing runs/x/steps.csv``;
+  a run that was training is marked failed first, with that error, and its lock released. Other
+  OSErrors (a path that is not there) count as input: exit 2;
+- exit 130: interrupted (Ctrl-C, SIGTERM); the run is kept.
 """
 from __future__ import annotations
 
 import argparse
+import math
 import subprocess
 import sys
 from pathlib import Path
 
-from . import data_parallel, distributed
+from . import data_parallel, distributed, faults
 from .compare import compare_runs, format_table
 from .config import Config, ConfigError, resolve
 from .run_lock import RunLockedError
@@ -34,14 +42,26 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def finite_float(text: str) -> float:
+    """A float flag's value as Python's float() reads it (1e-5, .5, 1_000), refused beyond the float
+    range (1e400 is inf) or as nan: one line from argparse, where "lr=inf" reached the config as a word."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number (e.g. 0.05 or 1e-5), got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
 def _train_args(p: argparse.ArgumentParser) -> None:
     d = Config()
     p.add_argument("--config", help="YAML file of config fields (see configs/)")
     p.add_argument("--dataset", help=f"dataset name (default {d.dataset})")
     p.add_argument("--method", help=f"training method (default {d.method})")
-    p.add_argument("--rho", type=float, help=f"SAM/M-SAM radius (default {d.rho})")
+    p.add_argument("--rho", type=finite_float, help=f"SAM/M-SAM radius (default {d.rho})")
     p.add_argument("--epochs", type=int, help=f"epochs (default {d.epochs})")
-    p.add_argument("--lr", type=float, help=f"learning rate (default {d.lr})")
+    p.add_argument("--lr", type=finite_float, help=f"learning rate (default {d.lr})")
     p.add_argument("--seed", type=int, help=f"training seed (default {d.seed})")
     p.add_argument("--fusion", help=f"late_sum | late_concat | early (default {d.fusion})")
     p.add_argument("--device", help="auto (CUDA when present) | cpu | cuda | cuda:N")
@@ -209,6 +229,9 @@ def cmd_data_build_avmnist(args) -> int:
         hint = " (lower --n-train / --n-test)" if "n_train + n_test" in str(err) else ""
         raise UsageError(f"{err}{hint}") from None
     except OSError as err:      # output folder not writable, disk full: nothing was left behind
+        if err.errno in faults.ENVIRONMENT:     # the environment's fault: exit 1, as everywhere
+            err.add_note(f"nothing was left in {args.out}")
+            raise
         raise UsageError(f"cannot write {args.out} ({err.strerror or err}); choose a writable --out") from None
     info = json.loads((out / "build_info.json").read_text())
     print(f"wrote {out}: {info['n_train']} train / {info['n_test']} test samples, "
@@ -292,12 +315,16 @@ def main(argv=None) -> int:
         if joins:
             distributed.init_from_env("auto", 300.0)
         return args.func(args)
-    except (UsageError, ConfigError, RunLockedError) as err:
+    except (UsageError, ConfigError, RunLockedError, faults.SymlinkInRun) as err:
         print(f"msam-lab: error: {err}", file=sys.stderr)
         return 2
     except (TrainingError, distributed.DistributedError) as err:
         print(f"msam-lab: error: {err}", file=sys.stderr)
         return 1
+    except OSError as err:        # the path, the cause, what was done about it
+        print(f"msam-lab: error: {'; '.join([faults.describe(err), *getattr(err, '__notes__', ())])}",
+              file=sys.stderr)
+        return 1 if err.errno in faults.ENVIRONMENT else 2
     except KeyboardInterrupt:
         print("msam-lab: interrupted; the run is kept (`msam-lab train --resume RUN` continues a run, "
               "a rerun of a sweep or landscape command resumes it)", file=sys.stderr)

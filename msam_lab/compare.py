@@ -10,16 +10,16 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .runs import Run, load_run
+from .runs import Run, load_run, summary_number
 from .selection import BEST, LAST, labelled, selection_summary
 
 
-def _selected(run: Run) -> dict:
-    """``selection_summary`` of the run's epoch table; last-epoch numbers fall back to summary.json."""
+def _selected(run: Run, keys) -> dict:
+    """``selection_summary`` of the run's epoch table; last-epoch numbers of ``keys`` fall back to summary.json."""
     sel = selection_summary(run.epochs)
-    for key, value in run.summary.items():
-        if key.startswith(("test_", "tau")) and not key.endswith(("_last", "_at_best")):
-            sel.setdefault(f"{key}_last", value)
+    for key in keys:
+        if f"{key}_last" not in sel:
+            sel[f"{key}_last"] = summary_number(run, key)
     return sel
 
 
@@ -39,12 +39,15 @@ def compare_runs(runs) -> pd.DataFrame:
     rows = []
     for run in runs:
         run = run if isinstance(run, Run) else load_run(run)
-        s, sel = run.summary, _selected(run)
-        row = {"run": run.name, "method": s["method"], "seed": s["seed"], "best_epoch": sel["best_epoch"]}
-        for key in ["test_acc"] + [f"test_acc_{m}" for m in run.modalities] + ["tau"]:
+        keys = ["test_acc"] + [f"test_acc_{m}" for m in run.modalities] + ["tau"]
+        sel = _selected(run, keys)
+        # method and seed from the (checked) config: summary.json repeats them
+        row = {"run": run.name, "method": run.config.method, "seed": run.config.seed, "best_epoch": sel["best_epoch"]}
+        for key in keys:
             row[labelled(key, BEST)] = _num(sel.get(f"{key}_at_best"))
             row[labelled(key, LAST)] = _num(sel.get(f"{key}_last"))
-        row.update({"switches": s["dominance_switches"], "wall_s": s["wall_time"]})
+        row.update({"switches": _num(summary_number(run, "dominance_switches")),
+                    "wall_s": _num(summary_number(run, "wall_time"))})
         rows.append(row)
     df = pd.DataFrame(rows)
     if "best_epoch" in df:

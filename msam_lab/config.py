@@ -4,6 +4,14 @@ Flat on purpose (nanoGPT style): every knob is a field here, dataset knobs go
 in ``data`` and are validated by the dataset's own ``OPTIONS``. A value from
 the command line (``--set key=value``) is parsed as YAML and must fit the
 field's type.
+
+Numbers are read as people write them (``msam_lab.yaml_text``): ``1e-5``, ``1E-5``, ``.5``, ``5.``,
+``1_000``, ``-2e3`` and ``+1.5`` are numbers in a YAML file, a ``--set`` value and a flag. A string
+that reads as a number under the same rule is accepted for an int or float field from any route
+(a Python dict ``{"lr": "1e-5"}``, a quoted YAML ``lr: '1e-5'``), so one text gives one number
+everywhere; an int field takes only integers written as such (``1e3`` is refused there). Booleans,
+words (``nan``, ``inf``) and numbers beyond the float range stay refused. YAML files and ``--set``
+values are limited in size and in alias expansion (``yaml_text.MAX_BYTES``, ``MAX_VALUES``).
 """
 from __future__ import annotations
 
@@ -18,6 +26,7 @@ from pathlib import Path
 
 import yaml
 
+from . import yaml_text
 from .datasets import dataset_names, resolve_options
 from .models import FUSION_TRUNKS, FUSIONS, check_head_hidden
 from .precision import PRECISIONS
@@ -92,6 +101,8 @@ class Config:
     flush_every: float = 1.0                        # seconds between appends of step rows + heartbeat (0: every step)
     resume_every: int = 0                           # resume checkpoint at every epoch end; N > 0: also every N steps
     nan_policy: str = "stop"                        # stop | skip: what a non-finite loss or gradient does
+    max_skipped_fraction: float = 0.5               # skip: fail above this share of skipped batches, warn above a
+                                                    # quarter of it (both from the 10th batch; docs/runs.md)
     deterministic: bool = False                     # torch.use_deterministic_algorithms (bitwise resume on CPU)
     # data parallel (docs/scale.md): torchrun --nproc-per-node N -m msam_lab train | msam-lab train --nproc N
     per_device_batch: int = 0                       # > 0: each rank's batch (global: N × ranks); 0: batch_size is global
@@ -188,6 +199,13 @@ def _check_type(name: str, value, annotation: str):
         return value
     kind = {"str": str, "int": int, "float": float, "bool": bool, "dict": dict, "list": list}[base]
     annotation = base
+    if kind in (int, float) and isinstance(value, str):
+        # "1e-5" from a dict or a quoted YAML value: the number the same text is in YAML or --set
+        number = yaml_text.read_number(value)
+        if isinstance(number, int) or kind is float and isinstance(number, float):
+            if kind is float and isinstance(number, float) and not math.isfinite(number):
+                raise ConfigError(f"config field {name!r} must be a finite float, got {shown(value)}")
+            value = number
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         try:
             value = float(value)
@@ -203,6 +221,7 @@ def _check_type(name: str, value, annotation: str):
         # ints reach torch / numpy (sizes, counts), which overflow past int64
         raise ConfigError(f"config field {name!r} must fit in 64 bits, got {shown(value)}")
     if kind in (dict, list):
+        _check_expansion(value, f"config field {name!r}")
         # The run writes config.json and resume/compare read it back: plain JSON data only.
         # A YAML set, date or self-referencing list (&a [*a]) passed and crashed the run writer.
         try:
@@ -211,6 +230,14 @@ def _check_type(name: str, value, annotation: str):
             raise ConfigError(f"config field {name!r} must hold plain values (numbers, strings, "
                               f"lists, mappings): {str(err)[:200]}") from None
     return value
+
+
+def _check_expansion(value, what: str) -> None:
+    """Shared lists / dicts (YAML aliases, or a Python value built so) count once per reference, as
+    json.dumps writes them: a 600-byte alias bomb expanded to gigabytes there."""
+    if yaml_text.expanded_size(value) > yaml_text.MAX_VALUES:
+        raise ConfigError(f"{what} holds more than {yaml_text.MAX_VALUES:,} values once its shared parts are "
+                          "written out (a YAML alias bomb?); write the values out")
 
 
 def validate(cfg: Config) -> Config:
@@ -254,6 +281,9 @@ def validate(cfg: Config) -> Config:
                               f"{reprlib.repr(kind)} (set it with --set encoders.MODALITY=KIND)")
     if not 0 <= cfg.val_fraction < 1:
         raise ConfigError(f"val_fraction must be in [0, 1), got {cfg.val_fraction}")
+    if not 0 <= cfg.max_skipped_fraction <= 1:
+        raise ConfigError(f"max_skipped_fraction must be in [0, 1] (a share of the batches), "
+                          f"got {cfg.max_skipped_fraction}")
     # sharpness over training (msam_lab/sharpness_timeline.py), measured at evaluated epoch ends
     for name, low in (("sharpness_every", 0), ("sharpness_samples", 0), ("sharpness_probes", 1)):
         if getattr(cfg, name) < low:
@@ -283,10 +313,14 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
-def parse_value(text: str):
-    """A command-line value as YAML: 0.1 -> float, true -> bool, [1, 2] -> list, abc -> str."""
+def parse_value(text: str, what: str = "a --set value"):
+    """A command-line value as YAML: 0.1, 1e-5 -> float, true -> bool, [1, 2] -> list, abc -> str.
+
+    ConfigError above the size and alias limits (``yaml_text``)."""
     try:
-        return yaml.safe_load(text)
+        return yaml_text.load(text, what)
+    except yaml_text.TooLarge as err:
+        raise ConfigError(str(err)) from None
     # ValueError: YAML-valid scalars a constructor rejects (2001-13-01, !!int x);
     # RecursionError: deeply nested [[[[...; both read as a plain string like bad YAML.
     except (yaml.YAMLError, ValueError, RecursionError):
@@ -301,7 +335,7 @@ def apply_overrides(cfg: Config, assignments: typing.Iterable[str]) -> Config:
         key = key.strip()
         if not sep or not key:
             raise ConfigError(f"--set expects key=value, got {item!r}")
-        value = parse_value(text)
+        value = parse_value(text, f"the --set value of {key}")
         head, dot, sub = key.partition(".")
         if dot and head in ("data", "encoders"):
             if not isinstance(getattr(cfg, head), dict):   # e.g. data: 5 in the config file
@@ -327,7 +361,8 @@ def from_dict(values: dict) -> Config:
 # Fields added after runs were already being written whose default is NOT what those runs did:
 # a stored config without the field ran as this value (a resumed or re-read old run must too).
 STORED_DEFAULTS = {"val_fraction": 0.0,     # runs before model selection trained on the whole train split
-                   "cggm_guard": False}     # CGGM runs before the guard used the published, unbounded B
+                   "cggm_guard": False,     # CGGM runs before the guard used the published, unbounded B
+                   "max_skipped_fraction": 1.0}   # nan_policy=skip had no limit
 
 
 def stored_values(values: dict) -> dict:
@@ -345,10 +380,15 @@ def load_config_file(path) -> Config:
     path = Path(path)
     try:
         # bytes, not read_text(): yaml detects the encoding and reports undecodable
-        # input as a YAMLError, where read_text() raised UnicodeDecodeError (a traceback)
-        values = yaml.safe_load(path.read_bytes())
+        # input as a YAMLError, where read_text() raised UnicodeDecodeError (a traceback).
+        # One byte over the limit is enough to refuse, whatever the file's size (/dev/zero).
+        with open(path, "rb") as f:
+            data = f.read(yaml_text.MAX_BYTES + 1)
+        values = yaml_text.load(data, f"config file {path}")
     except OSError as err:
         raise ConfigError(f"cannot read config file {path}: {err.strerror or err}") from None
+    except yaml_text.TooLarge as err:
+        raise ConfigError(str(err)) from None
     # ValueError: a scalar a YAML constructor rejects (a: 2001-13-01); RecursionError: [[[[...
     except (yaml.YAMLError, ValueError, RecursionError) as err:
         first = (str(err).splitlines() or [type(err).__name__])[0]
@@ -367,6 +407,7 @@ def resolve(config=None, overrides: typing.Iterable[str] = ()) -> Config:
     elif isinstance(config, Config):
         cfg = dataclasses.replace(config, data=dict(config.data), encoders=dict(config.encoders))
     elif isinstance(config, dict):
+        _check_expansion(config, "a config dict")
         try:                                  # a deep copy that also proves the values are plain JSON
             plain = json.loads(json.dumps(config))
         except (TypeError, ValueError, RecursionError) as err:

@@ -6,22 +6,37 @@ applied leaves a non-finite parameter behind, so loss, gradients and parameters 
 - ``stop``: raise ``NonFiniteError`` naming what was non-finite; the trainer marks the run failed.
 - ``skip``: put the model and the method's whole state (optimizer, histories) back as they were
   before the batch and mark the step row ``skipped = 1``. This costs one copy of that state per
-  step, which is why it is not the default.
+  step, which is why it is not the default. A run that skips most of its batches learns nothing
+  while looking healthy, so from the ``MIN_BATCHES``-th batch on the guard warns once
+  (``SkippedBatchesWarning``, one line) when the skipped share of the batches it has seen exceeds a
+  quarter of ``max_skipped_fraction``, and stops (``TooManySkippedError``) when it exceeds
+  ``max_skipped_fraction`` itself. The share counts the batches of this training process: a resumed
+  run starts counting again unless ``start_from`` is given the run's counts.
 """
 from __future__ import annotations
 
 import copy
 import math
+import warnings
 
 import torch
+
+MIN_BATCHES = 10      # batches seen before the skip limits apply: one early bad batch is no trend
+WARN_SHARE = 0.25     # warn above this share of max_skipped_fraction
+DEFAULT_MAX_SKIPPED = 0.5
 
 
 class NonFiniteError(RuntimeError):
     """A non-finite loss, gradient or parameter; ``what`` names it."""
 
+    fix = "lower lr, or nan_policy=skip to skip such batches"    # what the user can do about it
+
     def __init__(self, what: str):
         super().__init__(what)
         self.what = what
+
+    def headline(self) -> str:
+        return f"non-finite {self.what}"
 
 
 def first_non_finite(loss: float, model: torch.nn.Module, grads: bool = True) -> str | None:
@@ -41,13 +56,46 @@ def first_non_finite(loss: float, model: torch.nn.Module, grads: bool = True) ->
     return "a tensor"
 
 
-class StepGuard:
-    """``StepGuard(policy, model, method).step(inputs, labels)`` -> the step row, with ``skipped``."""
+class TooManySkippedError(NonFiniteError):
+    """``nan_policy=skip`` skipped more than ``max_skipped_fraction`` of the batches seen."""
 
-    def __init__(self, policy: str, model, method):
+    fix = "lower lr, or raise max_skipped_fraction"
+
+    def __init__(self, what: str, skipped: int, seen: int, limit: float):
+        super().__init__(what)
+        self.skipped, self.seen, self.limit = skipped, seen, limit
+
+    def headline(self) -> str:
+        return (f"nan_policy=skip skipped {self.skipped} of {self.seen} batches ({self.skipped / self.seen:.0%}), "
+                f"more than max_skipped_fraction={self.limit:g} (the last: non-finite {self.what})")
+
+
+class SkippedBatchesWarning(RuntimeWarning):
+    """``nan_policy=skip`` has skipped more than a quarter of ``max_skipped_fraction`` of the batches."""
+
+
+class StepGuard:
+    """``StepGuard(policy, model, method).step(inputs, labels)`` -> the step row, with ``skipped``.
+
+    ``max_skipped_fraction``: the skip policy's limit (module docstring); None takes the method's
+    config's (``method.config``, the run's Config), else ``DEFAULT_MAX_SKIPPED``.
+    """
+
+    def __init__(self, policy: str, model, method, max_skipped_fraction: float | None = None):
         if policy not in ("stop", "skip"):
             raise ValueError(f"nan_policy must be stop or skip, got {policy!r}")
         self.policy, self.model, self.method = policy, model, method
+        if max_skipped_fraction is None:
+            max_skipped_fraction = getattr(getattr(method, "config", None), "max_skipped_fraction",
+                                           DEFAULT_MAX_SKIPPED)
+        self.max_skipped_fraction = float(max_skipped_fraction)
+        self.seen = self.skipped = 0
+        self.last_skipped: str | None = None     # what was non-finite in the last skipped batch
+        self.warned = False
+
+    def start_from(self, seen: int, skipped: int) -> None:
+        """Count on from a resumed run's ``seen`` steps, ``skipped`` of them skipped."""
+        self.seen, self.skipped = int(seen), int(skipped)
 
     def step(self, inputs, labels) -> dict:
         before = self._snapshot() if self.policy == "skip" else None
@@ -55,14 +103,33 @@ class StepGuard:
         # fp16: inf gradients on an overflow are the GradScaler's business (it skipped the update and
         # lowered the scale); loss and parameters are still checked
         what = first_non_finite(row["loss"], self.model, grads=not row.get("overflow", 0))
+        self.seen += 1
         if what is None:
+            self._check_share()
             return {**row, "skipped": 0}
         if self.policy == "stop":
             raise NonFiniteError(what)
         self.model.load_state_dict(before["model"])
         self.method.load_state_dict(before["method"])
         self.model.zero_grad(set_to_none=True)
+        self.skipped, self.last_skipped = self.skipped + 1, what
+        self._check_share()
         return {**row, "skipped": 1}
+
+    def _check_share(self) -> None:
+        if self.policy != "skip" or self.seen < MIN_BATCHES or not self.skipped:
+            return
+        share = self.skipped / self.seen
+        if share > self.max_skipped_fraction:
+            raise TooManySkippedError(self.last_skipped or "value", self.skipped, self.seen,
+                                      self.max_skipped_fraction)
+        if share > WARN_SHARE * self.max_skipped_fraction and not self.warned:
+            self.warned = True
+            # warn_explicit at line 0: Python prints no source line under it, so this is one line
+            warnings.warn_explicit(
+                f"nan_policy=skip has skipped {self.skipped} of {self.seen} batches ({share:.0%}); the run "
+                f"fails above max_skipped_fraction={self.max_skipped_fraction:g} (lower lr?)",
+                SkippedBatchesWarning, "msam-lab", 0)
 
     def _snapshot(self) -> dict:
         return copy.deepcopy({"model": self.model.state_dict(), "method": self.method.state_dict()})

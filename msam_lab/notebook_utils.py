@@ -249,6 +249,7 @@ def ensure_sharpness(run, epochs=None, n_samples: int = 256, probes: int = 16, t
 
     from .landscape import sharpness_for_run
     from .landscape.runs import SHARPNESS_CSV
+    from .runs import read_table
     wanted = ([max(run.checkpoints)] if epochs is None else sorted(run.checkpoints) if epochs == "all"
               else [int(epochs)] if isinstance(epochs, int) else [int(e) for e in epochs])
     # a run logged from your own model (RunLogger) measures the encoders its scopes name, on your batches
@@ -262,7 +263,7 @@ def ensure_sharpness(run, epochs=None, n_samples: int = 256, probes: int = 16, t
             n_used = n_samples if n_samples is None else min(n_samples, len(getattr(run.load_data(), split)))
         settings = {"split": split, "n_samples": n_used, "subset_seed": subset_seed, "seed": seed, "topk": topk,
                     "probes": probes, "rho": rho}
-        old = pd.read_csv(path)
+        old = read_table(path)          # a damaged table: one line naming it (runs.read_table)
         if set(SHARPNESS_KEYS) <= set(old.columns):
             mask = pd.Series(True, index=old.index)
             for k, v in settings.items():

@@ -26,6 +26,7 @@ from datetime import datetime, timezone
 
 import torch
 
+from . import checkpoint_io, faults
 from .config import ConfigError
 from .msam_optimizer import ShapleyRecord
 from .run_writer import RunWriter
@@ -130,10 +131,14 @@ class RunLogger:
         return full
 
     def checkpoint(self, epoch: int, model: torch.nn.Module, optimizer=None, **extra) -> None:
-        """``checkpoints/epoch_NNNN.pt`` with the model's state dict (and the optimizer's), written atomically."""
+        """``checkpoints/epoch_NNNN.pt`` with the model's state dict (and the optimizer's), written atomically
+        with its SHA-256 (msam_lab.checkpoint_io). ``extra`` values must be tensors, numbers, strings or
+        dicts / lists of them: what a run folder can be read back with, without running code."""
         self._check_open()
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"checkpoint needs the model (an nn.Module), got {type(model).__name__}")
+        for key, value in extra.items():
+            checkpoint_io.check_plain(value, f"checkpoint {key}=")
         state = {"epoch": int(epoch), "model": model.state_dict(), **extra}
         if optimizer is not None:
             state["optimizer"] = optimizer.state_dict()
@@ -181,7 +186,7 @@ class RunLogger:
             self.writer.interrupt(f"interrupted at step {self.step}")
             self.closed = True
         else:
-            self.fail(f"{kind.__name__}: {err}")
+            self.fail(faults.describe(err) if isinstance(err, OSError) else f"{kind.__name__}: {err}")
         return False
 
     def _check_open(self) -> None:

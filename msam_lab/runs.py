@@ -23,18 +23,23 @@ from __future__ import annotations
 
 import io
 import json
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
-import torch
 
-from .config import Config, ConfigError, field_names, from_stored
+from . import checkpoint_io
+from .checkpoint_io import RunFileError
+from .config import Config, ConfigError, _check_type, field_names, from_stored
 from .models import MultimodalModel, model_from_spec
-from .run_lock import read_lock
+from .run_lock import LOCK, read_lock
 
 STATUS, SUMMARY, CONFIG, MODEL = "status.json", "summary.json", "config.json", "model.json"
 STEPS, EPOCHS, CHECKPOINTS, RESUME = "steps.csv", "epochs.csv", "checkpoints", "resume.pt"
+PREVIOUS_RESUME = "resume.prev.pt"     # the resume point before resume.pt: what a damaged one falls back to
 STATES = ("running", "finished", "failed", "interrupted")
 LOGGED = "logged"          # model.json "kind" of a run written by msam_lab.RunLogger
 
@@ -50,19 +55,82 @@ def is_run_dir(path) -> bool:
     return (path / STATUS).is_file() or is_run(path)
 
 
+JSON_LIMIT = 16 * 2 ** 20           # bytes: a status, config, model or summary file is a few kB
+
+
+def read_json(path) -> dict:
+    """A JSON object file of a run (status, config, model, summary); RunFileError naming it otherwise."""
+    path = Path(path)
+    data = checkpoint_io.read_regular(path, JSON_LIMIT)
+    try:
+        value = json.loads(data)
+    # ValueError: not JSON, not UTF-8, an int of thousands of digits; RecursionError: [[[[...
+    except (ValueError, RecursionError) as err:
+        where = f" at line {err.lineno} column {err.colno}" if isinstance(err, json.JSONDecodeError) else ""
+        raise RunFileError(f"{path}: not valid JSON{where} (damaged or truncated)") from None
+    if not isinstance(value, dict):
+        raise RunFileError(f"{path}: holds a JSON {type(value).__name__}, not an object (damaged)")
+    return value
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
+
+
+# status.json's fields and the values each may hold (docs/runs.md); other keys are left alone
+_STATUS_TYPES = {
+    "state": (lambda v: v in STATES, "one of " + ", ".join(STATES)),
+    "pid": (lambda v: v is None or _is_int(v), "an integer"),
+    "host": (lambda v: v is None or isinstance(v, str), "a string"),
+    "started": (lambda v: v is None or isinstance(v, str), "a string"),
+    "heartbeat": (lambda v: v is None or isinstance(v, str), "a string"),
+    "ended": (lambda v: v is None or isinstance(v, str), "a string"),
+    "heartbeat_unix": (lambda v: v is None or _is_number(v), "a finite number"),
+    "last_step": (lambda v: _is_int(v) and v >= -1, "an integer >= -1"),
+    "last_epoch": (lambda v: _is_int(v) and v >= -1, "an integer >= -1"),
+    "epochs": (lambda v: v is None or (_is_int(v) and v >= 0), "an integer >= 0"),
+    "method": (lambda v: v is None or isinstance(v, str), "a string"),
+    "dataset": (lambda v: v is None or isinstance(v, str), "a string"),
+    "error": (lambda v: v is None or isinstance(v, str), "a string"),
+    "skipped_batches": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    "resumed": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    "resume_point": (lambda v: v is None or (isinstance(v, dict) and all(
+        _is_int(v.get(k)) and v.get(k) >= 0 for k in ("step", "epoch"))), "{step, epoch} (integers >= 0)"),
+}
+
+
+def _check_status(file: Path, status: dict) -> dict:
+    if "state" not in status:
+        raise RunFileError(f"{file}: has no state (damaged)")
+    for key, (ok, expected) in _STATUS_TYPES.items():
+        if key in status and not ok(status[key]):
+            raise RunFileError(f"{file}: {key} must be {expected}, got {_short(status[key])} (damaged)")
+    return status
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def read_status(path) -> dict:
     """``status.json`` as written, with ``state`` corrected for a trainer that died without saying so.
 
     A run that says ``running`` but whose lock is stale (its pid is gone) was killed: it reads as
-    ``interrupted`` with ``stale_lock`` naming the dead trainer.
+    ``interrupted`` with ``stale_lock`` naming the dead trainer. A damaged status.json (not a JSON
+    object, a field of the wrong type) is a RunFileError naming it.
     """
     path = Path(path)
-    try:
-        status = json.loads((path / STATUS).read_text())
-    except FileNotFoundError:
+    if not (path / STATUS).exists() and not (path / STATUS).is_symlink():
         if is_run(path):          # a run written before status.json existed
             return {"state": "finished"}
-        raise FileNotFoundError(f"no run directory at {path} (no {STATUS}); train one with `msam-lab train`") from None
+        raise FileNotFoundError(f"no run directory at {path} (no {STATUS}); train one with `msam-lab train`")
+    status = _check_status(path / STATUS, read_json(path / STATUS))
+    status.pop("stale_lock", None)      # computed, never stored; older writers stored it back on a resume
     if status.get("state") == "running":
         lock = read_lock(path)
         if lock is None or not lock.alive(status.get("heartbeat_unix")):
@@ -76,8 +144,11 @@ def run_state(path) -> str:
 
 
 def check_output_dir(out) -> Path:
-    """Raise ConfigError unless ``out`` can receive a new run (absent or an empty folder)."""
+    """Raise ConfigError unless ``out`` can receive a new run: absent, an empty folder, or what a
+    start that never took a step left there (``start_leftovers``: the new run replaces it)."""
     out = Path(out)
+    if start_leftovers(out):
+        return out
     if is_run_dir(out):
         state = run_state(out)
         hint = "resume it with `msam-lab train --resume` or choose another --out" \
@@ -88,21 +159,120 @@ def check_output_dir(out) -> Path:
     return out
 
 
+def start_leftovers(out) -> list[Path] | None:
+    """What a start that never took a step left in ``out``, for a new run to replace; None when ``out``
+    holds anything else (or nothing).
+
+    Either no status.json (a full disk or a kill as the run started) and only a lock whose trainer is
+    gone, config.json, model.json, a checkpoints/ folder without checkpoints and temporary files; or
+    a failed or interrupted run that took no step (status ``last_step`` -1, no step row: it failed in
+    the epoch-0 evaluation) holding only a run's own files. Nothing there is a symlink.
+    """
+    out = Path(out)
+    try:
+        entries = list(out.iterdir()) if out.is_dir() else []
+    except OSError:
+        return None
+    if not entries:
+        return None
+    started = (out / STATUS).exists() or (out / STATUS).is_symlink()
+    try:
+        if started:
+            status = read_status(out)
+            if status.get("state") not in ("failed", "interrupted") or status.get("last_step", 0) != -1:
+                return None
+            if (out / STEPS).exists() and len(complete_lines(out / STEPS).splitlines()) > 1:
+                return None
+        else:
+            lock = read_lock(out)
+            if lock is not None and lock.alive():
+                return None                     # a trainer starting there right now
+    except (OSError, ValueError):               # damaged files: not ours to replace
+        return None
+    allowed = {LOCK, CONFIG, MODEL, CHECKPOINTS} | ({STATUS, STEPS, EPOCHS, "sharpness.csv", ".sharpness.csv.lock"}
+                                                   if started else set())
+    for p in entries:
+        temporary = p.name.startswith(".") and ".tmp-" in p.name
+        if p.is_symlink() or not (temporary or p.name in allowed):
+            return None
+        if p.name == CHECKPOINTS:
+            inner = list(p.iterdir()) if p.is_dir() else None
+            if inner is None or any(q.is_symlink() or not q.is_file() for q in inner):
+                return None
+            if not started and any(not q.name.startswith(".") for q in inner):
+                return None
+        elif not p.is_file():
+            return None
+    return entries
+
+
 def complete_lines(path: Path) -> str:
-    """The text of a file the trainer appends to, without a torn last line (a kill mid-write)."""
-    text = path.read_text()
+    """The text of a file the trainer appends to, without a torn last line (a kill mid-write).
+
+    Missing: FileNotFoundError. Not a regular file, not UTF-8 text, NUL bytes: RunFileError naming it."""
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        raise FileNotFoundError(f"{path}: missing")
+    try:
+        text = checkpoint_io.read_regular(path).decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise RunFileError(f"{path}: not a text table (bytes that are not UTF-8 at offset {err.start}; damaged)") \
+            from None
+    if "\0" in text:
+        raise RunFileError(f"{path}: not a text table (NUL bytes; damaged)")
     return text if text.endswith("\n") else text[:text.rfind("\n") + 1]
 
 
+# Columns that hold numbers wherever they appear (the readers compute with them); the others (dominant,
+# perturbed, scope, split, a RunLogger's own columns) may hold text.
+_NUMERIC = re.compile(r"(step|epoch|loss|lr|wall_time|skipped|overflow|tau(_loss)?|n_samples|seed|subset_seed|"
+                      r"topk|probes|rho|lambda_\d+|trace(_se)?|eps_sharpness|"
+                      r"((train|test|val)_)?(acc|loss|share|shapley)(_.+)?)")
+_REQUIRED = {STEPS: "step", EPOCHS: "epoch", "sharpness.csv": "epoch"}     # the column each table is keyed by
+
+
 def read_table(path: Path) -> pd.DataFrame:
-    """A CSV the trainer appends to, as complete rows."""
+    """A CSV the trainer appends to, as complete rows; a missing file is an empty table.
+
+    A damaged table (not CSV, rows of the wrong length, text in a number column, a step or epoch
+    that is not a whole number) is a RunFileError naming the file."""
+    path = Path(path)
     try:
         text = complete_lines(path)
     except FileNotFoundError:
         return pd.DataFrame()
     if not text.strip():
         return pd.DataFrame()
-    return pd.read_csv(io.StringIO(text))
+    try:
+        table = pd.read_csv(io.StringIO(text))
+    except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError, OverflowError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+        raise RunFileError(f"{path}: not a CSV table ({first}; damaged)") from None
+    for column in table.columns:
+        if _NUMERIC.fullmatch(str(column)) and not pd.api.types.is_numeric_dtype(table[column]):
+            raise RunFileError(f"{path}: column {column!r} holds text where numbers belong (damaged)")
+    if path.name in _REQUIRED and _REQUIRED[path.name] not in table.columns:
+        raise RunFileError(f"{path}: has no {_REQUIRED[path.name]!r} column (damaged)")
+    if "epoch" in table.columns:
+        values = table["epoch"].to_numpy(dtype=float)
+        if not (np.isfinite(values).all() and (values == values.round()).all() and (values >= 0).all()):
+            raise RunFileError(f"{path}: column 'epoch' must hold whole numbers >= 0 in every row (damaged)")
+    counters = [c for c in ("step", "epoch", "skipped") if c in table.columns and path.name in (STEPS, EPOCHS)]
+    if counters:
+        # the trainer's tables as written, not as pandas reads them: a resume re-reads them as text
+        # (run_writer.CsvAppender), where int("1.0") or int(float("inf")) fails
+        cells = pd.read_csv(io.StringIO(text), usecols=counters, dtype=str, keep_default_na=False)
+        for column in counters:
+            bad = [v for v in cells[column] if not _counter(v, empty_ok=column == "skipped")]
+            if bad:
+                raise RunFileError(f"{path}: column {column!r} must hold whole numbers >= 0, got {_short(bad[0])} "
+                                   f"(damaged)")
+    return table
+
+
+def _counter(text: str, empty_ok: bool) -> bool:
+    text = text.strip()
+    return text.isdigit() and text.isascii() or (empty_ok and not text)
 
 
 def find_runs(paths) -> list[Path]:
@@ -161,9 +331,13 @@ class Run:
 
     @property
     def checkpoints(self) -> dict[int, Path]:
-        """Saved epochs -> checkpoint file, in epoch order."""
-        files = sorted((self.path / CHECKPOINTS).glob("epoch_*.pt"))
-        return {int(f.stem.split("_")[1]): f for f in files}
+        """Saved epochs -> checkpoint file, in epoch order (other names in checkpoints/ are not epochs)."""
+        found = {}
+        for f in (self.path / CHECKPOINTS).glob("epoch_*.pt"):
+            match = _EPOCH_FILE.fullmatch(f.name)
+            if match:
+                found[int(match.group(1))] = f
+        return dict(sorted(found.items()))
 
     def build_model(self, factory=None):
         """A fresh (untrained) model of this run's architecture; a logged run's from ``factory()``."""
@@ -175,7 +349,13 @@ class Run:
         if factory is not None:
             raise ValueError(f"run {self.path} was trained by msam_lab, which rebuilds its model itself; "
                              f"drop factory=")
-        return model_from_spec(self.model_spec)
+        try:
+            return model_from_spec(self.model_spec)
+        # what a spec of wrong values raises while the layers are built (sizes, kinds, missing keys)
+        except (KeyError, TypeError, ValueError, RuntimeError, OverflowError, MemoryError) as err:
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+            raise RunFileError(f"{self.path / MODEL}: does not describe a model msam_lab can build "
+                               f"({type(err).__name__}: {first}; damaged)") from None
 
     def load_checkpoint(self, epoch: int | None = None, map_location="cpu") -> dict:
         """The checkpoint dict of ``epoch`` (default: the last one)."""
@@ -185,12 +365,24 @@ class Run:
         epoch = max(ckpts) if epoch is None else epoch
         if epoch not in ckpts:
             raise KeyError(f"run {self.path} has no checkpoint for epoch {epoch}; saved: {sorted(ckpts)}")
-        return torch.load(ckpts[epoch], map_location=map_location, weights_only=False)
+        state = checkpoint_io.load(ckpts[epoch], map_location=map_location)
+        if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+            raise RunFileError(f"{ckpts[epoch]}: not a checkpoint (no model state dict in it; damaged)")
+        return state
 
     def load_model(self, epoch: int | None = None, device="cpu", factory=None) -> MultimodalModel:
         """The model with the weights of ``epoch`` (default: last), in eval mode (``factory``: see build_model)."""
         model = self.build_model(factory)
-        model.load_state_dict(self.load_checkpoint(epoch)["model"])
+        if epoch is None and self.checkpoints:
+            epoch = max(self.checkpoints)
+        weights = self.load_checkpoint(epoch)["model"]
+        try:
+            model.load_state_dict(weights)
+        # missing or unexpected keys, a tensor of another shape, a value that is no tensor
+        except (RuntimeError, TypeError, AttributeError, ValueError) as err:
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+            raise RunFileError(f"{self.checkpoints[epoch]}: its weights do not fit the model {self.path / MODEL} "
+                               f"describes ({first}; one of them is damaged, or from another run)") from None
         return model.to(device).eval()
 
     @property
@@ -214,24 +406,73 @@ class Run:
 
 
 def load_run(path) -> Run:
-    """Read a run directory: finished, running, failed or interrupted (``Run.state`` says which)."""
+    """Read a run directory: finished, running, failed or interrupted (``Run.state`` says which).
+
+    Nothing read executes code (checkpoints load weights-only, msam_lab.checkpoint_io). A damaged
+    file (status, config, model, summary, a table) is a RunFileError naming it; so is a checkpoint
+    when ``load_checkpoint`` / ``load_model`` reads it."""
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"no run directory at {path}")
     if not is_run_dir(path):
         raise FileNotFoundError(f"{path} is not a run directory (no {STATUS}); train one with `msam-lab train`")
     status = read_status(path)
-    raw = json.loads((path / CONFIG).read_text())
-    spec = json.loads((path / MODEL).read_text())
-    summary = json.loads((path / SUMMARY).read_text()) if is_run(path) else {}
-    return Run(path=path, config=_config_of(raw, spec), steps=read_table(path / STEPS),
+    raw = read_json(path / CONFIG)
+    spec = _check_spec(path / MODEL, read_json(path / MODEL))
+    summary = read_json(path / SUMMARY) if is_run(path) else {}
+    return Run(path=path, config=_config_of(path / CONFIG, raw, spec), steps=read_table(path / STEPS),
                epochs=read_table(path / EPOCHS), summary=summary, model_spec=spec, status=status, raw_config=raw)
 
 
-def _config_of(raw: dict, spec: dict) -> Config:
+_EPOCH_FILE = re.compile(r"epoch_(\d{1,9})\.pt")
+
+
+def _check_spec(file: Path, spec: dict) -> dict:
+    """model.json's shape: what ``modalities`` and ``build_model`` read (a wrong value fails there, named)."""
+    if spec.get("kind") == LOGGED:
+        names = spec.get("modalities")
+        if not isinstance(names, list) or not names or not all(isinstance(m, str) for m in names) \
+                or not isinstance(spec.get("scopes", {}), dict):
+            raise RunFileError(f"{file}: a logged run's model.json needs modalities (a list of names) and "
+                               f"scopes (a mapping; damaged)")
+        return spec
+    shapes = spec.get("input_shapes")
+    if not isinstance(shapes, dict) or not shapes or not all(
+            isinstance(m, str) and isinstance(s, list) and all(_is_int(n) and n > 0 for n in s)
+            for m, s in shapes.items()):
+        raise RunFileError(f"{file}: input_shapes must map each modality to its shape (positive integers; "
+                           f"damaged)")
+    for key in ("num_classes", "feature_dim", "hidden_dim"):
+        if key in spec and not (_is_int(spec[key]) and spec[key] > 0):
+            raise RunFileError(f"{file}: {key} must be a positive integer, got {_short(spec[key])} (damaged)")
+    return spec
+
+
+def summary_number(run: "Run", key: str, default=None):
+    """``summary.json``'s number ``key`` (``default`` where absent or null); RunFileError naming the
+    file when it holds something else there."""
+    value = run.summary.get(key)
+    if value is None:
+        return default
+    if not (_is_int(value) or isinstance(value, float)):
+        raise RunFileError(f"{run.path / SUMMARY}: {key} must be a number, got {_short(value)} (damaged)")
+    return value
+
+
+def _config_of(file: Path, raw: dict, spec: dict) -> Config:
     """The run's Config. A logged run's config.json is yours: the Config holds the keys of it that
-    are Config fields (method, dataset, seed, epochs and any you share) and defaults for the rest."""
-    if spec.get("kind") != LOGGED:
-        return from_stored(raw)
-    known = set(field_names())
-    return Config(**{k: v for k, v in raw.items() if k in known and v is not None})
+    are Config fields (method, dataset, seed, epochs and any you share) and defaults for the rest.
+
+    Each stored value must have its field's type (config._check_type); the stored config is not
+    validated against today's choices (a plug-in may be missing, an old run's values older rules)."""
+    try:
+        if spec.get("kind") != LOGGED:
+            config = from_stored(raw)
+        else:
+            known = set(field_names())
+            config = Config(**{k: v for k, v in raw.items() if k in known and v is not None})
+        for name, annotation in ((f, Config.__dataclass_fields__[f].type) for f in field_names()):
+            setattr(config, name, _check_type(name, getattr(config, name), annotation))
+    except ConfigError as err:
+        raise RunFileError(f"{file}: not a valid stored config ({err}; damaged)") from None
+    return config

@@ -6,7 +6,8 @@
 
 Columns of ``status_table``: ``run`` (path relative to the folder given; a run given directly keeps
 the path as given), ``path``, ``method``, ``state`` (``running`` | ``finished`` | ``failed`` |
-``interrupted``), ``stale`` (why an interrupted run reads so: ``pid 123 gone``, else empty),
+``interrupted``), ``stale`` (why an interrupted run reads so: ``pid 123 gone``, else empty), ``pid``
+(a running run's trainer, from its lock: shown as ``running (pid 123)``; else empty),
 ``epoch``, ``epochs``, ``step`` (last recorded), ``test_acc`` (last epoch row), ``dominant`` and
 ``dominant_share`` (the test split's dominant modality and its Shapley share at the last epoch row),
 ``heartbeat_age_s`` (seconds since the trainer's last heartbeat; NaN for finished runs) and
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import socket
 import time
 from pathlib import Path
 
@@ -24,7 +26,7 @@ import pandas as pd
 from .run_lock import read_lock
 from .runs import CONFIG, EPOCHS, SUMMARY, find_runs, is_run_dir, read_status, read_table
 
-COLUMNS = ["run", "path", "method", "state", "stale", "epoch", "epochs", "step", "test_acc", "dominant",
+COLUMNS = ["run", "path", "method", "state", "stale", "pid", "epoch", "epochs", "step", "test_acc", "dominant",
            "dominant_share", "heartbeat_age_s", "error"]
 DASH = "—"
 
@@ -52,6 +54,17 @@ def _stale(path: Path, status: dict) -> str:
     return f"pid {lock.pid} gone" if lock.here else f"pid {lock.pid} on {lock.host} gone"
 
 
+def _trainer(path: Path, status: dict, state: str) -> str:
+    """``pid 123`` (``pid 123 on HOST`` from another host) of the trainer writing a running run: its lock's."""
+    if state != "running":
+        return ""
+    lock = read_lock(path)
+    pid, host = (lock.pid, lock.host) if lock is not None and lock.pid > 0 else (status.get("pid"), status.get("host"))
+    if pid is None:
+        return ""
+    return f"pid {pid}" if host in (None, socket.gethostname()) else f"pid {pid} on {host}"
+
+
 def run_row(path, label: str | None = None, now: float | None = None) -> dict:
     """The status row of one run directory."""
     path = Path(path)
@@ -74,6 +87,7 @@ def run_row(path, label: str | None = None, now: float | None = None) -> dict:
         step = int(summary["steps"]) - 1
     row = {"run": label if label is not None else str(path), "path": str(path),
            "method": pick("method", status, config, summary), "state": state, "stale": _stale(path, status),
+           "pid": _trainer(path, status, state),
            "epoch": int(last["epoch"]) if last is not None and "epoch" in last else status.get("last_epoch"),
            "epochs": pick("epochs", status, config, summary),
            "step": int(step) if step is not None and int(step) >= 0 else None,
@@ -140,7 +154,8 @@ def _cell(value, fmt="{}") -> str:
 def display_table(table: pd.DataFrame) -> pd.DataFrame:
     """The table as ``msam-lab status`` prints it: one text column per field."""
     def state(r):
-        return f"{r['state']} ({r['stale']})" if r["stale"] else r["state"]
+        why = r["stale"] or (r["pid"] if isinstance(r["pid"], str) else "")
+        return f"{r['state']} ({why})" if why else r["state"]
 
     def epoch(r):
         return f"{_cell(r['epoch'], '{:.0f}')}/{_cell(r['epochs'], '{:.0f}')}"

@@ -31,12 +31,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import atomic
 from . import config as config_mod
 from .config import Config, ConfigError, stored_values
 from .datasets import load_dataset
 from .methods import method_class, method_names
 from .methods.sam import SAMMethod
-from .runs import check_output_dir, is_run, is_run_dir, load_run, run_state
+from .runs import CONFIG, check_output_dir, is_run, is_run_dir, load_run, read_json, run_state, summary_number
 from .selection import BEST, LAST, labelled, selection_summary
 from .trainer import train
 
@@ -124,7 +125,7 @@ def _check_existing(cell: Cell, allow_running: bool = False) -> None:
     if state == "running" and not allow_running:
         raise ConfigError(f"{cell.path} is being trained by another process; wait for it or use another --out")
     # fields added to Config after that run was made count as what that run did (config.stored_values)
-    stored = {**_normalised(Config().to_dict()), **stored_values(json.loads((cell.path / "config.json").read_text()))}
+    stored = {**_normalised(Config().to_dict()), **stored_values(read_json(cell.path / CONFIG))}
     wanted = _normalised(cell.config.to_dict())
     for key in sorted(set(stored) | set(wanted)):
         if stored.get(key) != wanted.get(key):
@@ -250,7 +251,6 @@ def _row(cell: Cell) -> dict:
     """One run of the grid: test numbers at the best-validation epoch (``<metric>_at_best``; NaN for a run
     without validation) and at the last epoch (``<metric>_last``), ``best_epoch``, ``best_val_acc``."""
     run = load_run(cell.path)
-    s = run.summary
     sel = selection_summary(run.epochs)
     row = {"method": cell.method, "rho": cell.config.rho if uses_rho(cell.method) else np.nan,
            "seed": cell.seed, "best_epoch": _num(sel["best_epoch"]), "best_val_acc": _num(sel["best_val_acc"])}
@@ -258,8 +258,9 @@ def _row(cell: Cell) -> dict:
         [(f"acc_only_{m}", f"test_acc_only_{m}") for m in run.modalities] + [("tau", "tau")]
     for col, key in keys:
         row[col + AT_BEST] = _num(sel.get(key + AT_BEST))
-        row[col + AT_LAST] = _num(sel.get(key + AT_LAST, s.get(key, np.nan)))
-    row.update({"switches": s["dominance_switches"], "wall_s": s["wall_time"], "run": str(cell.path)})
+        row[col + AT_LAST] = _num(sel.get(key + AT_LAST, summary_number(run, key, np.nan)))
+    row.update({"switches": _num(summary_number(run, "dominance_switches")),
+                "wall_s": _num(summary_number(run, "wall_time")), "run": str(cell.path)})
     return row
 
 
@@ -349,8 +350,9 @@ def _write_tables(cells: list[Cell], out) -> pd.DataFrame:
     table = summarise(runs)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    runs.to_csv(out / RUNS_FILE, index=False)
-    table.to_csv(out / SUMMARY_FILE, index=False)
+    # replaced whole: a full disk or a kill leaves the previous tables, never half of one
+    atomic.write_text(out / RUNS_FILE, runs.to_csv(index=False))
+    atomic.write_text(out / SUMMARY_FILE, table.to_csv(index=False))
     return table
 
 

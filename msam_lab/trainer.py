@@ -19,7 +19,7 @@ import torch
 
 from . import config as config_mod
 from . import resume as resume_mod
-from . import data_parallel, distributed, schedules, sharpness_timeline, speed
+from . import data_parallel, distributed, faults, schedules, sharpness_timeline, speed
 from .config import Config, ConfigError
 from .datasets import load_for_training
 from .datasets.validation import with_validation
@@ -60,7 +60,11 @@ def _load_splits(cfg: Config, device):
     try:
         splits = load_for_training(cfg.dataset, cfg.data, device, cfg.data_path, cfg.stream_above_mb,
                                    cfg.num_workers)
-    except (ValueError, OSError) as err:   # a loader's one-line layout/option message, an unreadable file
+    except OSError as err:
+        if err.errno in faults.ENVIRONMENT:  # a full disk or a read-only cache folder: not the config's fault
+            raise
+        raise ConfigError(str(err)) from None
+    except ValueError as err:             # a loader's one-line layout/option message
         raise ConfigError(str(err)) from None
     except MemoryError:
         raise ConfigError(f"dataset {cfg.dataset} does not fit in memory with these options; "
@@ -221,6 +225,12 @@ def train(config=None, out=None, quiet: bool = False, overrides=(), resume=None,
     except TrainingError as err:
         writer.fail(str(err))
         raise
+    except OSError as err:          # the disk filled, went read-only, ...: the run says so, the CLI in one line
+        recorded = writer.fail(faults.describe(err))
+        err.add_note(("run marked failed; " if recorded or not main else
+                      "the run could not record it (it reads interrupted once this process ends); ") +
+                     f"`msam-lab train --resume {out}` continues it from its last resume point")
+        raise
     except BaseException as err:
         writer.fail(f"{type(err).__name__}: {err}")
         raise
@@ -234,8 +244,8 @@ def _non_finite_message(err: NonFiniteError, step: int, epoch: int, out, status:
     point = status.get("resume_point")          # the writer's record of the last resume point it saved
     where = (f"{Path(out) / CHECKPOINTS / RESUME} (epoch {point['epoch']}, step {point['step']})"
              if point is not None else "none")
-    return (f"non-finite {err.what} at step {step} (epoch {epoch}); last good checkpoint: {where}; "
-            f"run marked failed (lower lr, or nan_policy=skip to skip such batches)")
+    return (f"{err.headline()} at step {step} (epoch {epoch}); last good checkpoint: {where}; "
+            f"run marked failed ({err.fix})")
 
 
 def _summary(cfg: Config, model, device, steps: int, wall: float, out, status: dict, info: dict) -> dict:

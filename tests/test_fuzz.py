@@ -12,7 +12,11 @@ traceback, and nothing half-written on disk. Here that is checked for
 * every real-dataset loader (av-mnist, crema-d, ave, ur-funny) on tiny valid
   fixtures (the builders of tests/test_real_datasets.py) with one corruption each:
   truncated / emptied / overwritten / deleted files, a folder in a file's place,
-  wrong dtype, shape or length, bad CSV / list rows, NaN and inf values.
+  wrong dtype, shape or length, bad CSV / list rows, NaN and inf values;
+* damaged run folders (a finished and an interrupted copy of a tiny run: truncation, garbage,
+  bit flips, deleted files, a folder or a symlink in a file's place, JSON values and table cells
+  of the wrong kind) through ``load_run``, ``status``, ``compare``, ``landscape``, ``sharpness``
+  and ``train --resume``: each works or answers in one line naming the damaged file (section at the end).
 
 Per case: ``resolve`` raises nothing but ``ConfigError``; a config it rejects,
 or a corrupted dataset, run through ``msam_lab.cli.main(["train", ...])`` in
@@ -46,6 +50,7 @@ place" corruption of the fuzz tests covers unreadable files there.
 from __future__ import annotations
 
 import contextlib
+import csv
 import dataclasses
 import datetime
 import io
@@ -65,6 +70,7 @@ import yaml
 from hypothesis import HealthCheck, event, example, given, settings   # a dev dependency (pyproject)
 from hypothesis import strategies as st
 from hypothesis.database import DirectoryBasedExampleDatabase
+from hypothesis.errors import InvalidArgument
 
 from msam_lab import cli
 from msam_lab.config import _CHOICES, Config, ConfigError, resolve
@@ -915,3 +921,216 @@ def test_a_config_dict_with_non_plain_values_is_a_config_error(value):
     loop.append(loop)
     with pytest.raises(ConfigError, match="plain values"):
         resolve({"recon_order": loop})
+
+
+# --------------------------------------------------------------------------- damaged run folders
+#
+# A corpus of damaged copies of a tiny run, finished (with a landscape and sharpness.csv) and
+# interrupted: one file truncated, replaced by garbage or emptied, bits flipped, deleted, a folder or
+# a symlink (to /dev/zero, a FIFO, nowhere, another file of the run) in its place, a JSON value of
+# the wrong type, a table cell of the wrong kind. Fed to load_run (and every checkpoint and landscape
+# it lists), ``msam-lab status``, ``compare``, ``landscape``, ``sharpness`` and ``train --resume``:
+# each works (harmless damage) or answers with one line naming the damaged file, exit 2, no traceback.
+
+RUN_EXAMPLES = 6
+RUN_CONFIG = {"dataset": "synthetic", "method": "msam", "epochs": 2, "feature_dim": 4, "hidden_dim": 8,
+              "batch_size": 32, "data": {"n_samples": 160, "n_features": 6}, "checkpoint_every": 1,
+              "resume_every": 2, "train_eval_samples": 32, "flush_every": 0}
+LANDSCAPE_ARGS = ["--dim", "1", "--grid", "3", "--n-samples", "16", "--epoch", "2"]   # the settings of the saved r1
+JSON_JUNK = st.one_of(st.none(), st.booleans(), st.integers(-3, 10), st.sampled_from(HUGE_INTS),
+                      st.floats(allow_nan=True), st.text(max_size=6), st.lists(st.integers(), max_size=2),
+                      st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
+CELL_JUNK = ["abc", "", "nan", "inf", "-1", "1.5", "1e400", "x,y", "'", "é", " "]
+
+
+@pytest.fixture(scope="module")
+def pristine_runs(tmp_path_factory) -> dict[str, Path]:
+    """The finished and the interrupted run every example damages a copy of (built once)."""
+    import msam_lab
+    from msam_lab.landscape import landscape_for_run, sharpness_for_run
+
+    base = tmp_path_factory.mktemp("fuzz-runs").resolve()
+    msam_lab.train(RUN_CONFIG, out=base / "finished", quiet=True)
+    landscape_for_run(base / "finished", dim=1, grid=3, n_samples=16, name="r1")
+    sharpness_for_run(base / "finished", n_samples=16, probes=2, max_iter=3)
+
+    def stop(row):
+        if row["step"] == 7:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        msam_lab.train(RUN_CONFIG, out=base / "interrupted", quiet=True, on_step=stop)
+    return {"finished": base / "finished", "interrupted": base / "interrupted"}
+
+
+@dataclasses.dataclass
+class RunDamage:
+    kind: str
+    target: str                       # path relative to the run folder
+    params: dict = dataclasses.field(default_factory=dict)
+
+    def apply(self, run: Path) -> Path:
+        path, p = run / self.target, self.params
+        if self.kind == "truncate":
+            path.write_bytes(path.read_bytes()[:int(p["fraction"] * path.stat().st_size)])
+        elif self.kind == "garbage":
+            path.write_bytes(p["bytes"])
+        elif self.kind == "flip":
+            data = bytearray(path.read_bytes())
+            for pos, value in p["flips"]:
+                data[int(pos * (len(data) - 1))] ^= value
+            path.write_bytes(bytes(data))
+        elif self.kind == "delete":
+            path.unlink()
+        elif self.kind == "folder":
+            path.unlink()
+            path.mkdir()
+        elif self.kind == "symlink":
+            to = p["to"]
+            if to == "fifo":
+                os.mkfifo(run.parent / "fifo")
+                to = run.parent / "fifo"
+            elif to.startswith("run:"):
+                to = run / to[4:]
+            path.unlink()
+            os.symlink(to, path)
+        elif self.kind == "json":
+            doc = json.loads(path.read_text())
+            doc = p["value"] if p["key"] is None else {**doc, p["key"]: p["value"]}
+            path.write_text(json.dumps(doc))
+        elif self.kind == "cell":
+            rows = list(csv.reader(io.StringIO(path.read_text())))
+            r = min(p["row"], len(rows) - 1)
+            rows[r][p["column"] % len(rows[r])] = p["text"]
+            buf = io.StringIO()
+            csv.writer(buf, lineterminator="\n").writerows(rows)
+            path.write_text(buf.getvalue())
+        else:
+            raise AssertionError(self.kind)
+        return path
+
+
+def _run_files(root: Path) -> list[str]:
+    # not the lock or the writers' hidden lock files (.sharpness.csv.lock): those belong to the writing side
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*")
+                  if p.is_file() and p.stat().st_size and p.name != "lock" and not p.name.startswith("."))
+
+
+@st.composite
+def run_damages(draw, root: Path):
+    files = _run_files(root)
+    kind = draw(st.sampled_from(["truncate", "garbage", "empty", "flip", "flip", "delete", "folder", "symlink",
+                                 "json", "json", "cell"]))
+    if kind == "json":
+        target = draw(st.sampled_from([f for f in files if f.endswith(".json")]))
+        keys = sorted(json.loads((root / target).read_text()))
+        key = draw(st.none() | st.sampled_from(keys)) if keys else None
+        return RunDamage("json", target, {"key": key, "value": draw(JSON_JUNK)})
+    if kind == "cell":
+        target = draw(st.sampled_from([f for f in files if f.endswith(".csv")]))
+        return RunDamage("cell", target, {"row": draw(st.integers(0, 12)), "column": draw(st.integers(0, 60)),
+                                          "text": draw(st.sampled_from(CELL_JUNK))})
+    target = draw(st.sampled_from(files))
+    if kind == "truncate":
+        return RunDamage(kind, target, {"fraction": draw(st.floats(0, 0.999))})
+    if kind in ("garbage", "empty"):
+        return RunDamage("garbage", target, {"bytes": b"" if kind == "empty" else draw(st.binary(min_size=1,
+                                                                                                max_size=64))})
+    if kind == "flip":
+        return RunDamage(kind, target, {"flips": draw(st.lists(st.tuples(st.floats(0, 1), st.integers(1, 255)),
+                                                               min_size=1, max_size=8))})
+    if kind == "symlink":
+        return RunDamage(kind, target, {"to": draw(st.sampled_from(
+            ["/dev/zero", "fifo", "nowhere", "/"] + [f"run:{f}" for f in files if f != target]))})
+    return RunDamage(kind, target)
+
+
+def _note(text: str) -> None:
+    """``event`` for Hypothesis' statistics; the named cases run outside Hypothesis."""
+    with contextlib.suppress(InvalidArgument):
+        event(text)
+
+
+def _names(message: str, run: Path, target: Path) -> bool:
+    """The message names the damaged file (its path, its folder, or its name beside the run's path)."""
+    return str(target) in message or str(target.parent) in message or \
+        (target.name in message and str(run) in message)
+
+
+def _check_api(run: Path, target: Path) -> None:
+    from msam_lab.runs import load_run
+
+    try:
+        loaded = load_run(run)
+        for epoch in loaded.checkpoints:
+            loaded.load_model(epoch)
+        for name in loaded.landscapes:
+            loaded.load_landscape(name)
+    except (ConfigError, FileNotFoundError) as err:
+        message = str(err)
+        assert len(message.splitlines()) == 1 and _names(message, run, target), message
+        _note("load_run: one line")
+    else:
+        _note("load_run: works")
+
+
+def _check_command(argv: list, run: Path, target: Path, fallback_ok: bool = False) -> int:
+    code, err, caught = run_cli([str(a) for a in argv])
+    assert not caught, f"warnings would add lines to stderr: {caught}"
+    assert "Traceback" not in err
+    if code == 0:
+        # a resume that fell back to the previous point says so, in one line naming the damaged file
+        assert not err or (fallback_ok and len(err.splitlines()) == 1 and "previous resume point" in err
+                           and _names(err, run, target)), err
+        _note(f"{argv[0]}: works")
+        return code
+    assert code == 2 and len(err.splitlines()) == 1 and err.startswith(ERROR_PREFIX), (code, err)
+    assert _names(err, run, target), f"the error names neither {target} nor its folder: {err}"
+    _note(f"{argv[0]}: one line")
+    return code
+
+
+def _check_status(run: Path, target: Path) -> None:
+    code, err, caught = run_cli(["status", str(run)])
+    assert code == 0 and not err and not caught, (code, err, caught)
+
+
+def check_damaged_run(which: str, pristine: Path, damage: RunDamage) -> None:
+    with scratch() as tmp:
+        run = tmp / which
+        shutil.copytree(pristine, run, symlinks=True)
+        target = damage.apply(run)
+        _check_api(run, target)
+        _check_status(run, target)
+        if which == "finished":
+            _check_command(["compare", run], run, target)
+            _check_command(["landscape", run, *LANDSCAPE_ARGS, "--name", "r1", "--quiet"], run, target)
+            _check_command(["sharpness", run, "--n-samples", "16", "--probes", "2", "--max-iter", "3", "--quiet"],
+                           run, target)
+        else:
+            _check_command(["train", "--resume", run, "--quiet"], run, target, fallback_ok=True)
+
+
+@pytest.mark.parametrize("which", ["finished", "interrupted"])
+@fuzz(RUN_EXAMPLES)
+@given(data=st.data())
+def test_damaged_run_folders_work_or_fail_in_one_line(which, pristine_runs, data):
+    damage = data.draw(run_damages(pristine_runs[which]), label="damage")
+    check_damaged_run(which, pristine_runs[which], damage)
+
+
+# the issue's cases, each named: a status.json of [], a bit flip in a checkpoint, a corrupted config.json
+# trusted by --resume, a truncated resume point, a symlink to /dev/zero
+@pytest.mark.parametrize("which,damage", [
+    ("finished", RunDamage("json", "status.json", {"key": None, "value": []})),
+    ("finished", RunDamage("flip", "checkpoints/epoch_0002.pt", {"flips": [(0.7, 4)]})),
+    ("finished", RunDamage("symlink", "epochs.csv", {"to": "/dev/zero"})),
+    ("finished", RunDamage("symlink", "landscapes/r1/surface.npz", {"to": "fifo"})),
+    ("finished", RunDamage("json", "model.json", {"key": "input_shapes", "value": {"m0": [7]}})),
+    ("interrupted", RunDamage("json", "config.json", {"key": "lr", "value": -1})),
+    ("interrupted", RunDamage("truncate", "checkpoints/resume.pt", {"fraction": 0.5})),
+    ("interrupted", RunDamage("garbage", "checkpoints/resume.pt.sha256", {"bytes": b"0" * 64})),
+    ("interrupted", RunDamage("cell", "epochs.csv", {"row": 1, "column": 0, "text": "abc"})),
+], ids=["status-list", "checkpoint-bit", "table-dev-zero", "surface-fifo", "model-json-shape", "config-lr",
+        "resume-truncated", "resume-sidecar", "epochs-cell"])
+def test_named_run_damage(pristine_runs, which, damage):
+    check_damaged_run(which, pristine_runs[which], damage)

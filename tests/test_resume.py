@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import msam_lab
-from msam_lab import cli
+from msam_lab import checkpoint_io, cli
 from msam_lab.runs import load_run
 
 CHILD = str(Path(__file__).with_name("train_child.py"))
@@ -122,9 +122,9 @@ def test_resume_really_depends_on_the_restored_state(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         msam_lab.train(cfg, out=tmp_path / "run", quiet=True, on_step=stop)
     point_file = tmp_path / "run" / "checkpoints" / "resume.pt"
-    point = torch.load(point_file, weights_only=False)
+    point = checkpoint_io.load(point_file)
     point["method"]["optimizer"]["state"] = {}              # forget the momentum buffers
-    torch.save(point, point_file)
+    checkpoint_io.save(point_file, point)                   # with a matching checksum: loaded, not fallen back from
     run = msam_lab.train(resume=tmp_path / "run", quiet=True)
     ours, theirs = ref.load_checkpoint(2)["model"], run.load_checkpoint(2)["model"]
     assert any(not torch.equal(ours[k], theirs[k]) for k in ours)

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
 import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -15,7 +18,7 @@ from msam_lab.cli import main
 from msam_lab.config import Config
 from msam_lab.run_writer import RunWriter
 from msam_lab.runs import load_run
-from msam_lab.status import format_age, format_status, status_table
+from msam_lab.status import display_table, format_age, format_status, status_table
 from msam_lab.trainer import train
 
 SPEC = {"input_shapes": {"image": [4], "audio": [4]}, "num_classes": 3, "fusion": "late_sum", "encoders": {},
@@ -140,3 +143,79 @@ def test_cli_missing_path_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
     (tmp_path / "empty").mkdir()
     assert main(["status", str(tmp_path / "empty")]) == 0
     assert capsys.readouterr().out.strip() == "no runs found"
+
+
+# ---------------------------------------------------------------- real trainers: killed, resumed, finished
+
+TRAIN_CHILD = str(Path(__file__).with_name("train_child.py"))
+RESUME_CHILD = """
+import sys, time
+from pathlib import Path
+import torch
+torch.set_num_threads(1)
+import msam_lab
+out, here, go = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+
+def on_step(row):
+    if not here.exists():                 # the first step of the resumed run: let the parent look
+        here.touch()
+        deadline = time.monotonic() + 120
+        while not go.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+msam_lab.train(resume=out, quiet=True, on_step=on_step)
+"""
+WAIT = 120.0
+
+
+def _wait(condition, what, proc):
+    deadline = time.monotonic() + WAIT
+    while not condition():
+        if proc.poll() is not None:
+            raise AssertionError(f"the trainer ended while waiting for {what}: {proc.communicate()}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"waited {WAIT} s for {what}")
+        time.sleep(0.02)
+
+
+def _last_step(out) -> int:
+    try:
+        return json.loads((out / "status.json").read_text()).get("last_step", -1)
+    except (OSError, ValueError):         # not written yet
+        return -1
+
+
+def _shown(out) -> str:
+    return display_table(status_table([out]))["state"].iloc[0]
+
+
+def test_a_killed_then_resumed_run_shows_each_state_truthfully(tmp_path):
+    cfg = {"dataset": "synthetic", "data": {"n_samples": 300, "n_modalities": 2}, "batch_size": 32, "epochs": 2,
+           "train_eval_samples": 100, "method": "joint", "flush_every": 0}
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    first = subprocess.Popen([sys.executable, TRAIN_CHILD, "train", json.dumps(cfg), str(out), "5"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        _wait(lambda: _last_step(out) >= 5, "step 5 in status.json", first)
+        assert _shown(out) == f"running (pid {first.pid})"
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.communicate(timeout=WAIT)
+    assert _shown(out) == f"interrupted (pid {first.pid} gone)"
+
+    here, go = tmp_path / "resumed", tmp_path / "go"
+    second = subprocess.Popen([sys.executable, "-c", RESUME_CHILD, str(out), str(here), str(go)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        _wait(here.exists, "the resumed run's first step", second)
+        row = status_table([out]).iloc[0]
+        assert (row["state"], row["stale"], row["pid"]) == ("running", "", f"pid {second.pid}")
+        assert _shown(out) == f"running (pid {second.pid})"
+    finally:
+        go.touch()
+        _, err = second.communicate(timeout=WAIT)
+    assert second.returncode == 0, err
+    assert _shown(out) == "finished"
+    assert "stale_lock" not in json.loads((out / "status.json").read_text())       # computed, never stored
+    assert load_run(out).status["resumed"] == 1

@@ -12,11 +12,14 @@ are validated here, once, so every loader gets complete, known keyword arguments
 from __future__ import annotations
 
 import importlib
+import numbers
 import os
+import reprlib
 from pathlib import Path
 from typing import Callable
 
 from ..entry_points import check_callable, check_name, describe, is_new, load_plugins
+from ..yaml_text import read_number
 from .base import Batch, MultimodalData, Splits, in_memory
 from .streaming import StreamingData
 
@@ -142,15 +145,50 @@ def dataset_options(name: str) -> dict:
 
 
 def resolve_options(name: str, options: dict | None = None) -> dict:
-    """Defaults of ``name`` updated by ``options``; unknown keys are an error."""
-    defaults = dataset_options(name)
+    """Defaults of ``name`` updated by ``options``; unknown keys are an error.
+
+    A built-in loader's options are also checked here, before anything is read or allocated
+    (:func:`_check_builtin_options`); a plug-in's loader gets the values as given.
+    """
+    module = _module(name)
+    defaults = dict(module.OPTIONS)
     options = dict(options or {})
     unknown = sorted(set(options) - set(defaults))
     if unknown:
         raise ValueError(f"dataset {name!r} has no option {unknown[0]!r}; "
                          f"its options are: {', '.join(defaults) or '(none)'}")
     defaults.update(options)
+    if not isinstance(module, PluginDataset):
+        _check_builtin_options(name, defaults, module.OPTIONS, getattr(module, "OPTION_RANGES", {}))
     return defaults
+
+
+def _check_builtin_options(name: str, options: dict, declared: dict, ranges: dict) -> None:
+    """Numbers as written (``"1e-5"``, ``"64"`` from a dict or a quoted YAML value) become numbers for
+    numeric options; booleans stay booleans (``bool("false")`` is True); a number outside the loader's
+    ``OPTION_RANGES`` (``(low, high)``, high None: unbounded; int bounds: an integer option) is refused
+    naming the option and its range: ``image_size=10**7`` overflowed numpy's size arithmetic (a
+    RuntimeWarning per product, then "[Errno 22] Invalid argument" from a memory-mapped cache)."""
+    for key, value in options.items():
+        default = declared[key]
+        numeric = key in ranges or isinstance(default, numbers.Real) and not isinstance(default, bool)
+        if numeric and isinstance(value, str) and read_number(value) is not None:
+            options[key] = value = read_number(value)
+        if isinstance(default, bool) and not isinstance(value, bool):
+            raise ValueError(f"{name}: option {key} must be true or false, got {reprlib.repr(value)}")
+        if key in ranges:
+            items = enumerate(value) if isinstance(value, (list, tuple)) else [(None, value)]
+            for i, v in items:
+                _check_range(name, key if i is None else f"{key}[{i}]", v, *ranges[key])
+
+
+def _check_range(name: str, key: str, value, low, high) -> None:
+    """Numbers only (the loader names any other type); NaN fails every comparison, so the loader sees it."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool) and \
+            (value < low or high is not None and value > high):
+        kind, shown = ("an integer", str) if isinstance(low, int) else ("a number", "{:g}".format)
+        allowed = f"in {shown(low)}..{shown(high)}" if high is not None else f">= {shown(low)}"
+        raise ValueError(f"{name}: option {key} must be {kind} {allowed}, got {reprlib.repr(value)}")
 
 
 def load_dataset(name: str, cache_dir: str | Path | None = None, **options) -> Splits:

@@ -28,23 +28,24 @@ Modalities, in this order:
   video's frames in numeric order, RGB, resized, stacked along channels.
   Suggested encoder ``cnn``.
 
+``n_frames`` is in 1..64 and ``image_size`` in 1..1024 (``OPTION_RANGES``).
 ``max_samples`` keeps that many evenly spaced rows of each split (None: all);
 ``skip_missing`` drops rows whose ``.pkl`` or frame folder is absent (as
 OGM-GE's loader does) instead of raising, counted in ``info["skipped"]``.
 :func:`load_stream` decodes each split once into a memory-mapped cache under
 ``cache_dir`` (``memmap_cache``) and reads it per batch; :func:`estimate_bytes`
 gives the decoded size from the list files and one spectrogram.
-The pickles are loaded with :mod:`pickle`: only read data you trust.
+The pickles are loaded by :mod:`msam_lab.datasets.safe_pickle` (numpy arrays and builtin containers
+only): a file made to run code is refused, not run.
 """
 from __future__ import annotations
 
 import csv
-import pickle
 
 import numpy as np
 import torch
 
-from . import memmap_cache
+from . import memmap_cache, safe_pickle
 from .base import MultimodalData, Splits
 from .files import (check_positive_int, frames_array, is_plain_name, layout_error, load_frames,
                     read_lines, require_file, require_root, subsample)
@@ -55,6 +56,9 @@ NAME = "ave"
 
 OPTIONS = {"root": None, "n_frames": 1, "image_size": 64, "audio_time_pool": 1,
            "max_samples": None, "skip_missing": False}
+# checked by datasets.resolve_options before anything is read, as for crema-d
+OPTION_RANGES = {"n_frames": (1, 64), "image_size": (1, 1024), "audio_time_pool": (1, 100_000),
+                 "max_samples": (1, None)}
 
 LAYOUT = ("<root>/stat.txt (one class name per line), <root>/my_{train,test[,val]}.txt rows "
           "class,video_id,..., <root>/audio_spec/<video_id>.pkl float32 (257,1004), "
@@ -121,8 +125,7 @@ def read_spectrogram(path) -> np.ndarray:
     """One pickled spectrogram as a 2-D float32 array."""
     path = require_file(path, NAME, LAYOUT)
     try:
-        with open(path, "rb") as f:
-            raw = np.asarray(pickle.load(f))
+        raw = np.asarray(safe_pickle.load(path))
         # numbers only: a pickled str "1.5" converted silently, complex lost its imaginary
         # part with a warning on stderr
         if raw.dtype.kind not in "biuf":

@@ -24,7 +24,8 @@ Modalities, in this order:
   kept), stacked along the channel axis. Suggested encoder ``cnn``. No
   augmentation or mean/std normalisation is applied.
 
-Options: ``fps`` picks the ``Image-{fps:02d}-FPS`` folder; ``max_samples``
+Options: ``n_frames`` in 1..64, ``image_size`` in 1..1024 (``OPTION_RANGES``);
+``fps`` (1..1000) picks the ``Image-{fps:02d}-FPS`` folder; ``max_samples``
 keeps that many evenly spaced rows of each CSV (None: all), before any file is
 read; ``skip_missing`` drops rows whose WAV or frame folder is absent (what
 OGM-GE's loader does silently) instead of raising, and counts them in
@@ -50,6 +51,9 @@ NAME = "crema-d"
 
 OPTIONS = {"root": None, "n_frames": 1, "image_size": 64, "fps": 1, "max_samples": None,
            "skip_missing": False}
+# checked by datasets.resolve_options before anything is read: one clip's frames stay under 1 GiB
+# (3 x 64 x 1024 x 1024 float32) and every size product far inside numpy's int64 arithmetic
+OPTION_RANGES = {"n_frames": (1, 64), "image_size": (1, 1024), "fps": (1, 1000), "max_samples": (1, None)}
 
 EMOTIONS = ("NEU", "HAP", "SAD", "FEA", "DIS", "ANG")
 CLASS_NAMES = ["neutral", "happy", "sad", "fear", "disgust", "anger"]

@@ -27,6 +27,10 @@ NAME = "synthetic"
 
 OPTIONS = {"n_modalities": 3, "informativeness": None, "n_classes": 4, "n_features": 16,
            "n_samples": 1200, "test_fraction": 0.25, "seed": 0}
+# checked by datasets.resolve_options: n_modalities=10**7 hung, n_features=2**63 failed inside numpy
+# without naming the option; informativeness far above 1e6 overflowed the float32 features
+OPTION_RANGES = {"n_modalities": (1, 64), "n_classes": (2, 100_000), "n_features": (1, 100_000),
+                 "n_samples": (1, 10_000_000), "seed": (0, None), "informativeness": (0.0, 1e6)}
 
 
 def default_informativeness(n_modalities: int) -> list[float]:

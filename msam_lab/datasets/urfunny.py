@@ -25,19 +25,19 @@ Splits, by ``use_valid_as``:
   it untouched while tuning).
 
 ``max_samples`` keeps that many evenly spaced samples of each resulting split
-(None: all). The file is read with :mod:`pickle`: only read data you trust.
+(None: all). The file is unpickled by :mod:`msam_lab.datasets.safe_pickle`: numpy arrays, dtypes,
+scalars and builtin containers only, so a file made to run code is refused, not run.
 :func:`load_stream` writes the cleaned splits once to a memory-mapped cache
 under ``cache_dir`` (a pickle cannot be mapped) and reads them per batch.
 """
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from . import memmap_cache
+from . import memmap_cache, safe_pickle
 from .base import MultimodalData, Splits
 from .files import layout_error, require_file, require_root, subsample
 from .memmap_cache import file_stamp
@@ -59,12 +59,7 @@ VALID_USES = ("val", "drop", "train", "test")
 def _read_pickle(path: Path) -> dict:
     path = require_file(path, NAME, LAYOUT)
     try:
-        with open(path, "rb") as f:
-            try:
-                data = pickle.load(f)
-            except UnicodeDecodeError:  # written by Python 2
-                f.seek(0)
-                data = pickle.load(f, encoding="latin1")
+        data = safe_pickle.load(path)          # a Python 2 file is read as latin-1
     except Exception as exc:  # noqa: BLE001
         raise layout_error(NAME, f"cannot unpickle {path} ({type(exc).__name__}: {exc})",
                            LAYOUT) from exc

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.multiprocessing as tmp
 
+from ..datasets.base import MultimodalData
 from .surface import PointEvaluator, prepare_for_evaluation
 
 _WORKER: dict = {}
@@ -42,15 +43,23 @@ def _ping(seconds: float) -> int:
     return os.getpid()
 
 
-def _evaluate_chunk(job_path: str, job_id: str, points: np.ndarray) -> np.ndarray:
+def _evaluate_chunk(job_path: str, job_id: str, skeleton: torch.nn.Module, points: np.ndarray) -> np.ndarray:
+    """``skeleton``: the model on the meta device (its structure, no weights: a few kB through the pipe);
+    the job file holds only tensors and plain values, read weights-only."""
     if _WORKER.get("job_id") != job_id:
         _WORKER.pop("evaluator", None)
-        job = torch.load(job_path, map_location="cpu", weights_only=False)
+        job = torch.load(job_path, map_location="cpu", weights_only=True)
         device = _WORKER["device"]
-        model = job["model"].to(device)
+        model = skeleton.to_empty(device=device)
+        with torch.no_grad():
+            for name, tensor in [*model.named_parameters(remove_duplicate=False),
+                                 *model.named_buffers(remove_duplicate=False)]:
+                tensor.copy_(job["tensors"][name])
         prepare_for_evaluation(model, job["channels_last"])     # a private copy: nothing to restore
-        _WORKER["evaluator"] = PointEvaluator(model, job["data"].to(device), job["directions"],
-                                              job["per_modality"], job["batch_size"], job["autocast_dtype"])
+        data = MultimodalData(job["inputs"], job["labels"], job["num_classes"]).to(device)
+        dtype = None if job["autocast_dtype"] is None else getattr(torch, job["autocast_dtype"])
+        _WORKER["evaluator"] = PointEvaluator(model, data, job["directions"], job["per_modality"],
+                                              job["batch_size"], dtype)
         _WORKER["job_id"] = job_id
     ev = _WORKER["evaluator"]
     return np.stack([ev(p) for p in points])
@@ -101,14 +110,21 @@ class WorkerPool:
         clone = copy.deepcopy(model).cpu()           # never touches ``model`` itself
         for p in clone.parameters():
             p.grad = None
+        # every parameter and buffer (non-persistent ones too) by name; the structure travels as a skeleton
+        tensors = {n: t.detach().clone() for n, t in [*clone.named_parameters(remove_duplicate=False),
+                                                    *clone.named_buffers(remove_duplicate=False)]}
+        skeleton = clone.to("meta")
+        data = data.to("cpu")
         job_id = uuid.uuid4().hex
         path = os.path.join(self._dir.name, f"{job_id}.pt")
-        torch.save({"model": clone, "data": data.to("cpu"),
+        torch.save({"tensors": tensors, "inputs": dict(data.inputs), "labels": data.labels,
+                    "num_classes": int(data.num_classes),
                     "directions": [{n: t.detach().cpu() for n, t in d.items()} for d in directions],
                     "per_modality": per_modality, "batch_size": batch_size, "channels_last": channels_last,
-                    "autocast_dtype": autocast_dtype}, path)
+                    "autocast_dtype": None if autocast_dtype is None else str(autocast_dtype).split(".")[-1]},
+                   path)
         chunks = [pending[i:i + chunk] for i in range(0, len(pending), chunk)]
-        futures = {self.executor.submit(_evaluate_chunk, path, job_id, all_points[c]): c for c in chunks}
+        futures = {self.executor.submit(_evaluate_chunk, path, job_id, skeleton, all_points[c]): c for c in chunks}
         try:
             for fut in cf.as_completed(futures):
                 store(futures[fut], fut.result())

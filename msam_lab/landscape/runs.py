@@ -25,11 +25,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .. import distributed
+from .. import distributed, faults
 from .. import sharpness_timeline as timeline
 from ..config import ConfigError
 from ..run_writer import replace_rows
-from ..runs import Run, is_run, load_run
+from ..checkpoint_io import RunFileError
+from ..runs import CONFIG, MODEL, Run, is_run, load_run, read_table
 from . import directions as dirs
 from .surface import Surface, compute_surface, eval_subset, grid as make_grid
 
@@ -58,8 +59,8 @@ def _check_epoch(run: Run, epoch, flag: str = "--epoch") -> int:
     if epoch is None:
         return max(ckpts)
     if epoch not in ckpts:
-        raise ConfigError(f"run {run.path} has no checkpoint for epoch {epoch}; pass {flag} one of "
-                          f"{', '.join(map(str, sorted(ckpts)))}")
+        raise ConfigError(f"run {run.path} has no checkpoint for epoch {epoch} (no checkpoints/epoch_{epoch:04d}.pt); "
+                          f"pass {flag} one of {', '.join(map(str, sorted(ckpts)))}")
     return int(epoch)
 
 
@@ -114,8 +115,15 @@ def _load_split(run: Run, split: str, holdout: bool = False):
         if holdout:
             splits = with_validation(splits, cfg.val_fraction, cfg.seed)
     except (OSError, ValueError) as err:
-        raise ConfigError(f"cannot load the data of run {run.path}: {err}") from None
-    return getattr(splits, split)
+        raise ConfigError(f"cannot load the data of run {run.path} as its {CONFIG} says: {err}") from None
+    data = getattr(splits, split)
+    # config.json (the data) and model.json (the model) must still describe one run
+    shapes = {m: list(s) for m, s in data.sample_shapes.items()}
+    if shapes != run.model_spec.get("input_shapes") or data.num_classes != run.model_spec.get("num_classes"):
+        raise RunFileError(f"{run.path / CONFIG} and {run.path / MODEL} disagree: the data gives inputs {shapes} "
+                           f"and {data.num_classes} classes, the model was built for "
+                           f"{run.model_spec.get('input_shapes')} and {run.model_spec.get('num_classes')} (damaged)")
+    return data
 
 
 def _check_name(name: str) -> str:
@@ -125,11 +133,13 @@ def _check_name(name: str) -> str:
 
 
 def list_landscapes(run_path) -> dict[str, Path]:
-    """Saved surfaces of a run: name -> folder (those with a meta.json), sorted by name."""
+    """Saved surfaces of a run: name -> folder (those with a meta.json, even a damaged one: loading it
+    then says what is wrong), sorted by name."""
     root = Path(run_path) / LANDSCAPES
     if not root.is_dir():
         return {}
-    return {p.name: p for p in sorted(root.iterdir()) if (p / "meta.json").is_file()}
+    return {p.name: p for p in sorted(root.iterdir())
+            if (p / "meta.json").exists() or (p / "meta.json").is_symlink()}
 
 
 def load_landscape(run_path, name: str) -> Surface:
@@ -219,6 +229,7 @@ def landscape_for_run(run, *, dim: int = 2, grid: int = 21, span: float = 1.0, d
         if n_ckpt < dim + 1:
             raise ConfigError(f"--directions pca with --dim {dim} needs at least {dim + 1} checkpoints up to epoch "
                               f"{epoch}, run {run.path} has {n_ckpt}; train with --set checkpoint_every=1")
+    _check_can_save(run, model, [len(c) for c in reused.coords] if reused is not None else [grid] * dim)
     data = _load_split(run, split) if evaluation is None else None
 
     # ---- directions and grid
@@ -266,11 +277,26 @@ def landscape_for_run(run, *, dim: int = 2, grid: int = 21, span: float = 1.0, d
     name = _check_name(name)
     meta["name"] = name
     path = run.path / LANDSCAPES / name
+    faults.refuse_symlinks(run.path, path)
     return compute_surface(model, data, d_list, coords, per_modality=per_modality, n_samples=n_samples,
                            subset_seed=subset_seed, batch_size=batch_size, path=path, flush_every=flush_every,
                            workers=workers, threads=threads, meta=meta,
                            autocast_dtype=torch.bfloat16 if bf16 else None, overwrite=overwrite, progress=progress,
                            evaluation=evaluation)
+
+
+SAVE_MARGIN = 2 ** 16        # bytes of meta.json, headers and slack on top of a surface's arrays
+
+
+def _check_can_save(run: Run, model, shape) -> None:
+    """Before the data is loaded and any point computed: ``<run>/landscapes`` is inside the run (no
+    symlink on the way), writable, and the disk has room for a surface of ``shape`` (its directions at
+    most one copy of the parameters each, its value grids; twice: a new file is written beside the old)."""
+    n_points = int(np.prod(shape))
+    n_metrics = 2 * (1 + 2 * len(run.modalities))
+    arrays = len(shape) * sum(p.numel() * p.element_size() for p in model.parameters()) + \
+        n_points * (8 * n_metrics + 1)
+    faults.check_writable(run.path, run.path / LANDSCAPES, 2 * arrays + SAVE_MARGIN, what="the landscape")
 
 
 def _epochs_arg(run: Run, epochs) -> list[int]:
@@ -317,6 +343,12 @@ def sharpness_for_run(run, *, epochs=None, rho: float = 0.05, topk: int = 1, pro
     if max_iter < 1:
         raise ConfigError(f"--max-iter must be >= 1, got {max_iter}")
     run = open_run(run)
+    read_table(run.path / SHARPNESS_CSV)      # a damaged table is named now, not after the measuring
+    if write:                                 # and a table that could not be written: before measuring
+        table = run.path / SHARPNESS_CSV
+        faults.refuse_symlinks(run.path, table)
+        faults.check_writable(run.path, run.path, 2 * (table.stat().st_size if table.is_file() else 0) +
+                              SAVE_MARGIN, what=SHARPNESS_CSV)
     evaluation = _evaluation(run, model_factory, forward, batches)
     epoch_list = _epochs_arg(run, epochs)
     model = run.build_model(model_factory)

@@ -30,10 +30,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import math
-import os
 import time
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -44,9 +46,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import distributed
+from .. import atomic, distributed
+from ..checkpoint_io import RunFileError, read_regular
 from ..coalitions import coalition_logits
 from ..datasets.base import in_memory
+from ..runs import read_json
 from .directions import Direction, check_compatible
 from .state import preserved
 
@@ -305,20 +309,32 @@ class Surface:
 
     # -------- files
     def save(self, path=None) -> Path:
-        """Write ``meta.json``, ``surface.npz`` and ``directions.npz`` into folder ``path`` (atomically per file)."""
+        """Write ``meta.json``, ``surface.npz`` and ``directions.npz`` into folder ``path`` (atomically per
+        file, under the folder's flock), replacing what is there."""
         path = Path(path if path is not None else self.path)
         path.mkdir(parents=True, exist_ok=True)
-        if not (path / DIRECTIONS).exists() or self.path != path:
-            arrays = {f"{k}:{n}": t.detach().cpu().numpy() for k, d in enumerate(self.directions)
-                      for n, t in d.items()}
-            _atomic_npz(path / DIRECTIONS, arrays)
-        self.save_values(path)
+        with atomic.locked(_write_lock(path)):
+            if not (path / DIRECTIONS).exists() or self.path != path:
+                arrays = {f"{k}:{n}": t.detach().cpu().numpy() for k, d in enumerate(self.directions)
+                          for n, t in d.items()}
+                _atomic_npz(path / DIRECTIONS, arrays)
+            self._write_values(path, merge=False)
         self.path = path
         return path
 
     def save_values(self, path=None) -> None:
-        """Flush the value grids and meta (the directions are written once by ``save``)."""
+        """Flush the value grids and meta (the directions are written once by ``save``).
+
+        Several processes may compute one surface at once (the same landscape started twice): under
+        the folder's flock, the points another one saved meanwhile for the same model, directions,
+        grid and settings are merged in first, so no flush undoes another's."""
         path = Path(path if path is not None else self.path)
+        with atomic.locked(_write_lock(path)):
+            self._write_values(path, merge=True)
+
+    def _write_values(self, path: Path, merge: bool) -> None:
+        if merge:
+            self._merge_saved(path)
         arrays = {f"coord_{k}": np.asarray(c, dtype=float) for k, c in enumerate(self.coords)}
         arrays["done"] = self.done
         arrays.update({f"value:{k}": v for k, v in self.values.items()})
@@ -326,42 +342,102 @@ class Surface:
             arrays["subset_index"] = np.asarray(self.subset_index)
         _atomic_npz(path / VALUES, arrays)
         self.meta.update(n_done=self.n_done, complete=self.complete)
-        tmp = path / (META + ".tmp")
-        tmp.write_text(json.dumps(self.meta, indent=2, default=_json_default) + "\n")
-        os.replace(tmp, path / META)
+        atomic.write_text(path / META, json.dumps(self.meta, indent=2, default=_json_default) + "\n")
+
+    def _merge_saved(self, path: Path) -> None:
+        """Copy in the points done in the surface saved at ``path`` but not here (same settings only)."""
+        try:
+            saved_meta = json.loads((path / META).read_text())
+            with np.load(path / VALUES, allow_pickle=False) as z:
+                done = z["done"].astype(bool)
+                coords = [z[f"coord_{k}"] for k in range(self.dim)]
+                extra = done & ~self.done if done.shape == self.done.shape else None
+                saved = {k: z[f"value:{k}"] for k in self.values} if extra is not None and extra.any() else {}
+        # nothing there yet, or a file damaged or of another shape: ours replaces it
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+            return
+        if not saved or any(saved_meta.get(k) != self.meta.get(k) for k in _RESUME_KEYS) or \
+                any(not np.array_equal(a, b) for a, b in zip(coords, self.coords)):
+            return
+        for k, v in saved.items():
+            self.values[k][extra] = v[extra]
+        self.done |= extra
 
     @classmethod
     def load(cls, path) -> "Surface":
+        """The surface saved in folder ``path``. Its files are data only (JSON and numpy arrays read
+        with ``allow_pickle=False``); a damaged one is a RunFileError naming it."""
         path = Path(path)
-        for name in (META, VALUES, DIRECTIONS):
-            if not (path / name).is_file():
-                raise FileNotFoundError(f"{path} is not a saved surface (no {name}); "
-                                        "compute one with `msam-lab landscape RUN`")
-        meta = json.loads((path / META).read_text())
-        with np.load(path / VALUES) as z:
-            keys = list(z.keys())
-            coords = [z[f"coord_{k}"] for k in range(sum(k.startswith("coord_") for k in keys))]
-            done = z["done"].astype(bool)
-            values = {k[len("value:"):]: z[k] for k in keys if k.startswith("value:")}
-            subset = z["subset_index"] if "subset_index" in keys else None
+        if not (path / META).exists():
+            raise FileNotFoundError(f"{path} is not a saved surface (no {META}); "
+                                    "compute one with `msam-lab landscape RUN`")
+        for name in (VALUES, DIRECTIONS):
+            if not (path / name).exists() and not (path / name).is_symlink():
+                raise RunFileError(f"{path / name}: missing (the surface is incomplete; compute it again "
+                                   f"with --overwrite)")
+        meta = read_json(path / META)
+        arrays = _read_npz(path / VALUES)
+        n_dims = sum(k.startswith("coord_") for k in arrays)
+        coords = [arrays.get(f"coord_{k}") for k in range(n_dims)]
+        if not 1 <= n_dims <= 2 or any(c is None or c.ndim != 1 or not len(c) or c.dtype.kind not in "fiu"
+                                       or not np.isfinite(c).all() for c in coords):
+            raise RunFileError(f"{path / VALUES}: its coordinates are not 1 or 2 finite 1-D arrays (damaged)")
+        shape = tuple(len(c) for c in coords)
+        done = arrays.get("done")
+        if done is None or done.shape != shape or done.dtype.kind not in "biu":
+            raise RunFileError(f"{path / VALUES}: its 'done' grid is missing or not of shape {shape} (damaged)")
+        values = {k[len("value:"):]: v for k, v in arrays.items() if k.startswith("value:")}
+        bad = [k for k, v in values.items() if v.shape != shape or v.dtype.kind not in "fiu"]
+        if bad or not values:
+            raise RunFileError(f"{path / VALUES}: value grid {bad[0] if bad else '(none)'!r} is not a "
+                               f"numeric grid of shape {shape} (damaged)")
+        subset = arrays.get("subset_index")
+        if subset is not None and (subset.ndim != 1 or subset.dtype.kind not in "iu"):
+            raise RunFileError(f"{path / VALUES}: subset_index is not a 1-D array of indices (damaged)")
         order = meta.get("metrics", list(values))
+        if not isinstance(order, list) or not all(isinstance(k, str) for k in order):
+            raise RunFileError(f"{path / META}: metrics must be a list of names (damaged)")
         values = {k: values[k] for k in order if k in values}
-        directions: list[Direction] = []
-        with np.load(path / DIRECTIONS) as z:
-            for key in z.keys():
-                k, _, name = key.partition(":")
-                k = int(k)
-                while len(directions) <= k:
-                    directions.append({})
-                directions[k][name] = torch.from_numpy(z[key].copy())
-        return cls(coords, values, done, directions, meta, subset, path)
+        directions: list[Direction] = [{} for _ in range(n_dims)]
+        for key, array in _read_npz(path / DIRECTIONS).items():
+            k, _, name = key.partition(":")
+            if not (k.isdigit() and int(k) < n_dims and name) or array.dtype.kind not in "fiu":
+                raise RunFileError(f"{path / DIRECTIONS}: entry {key!r} is not <direction>:<parameter> with a "
+                                   f"numeric array, for {n_dims} direction(s) (damaged)")
+            directions[int(k)][name] = torch.from_numpy(array.copy())
+        if not all(directions):
+            raise RunFileError(f"{path / DIRECTIONS}: holds no tensors for some of the {n_dims} direction(s) "
+                               f"(damaged)")
+        return cls(coords, values, done.astype(bool), directions, meta, subset, path)
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` file, read without unpickling (``allow_pickle=False``: an object
+    array is refused); RunFileError naming the file when it is not such a file."""
+    data = read_regular(path)
+    try:
+        archive = np.load(io.BytesIO(data), allow_pickle=False)
+        if not isinstance(archive, np.lib.npyio.NpzFile):
+            raise ValueError("a single array, not an .npz archive")
+        with archive as z:
+            return {k: z[k] for k in z.keys()}
+    # np.load: ValueError (pickled data, bad header), the zip reader's BadZipFile (CRC, truncation),
+    # EOFError / OSError / zlib.error on a cut or garbled member
+    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error, AttributeError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+        raise RunFileError(f"{path}: not a numpy .npz archive that can be read safely ({first}; damaged)") from None
+
+
+def _write_lock(folder: Path) -> Path:
+    """The file flocked while a process writes a surface's folder: beside it (``.<name>.lock``), so the
+    folder holds the surface's three files only."""
+    return folder.with_name(f".{folder.name}.lock")
 
 
 def _atomic_npz(path: Path, arrays: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        np.savez(fh, **arrays)
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    atomic.write_bytes(path, buffer.getvalue())      # a temporary name of its own: writers never share one
 
 
 def _json_default(obj):
