@@ -40,10 +40,11 @@ QUICK_SHAPES = {"image": (16, 16), "audio": (16, 16)}
 def worker(args) -> int:
     import torch
 
-    from msam_lab import data_parallel, distributed
-    from msam_lab.config import resolve
+    from msam_lab.training import ranks as data_parallel
+    from msam_lab import distributed
+    from msam_lab.training.setup import resolve
     from msam_lab.datasets.base import MultimodalData, Splits
-    from msam_lab.trainer import _build, _model_spec, seed_everything
+    from msam_lab.training.loop import _build, _model_spec, seed_everything
 
     torch.set_num_threads(args.threads)
     shapes = QUICK_SHAPES if args.quick else SHAPES

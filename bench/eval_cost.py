@@ -25,7 +25,7 @@ import numpy as np
 
 
 def lab_timing(repeats: int) -> None:
-    from msam_lab import trainer
+    from msam_lab.training import loop as trainer
     from msam_lab.widgets.teaching_lab import TeachingLab
 
     spent = {"eval": 0.0}
@@ -59,7 +59,7 @@ def lab_timing(repeats: int) -> None:
 
 def tau_subset(seeds, epochs: int) -> None:
     import msam_lab
-    from msam_lab.metrics import evaluate, tau, train_eval_subset
+    from msam_lab.analysis.metrics import evaluate, tau, train_eval_subset
 
     diffs, finals = [], []
     with tempfile.TemporaryDirectory() as tmp:

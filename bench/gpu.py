@@ -45,10 +45,9 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from msam_lab.config import ConfigError, resolve  # noqa: E402
 from msam_lab.datasets.base import MultimodalData, Splits  # noqa: E402
-from msam_lab.landscape import (PointEvaluator, compute_surface, eval_subset, grid, preserved,  # noqa: E402
-                                random_directions)
-from msam_lab.landscape.surface import prepare_for_evaluation  # noqa: E402
-from msam_lab.trainer import _build, _model_spec, resolve_device, seed_everything  # noqa: E402
+from msam_lab.landscape import PointEvaluator, compute_surface, eval_subset, grid, preserved, random_directions
+from msam_lab.landscape.points import prepare_for_evaluation  # noqa: E402
+from msam_lab.training.loop import _build, _model_spec, resolve_device, seed_everything  # noqa: E402
 
 CONFIG = ROOT / "configs" / "paper" / "avmnist-late.yaml"
 SHAPES = {"image": (28, 28), "audio": (112, 112)}       # av-mnist's per-sample shapes

@@ -33,11 +33,11 @@ import torch.nn.functional as F
 
 def load_model_and_data(run_path, split: str):
     if run_path:
-        from msam_lab.runs import load_run
+        from msam_lab.runs.reader import load_run
         run = load_run(run_path)
         return run.load_model(), getattr(run.load_data(), split), f"run {run_path}"
     from msam_lab.datasets import load_dataset
-    from msam_lab.models import build_model
+    from msam_lab.models.multimodal import build_model
     splits = load_dataset("av-digits")
     shapes = {m: tuple(x.shape[1:]) for m, x in splits.train.inputs.items()}
     torch.manual_seed(0)

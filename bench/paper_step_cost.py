@@ -39,12 +39,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from msam_lab import coalitions, schedules, shapley
-from msam_lab.config import resolve
+from msam_lab.models import coalitions
+from msam_lab.optim import schedules
+from msam_lab import shapley
+from msam_lab.training.setup import resolve
 from msam_lab.datasets.validation import with_validation
 from msam_lab.methods.base import Observation
-from msam_lab.models import eval_mode, has_batchnorm, is_mode_invariant
-from msam_lab.trainer import _build, _load_splits, _model_spec, resolve_device, seed_everything
+from msam_lab.models.multimodal import eval_mode, has_batchnorm, is_mode_invariant
+from msam_lab.training.loop import _build, _load_splits, _model_spec, resolve_device, seed_everything
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "paper" / "avmnist-late.yaml"
 SUBSAMPLES = (32, 16, 8)

@@ -33,7 +33,7 @@ from paper_step_cost import machine_line, paper_config, pure  # noqa: E402
 
 from msam_lab.config import resolve  # noqa: E402
 from msam_lab.datasets.validation import with_validation  # noqa: E402
-from msam_lab.trainer import _build, _load_splits, _model_spec, seed_everything  # noqa: E402
+from msam_lab.training.loop import _build, _load_splits, _model_spec, seed_everything  # noqa: E402
 
 
 def synthetic_config(n_modalities: int, method: str, n_samples: int):

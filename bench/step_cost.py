@@ -40,13 +40,13 @@ import torch
 from torch import nn
 
 import msam_lab
-from msam_lab import optim
-from msam_lab.config import resolve
+from msam_lab.optim import base as optim
+from msam_lab.training.setup import resolve
 from msam_lab.datasets import load_dataset
 from msam_lab.methods import build_method
 from msam_lab.methods.base import Observation
-from msam_lab.models import build_model
-from msam_lab.trainer import resolve_device
+from msam_lab.models.multimodal import build_model
+from msam_lab.training.loop import resolve_device
 
 clock = time.perf_counter   # --clock cpu: time.process_time
 

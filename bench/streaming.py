@@ -36,8 +36,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from msam_lab.config import resolve
-from msam_lab.trainer import _build, _load_splits, _model_spec, resolve_device, seed_everything
+from msam_lab.training.setup import resolve
+from msam_lab.training.loop import _build, _load_splits, _model_spec, resolve_device, seed_everything
 
 PATHS = (("memory", "memory", 0), ("stream w0", "stream", 0), ("stream w2", "stream", 2))
 

@@ -1,6 +1,6 @@
 """``python -m msam_lab ...``: the ``msam-lab`` command line."""
 import sys
 
-from .cli import main
+from msam_lab.cli.commands import main
 
 sys.exit(main())

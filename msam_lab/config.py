@@ -1,9 +1,11 @@
-"""The one configuration object of a training run, its validation and overrides.
+"""The one configuration object of a training run: its fields, their types and ranges, and overrides.
 
-Flat on purpose (nanoGPT style): every knob is a field here, dataset knobs go
-in ``data`` and are validated by the dataset's own ``OPTIONS``. A value from
-the command line (``--set key=value``) is parsed as YAML and must fit the
-field's type.
+Flat on purpose (nanoGPT style): every shared knob is a field here; dataset knobs go in ``data`` and
+are checked by the dataset's own ``OPTIONS``. A value from the command line (``--set key=value``) is
+parsed as YAML and must fit the field's type. Choices are ``Literal[...]``, so this module imports
+nothing of msam_lab but its errors and YAML reader: ``parse`` checks what a config says on its own, and
+``msam_lab.training.setup.resolve`` then checks it against the registries (datasets, encoders,
+methods and their options).
 
 Numbers are read as people write them (``msam_lab.yaml_text``): ``1e-5``, ``1E-5``, ``.5``, ``5.``,
 ``1_000``, ``-2e3`` and ``+1.5`` are numbers in a YAML file, a ``--set`` value and a flag. A string
@@ -26,15 +28,25 @@ from pathlib import Path
 
 import yaml
 
-from . import yaml_text
-from .datasets import dataset_names, resolve_options
-from .models import FUSION_TRUNKS, FUSIONS, check_head_hidden
-from .precision import PRECISIONS
-from .shapley import SHARE_RULES, TIE_RULES
+from msam_lab import yaml_text
+from msam_lab.errors import ConfigError
 
-
-class ConfigError(ValueError):
-    """A user-facing configuration problem; the message says what to change."""
+# The choices of the shared fields. Lower layers read them from here (typing.get_args), so each list
+# is written once.
+Fusion = typing.Literal["late_sum", "late_concat", "early"]
+FusionTrunk = typing.Literal["mlp", "maxout"]
+Optimizer = typing.Literal["sgd", "adamw"]
+LRSchedule = typing.Literal["none", "step", "cosine"]
+ClipRule = typing.Literal["norm", "agm"]
+DataPath = typing.Literal["auto", "memory", "stream"]
+Precision = typing.Literal["fp32", "bf16", "fp16"]
+MSAMVariant = typing.Literal["default", "unimodal", "params"]
+ShareRule = typing.Literal["clip", "shift", "softmax", "loss"]
+TieRule = typing.Literal["lowest", "previous"]
+BNPolicy = typing.Literal["restore", "update"]
+ShapleyValue = typing.Literal["accuracy", "loss"]
+NanPolicy = typing.Literal["stop", "skip"]
+SAMEpsilon = typing.Literal["local", "global"]
 
 
 @dataclass
@@ -43,12 +55,12 @@ class Config:
     dataset: str = "av-digits"
     data: dict = field(default_factory=dict)        # dataset options, e.g. {"audio_snr_db": -8}
     # model
-    fusion: str = "late_sum"                        # late_sum | late_concat | early
+    fusion: Fusion = "late_sum"                        # late_sum | late_concat | early
     encoders: dict = field(default_factory=dict)    # modality -> models.encoder_names() kind; default: the dataset's
     feature_dim: int = 64
     hidden_dim: int = 128
     encoder_options: dict = field(default_factory=dict)  # modality -> encoder keywords, e.g. {"text": {"dim": 768}}
-    fusion_trunk: str = "mlp"                       # early fusion's shared trunk: mlp | maxout (AGM's MaxOut-MLP)
+    fusion_trunk: FusionTrunk = "mlp"                       # early fusion's shared trunk: mlp | maxout (AGM's MaxOut-MLP)
     head_hidden: list = field(default_factory=list)  # hidden widths of the classifier after fusion ([100]: 1024-100-10)
     # optimisation
     method: str = "msam"
@@ -59,33 +71,33 @@ class Config:
     weight_decay: float = 5e-4
     seed: int = 0
     device: str = "auto"                            # auto (CUDA when present) | cpu | cuda | cuda:N
-    optimizer: str = "sgd"                          # sgd (momentum, weight_decay) | adamw (weight_decay)
-    lr_schedule: str = "none"                       # none | step | cosine: lr per epoch (msam_lab/schedules.py)
+    optimizer: Optimizer = "sgd"                          # sgd (momentum, weight_decay) | adamw (weight_decay)
+    lr_schedule: LRSchedule = "none"                       # none | step | cosine: lr per epoch (msam_lab/schedules.py)
     lr_step: int = 30                               # step: epochs between decays (AGM: 70)
     lr_gamma: float = 0.1                           # step: decay factor
     lr_min: float = 0.0                             # cosine: the final lr
     warmup_epochs: int = 0                          # linear warm-up epochs before the schedule
     grad_clip: float = 0.0                          # max global gradient norm before each update (0: off)
-    grad_clip_rule: str = "norm"                    # norm: always | agm: only when an output-layer grad leaves ±clip
+    grad_clip_rule: ClipRule = "norm"                    # norm: always | agm: only when an output-layer grad leaves ±clip
     # model selection (docs/runs.md)
     val_fraction: float = 0.1                       # seeded hold-out of train when the dataset has no val split (0: none)
     # data path and precision (docs/paper_protocol.md)
-    data_path: str = "auto"                         # auto (by size) | memory (device tensors) | stream (DataLoader)
+    data_path: DataPath = "auto"                         # auto (by size) | memory (device tensors) | stream (DataLoader)
     stream_above_mb: float = 1024.0                 # auto: stream a dataset larger than this
     num_workers: int = 2                            # stream: DataLoader worker processes
-    precision: str = "fp32"                         # fp32 | bf16 | fp16 (autocast; fp16 with a GradScaler)
+    precision: Precision = "fp32"                         # fp32 | bf16 | fp16 (autocast; fp16 with a GradScaler)
     channels_last: bool = False                     # channels-last memory format for convolutions
     compile: bool = False                           # torch.compile the encoders and fusion
     # SAM / M-SAM
     rho: float = 0.05
     adaptive: bool = False                          # ASAM: scale ε elementwise by |θ|
-    msam_variant: str = "default"                   # default | unimodal | params (DESIGN §2)
-    share_rule: str = "clip"                        # Shapley -> shares: clip | shift | softmax | loss (shapley.shares)
+    msam_variant: MSAMVariant = "default"                   # default | unimodal | params (DESIGN §2)
+    share_rule: ShareRule = "clip"                        # Shapley -> shares: clip | shift | softmax | loss (shapley.shares)
     share_temperature: float = 1.0                  # softmax / loss rules: T in softmax(x / T) (ours; > 0)
     msam_dominant: str = "shapley"                  # perturbed modality: shapley | fixed:<m> | random | alternate
-    tie_rule: str = "lowest"                        # dominant-modality ties, see shapley.dominant
-    bn_policy: str = "restore"                      # restore | update: BN running stats in the perturbed pass
-    shapley_value: str = "accuracy"                 # accuracy | loss (value of a coalition)
+    tie_rule: TieRule = "lowest"                        # dominant-modality ties, see shapley.dominant
+    bn_policy: BNPolicy = "restore"                      # restore | update: BN running stats in the perturbed pass
+    shapley_value: ShapleyValue = "accuracy"                 # accuracy | loss (value of a coalition)
     shapley_exact_max: int = 10                     # exact Shapley up to this many modalities
     shapley_permutations: int = 64                  # permutations when sampling
     shapley_batch: int = 0                          # coalitions on the first N samples of each shuffled batch (0: all)
@@ -100,13 +112,13 @@ class Config:
     # durability (docs/runs.md)
     flush_every: float = 1.0                        # seconds between appends of step rows + heartbeat (0: every step)
     resume_every: int = 0                           # resume checkpoint at every epoch end; N > 0: also every N steps
-    nan_policy: str = "stop"                        # stop | skip: what a non-finite loss or gradient does
+    nan_policy: NanPolicy = "stop"                        # stop | skip: what a non-finite loss or gradient does
     max_skipped_fraction: float = 0.5               # skip: fail above this share of skipped batches, warn above a
                                                     # quarter of it (both from the 10th batch; docs/runs.md)
     deterministic: bool = False                     # torch.use_deterministic_algorithms (bitwise resume on CPU)
     # data parallel (docs/scale.md): torchrun --nproc-per-node N -m msam_lab train | msam-lab train --nproc N
     per_device_batch: int = 0                       # > 0: each rank's batch (global: N × ranks); 0: batch_size is global
-    sam_epsilon: str = "local"                      # local: each rank's ε from its shard (DDP no_sync) | global: from all
+    sam_epsilon: SAMEpsilon = "local"                      # local: each rank's ε from its shard (DDP no_sync) | global: from all
     sync_bn: bool = False                           # BatchNorm statistics of the global batch (SyncBatchNorm, CUDA only)
     dist_timeout_s: float = 300.0                   # seconds a collective waits for a silent rank before the run fails
     dist_debug: bool = False                        # check every step that all ranks pick the same dominant modality
@@ -157,21 +169,11 @@ class Config:
         return dataclasses.asdict(self)
 
 
-METHODS = ("joint", "sam", "msam")                 # extended by msam_lab.methods at import
-MSAM_VARIANTS = ("default", "unimodal", "params")
-BN_POLICIES = ("restore", "update")
-NAN_POLICIES = ("stop", "skip")
-OPTIMIZERS = ("sgd", "adamw")
-LR_SCHEDULES = ("none", "step", "cosine")
-CLIP_RULES = ("norm", "agm")
-DATA_PATHS = ("auto", "memory", "stream")
-_CHOICES = {
-    "fusion": FUSIONS, "msam_variant": MSAM_VARIANTS, "share_rule": SHARE_RULES,
-    "tie_rule": TIE_RULES, "bn_policy": BN_POLICIES, "shapley_value": ("accuracy", "loss"),
-    "nan_policy": NAN_POLICIES, "optimizer": OPTIMIZERS, "lr_schedule": LR_SCHEDULES,
-    "grad_clip_rule": CLIP_RULES, "fusion_trunk": FUSION_TRUNKS, "data_path": DATA_PATHS, "precision": PRECISIONS,
-    "sam_epsilon": ("local", "global"),
-}
+MSAM_VARIANTS = typing.get_args(MSAMVariant)
+NAN_POLICIES = typing.get_args(NanPolicy)
+OPTIMIZERS = typing.get_args(Optimizer)
+_LITERALS = {name for name, value in dict(globals()).items()
+             if typing.get_origin(value) is typing.Literal}
 _POSITIVE = ("epochs", "batch_size", "feature_dim", "hidden_dim", "eval_batch_size",
              "shapley_exact_max", "shapley_permutations", "eval_every", "lr_step", "stream_above_mb",
              "share_temperature", "dist_timeout_s")
@@ -192,8 +194,29 @@ def shown(v) -> str:
     return reprlib.repr(v)
 
 
+def choices(name: str) -> tuple:
+    """The allowed values of a ``Literal`` field of Config, () for any other field."""
+    hint = _hints().get(name)
+    return typing.get_args(hint) if typing.get_origin(hint) is typing.Literal else ()
+
+
+_HINTS: dict = {}
+
+
+def _hints() -> dict:
+    if not _HINTS:
+        _HINTS.update(typing.get_type_hints(Config))
+    return _HINTS
+
+
 def _check_type(name: str, value, annotation: str):
-    """``annotation`` is the field's type as written: str, int, float, bool, dict, list, or 'X | None'."""
+    """``annotation`` is the field's type as written: str, int, float, bool, dict, list, 'X | None',
+    or the name of one of the Literal choices above."""
+    allowed = typing.get_args(globals()[annotation]) if annotation in _LITERALS else ()
+    if allowed:
+        if value not in allowed or not isinstance(value, str):
+            raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {shown(value)}")
+        return value
     base, _, optional = annotation.partition(" | ")
     if optional == "None" and value is None:
         return value
@@ -240,23 +263,13 @@ def _check_expansion(value, what: str) -> None:
                           "written out (a YAML alias bomb?); write the values out")
 
 
-def validate(cfg: Config) -> Config:
-    """Check every field; resolve dataset options. Raises ConfigError."""
-    from .methods import method_names
-    from .models import encoder_names
+def check_fields(cfg: Config) -> Config:
+    """Check every field on its own terms: type, choices, range. Raises ConfigError.
 
-    hints = {f.name: f.type for f in dataclasses.fields(Config)}
-    for name, annotation in hints.items():
-        setattr(cfg, name, _check_type(name, getattr(cfg, name), annotation))
-    # the live registries: registered and installed plug-ins are choices too (msam_lab.plugins)
-    datasets, methods, encoders = dataset_names(), method_names(), encoder_names()
-    if cfg.dataset not in datasets:
-        raise ConfigError(f"unknown dataset {cfg.dataset!r}; choose one of: {', '.join(datasets)}")
-    if cfg.method not in methods:
-        raise ConfigError(f"unknown method {cfg.method!r}; choose one of: {', '.join(methods)}")
-    for name, choices in _CHOICES.items():
-        if getattr(cfg, name) not in choices:
-            raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {getattr(cfg, name)!r}")
+    The registries (dataset, encoder and method names, dataset options, a method's own checks) are
+    checked a layer up, by ``msam_lab.training.setup.resolve``."""
+    for f in dataclasses.fields(Config):
+        setattr(cfg, f.name, _check_type(f.name, getattr(cfg, f.name), f.type))
     for name in _POSITIVE:
         if getattr(cfg, name) <= 0:
             raise ConfigError(f"{name} must be > 0, got {getattr(cfg, name)}")
@@ -275,10 +288,6 @@ def validate(cfg: Config) -> Config:
         bad = [k for k in getattr(cfg, head) if not isinstance(k, str)]
         if bad:
             raise ConfigError(f"{head} keys must be names (strings), got {reprlib.repr(bad[0])}")
-    for modality, kind in cfg.encoders.items():
-        if not isinstance(kind, str) or kind not in encoders:
-            raise ConfigError(f"encoders.{modality} must be one of {', '.join(encoders)}, got "
-                              f"{reprlib.repr(kind)} (set it with --set encoders.MODALITY=KIND)")
     if not 0 <= cfg.val_fraction < 1:
         raise ConfigError(f"val_fraction must be in [0, 1), got {cfg.val_fraction}")
     if not 0 <= cfg.max_skipped_fraction <= 1:
@@ -296,20 +305,10 @@ def validate(cfg: Config) -> Config:
                           "or measure after training: msam-lab sharpness RUN --timeline")
     if cfg.warmup_epochs and cfg.warmup_epochs >= cfg.epochs:
         raise ConfigError(f"warmup_epochs ({cfg.warmup_epochs}) must be below epochs ({cfg.epochs})")
-    try:
-        check_head_hidden(cfg.head_hidden)
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
     for modality, options in cfg.encoder_options.items():
         if not isinstance(modality, str) or not isinstance(options, dict):
             raise ConfigError(f"encoder_options maps a modality to its encoder's keywords, e.g. "
                               f"{{text: {{dim: 768, heads: 4, layers: 8}}}}; got {shown({modality: options})}")
-    try:
-        cfg.data = resolve_options(cfg.dataset, cfg.data)
-    except ValueError as err:
-        raise ConfigError(f"{err} (set them with --set data.NAME=VALUE)") from None
-    from .methods import validate_method_config
-    validate_method_config(cfg)
     return cfg
 
 
@@ -400,8 +399,9 @@ def load_config_file(path) -> Config:
     return from_dict(values)
 
 
-def resolve(config=None, overrides: typing.Iterable[str] = ()) -> Config:
-    """Config from a Config, a dict, a YAML path, or None (defaults); then overrides; validated."""
+def parse(config=None, overrides: typing.Iterable[str] = ()) -> Config:
+    """Config from a Config, a dict, a YAML path, or None (defaults); then overrides; each field checked
+    on its own (``check_fields``). ``msam_lab.training.setup.resolve`` adds the registry checks."""
     if config is None:
         cfg = Config()
     elif isinstance(config, Config):
@@ -416,4 +416,4 @@ def resolve(config=None, overrides: typing.Iterable[str] = ()) -> Config:
         cfg = from_dict(plain)
     else:
         cfg = load_config_file(config)
-    return validate(apply_overrides(cfg, overrides))
+    return check_fields(apply_overrides(cfg, overrides))

@@ -2,7 +2,7 @@
 
 ``describe(err)`` puts an OSError into words with its path: ``no space left on device writing
 runs/x/steps.csv``, ``read-only file system: runs/x``, ``permission denied: runs/x/lock``. The
-command line prints it and exits 1 (msam_lab.cli); a trainer marks its run failed with it first.
+command line prints it and exits 1 (msam_lab.cli.commands); a trainer marks its run failed with it first.
 
 ``refuse_symlinks`` refuses to write through a symlink inside a run folder (a ``landscapes/`` or
 ``checkpoints/`` linked elsewhere would make the toolkit write outside the run). ``check_writable``

@@ -12,7 +12,7 @@ landscapes, sharpness and the multi-seed sweep, then writes
 ``--quick`` (or ``MSAM_LAB_QUICK=1``) uses the tiny quick-mode settings (synthetic data, 2–3 epochs).
 Notebook 05 calls ``comparison_figures`` to write the method-comparison figures, notebook 08
 ``rival_figures`` (M-SAM against MASAM, MIE and SAM; the ρ sweep; the fixed-dominant ablation;
-sharpness per encoder over training, all from ``msam_lab.rivals``).
+sharpness per encoder over training, all from ``msam_lab.experiments.rivals``).
 """
 from __future__ import annotations
 
@@ -22,8 +22,9 @@ import shutil
 import time
 from pathlib import Path
 
-from . import notebook_utils as nb
-from . import rivals, viz
+from msam_lab import notebook_utils as nb
+from msam_lab.experiments import rivals
+from msam_lab import viz
 
 # Names this module writes (and removes first with clean=True); nothing else in the folder is touched.
 OUTPUT_PREFIXES = ("fig_", "table_")
@@ -56,7 +57,7 @@ def core_runs(s: dict) -> dict:
 
 def sweep_table(s: dict, quiet: bool = True):
     """The multi-seed sweep (trained or reused) summarised as mean ± std over seeds."""
-    from .sweep import run_sweep
+    from msam_lab.experiments.sweep import run_sweep
     sw = s["sweep"]
     base = {**_data(s), "epochs": sw["epochs"], "checkpoint_every": 0}
     out = nb.runs_root() / f"sweep-{nb.config_hash(base)}"

@@ -1,7 +1,6 @@
 """What the notebooks share: quick mode, where runs and figures go, train-or-reuse.
 
-Quick mode (``MSAM_LAB_QUICK=1``) is read here and only here (``quick_mode()``):
-the notebooks and ``msam_lab.figures`` swap in tiny settings (the ``synthetic``
+Quick mode (``MSAM_LAB_QUICK=1``, ``msam_lab.paths.quick_mode()``): the notebooks and ``msam_lab.figures`` swap in tiny settings (the ``synthetic``
 dataset, 2–3 epochs, small landscape grids) so each runs headless in well under
 a minute on 2 CPU cores. The test suite runs every notebook that way.
 
@@ -10,10 +9,6 @@ temporary folders so nothing lands in the checkout):
 
 - ``runs_root()``:  ``MSAM_LAB_RUNS``, default ``<repo>/runs/notebooks`` (``.../quick`` in quick mode);
 - ``figures_dir()``: ``MSAM_LAB_FIGURES``, default ``<repo>/figures``.
-
-Importing this module also points the dataset cache at ``<repo>/data`` (``MSAM_LAB_DATA``,
-unless already set): the cache otherwise defaults to ``./data`` of the working directory, which
-for a notebook is ``notebooks/``.
 
 ``ensure_run(name, config)`` trains a run into ``runs_root()/<name>-<hash>``
 (the hash of the resolved config) or, when that run is already finished,
@@ -34,58 +29,10 @@ import threading
 import time
 from pathlib import Path
 
-QUICK_ENV = "MSAM_LAB_QUICK"
-RUNS_ENV = "MSAM_LAB_RUNS"
-FIGURES_ENV = "MSAM_LAB_FIGURES"
-
-# The quick-mode stand-in for av-digits: two Gaussian-cluster modalities (m0 strong, m1 weak).
-QUICK_DATA = {"dataset": "synthetic", "data": {"n_modalities": 2, "n_samples": 600}}
-
-
-def _point_data_cache_at_the_repo() -> None:
-    os.environ.setdefault("MSAM_LAB_DATA", str(project_root() / "data"))
-
-
-def quick_mode() -> bool:
-    """True when ``MSAM_LAB_QUICK`` is set to 1/true/yes/on (tiny settings for tests and CI)."""
-    return os.environ.get(QUICK_ENV, "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def pick(full, quick):
-    """``quick`` in quick mode, else ``full`` (for a notebook's parameters cell)."""
-    return quick if quick_mode() else full
-
-
-def project_root() -> Path:
-    """The checkout holding ``msam_lab`` (the nearest folder up from here with a pyproject.toml), else cwd."""
-    here = Path(__file__).resolve().parent
-    for folder in (here, *here.parents):
-        if (folder / "pyproject.toml").is_file() and (folder / "msam_lab").is_dir():
-            return folder
-    return Path.cwd()
-
-
-def runs_root() -> Path:
-    """Where the notebooks keep their runs (``MSAM_LAB_RUNS`` or ``<repo>/runs/notebooks[/quick]``)."""
-    env = os.environ.get(RUNS_ENV)
-    root = Path(env) if env else project_root() / "runs" / "notebooks"
-    return root / "quick" if quick_mode() and not env else root
-
-
-def figures_dir() -> Path:
-    """Where publication figures are written (``MSAM_LAB_FIGURES`` or ``<repo>/figures``); created."""
-    env = os.environ.get(FIGURES_ENV)
-    path = Path(env) if env else project_root() / "figures"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def config_hash(config) -> str:
-    """8 hex digits identifying a resolved config (a Config, dict, YAML path or None)."""
-    from .config import resolve
-    cfg = resolve(config)
-    blob = json.dumps(cfg.to_dict(), sort_keys=True, default=str)
-    return hashlib.sha1(blob.encode()).hexdigest()[:8]
+# re-exported: the notebooks read them from here
+from msam_lab.paths import (FIGURES_ENV, QUICK_DATA, QUICK_ENV, RUNS_ENV, figures_dir, pick,  # noqa: F401
+                            project_root, quick_mode, runs_root)
+from msam_lab.training.setup import config_hash  # noqa: F401
 
 
 def run_path(name: str, config, root=None) -> Path:
@@ -94,8 +41,8 @@ def run_path(name: str, config, root=None) -> Path:
 
 def _train_into(path: Path, config, quiet: bool, on_step=None, on_epoch=None):
     """Train ``config`` into ``path``, resuming the interrupted run found there (a stopped kernel's)."""
-    from .runs import is_run, is_run_dir, load_run, run_state
-    from .trainer import train
+    from msam_lab.runs.reader import is_run, is_run_dir, load_run, run_state
+    from msam_lab.training.loop import train
 
     try:
         if is_run_dir(path) and run_state(path) == "interrupted":
@@ -114,7 +61,7 @@ def ensure_run(name: str, config, root=None, quiet: bool = True, on_step=None, o
     ``quiet=False`` prints the trainer's progress (a bar on a terminal, one line per epoch elsewhere);
     ``on_step(row)`` / ``on_epoch(row)`` are passed to ``train`` (not called for a reloaded run).
     """
-    from .runs import is_run, load_run
+    from msam_lab.runs.reader import is_run, load_run
 
     path = run_path(name, config, root)
     if is_run(path):
@@ -141,7 +88,7 @@ class BackgroundRun:
 
     @property
     def run(self):
-        from .runs import load_run
+        from msam_lab.runs.reader import load_run
         return load_run(self.path)
 
     def join(self, timeout: float | None = None):
@@ -165,7 +112,7 @@ def start_run(name: str, config, root=None, quiet: bool = True, timeout: float =
     to create the directory (data loading comes first). The thread is a daemon: it stops with the
     kernel, leaving an interrupted run that the next ``start_run``/``ensure_run`` resumes.
     """
-    from .runs import is_run, is_run_dir
+    from msam_lab.runs.reader import is_run, is_run_dir
 
     path = run_path(name, config, root)
     job = BackgroundRun(path)
@@ -212,7 +159,7 @@ def ensure_runs(configs: dict, root=None, quiet: bool = True) -> dict:
 
 def method_runs(methods, quiet: bool = True, **config) -> dict:
     """``{display label: Run}`` for each method, with ``make_config(method, **config)`` (trained or reused)."""
-    from .viz.style import method_label
+    from msam_lab.viz.style import method_label
     return {method_label(m): ensure_run(m, make_config(m, **config), quiet=quiet) for m in methods}
 
 
@@ -226,7 +173,7 @@ def ensure_landscape(run, dim: int = 1, directions: str = "random", grid: int = 
                      epoch: int | None = None, split: str = "test", seed: int = 0, span: float = 1.0,
                      progress=None, **kwargs):
     """``landscape.landscape_for_run`` under a name made of its settings: computed once, then reloaded."""
-    from .landscape import landscape_for_run, list_landscapes, load_landscape
+    from msam_lab.landscape import landscape_for_run, list_landscapes, load_landscape
     epoch = max(run.checkpoints) if epoch is None else int(epoch)
     name = landscape_name(dim, directions, grid, n_samples, epoch, split, seed, span)
     if name in list_landscapes(run.path) and not kwargs:
@@ -247,9 +194,9 @@ def ensure_sharpness(run, epochs=None, n_samples: int = 256, probes: int = 16, t
     already in ``<run>/sharpness.csv`` that have exactly these settings."""
     import pandas as pd
 
-    from .landscape import sharpness_for_run
-    from .landscape.runs import SHARPNESS_CSV
-    from .runs import read_table
+    from msam_lab.landscape import sharpness_for_run
+    from msam_lab.landscape.for_run import SHARPNESS_CSV
+    from msam_lab.runs.reader import read_table
     wanted = ([max(run.checkpoints)] if epochs is None else sorted(run.checkpoints) if epochs == "all"
               else [int(epochs)] if isinstance(epochs, int) else [int(e) for e in epochs])
     # a run logged from your own model (RunLogger) measures the encoders its scopes name, on your batches
@@ -276,4 +223,3 @@ def ensure_sharpness(run, epochs=None, n_samples: int = 256, probes: int = 16, t
                              split=split, seed=seed, subset_seed=subset_seed, **kwargs)
 
 
-_point_data_cache_at_the_repo()

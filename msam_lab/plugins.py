@@ -6,7 +6,7 @@
     msam_lab.register_method("my-method", MyMethod)       # a subclass of msam_lab.methods.Method
     msam_lab.train({"dataset": "my-data", "encoders": {"image": "my-enc"}, "method": "my-method"})
 
-A package registers through the entry-point group ``msam_lab.plugins`` (msam_lab.entry_points),
+A package registers through the entry-point group ``msam_lab.plugins`` (msam_lab.registry),
 which msam_lab loads the first time it lists or looks up a name. Each layer keeps its own registry
 (datasets, models, methods, so no lower layer imports this one); these functions delegate to them.
 Names are lower-case (letters, digits, ``_ . -``); registering the same object twice is a no-op,
@@ -14,10 +14,10 @@ a different one under a taken name (a built-in's too) needs ``replace=True``.
 """
 from __future__ import annotations
 
-from .datasets import register_dataset, unregister_dataset
-from .entry_points import GROUP, load_plugins
-from .methods import register_method, unregister_method
-from .models import register_encoder, unregister_encoder
+from msam_lab.datasets import register_dataset, unregister_dataset
+from msam_lab.registry import GROUP, load_plugins
+from msam_lab.methods import register_method, unregister_method
+from msam_lab.models.multimodal import register_encoder, unregister_encoder
 
 
 def unregister(kind: str, name: str) -> None:

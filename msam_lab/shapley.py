@@ -10,16 +10,19 @@ M-SAM perturbs, the Shapley-dominant one or a fixed, random or alternating one.
 from __future__ import annotations
 
 import math
+import typing
 from functools import lru_cache
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
+from msam_lab import config
+
 EXACT_MAX = 10            # 2^10 coalitions is still cheap; beyond, sample permutations
-SHARE_RULES = ("clip", "shift", "softmax", "loss")
+SHARE_RULES = typing.get_args(config.ShareRule)
 DOMINANT_CHOICES = ("shapley", "fixed:<modality>", "random", "alternate")
-TIE_RULES = ("lowest", "previous")
+TIE_RULES = typing.get_args(config.TieRule)
 
 
 def all_masks(n_modalities: int) -> np.ndarray:
@@ -220,3 +223,10 @@ def swap_shares(share, dominant: int, chosen: int) -> np.ndarray:
     out = np.array(share, dtype=float)
     out[[dominant, chosen]] = out[[chosen, dominant]]
     return out
+
+
+def dominance_switches(dominant) -> int:
+    """How many times the dominant modality changes between consecutive rows
+    (a sequence or a pandas Series of modality names)."""
+    values = list(dominant)
+    return int(sum(a != b for a, b in zip(values, values[1:])))

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from msam_lab.config import Config
-from msam_lab.models import build_model
+from msam_lab.models.multimodal import build_model
 
 
 @pytest.fixture(autouse=True)

@@ -4,7 +4,7 @@
     python tests/contention_child.py rows CSV ID N          # N replace_rows calls, one new row each
 
 Each writes ``ROOT/ready-ID`` once imported and waits for the parent's ``go`` file, so that all
-of them start at once. ``lock`` imports only msam_lab.run_lock and what it needs (no torch: eight
+of them start at once. ``lock`` imports only msam_lab.runs.lock and what it needs (no torch: eight
 of them start in a second); a winner keeps the lock until the parent writes ``ROOT/done`` (a
 process that ends leaves a stale lock, which the next one may rightly take over).
 """
@@ -33,7 +33,7 @@ def lock(root: Path, ident: str, rounds: int) -> None:
     package = types.ModuleType("msam_lab")
     package.__path__ = [str(REPO / "msam_lab")]
     sys.modules["msam_lab"] = package
-    from msam_lab.run_lock import RunLock, RunLockedError
+    from msam_lab.runs.lock import RunLock, RunLockedError
 
     held = []                                   # winners keep their locks, as a live trainer does
     (root / f"ready-{ident}").touch()
@@ -52,8 +52,8 @@ def lock(root: Path, ident: str, rounds: int) -> None:
 
 
 def rows(csv: Path, ident: str, n: int) -> None:
-    from msam_lab.run_writer import replace_rows
-    from msam_lab.sharpness_timeline import KEYS
+    from msam_lab.runs.writer import replace_rows
+    from msam_lab.analysis.sharpness_timeline import KEYS
 
     (csv.parent / f"ready-{ident}").touch()
     wait_for(csv.parent / "go")

@@ -4,7 +4,7 @@
         exec python tests/fault_child.py SCENARIO DIR'
 
 DIR is a tmpfs of this process's own mount namespace: it is filled up (``fill``) or remounted
-read-only (``remount``) under the commands, which run in this process through ``msam_lab.cli.main``
+read-only (``remount``) under the commands, which run in this process through ``msam_lab.cli.commands.main``
 (stdout and stderr captured; an exception escaping ``main`` is recorded: it would have been a
 traceback). The one command that must die for real (a trainer whose disk goes read-only under it)
 runs as a child process. Prints ``RESULT <json>``: per case, the exit code, the stderr lines, and
@@ -30,12 +30,13 @@ import torch
 
 torch.set_num_threads(1)
 
-from msam_lab import atomic, cli  # noqa: E402
-from msam_lab.run_writer import RunWriter  # noqa: E402
-from msam_lab.runs import load_run, read_table  # noqa: E402
+from msam_lab.runs import atomic
+from msam_lab import cli  # noqa: E402
+from msam_lab.runs.writer import RunWriter  # noqa: E402
+from msam_lab.runs.reader import load_run, read_table  # noqa: E402
 
 # the modules, not the functions of the same names that msam_lab.landscape exports
-landscape_runs = importlib.import_module("msam_lab.landscape.runs")
+landscape_runs = importlib.import_module("msam_lab.landscape.for_run")
 sharpness_mod = importlib.import_module("msam_lab.landscape.sharpness")
 surface_mod = importlib.import_module("msam_lab.landscape.surface")
 
@@ -216,8 +217,8 @@ CHILD = """
 import subprocess, sys, time
 import torch
 torch.set_num_threads(1)
-from msam_lab import cli
-from msam_lab.run_writer import RunWriter
+from msam_lab.cli import commands as cli
+from msam_lab.runs.writer import RunWriter
 root, at = sys.argv[1], int(sys.argv[2])
 real = RunWriter.log_step
 def log_step(self, row):

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 import msam_lab
 from msam_lab import config as config_mod
+from msam_lab.training import setup
 from msam_lab.config import ConfigError
 from msam_lab.methods import build_method
 from tests.conftest import make_batch, make_config, make_model
@@ -165,12 +166,12 @@ def test_a_run_with_the_ablation_options_records_both_modalities(tmp_path):
 ])
 def test_bad_ablation_settings_are_one_line_config_errors(settings, words):
     with pytest.raises(ConfigError, match=words) as err:
-        config_mod.resolve({"dataset": "synthetic", "method": "msam", **settings})
+        setup.resolve({"dataset": "synthetic", "method": "msam", **settings})
     assert "\n" not in str(err.value)
 
 
 def test_a_fixed_modality_must_be_one_of_the_datasets():
-    cfg = config_mod.resolve({"dataset": "synthetic", "method": "msam", "msam_variant": "params",
+    cfg = setup.resolve({"dataset": "synthetic", "method": "msam", "msam_variant": "params",
                               "msam_dominant": "fixed:audio"})
     with pytest.raises(ConfigError, match=r"msam_dominant: 'fixed:audio' names no modality; use fixed:<one of m0"):
         build_method(make_model(n_mod=2), cfg)

@@ -20,14 +20,16 @@ from hypothesis import strategies as st
 
 import msam_lab
 from msam_lab import config as config_mod
-from msam_lab import sweep
+from msam_lab.training import setup
+from msam_lab.experiments import cells as cells_mod, sweep
+from msam_lab.cli import sweep as cli_sweep
 from msam_lab.config import ConfigError
 from msam_lab.methods import build_method
 from msam_lab.methods.agm import agm_coefficients
 from msam_lab.methods.cggm import cggm_coefficients
 from msam_lab.methods.ogm_ge import ogm_coefficients
 from msam_lab.methods.unimodal_logits import unimodal_logits
-from msam_lab.models import build_model
+from msam_lab.models.multimodal import build_model
 
 
 # -- fixtures ----------------------------------------------------------------------
@@ -49,7 +51,7 @@ def tiny_batch(n_mod=2, n=48, dim=6, n_classes=3, seed=0, strength=(3.0, 0.2, 1.
 def frozen_config(method, **kw):
     """lr = momentum = weight decay = 0: a step leaves the weights alone and the grads readable."""
     base = {"dataset": "synthetic", "method": method, "lr": 0.0, "momentum": 0.0, "weight_decay": 0.0}
-    return config_mod.resolve({**base, **kw})
+    return setup.resolve({**base, **kw})
 
 
 def plain_grads(model, inputs, labels, params):
@@ -346,18 +348,18 @@ def test_cggm_guard_bounds_the_encoder_scaling_on_a_cancelling_step(guard):
 
 
 def test_cggm_old_runs_without_the_guard_field_resume_unguarded():
-    stored = config_mod.resolve({"dataset": "synthetic", "method": "cggm"}).to_dict()
+    stored = setup.resolve({"dataset": "synthetic", "method": "cggm"}).to_dict()
     del stored["cggm_guard"]
     assert config_mod.from_stored(stored).cggm_guard is False
-    assert config_mod.resolve({"dataset": "synthetic", "method": "cggm"}).cggm_guard is True
+    assert setup.resolve({"dataset": "synthetic", "method": "cggm"}).cggm_guard is True
     with pytest.raises(ConfigError, match="cggm_bound must be > 0"):
-        config_mod.resolve({"dataset": "synthetic", "method": "cggm", "cggm_bound": 0.0})
+        setup.resolve({"dataset": "synthetic", "method": "cggm", "cggm_bound": 0.0})
 
 
 def test_cggm_state_dict_carries_the_aux_classifiers():
     model = tiny_model("late_concat")
     inputs, labels = tiny_batch()
-    cfg = config_mod.resolve({"dataset": "synthetic", "method": "cggm"})
+    cfg = setup.resolve({"dataset": "synthetic", "method": "cggm"})
     method = build_method(model, cfg)
     method.step(inputs, labels)
     state = copy.deepcopy(method.state_dict())
@@ -373,7 +375,7 @@ def test_cggm_state_dict_carries_the_aux_classifiers():
 def test_reconboost_visits_modalities_in_its_stage_order():
     model = tiny_model("late_sum", n_mod=3)
     inputs, labels = tiny_batch(n_mod=3)
-    method = build_method(model, config_mod.resolve({
+    method = build_method(model, setup.resolve({
         "dataset": "synthetic", "method": "reconboost", "recon_stage_steps": 2, "recon_correct_steps": 1,
         "recon_order": ["m1", "m0", "m2"]}))
     rows, ensembles = [], []
@@ -391,7 +393,7 @@ def test_reconboost_phase_one_trains_only_the_active_learner_on_the_boosting_los
     w1, w2 = 5.0, 1.0
     model = tiny_model("late_sum", n_mod=3)
     inputs, labels = tiny_batch(n_mod=3)
-    cfg = config_mod.resolve({"dataset": "synthetic", "method": "reconboost", "lr": 0.1,
+    cfg = setup.resolve({"dataset": "synthetic", "method": "reconboost", "lr": 0.1,
                               "recon_stage_steps": 2, "recon_correct_steps": 1})
     method = build_method(model, cfg)
     for p in model.fusion.parameters():
@@ -419,7 +421,7 @@ def test_reconboost_phase_one_trains_only_the_active_learner_on_the_boosting_los
 def test_reconboost_ensemble_is_beta_times_the_sum_of_the_learners():
     model = tiny_model("late_sum", n_mod=2)
     inputs, labels = tiny_batch(n_mod=2)
-    method = build_method(model, config_mod.resolve({
+    method = build_method(model, setup.resolve({
         "dataset": "synthetic", "method": "reconboost", "lr": 0.1, "recon_stage_steps": 2,
         "recon_correct_steps": 2}))
     for _ in range(8):
@@ -447,7 +449,7 @@ def test_reconboost_with_an_mlp_head_zeroes_only_its_output_layer_and_learns(fus
     model = build_model({f"m{m}": (6,) for m in range(2)}, 3, fusion, feature_dim=8,
                         hidden_dim=16, head_hidden=[5])
     inputs, labels = tiny_batch(n_mod=2)
-    method = build_method(model, config_mod.resolve({
+    method = build_method(model, setup.resolve({
         "dataset": "synthetic", "method": "reconboost", "fusion": fusion, "head_hidden": [5],
         "lr": 0.1, "momentum": 0.0, "weight_decay": 0.0, "recon_stage_steps": 2, "recon_correct_steps": 1}))
     heads = model.fusion.heads if fusion == "late_sum" else [model.fusion.head]
@@ -467,8 +469,8 @@ def test_reconboost_with_an_mlp_head_zeroes_only_its_output_layer_and_learns(fus
 
 def test_reconboost_rejects_early_fusion_and_a_bad_order():
     with pytest.raises(ConfigError, match="late_sum or late_concat"):
-        config_mod.resolve({"dataset": "synthetic", "method": "reconboost", "fusion": "early"})
-    cfg = config_mod.resolve({"dataset": "synthetic", "method": "reconboost", "recon_order": ["m0", "x"]})
+        setup.resolve({"dataset": "synthetic", "method": "reconboost", "fusion": "early"})
+    cfg = setup.resolve({"dataset": "synthetic", "method": "reconboost", "recon_order": ["m0", "x"]})
     with pytest.raises(ConfigError, match="recon_order"):
         build_method(tiny_model("late_sum"), cfg)
 
@@ -478,7 +480,7 @@ def test_unimodal_ignores_the_other_modalities():
     model = tiny_model("late_concat", n_mod=3)
     inputs, labels = tiny_batch(n_mod=3)
     other = dict(inputs, m0=torch.randn_like(inputs["m0"]) * 5, m2=torch.zeros_like(inputs["m2"]))
-    cfg = config_mod.resolve({"dataset": "synthetic", "method": "unimodal", "modality": "m1", "lr": 0.1})
+    cfg = setup.resolve({"dataset": "synthetic", "method": "unimodal", "modality": "m1", "lr": 0.1})
     a, b = copy.deepcopy(model), copy.deepcopy(model)
     ma, mb = build_method(a, cfg), build_method(b, cfg)
     for _ in range(3):
@@ -496,8 +498,8 @@ def test_unimodal_ignores_the_other_modalities():
 
 def test_unimodal_needs_a_modality_of_the_dataset():
     with pytest.raises(ConfigError, match="modality=NAME"):
-        config_mod.resolve({"dataset": "synthetic", "method": "unimodal"})
-    cfg = config_mod.resolve({"dataset": "synthetic", "method": "unimodal", "modality": "audio"})
+        setup.resolve({"dataset": "synthetic", "method": "unimodal"})
+    cfg = setup.resolve({"dataset": "synthetic", "method": "unimodal", "modality": "audio"})
     with pytest.raises(ConfigError, match="m0, m1"):
         build_method(tiny_model(), cfg)
 
@@ -542,13 +544,13 @@ TINY = ["data.n_samples=120", "batch_size=40", "epochs=1", "checkpoint_every=0"]
 
 def test_sweep_trains_the_grid_resumes_and_summarises(tmp_path, monkeypatch):
     calls = []
-    real_train = sweep.train
+    real_train = cells_mod.train
 
     def counting_train(*args, **kw):
         calls.append(kw["out"])
         return real_train(*args, **kw)
 
-    monkeypatch.setattr(sweep, "train", counting_train)
+    monkeypatch.setattr(cells_mod, "train", counting_train)
     out = tmp_path / "sw"
     table = sweep.run_sweep(["joint", "agm"], [0, 1], dataset="synthetic", out=out, overrides=TINY, quiet=True)
     assert len(calls) == 4
@@ -578,7 +580,7 @@ def test_sweep_trains_the_grid_resumes_and_summarises(tmp_path, monkeypatch):
 
 
 def test_sweep_grid_layout_and_validation_before_any_run(tmp_path, monkeypatch):
-    monkeypatch.setattr(sweep, "train", lambda *a, **k: pytest.fail("nothing may train"))
+    monkeypatch.setattr(cells_mod, "train", lambda *a, **k: pytest.fail("nothing may train"))
     cells = sweep.plan_sweep(["joint", "msam"], [0, 1], rhos=[0.05, 0.1], dataset="synthetic",
                              out=tmp_path, overrides=TINY)
     assert [(c.method, c.rho, c.seed) for c in cells] == [
@@ -594,10 +596,10 @@ def test_sweep_grid_layout_and_validation_before_any_run(tmp_path, monkeypatch):
 
 
 def _cli(argv, capsys):
-    from msam_lab.cli import UsageError
+    from msam_lab.errors import UsageError
 
     parser = argparse.ArgumentParser(prog="msam-lab")
-    sweep.add_parser(parser.add_subparsers(dest="command", required=True))
+    cli_sweep.add_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     try:
         code = args.func(args)

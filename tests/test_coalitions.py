@@ -5,8 +5,9 @@ import pytest
 import torch
 from torch import nn
 
-from msam_lab import coalitions, shapley
-from msam_lab.models import MultimodalModel, SumFusion, build_model, is_mode_invariant
+from msam_lab.models import coalitions
+from msam_lab import shapley
+from msam_lab.models.multimodal import MultimodalModel, SumFusion, build_model, is_mode_invariant
 
 from .conftest import make_batch, make_model
 

@@ -25,23 +25,14 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import msam_lab
-from msam_lab import cli, yaml_text
-from msam_lab.config import (
-    STORED_DEFAULTS,
-    ConfigError,
-    apply_overrides,
-    from_stored,
-    resolve,
-)
+from msam_lab.cli import commands as cli
+from msam_lab import yaml_text
+from msam_lab.config import STORED_DEFAULTS, ConfigError, apply_overrides, from_stored
+from msam_lab.training.setup import resolve
 from msam_lab.datasets import MultimodalData, load_dataset, resolve_options
-from msam_lab.nonfinite import (
-    MIN_BATCHES,
-    SkippedBatchesWarning,
-    StepGuard,
-    TooManySkippedError,
-)
-from msam_lab.runs import load_run
-from msam_lab.trainer import TrainingError
+from msam_lab.training.guards import MIN_BATCHES, SkippedBatchesWarning, StepGuard, TooManySkippedError
+from msam_lab.runs.reader import load_run
+from msam_lab.training.loop import TrainingError
 from tests.test_real_datasets import _write_ave, _write_cremad
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -481,7 +472,7 @@ def test_a_higher_limit_lets_the_same_run_finish_with_one_warning(tmp_path, monk
 
 _CHILD = """
 import sys
-from msam_lab import cli
+from msam_lab.cli import commands as cli
 from msam_lab.datasets import MultimodalData
 bad = set(map(int, sys.argv[1].split(",")))
 real = MultimodalData.batches

@@ -16,9 +16,10 @@ import numpy as np
 import pandas as pd
 
 import msam_lab
-from msam_lab import atomic, cli
+from msam_lab.runs import atomic
+from msam_lab.cli import commands as cli
 from msam_lab.landscape import load_landscape
-from msam_lab.run_lock import RunLock, read_lock
+from msam_lab.runs.lock import RunLock, read_lock
 
 CHILD = str(Path(__file__).with_name("contention_child.py"))
 WAIT = 120.0
@@ -82,7 +83,7 @@ def test_a_stale_lock_taken_over_by_eight_processes_at_once_has_one_holder(tmp_p
 def test_a_lock_whose_owner_lives_is_never_taken(tmp_path):
     mine = RunLock(tmp_path)
     assert mine.acquire() is None
-    proc = subprocess.run([sys.executable, "-c", "import sys; from msam_lab.run_lock import RunLock\n"
+    proc = subprocess.run([sys.executable, "-c", "import sys; from msam_lab.runs.lock import RunLock\n"
                            "try:\n RunLock(sys.argv[1]).acquire()\nexcept RuntimeError as e:\n print(e)",
                            str(tmp_path)], capture_output=True, text=True, env=ENV, timeout=WAIT)
     assert f"being trained by pid {os.getpid()}" in proc.stdout

@@ -12,7 +12,7 @@ import pickle
 import numpy as np
 import pytest
 
-from msam_lab import cli
+from msam_lab.cli import commands as cli
 from msam_lab.datasets import DATASETS, ave, cremad, load_dataset, urfunny
 from msam_lab.datasets.catalog import CATALOG
 from msam_lab.datasets.layouts import CHECKS, check

@@ -22,11 +22,13 @@ import torch
 import torch.nn.functional as F
 
 import msam_lab
-from msam_lab import data_parallel, distributed, shapley
-from msam_lab.config import ConfigError, resolve
+from msam_lab.training import ranks as data_parallel
+from msam_lab import distributed, shapley
+from msam_lab.config import ConfigError
+from msam_lab.training.setup import resolve
 from msam_lab.datasets import load_for_training
-from msam_lab.models import model_from_spec
-from msam_lab.runs import run_state
+from msam_lab.models.multimodal import model_from_spec
+from msam_lab.runs.reader import run_state
 
 from .ddp_child import MODALITIES, USER_OPTIONS, user_batches, user_model
 

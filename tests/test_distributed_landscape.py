@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from msam_lab.landscape import load_landscape
-from msam_lab.landscape.runs import SHARPNESS_CSV, landscape_for_run, open_run, timeline_for_run
+from msam_lab.landscape.for_run import SHARPNESS_CSV, landscape_for_run, open_run, timeline_for_run
 
 ROOT = Path(__file__).resolve().parents[1]
 GRID = ["--grid", "9", "--n-samples", "64"]         # 81 points: two blocks of 32 points per rank
@@ -27,7 +27,7 @@ RTOL, ATOL = 1e-6, 1e-7
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    from msam_lab.trainer import train
+    from msam_lab.training.loop import train
 
     out = tmp_path_factory.mktemp("dist-landscape") / "run"
     train({"dataset": "synthetic", "method": "joint", "epochs": 2, "data": {"n_samples": 128},

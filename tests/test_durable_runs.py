@@ -12,15 +12,16 @@ import pytest
 import torch
 
 import msam_lab
-from msam_lab import atomic, cli
-from msam_lab.config import resolve
+from msam_lab.runs import atomic
+from msam_lab.cli import commands as cli
+from msam_lab.training.setup import resolve
 from msam_lab.datasets import MultimodalData, load_dataset
 from msam_lab.methods import build_method
-from msam_lab.models import model_from_spec
-from msam_lab.nonfinite import StepGuard, first_non_finite
-from msam_lab.progress import Progress
-from msam_lab.runs import load_run, read_table
-from msam_lab.trainer import TrainingError, _model_spec
+from msam_lab.models.multimodal import model_from_spec
+from msam_lab.training.guards import StepGuard, first_non_finite
+from msam_lab.training.progress import Progress
+from msam_lab.runs.reader import load_run, read_table
+from msam_lab.training.loop import TrainingError, _model_spec
 
 SYN = {"dataset": "synthetic", "data": {"n_samples": 300, "n_modalities": 2}, "batch_size": 32, "epochs": 2,
        "train_eval_samples": 100}
@@ -217,7 +218,7 @@ def test_progress_on_a_terminal_draws_a_bar_and_no_epoch_lines():
 # -- evaluation cost -----------------------------------------------------------------------
 
 def test_train_eval_subset_is_seeded_sized_and_leaves_the_training_rng_alone():
-    from msam_lab.metrics import train_eval_subset
+    from msam_lab.analysis.metrics import train_eval_subset
 
     data = load_dataset("synthetic", n_samples=300, n_modalities=2).train
     torch.manual_seed(123)
@@ -240,8 +241,8 @@ def test_eval_every_evaluates_epoch_zero_every_nth_and_the_last(tmp_path):
 def test_channels_last_evaluation_gives_the_same_numbers_and_restores_the_model(monkeypatch):
     import contextlib
 
-    from msam_lab import metrics
-    from msam_lab.models import channels_last_on_cpu
+    from msam_lab.analysis import metrics
+    from msam_lab.models.multimodal import channels_last_on_cpu
 
     splits = load_dataset("av-digits")
     torch.manual_seed(0)

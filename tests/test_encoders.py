@@ -5,11 +5,12 @@ import pytest
 import torch
 
 import msam_lab
-from msam_lab import coalitions, shapley
-from msam_lab.config import ConfigError, resolve
-from msam_lab.encoders import (MaxOutMLP, ResNet18Encoder, ResNet18FrameEncoder, ResNet18Trunk,
-                               TransformerEncoder, parameter_count)
-from msam_lab.models import ConcatFusion, SumFusion, build_encoder, build_model
+from msam_lab.models import coalitions
+from msam_lab import shapley
+from msam_lab.config import ConfigError
+from msam_lab.training.setup import resolve
+from msam_lab.models.paper_encoders import MaxOutMLP, ResNet18Encoder, ResNet18FrameEncoder, ResNet18Trunk, TransformerEncoder, parameter_count
+from msam_lab.models.multimodal import ConcatFusion, SumFusion, build_encoder, build_model
 
 # torchvision's resnet18: 11,689,512 parameters, of which its fc (512*1000 + 1000) is 513,000
 RESNET18_TRUNK_RGB = 11_689_512 - 513_000             # 11,176,512

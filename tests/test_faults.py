@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 
 import msam_lab
-from msam_lab import cli, faults
-from msam_lab.runs import check_output_dir, load_run
+from msam_lab.cli import commands as cli
+from msam_lab import faults
+from msam_lab.runs.reader import check_output_dir, load_run
 
 ROOT = Path(__file__).resolve().parents[1]
 CHILD = ROOT / "tests" / "fault_child.py"
@@ -245,7 +246,7 @@ def test_resume_refuses_a_run_with_a_symlinked_file_or_folder(interrupted, tmp_p
 
 
 def test_appends_never_follow_a_symlink(tmp_path):
-    from msam_lab.run_writer import CsvAppender
+    from msam_lab.runs.writer import CsvAppender
 
     target = tmp_path / "target.csv"
     target.write_text("a\n1\n")
@@ -273,7 +274,7 @@ def test_the_leftovers_of_a_start_on_a_full_disk_block_nothing(tmp_path, capsys)
 
 
 def test_a_run_that_failed_before_its_first_step_is_replaced_by_out(tmp_path, monkeypatch):
-    from msam_lab.run_writer import RunWriter
+    from msam_lab.runs.writer import RunWriter
 
     real = RunWriter.log_epoch
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from msam_lab import figures, rivals
+from msam_lab import figures
+from msam_lab.experiments import rivals
 
 RIVAL_NAMES = ("rivals_comparison", "rho_sweep", "fixed_dominant", "sharpness_timeline")
 

@@ -19,7 +19,7 @@ traceback, and nothing half-written on disk. Here that is checked for
   and ``train --resume``: each works or answers in one line naming the damaged file (section at the end).
 
 Per case: ``resolve`` raises nothing but ``ConfigError``; a config it rejects,
-or a corrupted dataset, run through ``msam_lab.cli.main(["train", ...])`` in
+or a corrupted dataset, run through ``msam_lab.cli.commands.main(["train", ...])`` in
 process returns 2, writes exactly one non-empty line starting with
 ``msam-lab: error:`` to stderr (a warning would be a second line, so warnings
 count as failures), raises nothing, and leaves ``--out`` (and any hidden
@@ -72,11 +72,13 @@ from hypothesis import strategies as st
 from hypothesis.database import DirectoryBasedExampleDatabase
 from hypothesis.errors import InvalidArgument
 
-from msam_lab import cli
-from msam_lab.config import _CHOICES, Config, ConfigError, resolve
+from msam_lab.cli import commands as cli
+from msam_lab import config as config_mod
+from msam_lab.config import Config, ConfigError
+from msam_lab.training.setup import resolve
 from msam_lab.datasets import DATASETS, av_digits, cremad, dataset_options, load_dataset, synthetic
 from msam_lab.methods import METHOD_NAMES
-from msam_lab.models import ENCODERS
+from msam_lab.models.multimodal import ENCODERS
 # the fixture builders of the loader tests: tiny valid datasets in each published layout
 from tests.test_real_datasets import AVE_CLASSES, _humor_split, _write_ave, _write_avmnist, _write_cremad
 
@@ -116,7 +118,7 @@ ERROR_PREFIX = "msam-lab: error: "
 
 
 def run_cli(argv: list[str]) -> tuple[int, str, list[str]]:
-    """``(exit code, stderr, warnings)`` of ``msam_lab.cli.main(argv)`` in process.
+    """``(exit code, stderr, warnings)`` of ``msam_lab.cli.commands.main(argv)`` in process.
 
     Warnings are recorded with the filters a user's ``msam-lab`` has (Python's
     defaults, every occurrence): each would be a line on their stderr.
@@ -167,7 +169,8 @@ def _fresh_outs(tmp: Path) -> Path:
 FIELDS = {f.name: f.type for f in dataclasses.fields(Config)}   # new fields are fuzzed automatically
 OPTION_NAMES = sorted({k for d in DATASETS for k in dataset_options(d)})
 MODALITIES = ["image", "audio", "visual", "text", "vision", "m0", "m1", "m2"]
-STRING_CHOICES = {**{k: list(v) for k, v in _CHOICES.items()}, "dataset": list(DATASETS),
+STRING_CHOICES = {**{f.name: list(config_mod.choices(f.name)) for f in dataclasses.fields(Config)
+                     if config_mod.choices(f.name)}, "dataset": list(DATASETS),
                   "method": list(METHOD_NAMES),
                   "device": ["auto", "cpu", "cuda", "cuda:0", "cuda:x", "cudax", "gpu", "CPU", ""],
                   "modality": MODALITIES + [""]}
@@ -1057,7 +1060,7 @@ def _names(message: str, run: Path, target: Path) -> bool:
 
 
 def _check_api(run: Path, target: Path) -> None:
-    from msam_lab.runs import load_run
+    from msam_lab.runs.reader import load_run
 
     try:
         loaded = load_run(run)

@@ -15,12 +15,10 @@ from torch import nn
 import msam_lab
 from msam_lab.config import ConfigError
 from msam_lab.datasets import MultimodalData
-from msam_lab.landscape import (between, compute_surface, evaluate_points, generalization_gap, grid,
-                                list_landscapes, load_landscape, pca_directions, random_direction,
-                                random_directions, scope_parameters, Surface, WorkerPool)
-from msam_lab.landscape.cli import main as landscape_main
+from msam_lab.landscape import between, compute_surface, evaluate_points, generalization_gap, grid, list_landscapes, load_landscape, pca_directions, random_direction, random_directions, scope_parameters, Surface, WorkerPool
+from msam_lab.cli import main as landscape_main
 from msam_lab.landscape.state import preserved
-from msam_lab.models import MultimodalModel, SumFusion, build_model
+from msam_lab.models.multimodal import MultimodalModel, SumFusion, build_model
 
 SHAPES = {"a": (5,), "b": (7,)}
 

@@ -1,4 +1,4 @@
-"""Sweeps through submitit (msam_lab.launch): one LocalExecutor job per cell gives the inline sweep's
+"""Sweeps through submitit (msam_lab.experiments.launch): one LocalExecutor job per cell gives the inline sweep's
 numbers; a rerun submits nothing; a stopped cell is resumed by its job and a live one is waited for,
 not submitted twice; a job pre-empted (USR2) is requeued by submitit and resumes; a failing cell is one
 line and exit 1; the SLURM options map onto submitit's sbatch file without a cluster.
@@ -23,10 +23,11 @@ import pytest
 import submitit
 
 import msam_lab
-from msam_lab import cli, launch
+from msam_lab.cli import commands as cli
+from msam_lab.experiments import launch
 from msam_lab.config import ConfigError
-from msam_lab.runs import load_run, read_status
-from msam_lab.sweep import plan_sweep, run_sweep
+from msam_lab.runs.reader import load_run, read_status
+from msam_lab.experiments.sweep import plan_sweep, run_sweep
 
 # 120 samples / batch 40 = 3 steps per epoch
 TINY = {"dataset": "synthetic", "data": {"n_samples": 120}, "feature_dim": 8, "hidden_dim": 16, "epochs": 2,

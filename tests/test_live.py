@@ -18,9 +18,9 @@ pytest.importorskip("ipywidgets")
 
 from msam_lab import notebook_utils as nbu  # noqa: E402
 from msam_lab.config import Config  # noqa: E402
-from msam_lab.run_writer import RunWriter  # noqa: E402
-from msam_lab.runs import load_run  # noqa: E402
-from msam_lab.trainer import train  # noqa: E402
+from msam_lab.runs.writer import RunWriter  # noqa: E402
+from msam_lab.runs.reader import load_run  # noqa: E402
+from msam_lab.training.loop import train  # noqa: E402
 from msam_lab.widgets import DominanceExplorer, Follower, LiveCurves, LiveFigure  # noqa: E402
 from msam_lab import viz  # noqa: E402
 

@@ -15,11 +15,11 @@ from torch import nn
 
 import msam_lab
 from msam_lab import config as config_mod
+from msam_lab.training import setup
 from msam_lab.config import ConfigError
 from msam_lab.methods import build_method
-from msam_lab.methods.masam import (aps_scores, loss_decay, mdps_kappa, mdps_perturbation,
-                                    projected_direction)
-from msam_lab.models import MultimodalModel, SumFusion, build_model
+from msam_lab.methods.masam import aps_scores, loss_decay, mdps_kappa, mdps_perturbation, projected_direction
+from msam_lab.models.multimodal import MultimodalModel, SumFusion, build_model
 
 
 # -- fixtures ----------------------------------------------------------------------
@@ -41,7 +41,7 @@ def config(**kw):
     """lr = momentum = weight decay = 0 unless given: a step leaves θ alone and the grads readable."""
     base = {"dataset": "synthetic", "data": {"n_modalities": 2}, "method": "masam", "lr": 0.0,
             "momentum": 0.0, "weight_decay": 0.0, "rho": 0.3}
-    return config_mod.resolve({**base, **kw})
+    return setup.resolve({**base, **kw})
 
 
 def t(*values):

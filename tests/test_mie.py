@@ -18,10 +18,11 @@ from torch import nn
 
 import msam_lab
 from msam_lab import config as config_mod
+from msam_lab.training import setup
 from msam_lab.config import ConfigError
 from msam_lab.methods import build_method
 from msam_lab.methods.mie import mean_softmax_logits, mixup_draw, soft_projection
-from msam_lab.models import MultimodalModel, SumFusion, build_model, eval_mode
+from msam_lab.models.multimodal import MultimodalModel, SumFusion, build_model, eval_mode
 
 
 def tiny_model(n_mod=2, dim=6, n_classes=3, seed=0):
@@ -41,7 +42,7 @@ def mie_config(**kw):
     """lr = momentum = weight decay = 0 unless given: a step leaves the weights and the grads readable."""
     base = {"dataset": "synthetic", "method": "mie", "lr": 0.0, "momentum": 0.0, "weight_decay": 0.0,
             "mie_stage_steps": 100}
-    return config_mod.resolve({**base, **kw})
+    return setup.resolve({**base, **kw})
 
 
 def with_random_heads(model, seed=1):
@@ -321,13 +322,13 @@ def test_state_dict_round_trip_continues_identically():
 ])
 def test_bad_config_is_a_one_line_error(values, match):
     with pytest.raises(ConfigError, match=match) as err:
-        config_mod.resolve({"dataset": "synthetic", "method": "mie", **values})
+        setup.resolve({"dataset": "synthetic", "method": "mie", **values})
     assert len(str(err.value).splitlines()) == 1
 
 
 def test_an_order_naming_other_modalities_is_refused_at_build():
     with pytest.raises(ConfigError, match="mie_order must list each modality once: m0, m1"):
-        build_method(tiny_model(), config_mod.resolve({"dataset": "synthetic", "method": "mie",
+        build_method(tiny_model(), setup.resolve({"dataset": "synthetic", "method": "mie",
                                                        "mie_order": ["m0", "audio"]}))
 
 

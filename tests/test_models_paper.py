@@ -6,12 +6,12 @@ import pytest
 import torch
 from torch import nn
 
-from msam_lab import coalitions, shapley
-from msam_lab.config import resolve
-from msam_lab.encoders import MaxOutMLP, ResNet18Encoder, TransformerEncoder, parameter_count
+from msam_lab.models import coalitions
+from msam_lab import shapley
+from msam_lab.training.setup import resolve
+from msam_lab.models.paper_encoders import MaxOutMLP, ResNet18Encoder, TransformerEncoder, parameter_count
 from msam_lab.methods import build_method
-from msam_lab.models import (ConcatFusion, EarlyFusion, LinearStem, SumFusion, build_model,
-                             model_from_spec, spec_encoders)
+from msam_lab.models.multimodal import ConcatFusion, EarlyFusion, LinearStem, SumFusion, build_model, model_from_spec, spec_encoders
 
 
 # -- parameter counts by hand, from the layer sizes ------------------------------------
@@ -330,7 +330,7 @@ def small_batchnorm_model():
 def test_absent_features_of_a_training_batchnorm_model_are_eval_mode_zero_features_with_grad():
     """A single all-zero sample cannot go through train-mode BatchNorm (it raises); the features an
     absent modality gets are the eval-mode ones, with gradient, and the model stays in train mode."""
-    from msam_lab.models import absent_features
+    from msam_lab.models.multimodal import absent_features
     model = small_batchnorm_model().train()
     stats = [b.running_mean.clone() for b in model.modules() if isinstance(b, nn.BatchNorm2d)]
     with pytest.raises(ValueError, match="more than 1 value per channel"):

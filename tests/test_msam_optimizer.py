@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 import msam_lab
 from msam_lab.methods import build_method
-from msam_lab.models import build_model
+from msam_lab.models.multimodal import build_model
 from tests.conftest import make_batch, make_config, make_model
 
 OPT = dict(lr=0.1, momentum=0.9, weight_decay=5e-4)

@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 
 import msam_lab
-from msam_lab import optim, schedules
+from msam_lab.optim import base as optim, schedules
 from msam_lab.methods import build_method
-from msam_lab.runs import load_run
+from msam_lab.runs.reader import load_run
 from tests.conftest import make_batch, make_config, make_model
 
 SYN = {"dataset": "synthetic", "data": {"n_samples": 240, "n_modalities": 2}, "epochs": 4,

@@ -16,7 +16,8 @@ import torch
 
 import msam_lab
 from msam_lab import config as config_mod
-from msam_lab.models import model_from_spec
+from msam_lab.training import setup
+from msam_lab.models.multimodal import model_from_spec
 from tests.test_real_datasets import _humor_split, _write_ave, _write_avmnist, _write_cremad
 
 PAPER = Path(__file__).resolve().parent.parent / "configs" / "paper"
@@ -40,7 +41,7 @@ def test_every_value_names_its_source(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_the_protocol_values(name):
-    cfg = config_mod.resolve(PAPER / f"{name}.yaml", ["data.root=/nowhere"])
+    cfg = setup.resolve(PAPER / f"{name}.yaml", ["data.root=/nowhere"])
     assert (cfg.optimizer, cfg.momentum, cfg.weight_decay) == ("sgd", 0.9, 1e-4)
     assert (cfg.lr_schedule, cfg.lr_step, cfg.lr_gamma) == ("step", 70, 0.1)
     assert (cfg.batch_size, cfg.epochs) == (64, 100)
@@ -51,7 +52,7 @@ def test_the_protocol_values(name):
 
 def test_the_urfunny_transformers_are_the_papers_size():
     """dim 768, 4 heads, 8 layers per modality, counted on the meta device (nothing allocated)."""
-    cfg = config_mod.resolve(PAPER / "urfunny-late.yaml", ["data.root=/nowhere"])
+    cfg = setup.resolve(PAPER / "urfunny-late.yaml", ["data.root=/nowhere"])
     spec = {"input_shapes": {"text": [50, 300], "audio": [50, 81], "vision": [50, 371]}, "num_classes": 2,
             "fusion": cfg.fusion, "encoders": cfg.encoders, "feature_dim": cfg.feature_dim,
             "hidden_dim": cfg.hidden_dim, "encoder_options": cfg.encoder_options,

@@ -22,12 +22,15 @@ import torch
 from torch import nn
 
 import msam_lab
-from msam_lab import cli, datasets, methods, models
-from msam_lab.config import ConfigError, resolve
+from msam_lab.cli import commands as cli
+from msam_lab import datasets, methods
+from msam_lab.models import multimodal as models
+from msam_lab.config import ConfigError
+from msam_lab.training.setup import resolve
 from msam_lab.datasets import MultimodalData, Splits
 from msam_lab.methods.joint import Joint
 from msam_lab.plugins import unregister
-from msam_lab.sweep import run_sweep
+from msam_lab.experiments.sweep import run_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"feature_dim": 8, "hidden_dim": 16, "epochs": 1, "batch_size": 32, "checkpoint_every": 0,

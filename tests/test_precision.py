@@ -12,11 +12,11 @@ import pytest
 import torch
 
 import msam_lab
-from msam_lab import speed
+from msam_lab.training import speed
 from msam_lab.methods import build_method
-from msam_lab.models import build_model
-from msam_lab.precision import Precision
-from msam_lab.sam import SAM
+from msam_lab.models.multimodal import build_model
+from msam_lab.optim.precision import Precision
+from msam_lab.optim.sam import SAM
 from tests.conftest import make_batch, make_config, make_model
 
 METHODS = ["joint", "sam", "msam", "agm", "ogm_ge", "cggm", "reconboost", "masam", "mie"]
@@ -79,7 +79,7 @@ def test_fp16_scales_the_loss_and_recovers_from_an_overflow():
 
 def test_fp16_overflow_is_not_a_nan_stop(tmp_path):
     """The StepGuard must leave an fp16 overflow to the scaler, not fail the run."""
-    from msam_lab.nonfinite import StepGuard
+    from msam_lab.training.guards import StepGuard
     model = make_model(n_mod=2)
     m = build_method(model, make_config(method="joint", precision="fp16"))
     m.precision.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 40)

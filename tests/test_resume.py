@@ -18,8 +18,9 @@ import pytest
 import torch
 
 import msam_lab
-from msam_lab import checkpoint_io, cli
-from msam_lab.runs import load_run
+from msam_lab.runs import checkpoint_io
+from msam_lab.cli import commands as cli
+from msam_lab.runs.reader import load_run
 
 CHILD = str(Path(__file__).with_name("train_child.py"))
 TIMEOUT = 120
@@ -181,7 +182,7 @@ def test_resume_refuses_what_it_cannot_continue(tmp_path, capsys):
 
 
 def test_sweep_resumes_an_interrupted_run_instead_of_starting_again(tmp_path):
-    from msam_lab.sweep import plan_sweep, run_sweep
+    from msam_lab.experiments.sweep import plan_sweep, run_sweep
 
     cfg = {**BASE, "epochs": 2}
     cell = plan_sweep(["joint"], [0], out=tmp_path, config=cfg)[0]

@@ -1,4 +1,4 @@
-"""msam_lab.rivals (notebook 08): settings, the ablation's arms and labels, the tables built from tiny
+"""msam_lab.experiments.rivals (notebook 08): settings, the ablation's arms and labels, the tables built from tiny
 sweeps, the sharpness timeline read from runs trained with ``sharpness_every``, and the viz figures."""
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from msam_lab import rivals, viz
-from msam_lab.runs import load_run
-from msam_lab.sweep import RUNS_FILE
+from msam_lab.experiments import rivals
+from msam_lab import viz
+from msam_lab.runs.reader import load_run
+from msam_lab.experiments.sweep import RUNS_FILE
 
 TINY = {"dataset": "synthetic", "data": {"n_modalities": 2, "n_samples": 200}}
 

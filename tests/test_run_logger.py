@@ -12,11 +12,11 @@ import torch
 import torch.nn.functional as F
 
 import msam_lab
-from msam_lab.compare import compare_runs
+from msam_lab.runs.compare import compare_runs
 from msam_lab.config import ConfigError
 from msam_lab.landscape import ForwardEvaluation, evaluate_points, landscape_for_run, random_directions
 from msam_lab.landscape import sharpness_for_run
-from msam_lab.metrics import evaluate
+from msam_lab.analysis.metrics import evaluate
 from tests.conftest import make_batch, make_model
 
 MODALITIES = ("a", "b")
@@ -160,7 +160,7 @@ def test_forward_evaluation_equals_the_builtin_point_evaluator():
     points = np.array([[0.0, 0.0], [0.3, -0.2], [-1.0, 0.5]])
     names, ref = evaluate_points(model, msam_lab.datasets.MultimodalData(inputs, labels, 3), dirs, points)
     ev = ForwardEvaluation(lambda mdl, x, p: mdl(x, p), [(inputs, labels)], model.modalities)
-    from msam_lab.landscape.surface import PointEvaluator
+    from msam_lab.landscape.points import PointEvaluator
     from msam_lab.landscape.state import preserved
     with preserved(model):
         model.eval()

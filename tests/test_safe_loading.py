@@ -29,11 +29,12 @@ import pytest
 import torch
 
 import msam_lab
-from msam_lab import checkpoint_io, cli
-from msam_lab.checkpoint_io import RunFileError
+from msam_lab.runs import checkpoint_io
+from msam_lab.cli import commands as cli
+from msam_lab.runs.checkpoint_io import RunFileError
 from msam_lab.config import ConfigError
 from msam_lab.datasets import load_dataset, safe_pickle
-from msam_lab.runs import load_run, read_status, read_table
+from msam_lab.runs.reader import load_run, read_status, read_table
 from tests.test_real_datasets import _humor_split, _write_ave
 
 FIXTURES = Path(__file__).with_name("fixtures") / "old_runs"
@@ -66,7 +67,7 @@ def _stop_at(step):
 def runs(tmp_path_factory) -> dict[str, Path]:
     """A finished run (a sweep cell, with a landscape ``r1`` and sharpness.csv) and an interrupted one."""
     from msam_lab.landscape import landscape_for_run, sharpness_for_run
-    from msam_lab.sweep import plan_sweep, run_sweep
+    from msam_lab.experiments.sweep import plan_sweep, run_sweep
 
     base = tmp_path_factory.mktemp("safe-runs")
     run_sweep(["msam"], [0], out=base / "sweep", config=TINY, quiet=True)
@@ -278,7 +279,7 @@ def test_notebook_sharpness_reuse_never_runs_a_planted_payload(runs, tmp_path):
 
 @pytest.mark.parametrize("target", ["config.json", "epochs.csv", "summary.json", "status.json"])
 def test_sweep_reuse_never_runs_a_planted_payload(runs, tmp_path, target):
-    from msam_lab.sweep import plan_sweep, run_sweep
+    from msam_lab.experiments.sweep import plan_sweep, run_sweep
 
     sweep = _copy(runs["sweep"], tmp_path / "sweep")
     cell = plan_sweep(["msam"], [0], out=sweep, config=TINY)[0].path
@@ -504,7 +505,7 @@ def test_the_rotation_keeps_the_previous_point_once_a_fallback_happened(runs, tm
     run = _copy(runs["interrupted"], tmp_path / "run")
     prev = (run / "checkpoints" / "resume.prev.pt").read_bytes()
     _flip(run / "checkpoints" / "resume.pt")
-    from msam_lab.run_writer import RunWriter
+    from msam_lab.runs.writer import RunWriter
     writer = RunWriter(run, resume=True)
     try:
         writer.save_resume({"position": {"step": 1, "epoch": 0}, "x": torch.zeros(1)})

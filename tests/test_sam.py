@@ -11,8 +11,8 @@ from torch import nn
 
 from msam_lab.methods import build_method
 from msam_lab.methods.base import Observation
-from msam_lab.models import MultimodalModel, SumFusion, running_stats_kept
-from msam_lab.sam import SAM
+from msam_lab.models.multimodal import MultimodalModel, SumFusion, running_stats_kept
+from msam_lab.optim.sam import SAM
 
 from .conftest import make_batch, make_config, make_model
 

@@ -11,13 +11,15 @@ import pandas as pd
 import pytest
 import torch
 
-from msam_lab import metrics, sweep, viz
-from msam_lab.compare import compare_runs, format_table
+from msam_lab.analysis import metrics
+from msam_lab.experiments import cells as cells_mod, sweep
+from msam_lab import viz
+from msam_lab.runs.compare import compare_runs, format_table
 from msam_lab.config import Config
 from msam_lab.datasets import MultimodalData, Splits
 from msam_lab.datasets.validation import holdout_size, with_validation
-from msam_lab.run_writer import RunWriter
-from msam_lab.selection import best_epoch, selection_summary
+from msam_lab.runs.writer import RunWriter
+from msam_lab.runs.selection import best_epoch, selection_summary
 
 from .conftest import make_batch, make_config, make_model
 
@@ -225,7 +227,7 @@ def test_sweep_tables_have_labelled_best_and_last_columns(tmp_path):
     for method, with_val in (("joint", True), ("msam", False)):
         for seed in (0, 1):
             path = write_run(tmp_path / method / f"seed{seed}", with_val, method, seed)
-            cells.append(sweep.Cell(method, seed, None, Config(method=method, seed=seed), path))
+            cells.append(cells_mod.Cell(method, seed, None, Config(method=method, seed=seed), path))
     runs = pd.DataFrame([sweep._row(c) for c in cells])
     for col in ("acc_at_best", "acc_last", "acc_image_at_best", "acc_only_audio_last", "tau_at_best", "tau_last"):
         assert col in runs.columns

@@ -15,9 +15,9 @@ from torch.func import functional_call
 import msam_lab
 from msam_lab.datasets import MultimodalData
 from msam_lab.landscape import epsilon_sharpness, hutchinson_trace, sharpness, top_eigenvalues
-from msam_lab.landscape.cli import main as landscape_main
+from msam_lab.cli import main as landscape_main
 from msam_lab.landscape.sharpness import HessianOperator
-from msam_lab.models import MultimodalModel, SumFusion, build_model
+from msam_lab.models.multimodal import MultimodalModel, SumFusion, build_model
 
 
 # ---------------------------------------------------------------- a quadratic with a known Hessian
@@ -245,7 +245,7 @@ def test_cli_sharpness_bad_input_exits_2(syn_run, tmp_path, capsys):
 def test_sharpness_of_a_model_with_torch_attention():
     """nn.MultiheadAttention's fused kernels have no double backward: sharpness runs attention
     through the math kernel, and its λ_max is the top eigenvalue of the explicit Hessian."""
-    from msam_lab.hessian import HessianOperator, block_sharpness
+    from msam_lab.analysis.hessian import HessianOperator, block_sharpness
 
     torch.manual_seed(0)
     model = torch.nn.ModuleDict({"attn": torch.nn.MultiheadAttention(4, 2, batch_first=True),

@@ -1,4 +1,4 @@
-"""Sharpness over training (msam_lab.sharpness_timeline): λ_max and Hutchinson trace per encoder block
+"""Sharpness over training (msam_lab.analysis.sharpness_timeline): λ_max and Hutchinson trace per encoder block
 and the fusion, checked block by block against the explicit Hessian of a tiny model; the
 ``sharpness_every`` rows of a training run, bit-identical training, resume, and ``--timeline``."""
 from __future__ import annotations
@@ -15,12 +15,13 @@ from torch import nn
 from torch.func import functional_call
 
 import msam_lab
-from msam_lab import sharpness_timeline as st
-from msam_lab.config import ConfigError, resolve
+from msam_lab.analysis import sharpness_timeline as st
+from msam_lab.config import ConfigError
+from msam_lab.training.setup import resolve
 from msam_lab.datasets import MultimodalData
-from msam_lab.hessian import _random_like
-from msam_lab.landscape.cli import main as cli_main
-from msam_lab.models import MultimodalModel, SumFusion, build_model
+from msam_lab.analysis.hessian import _random_like
+from msam_lab.cli import main as cli_main
+from msam_lab.models.multimodal import MultimodalModel, SumFusion, build_model
 
 SHAPES = {"a": (3,), "b": (2,)}
 
@@ -95,7 +96,7 @@ def test_each_hutchinson_sample_is_z_B_z_for_the_seeded_probes():
     """The estimator exactly: its samples are zᵀBz for the probes the seed draws (so E = tr B)."""
     model, data = tiny_model(), tiny_data()
     H, where = full_hessian(model, data)
-    from msam_lab.hessian import HessianOperator, fused_loss_fn, hutchinson_trace
+    from msam_lab.analysis.hessian import HessianOperator, fused_loss_fn, hutchinson_trace
 
     for scope in ("b", "fusion"):
         prefix = f"encoders.{scope}." if scope in SHAPES else f"{scope}."

@@ -1,4 +1,4 @@
-"""``msam-lab status``: one row per run (msam_lab.status), for finished, failed, interrupted and running
+"""``msam-lab status``: one row per run (msam_lab.runs.status), for finished, failed, interrupted and running
 runs, and the command's output and exit codes."""
 from __future__ import annotations
 
@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from msam_lab.cli import main
+from msam_lab.cli.commands import main
 from msam_lab.config import Config
-from msam_lab.run_writer import RunWriter
-from msam_lab.runs import load_run
-from msam_lab.status import display_table, format_age, format_status, status_table
-from msam_lab.trainer import train
+from msam_lab.runs.writer import RunWriter
+from msam_lab.runs.reader import load_run
+from msam_lab.runs.status import display_table, format_age, format_status, status_table
+from msam_lab.training.loop import train
 
 SPEC = {"input_shapes": {"image": [4], "audio": [4]}, "num_classes": 3, "fusion": "late_sum", "encoders": {},
         "feature_dim": 8, "hidden_dim": 16}

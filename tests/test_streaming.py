@@ -15,12 +15,11 @@ import torch
 import torch.nn.functional as F
 
 from msam_lab import datasets
-from msam_lab.datasets import (MultimodalData, StreamingData, ave, avmnist, cremad, load_for_training,
-                               memmap_cache, urfunny)
+from msam_lab.datasets import MultimodalData, StreamingData, ave, avmnist, cremad, load_for_training, memmap_cache, urfunny
 from msam_lab.landscape import compute_surface, eval_subset, random_directions, sharpness
-from msam_lab.landscape.surface import grid
-from msam_lab.metrics import evaluate, train_eval_subset
-from msam_lab.models import build_model
+from msam_lab.landscape.points import grid
+from msam_lab.analysis.metrics import evaluate, train_eval_subset
+from msam_lab.models.multimodal import build_model
 
 from .test_real_datasets import _humor_split, _write_avmnist, _write_ave, _write_cremad
 

@@ -7,10 +7,11 @@ import pandas as pd
 import pytest
 import torch
 
+from msam_lab.training import setup
 import msam_lab
 from msam_lab.config import ConfigError
 from msam_lab.methods.joint import Joint
-from msam_lab.runs import load_run
+from msam_lab.runs.reader import load_run
 
 SYN = {"dataset": "synthetic", "data": {"n_samples": 300, "n_modalities": 3}, "epochs": 2,
        "batch_size": 50, "checkpoint_every": 1}
@@ -103,7 +104,7 @@ def test_existing_run_is_not_overwritten(syn_run):
 def test_config_round_trips(syn_run):
     saved = json.loads((syn_run.path / "config.json").read_text())
     assert saved["data"]["n_samples"] == 300 and saved["data"]["n_modalities"] == 3
-    assert msam_lab.config.resolve(saved).to_dict() == saved
+    assert msam_lab.training.setup.resolve(saved).to_dict() == saved
 
 
 def test_load_run_rejects_a_non_run(tmp_path):
@@ -136,7 +137,7 @@ def test_default_dataset_shows_the_imbalance(tmp_path):
 
 @pytest.mark.parametrize("argv", [["train", "--epochs", "abc"], ["trian"], ["train", "--no-such-flag"]])
 def test_argparse_errors_are_one_line_and_exit_2(argv, capsys):
-    from msam_lab import cli
+    from msam_lab.cli import commands as cli
 
     with pytest.raises(SystemExit) as info:
         cli.main(argv)

@@ -19,7 +19,7 @@ from msam_lab import notebook_utils as nbu  # noqa: E402
 from msam_lab import viz  # noqa: E402
 from msam_lab.config import Config  # noqa: E402
 from msam_lab.landscape import Surface  # noqa: E402
-from msam_lab.runs import Run  # noqa: E402
+from msam_lab.runs.reader import Run  # noqa: E402
 
 MODS = ("image", "audio")
 DOMINANT = ["image", "image", "audio", "audio", "audio", "image", "audio", "image", "image", "image", "audio", "audio"]

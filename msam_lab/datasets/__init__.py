@@ -18,10 +18,11 @@ import reprlib
 from pathlib import Path
 from typing import Callable
 
-from ..entry_points import check_callable, check_name, describe, is_new, load_plugins
-from ..yaml_text import read_number
-from .base import Batch, MultimodalData, Splits, in_memory
-from .streaming import StreamingData
+from msam_lab import paths
+from msam_lab.registry import check_callable, check_name, describe, is_new, load_plugins
+from msam_lab.yaml_text import read_number
+from msam_lab.datasets.base import Batch, MultimodalData, Splits, in_memory
+from msam_lab.datasets.streaming import StreamingData
 
 # name -> module path; modules are imported lazily so a missing optional
 # dependency of one real-data loader never breaks the others.
@@ -126,8 +127,8 @@ def unregister_dataset(name: str) -> None:
 
 
 def default_cache_dir() -> Path:
-    """Where generated datasets are cached: ``$MSAM_LAB_DATA`` or ``./data``."""
-    return Path(os.environ.get("MSAM_LAB_DATA", "data"))
+    """Where generated datasets are cached: ``$MSAM_LAB_DATA`` or ``<repo>/data`` (msam_lab.paths)."""
+    return paths.data_dir()
 
 
 def _module(name: str):

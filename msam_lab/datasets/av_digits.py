@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .base import MultimodalData, Splits
+from msam_lab.datasets.base import MultimodalData, Splits
 
 NAME = "av-digits"
 

@@ -45,12 +45,11 @@ import csv
 import numpy as np
 import torch
 
-from . import memmap_cache, safe_pickle
-from .base import MultimodalData, Splits
-from .files import (check_positive_int, frames_array, is_plain_name, layout_error, load_frames,
-                    read_lines, require_file, require_root, subsample)
-from .memmap_cache import file_stamp
-from .streaming import cached_split
+from msam_lab.datasets import memmap_cache, safe_pickle
+from msam_lab.datasets.base import MultimodalData, Splits
+from msam_lab.datasets.files import check_positive_int, frames_array, is_plain_name, layout_error, load_frames, read_lines, require_file, require_root, subsample
+from msam_lab.datasets.memmap_cache import file_stamp
+from msam_lab.datasets.streaming import cached_split
 
 NAME = "ave"
 

@@ -48,10 +48,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .base import MultimodalData, Splits
-from .files import (check_positive_int, layout_error, load_npy, read_wav, require_dir,
-                    require_root, resample, stft_magnitude, subsample)
-from .streaming import NpyArray, StreamingData
+from msam_lab.datasets.base import MultimodalData, Splits
+from msam_lab.datasets.files import check_positive_int, layout_error, load_npy, read_wav, require_dir, require_root, resample, stft_magnitude, subsample
+from msam_lab.datasets.streaming import NpyArray, StreamingData
 
 NAME = "av-mnist"
 

@@ -7,11 +7,11 @@ the built-ins; a registered plug-in gets a short entry from its registration.
 """
 from __future__ import annotations
 
-from . import DATASETS, _module, ave, av_digits, avmnist, cremad, dataset_names, is_plugin, synthetic, urfunny
+from msam_lab.datasets import DATASETS, _module, ave, av_digits, avmnist, cremad, dataset_names, is_plugin, synthetic, urfunny
 
 
 def _val_fraction() -> float:
-    from ..config import Config   # lazily: config imports the dataset registry
+    from msam_lab.config import Config   # lazily: config imports the dataset registry
 
     return Config().val_fraction
 

@@ -40,12 +40,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from . import memmap_cache
-from .base import MultimodalData, Splits
-from .files import (check_positive_int, frames_array, is_plain_name, layout_error, load_frames,
-                    read_lines, read_wav, require_root, resample, stft_magnitude, subsample)
-from .memmap_cache import file_stamp
-from .streaming import cached_split
+from msam_lab.datasets import memmap_cache
+from msam_lab.datasets.base import MultimodalData, Splits
+from msam_lab.datasets.files import check_positive_int, frames_array, is_plain_name, layout_error, load_frames, read_lines, read_wav, require_root, resample, stft_magnitude, subsample
+from msam_lab.datasets.memmap_cache import file_stamp
+from msam_lab.datasets.streaming import cached_split
 
 NAME = "crema-d"
 

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import ave, avmnist, cremad, urfunny
-from .files import _natural_key, is_plain_name, read_lines, read_wav, require_root, segment_centres
+from msam_lab.datasets import ave, avmnist, cremad, urfunny
+from msam_lab.datasets.files import _natural_key, is_plain_name, read_lines, read_wav, require_root, segment_centres
 
 _CHUNK_ROWS = 2048   # rows of a memory-mapped array scanned for NaN at a time
 

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .base import Batch, MultimodalData, shard_slice
+from msam_lab.datasets.base import Batch, MultimodalData, shard_slice
 
 Transform = Callable[[np.ndarray], np.ndarray]
 
@@ -260,7 +260,7 @@ class StreamingData:
 
 def cached_split(folder, manifest: dict, num_classes: int, num_workers: int = 2) -> StreamingData:
     """A split of a ``memmap_cache`` folder as StreamingData (labels read whole: they are small)."""
-    from .memmap_cache import LABELS
+    from msam_lab.datasets.memmap_cache import LABELS
 
     folder = Path(folder)
     sources = {m: NpyArray(folder / f"{m}.npy", spec["shape"], spec["dtype"])

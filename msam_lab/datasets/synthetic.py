@@ -20,8 +20,8 @@ import numbers
 import numpy as np
 import torch
 
-from .av_digits import stratified_split
-from .base import MultimodalData, Splits
+from msam_lab.datasets.av_digits import stratified_split
+from msam_lab.datasets.base import MultimodalData, Splits
 
 NAME = "synthetic"
 

@@ -20,7 +20,7 @@ import math
 
 import torch
 
-from .base import Splits
+from msam_lab.datasets.base import Splits
 
 KINDS = ("dataset", "holdout", "none")
 

@@ -10,15 +10,15 @@ Modules: ``state`` (leave-no-trace context manager), ``directions``,
 ``sharpness``, ``runs`` (run-level API and files), ``cli``.
 See docs/landscapes.md.
 """
-from .directions import (PCADirections, between, filter_normalize, orthogonalize, pca_directions, project,
-                         random_direction, random_directions, scope_parameters)
-from .evaluation import ForwardEvaluation
-from .parallel import WorkerPool
-from .runs import landscape_for_run, list_landscapes, load_landscape, sharpness_for_run
-from .sharpness import epsilon_sharpness, hutchinson_trace, sharpness, sharpness_table, top_eigenvalues
-from .state import preserved
-from .surface import (PointEvaluator, Surface, compute_surface, eval_subset, evaluate_points,
-                      generalization_gap, grid, metric_names)
+from msam_lab.landscape.directions import PCADirections, between, filter_normalize, orthogonalize, pca_directions, project, random_direction, random_directions, scope_parameters
+from msam_lab.landscape.evaluation import ForwardEvaluation
+from msam_lab.landscape.parallel import WorkerPool
+from msam_lab.landscape.for_run import landscape_for_run, list_landscapes, load_landscape, sharpness_for_run
+from msam_lab.landscape.sharpness import epsilon_sharpness, hutchinson_trace, sharpness, sharpness_table, top_eigenvalues
+from msam_lab.landscape.state import preserved
+from msam_lab.landscape.points import PointEvaluator, eval_subset, evaluate_points, grid, metric_names
+from msam_lab.landscape.surface import compute_surface
+from msam_lab.runs.surfaces import Surface, generalization_gap
 
 __all__ = [
     "ForwardEvaluation", "PCADirections", "between", "filter_normalize", "orthogonalize", "pca_directions", "project",

@@ -2,7 +2,7 @@
 
 ``ForwardEvaluation(forward, batches, modalities)`` is what ``compute_surface`` and ``sharpness``
 take in place of a ``MultimodalModel`` and a data split: ``forward(model, inputs, present) -> logits``
-(the contract of msam_lab.forward_eval) over a fixed list of ``(inputs, labels)`` batches. Its
+(the contract of msam_lab.analysis.forward_eval) over a fixed list of ``(inputs, labels)`` batches. Its
 metrics are the built-in ones, by name (``surface.metric_names``): ``loss``/``acc`` of the fused model,
 ``*_only_<m>`` with only m present and ``*_without_<m>`` with m removed, each coalition one forward.
 """
@@ -14,12 +14,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..forward_eval import coalition_totals, present_of
+from msam_lab.analysis.forward_eval import coalition_totals, present_of
+from msam_lab.landscape.points import coalition_plan, fingerprint, metric_names
 
 
 def batches_fingerprint(batches) -> str:
     """SHA-1 of every tensor in ``batches`` (inputs and labels, by position and key)."""
-    from .surface import fingerprint
 
     flat = {}
     for i, (inputs, labels) in enumerate(batches):
@@ -32,7 +32,6 @@ def batches_fingerprint(batches) -> str:
 class ForwardEvaluation:
     def __init__(self, forward, batches, modalities: Sequence[str], per_modality: bool = True,
                  loss_fn=F.cross_entropy):
-        from .surface import coalition_plan, metric_names
 
         if not callable(forward):
             raise TypeError("forward must be a function forward(model, inputs, present) -> logits")

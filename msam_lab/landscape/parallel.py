@@ -27,8 +27,8 @@ import numpy as np
 import torch
 import torch.multiprocessing as tmp
 
-from ..datasets.base import MultimodalData
-from .surface import PointEvaluator, prepare_for_evaluation
+from msam_lab.datasets.base import MultimodalData
+from msam_lab.landscape.points import PointEvaluator, prepare_for_evaluation
 
 _WORKER: dict = {}
 

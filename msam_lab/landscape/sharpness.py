@@ -1,8 +1,8 @@
 """Sharpness of a minimum: Hessian eigenvalues, Hessian trace, ε-sharpness, of a multimodal model.
 
 The Hessian math (Hessian-vector products, power iteration with deflation, Hutchinson's trace,
-ε-sharpness) lives in ``msam_lab.hessian``, below the trainer, which measures sharpness during
-training too (``msam_lab.sharpness_timeline``); its names are re-exported here.
+ε-sharpness) lives in ``msam_lab.analysis.hessian``, below the trainer, which measures sharpness during
+training too (``msam_lab.analysis.sharpness_timeline``); its names are re-exported here.
 
 Each can be restricted to a subset of the parameters (``scope``: the whole
 model, one modality's encoder, the fusion): the Hessian is then the diagonal
@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from ..hessian import (HessianOperator, Vector, block_sharpness, epsilon_sharpness, fused_loss_fn,
-                       hutchinson_trace, top_eigenvalues)
-from .directions import scope_parameters
-from .state import preserved
+from msam_lab.analysis.hessian import HessianOperator, Vector, block_sharpness, epsilon_sharpness, fused_loss_fn, hutchinson_trace, top_eigenvalues
+from msam_lab.landscape.directions import scope_parameters
+from msam_lab.landscape.points import eval_subset
+from msam_lab.landscape.state import preserved
 
 __all__ = ["HessianOperator", "Vector", "block_sharpness", "epsilon_sharpness", "fused_loss_fn",
            "hutchinson_trace", "top_eigenvalues", "sharpness", "sharpness_table"]
@@ -45,7 +45,6 @@ def sharpness(model, data, scope: str = "model", rho: float = 0.05, topk: int = 
             loss_fn = evaluation.to(device).fused_loss(model)
         else:
             if n_samples is not None:
-                from .surface import eval_subset
                 data, _ = eval_subset(data, n_samples, subset_seed)
             loss_fn = fused_loss_fn(model, data.to(device), batch_size)
         row = {"scope": scope, **block_sharpness(model, loss_fn, params, rho=rho, topk=topk, probes=probes,

@@ -1,18 +1,18 @@
 """Training methods, one interface: ``Method(model, config).step(inputs, labels) -> record``."""
 from __future__ import annotations
 
-from ..entry_points import check_name, is_new, load_plugins, shown
-from .agm import AGM
-from .base import Method, Observation
-from .cggm import CGGM
-from .joint import Joint
-from .masam import MASAM
-from .mie import MIE
-from .msam import MSAM
-from .ogm_ge import OGMGE
-from .reconboost import ReconBoost
-from .sam import SAMMethod
-from .unimodal import Unimodal
+from msam_lab.registry import check_name, is_new, load_plugins, shown
+from msam_lab.methods.agm import AGM
+from msam_lab.methods.base import Method, Observation
+from msam_lab.methods.cggm import CGGM
+from msam_lab.methods.joint import Joint
+from msam_lab.methods.masam import MASAM
+from msam_lab.methods.mie import MIE
+from msam_lab.methods.msam import MSAM
+from msam_lab.methods.ogm_ge import OGMGE
+from msam_lab.methods.reconboost import ReconBoost
+from msam_lab.methods.sam import SAMMethod
+from msam_lab.methods.unimodal import Unimodal
 
 METHODS: dict[str, type[Method]] = {
     "joint": Joint,

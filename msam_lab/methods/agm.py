@@ -44,11 +44,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .. import coalitions, distributed, shapley
-from ..config import ConfigError
-from ..models import absent_features
-from .base import Method
-from .ogm_ge import check_min_modalities, check_window
+from msam_lab.models import coalitions
+from msam_lab import distributed, shapley
+from msam_lab.config import ConfigError
+from msam_lab.models.multimodal import absent_features
+from msam_lab.methods.base import Method
+from msam_lab.methods.ogm_ge import check_min_modalities, check_window
 
 SCORE_FLOOR = 1e-8
 

@@ -14,11 +14,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .. import coalitions, distributed, optim, schedules, shapley
-from ..config import Config
-from ..datasets import Batch
-from ..models import MultimodalModel
-from ..precision import Precision
+from msam_lab.models import coalitions
+from msam_lab import distributed, shapley
+from msam_lab.optim import base as optim, schedules
+from msam_lab.config import Config
+from msam_lab.datasets import Batch
+from msam_lab.models.multimodal import MultimodalModel
+from msam_lab.optim.precision import Precision
 
 
 @dataclass

@@ -68,11 +68,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import distributed, optim
-from ..config import ConfigError
-from ..models import ConcatFusion, SumFusion, last_linear
-from .base import Method
-from .ogm_ge import check_min_modalities
+from msam_lab import distributed
+from msam_lab.optim import base as optim
+from msam_lab.config import ConfigError
+from msam_lab.models.multimodal import ConcatFusion, SumFusion, last_linear
+from msam_lab.methods.base import Method
+from msam_lab.methods.ogm_ge import check_min_modalities
 
 
 def cggm_coefficients(acc_prev, acc_now, eps: float = 1e-8, bound: float | None = None) -> np.ndarray:

@@ -1,7 +1,7 @@
 """Joint training: cross-entropy on the fused output, one base-optimizer step."""
 from __future__ import annotations
 
-from .base import Method
+from msam_lab.methods.base import Method
 
 
 class Joint(Method):

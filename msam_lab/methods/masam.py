@@ -31,12 +31,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import optim
-from ..config import ConfigError
-from ..models import eval_mode
-from ..sam import add_to_grads
-from .ogm_ge import check_min_modalities
-from .sam import SAMMethod
+from msam_lab.optim import base as optim
+from msam_lab.config import ConfigError
+from msam_lab.models.multimodal import eval_mode
+from msam_lab.optim.sam import add_to_grads
+from msam_lab.methods.ogm_ge import check_min_modalities
+from msam_lab.methods.sam import SAMMethod
 
 MODES = ("paper", "code")
 

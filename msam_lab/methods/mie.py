@@ -57,11 +57,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import optim, schedules
-from ..config import ConfigError
-from ..models import SumFusion, eval_mode, last_linear
-from .base import Method
-from .ogm_ge import check_min_modalities, check_stage_order
+from msam_lab.optim import base as optim, schedules
+from msam_lab.config import ConfigError
+from msam_lab.models.multimodal import SumFusion, eval_mode, last_linear
+from msam_lab.methods.base import Method
+from msam_lab.methods.ogm_ge import check_min_modalities, check_stage_order
 
 
 def mixup_draw(rng: np.random.Generator, n: int, alpha: float) -> tuple[float, np.ndarray]:

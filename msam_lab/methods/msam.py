@@ -28,11 +28,12 @@ from __future__ import annotations
 
 import torch
 
-from .. import coalitions, shapley
-from ..config import ConfigError
-from ..models import absent_features
-from ..sam import add_to_grads
-from .sam import SAMMethod
+from msam_lab.models import coalitions
+from msam_lab import shapley
+from msam_lab.config import ConfigError
+from msam_lab.models.multimodal import absent_features
+from msam_lab.optim.sam import add_to_grads
+from msam_lab.methods.sam import SAMMethod
 
 
 class MSAM(SAMMethod):

@@ -40,10 +40,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .. import distributed
-from ..config import ConfigError
-from .base import Method
-from .unimodal_logits import unimodal_logits
+from msam_lab import distributed
+from msam_lab.config import ConfigError
+from msam_lab.methods.base import Method
+from msam_lab.methods.unimodal_logits import unimodal_logits
 
 
 def ogm_coefficients(scores, alpha: float) -> np.ndarray:

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import torch
 
-from .. import distributed, optim
-from ..models import running_stats_kept
-from ..sam import SAM
-from .base import Method
+from msam_lab import distributed
+from msam_lab.optim import base as optim
+from msam_lab.models.multimodal import running_stats_kept
+from msam_lab.optim.sam import SAM
+from msam_lab.methods.base import Method
 
 
 class SAMMethod(Method):

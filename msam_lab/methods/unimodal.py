@@ -23,9 +23,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..config import ConfigError
-from .base import Method
-from .joint import Joint
+from msam_lab.config import ConfigError
+from msam_lab.methods.base import Method
+from msam_lab.methods.joint import Joint
 
 FIRST_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 

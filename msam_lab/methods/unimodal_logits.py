@@ -21,8 +21,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .. import coalitions
-from ..models import ConcatFusion, MultimodalModel, SumFusion
+from msam_lab.models import coalitions
+from msam_lab.models.multimodal import ConcatFusion, MultimodalModel, SumFusion
 
 
 @torch.no_grad()

@@ -12,7 +12,7 @@ publication; save with ``save_mpl(fig, "figures/name")`` for PDF + PNG).
     viz.contour_grid({"Joint": s1, "M-SAM": s2})    # shared colour scale
     viz.sharpness_figure({"Joint": t1, "M-SAM": t2})
     viz.comparison_bars(sweep_table)                # mean ± std over seeds
-    viz.rho_curve(rho_table)                        # accuracy over ρ (notebook 08, msam_lab.rivals)
+    viz.rho_curve(rho_table)                        # accuracy over ρ (notebook 08, msam_lab.experiments.rivals)
     viz.ablation_bars(ablation_table)               # which modality M-SAM perturbs
     viz.sharpness_timeline_figure(timeline)         # each encoder's Hessian trace over epochs
 
@@ -21,17 +21,14 @@ Following a run while it trains (figures that grow in place): ``msam_lab.widgets
 ``msam_lab.widgets.LiveFigure(viz.<function>, run)``, ``DominanceExplorer(run, follow=True)``.
 Quick mode for notebooks and tests: ``quick_mode()`` (``MSAM_LAB_QUICK=1``).
 """
-from ..notebook_utils import quick_mode
-from .common import as_runs, refresh
-from .compare import comparison_bars, comparison_table, summary_table
-from .curves import accuracy_curves, modality_gap_table, tau_curves, train_test_curves, training_curves
-from .dominance import (dominance_segments, dominance_summary, epoch_shares, shares_over_steps,
-                        smoothed_dominant, smoothed_shares, switch_points)
-from .landscape import (contour_grid, curves_1d, direction_title, metric_key, metric_title, shared_z,
-                        sharpness_figure, surface_figure, trajectory)
-from .rivals import ablation_bars, arm_label, rho_curve, sharpness_timeline_figure, timeline_stats
-from .style import (find_chromium, method_color, modality_color, mpl_style, save_mpl, shared_range,
-                    write_html, write_plotly_png)
+from msam_lab.paths import quick_mode
+from msam_lab.viz.common import as_runs, refresh
+from msam_lab.viz.compare import comparison_bars, comparison_table, summary_table
+from msam_lab.viz.curves import accuracy_curves, modality_gap_table, tau_curves, train_test_curves, training_curves
+from msam_lab.viz.dominance import dominance_segments, dominance_summary, epoch_shares, shares_over_steps, smoothed_dominant, smoothed_shares, switch_points
+from msam_lab.viz.landscape import contour_grid, curves_1d, direction_title, metric_key, metric_title, shared_z, sharpness_figure, surface_figure, trajectory
+from msam_lab.viz.rivals import ablation_bars, arm_label, rho_curve, sharpness_timeline_figure, timeline_stats
+from msam_lab.viz.style import find_chromium, method_color, modality_color, mpl_style, save_mpl, shared_range, write_html, write_plotly_png
 
 __all__ = [
     "quick_mode", "as_runs", "refresh",

@@ -21,12 +21,12 @@ def as_run(run):
     """A Run from a Run (or anything with ``.steps``/``.epochs``) or a run directory."""
     if hasattr(run, "epochs") and hasattr(run, "steps"):
         return run
-    from ..runs import load_run
+    from msam_lab.runs.reader import load_run
     return load_run(Path(run))
 
 
 def run_label(run) -> str:
-    from .style import method_label
+    from msam_lab.viz.style import method_label
     method = getattr(getattr(run, "config", None), "method", None)
     return method_label(method) if method else getattr(run, "name", "run")
 

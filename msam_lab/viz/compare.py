@@ -1,8 +1,8 @@
 """Method comparison from a sweep: mean ± std over seeds as a table and as bar charts with error bars.
 
-Input: the summary ``msam_lab.sweep.run_sweep`` returns (or ``sweep_summary.csv``: ``method``,
+Input: the summary ``msam_lab.experiments.sweep.run_sweep`` returns (or ``sweep_summary.csv``: ``method``,
 ``rho``, ``n_seeds``, ``<metric>_mean``, ``<metric>_std``), or the per-run table (``sweep.csv``:
-one row per seed), which is summarised here with ``msam_lab.sweep.summarise``.
+one row per seed), which is summarised here with ``msam_lab.experiments.sweep.summarise``.
 
 Test numbers come at two epochs, each labelled: the epoch of best validation accuracy
 (``<metric>_at_best_mean``, "best val") and the last epoch (``<metric>_last_mean``, "last"); see
@@ -16,14 +16,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import style
-from .common import check_backend
+from msam_lab.viz import style
+from msam_lab.viz.common import check_backend
 
 
 def summary_table(table) -> pd.DataFrame:
     """The mean ± std summary from a summary table, a per-run table or a path to either CSV
     (old, unlabelled tables upgraded: their numbers are last-epoch ones)."""
-    from ..sweep import summarise, upgrade_summary
+    from msam_lab.experiments.sweep import summarise, upgrade_summary
     if isinstance(table, (str, Path)):
         table = pd.read_csv(table)
     if any(c.endswith("_mean") for c in table.columns):

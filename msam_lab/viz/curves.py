@@ -15,8 +15,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from . import style
-from .common import as_runs, check_backend, method_of, modalities_of
+from msam_lab.viz import style
+from msam_lab.viz.common import as_runs, check_backend, method_of, modalities_of
 
 PER_MODALITY = {"decomposed": ("acc_{m}", "{m} (Shapley-decomposed)"),
                 "only": ("acc_only_{m}", "{m} alone (others zeroed)")}

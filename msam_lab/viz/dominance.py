@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from . import style
-from .common import as_run, as_runs, check_backend, modalities_of, run_label
+from msam_lab.viz import style
+from msam_lab.viz.common import as_run, as_runs, check_backend, modalities_of, run_label
 
 BANDS = ("raw", "smoothed", None)
 

@@ -15,8 +15,8 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 
-from . import style
-from .common import check_backend
+from msam_lab.viz import style
+from msam_lab.viz.common import check_backend
 
 PARTS = ("fused", "only", "without")
 

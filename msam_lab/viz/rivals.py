@@ -1,4 +1,4 @@
-"""Figures of notebook 08 (``msam_lab.rivals``): accuracy over ρ, the fixed-dominant ablation's bars
+"""Figures of notebook 08 (``msam_lab.experiments.rivals``): accuracy over ρ, the fixed-dominant ablation's bars
 and each encoder's sharpness over training.
 
     viz.rho_curve(rivals.rho_table(s), reference=rivals.rivals_table(s))
@@ -15,10 +15,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from . import style
-from .common import check_backend
-from .compare import _SUFFIX, _at, grouped_bars, modalities_in, std_or_zero, summary_table
-from .landscape import SHARPNESS_LABELS
+from msam_lab.viz import style
+from msam_lab.viz.common import check_backend
+from msam_lab.viz.compare import _SUFFIX, _at, grouped_bars, modalities_in, std_or_zero, summary_table
+from msam_lab.viz.landscape import SHARPNESS_LABELS
+from msam_lab.experiments.rivals import ARM_LABELS, arm_label  # noqa: F401  (ARM_LABELS: re-exported)
 
 _WHERE = {"best": "at the best-validation epoch", "last": "at the last epoch"}
 ARM_COLOR = "#9A9A9A"
@@ -147,25 +148,12 @@ def rho_curve(table, parts=None, at: str | None = None, reference=None, log_x: b
 
 # ---------------------------------------------------------------- ablation
 
-ARM_LABELS = {"shapley": "Shapley-dominant (M-SAM)", "random": "random per step",
-              "alternate": "alternating per step"}
-
-
-def arm_label(arm: str) -> str:
-    """Display name of an ablation arm (an ``msam_dominant`` value): ``fixed:audio`` -> ``fixed: audio``,
-    ``shapley`` -> ``Shapley-dominant (M-SAM)``; unknown values as they are."""
-    arm = str(arm)
-    if arm.startswith("fixed:"):
-        return f"fixed: {arm.split(':', 1)[1]}"
-    return ARM_LABELS.get(arm, arm)
-
-
 def _arm_labels(t: pd.DataFrame) -> list[str]:
     if "arm_label" in t:
         return [str(v) for v in t["arm_label"]]
     if "arm" in t:
         return [arm_label(v) for v in t["arm"]]
-    raise ValueError("expected an ablation table with an 'arm' column (msam_lab.rivals.ablation_table)")
+    raise ValueError("expected an ablation table with an 'arm' column (msam_lab.experiments.rivals.ablation_table)")
 
 
 @style.styled

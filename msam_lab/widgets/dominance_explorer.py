@@ -12,9 +12,9 @@ import threading
 import ipywidgets as W
 import plotly.graph_objects as go
 
-from .. import viz
-from ..viz.common import as_runs, modalities_of
-from .follow import DEFAULT_INTERVAL, Follower, follow_status, ready, waiting_figure
+from msam_lab import viz
+from msam_lab.viz.common import as_runs, modalities_of
+from msam_lab.widgets.follow import DEFAULT_INTERVAL, Follower, follow_status, ready, waiting_figure
 
 
 class DominanceExplorer(W.VBox):

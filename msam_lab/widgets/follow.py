@@ -34,10 +34,10 @@ from pathlib import Path
 import ipywidgets as W
 import plotly.graph_objects as go
 
-from .. import viz
-from ..runs import EPOCHS, STATUS, STEPS, SUMMARY, load_run, read_status
-from ..status import format_age
-from ..viz.common import as_runs
+from msam_lab import viz
+from msam_lab.runs.reader import EPOCHS, STATUS, STEPS, SUMMARY, load_run, read_status
+from msam_lab.runs.status import format_age
+from msam_lab.viz.common import as_runs
 
 DEFAULT_INTERVAL = 2.0
 MAX_ERRORS = 3              # consecutive failed polls (a file caught mid-replace, a vanished folder) before giving up

@@ -7,8 +7,8 @@ from __future__ import annotations
 import ipywidgets as W
 import plotly.graph_objects as go
 
-from .. import viz
-from ..viz.common import as_runs, modalities_of
+from msam_lab import viz
+from msam_lab.viz.common import as_runs, modalities_of
 
 ALL = "all runs (side by side)"
 
@@ -75,7 +75,7 @@ class LandscapeExplorer(W.VBox):
         """The surface of run ``label`` at ``epoch`` (computed once, then read from the run folder)."""
         key = (label, epoch, dim)
         if key not in self._cache:
-            from ..notebook_utils import ensure_landscape
+            from msam_lab.notebook_utils import ensure_landscape
             s = dict(self.settings)
             grid_1d, grid_2d = s.pop("grid_1d"), s.pop("grid")
             self.progress.layout.visibility = "visible"

@@ -14,10 +14,10 @@ import ipywidgets as W
 import pandas as pd
 import plotly.graph_objects as go
 
-from .. import viz
-from ..methods import METHOD_NAMES, method_names
-from ..notebook_utils import ensure_run, run_path, runs_root
-from .follow import ready, waiting_figure
+from msam_lab import viz
+from msam_lab.methods import METHOD_NAMES, method_names
+from msam_lab.notebook_utils import ensure_run, run_path, runs_root
+from msam_lab.widgets.follow import ready, waiting_figure
 
 
 @dataclass
@@ -128,7 +128,7 @@ class TeachingLab(W.VBox):
         self.status.value = f"training {cfg['method']} for {cfg['epochs']} epochs …"
         started = time.perf_counter()
         root = self.root if self.root is not None else runs_root() / "lab"
-        from ..runs import is_run, load_run
+        from msam_lab.runs.reader import is_run, load_run
         path = run_path("lab", cfg, root)
         self._reloaded = is_run(path)
         self.live_redraws = 0             # figure redraws while this run trained (one per evaluated epoch)

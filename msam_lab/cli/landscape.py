@@ -1,0 +1,148 @@
+"""``msam-lab landscape`` and ``msam-lab sharpness``.
+
+Wired into the main CLI by ``add_parsers(subparsers)``: a user error is one line on stderr and exit 2,
+nothing written.
+
+Under torchrun (``torchrun --nproc-per-node N -m msam_lab landscape|sharpness ...``) the ranks
+share the work and only rank 0 prints.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+
+def _int_or_all(text: str):
+    if text == "all":
+        return "all"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an epoch number or 'all', got {text!r}") from None
+
+
+def add_parsers(subparsers) -> None:
+    """Add the ``landscape`` and ``sharpness`` subcommands to an argparse subparsers object."""
+    p = subparsers.add_parser("landscape", help="1-D/2-D loss surface of a run (all metrics, per modality)",
+                              description="Compute (or resume) a loss surface of a run around one checkpoint "
+                                          "and save it under RUN/landscapes/NAME/.")
+    p.add_argument("run", metavar="RUN", help="run directory")
+    p.add_argument("--dim", type=int, choices=(1, 2), default=2, help="1 or 2 directions (default 2)")
+    p.add_argument("--grid", type=int, default=21, help="points per axis, odd (default 21)")
+    p.add_argument("--span", type=float, default=1.0,
+                   help="coordinates in [-span, span] (pca: times the trajectory's extent) (default 1)")
+    p.add_argument("--directions", default="random", choices=("random", "pca", "between"),
+                   help="random (filter-normalised), pca (of the checkpoints), between (RUN -> --to)")
+    p.add_argument("--to", metavar="RUN2", help="end point run for --directions between")
+    p.add_argument("--to-epoch", type=int, help="epoch of --to (default its last)")
+    p.add_argument("--split", default="test", choices=("train", "test"), help="evaluation split (default test)")
+    p.add_argument("--epoch", type=int, help="checkpoint at the centre (default the last)")
+    p.add_argument("--seed", type=int, default=0, help="direction seed (default 0)")
+    p.add_argument("--n-samples", type=int, default=512, help="evaluation subset size (default 512)")
+    p.add_argument("--subset-seed", type=int, default=0, help="evaluation subset seed (default 0)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes, one thread each (default 1)")
+    p.add_argument("--threads", type=int, help="torch threads when --workers 1 (default torch's setting)")
+    p.add_argument("--name", help="surface name (default from the settings); rerun to resume")
+    p.add_argument("--scope", default="model", help="parameters to move: model, fusion or a modality (default model)")
+    p.add_argument("--include-1d", action="store_true", help="also move 1-D parameters (biases, norm affine)")
+    p.add_argument("--orthogonal", action="store_true", help="Gram-Schmidt the second direction against the first")
+    p.add_argument("--fused-only", action="store_true", help="skip the per-modality metrics")
+    p.add_argument("--bf16", action="store_true", help="forward passes under bfloat16 autocast (for GPUs)")
+    p.add_argument("--reuse", metavar="SURFACE_DIR", help="use the directions and grid of a saved surface")
+    p.add_argument("--overwrite", action="store_true", help="replace a saved surface of the same name")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_landscape)
+
+    p = subparsers.add_parser("sharpness", help="Hessian top eigenvalues, trace and ε-sharpness of a run",
+                              description="Sharpness of a run's checkpoint(s), for the whole model and each "
+                                          "modality's encoder; rows are added to RUN/sharpness.csv. "
+                                          "--timeline: the rows sharpness_every writes during training "
+                                          "(each encoder and the fusion, on the train split, the run's "
+                                          "sharpness_samples and sharpness_probes), for every checkpoint.")
+    p.add_argument("run", metavar="RUN", help="run directory")
+    p.add_argument("--timeline", action="store_true",
+                   help="every checkpoint, with sharpness_every's scopes and settings (flags below override)")
+    p.add_argument("--epoch", type=_int_or_all, help="epoch, or 'all' (default the last; --timeline: all)")
+    p.add_argument("--rho", type=float, help="ε-sharpness radius (default 0.05)")
+    p.add_argument("--topk", type=int, help="Hessian eigenvalues (default 1)")
+    p.add_argument("--probes", type=int, help="Hutchinson probes (default 32; --timeline: sharpness_probes)")
+    p.add_argument("--split", choices=("train", "test"),
+                   help="evaluation split; train: without the validation hold-out (default test; --timeline: train)")
+    p.add_argument("--n-samples", type=int,
+                   help="evaluation subset size (default 512; --timeline: sharpness_samples)")
+    p.add_argument("--seed", type=int, help="probe seed (default 0)")
+    p.add_argument("--scope", action="append",
+                   help="model, fusion or a modality; repeat (default model + each modality; not with --timeline)")
+    p.add_argument("--max-iter", type=int, help="power iterations per eigenvalue (default 100)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(func=cmd_sharpness)
+
+
+def cmd_landscape(args) -> int:
+    from msam_lab import distributed
+    from msam_lab.landscape.for_run import landscape_for_run
+
+    bar = None
+    progress = None
+    if not args.quiet and distributed.is_main():
+        from tqdm.auto import tqdm
+
+        def progress(done, total):
+            nonlocal bar
+            if bar is None:
+                bar = tqdm(total=total, initial=done - 1, unit="pt", leave=False, desc="landscape")
+            bar.n = done
+            bar.refresh()
+    started = time.perf_counter()
+    try:
+        surface = landscape_for_run(
+            args.run, dim=args.dim, grid=args.grid, span=args.span, directions=args.directions, to=args.to,
+            to_epoch=args.to_epoch, split=args.split, epoch=args.epoch, seed=args.seed,
+            n_samples=args.n_samples, subset_seed=args.subset_seed, workers=args.workers, threads=args.threads, name=args.name,
+            scope=args.scope, include_1d=args.include_1d, orthogonal=args.orthogonal,
+            per_modality=not args.fused_only, reuse=args.reuse, overwrite=args.overwrite, bf16=args.bf16,
+            progress=progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    wall = time.perf_counter() - started
+    if not distributed.is_main():
+        return 0
+    shape = "x".join(map(str, surface.shape))
+    print(f"landscape written to {surface.path} ({shape} points, {wall:.1f} s)")
+    try:
+        c = surface.center()
+    except ValueError:          # a reused grid without 0 on it
+        return 0
+    extras = "  ".join(f"{k}={v:.4f}" for k, v in c.items() if k not in ("loss", "acc"))
+    print(f"centre: loss={c['loss']:.4f} acc={c['acc']:.4f}  {extras}".rstrip())
+    return 0
+
+
+def cmd_sharpness(args) -> int:
+    from msam_lab import distributed
+    from msam_lab.config import ConfigError
+    from msam_lab.landscape.for_run import SHARPNESS_CSV, sharpness_for_run, timeline_for_run
+
+    progress = None if args.quiet or not distributed.is_main() else \
+        (lambda msg: print(f"sharpness: {msg}", file=sys.stderr))
+    given = dict(rho=args.rho, topk=args.topk, probes=args.probes, split=args.split, n_samples=args.n_samples,
+                 seed=args.seed, max_iter=args.max_iter)
+    if args.timeline:
+        if args.scope:
+            raise ConfigError("--timeline measures each encoder and the fusion; drop --scope "
+                              "(or leave out --timeline to choose scopes)")
+        table = timeline_for_run(args.run, epochs="all" if args.epoch is None else args.epoch,
+                                 progress=progress, **given)
+    else:
+        defaults = dict(rho=0.05, topk=1, probes=32, split="test", n_samples=512, seed=0, max_iter=100)
+        table = sharpness_for_run(args.run, epochs=args.epoch, scopes=args.scope, progress=progress,
+                                  **{k: defaults[k] if v is None else v for k, v in given.items()})
+    if not distributed.is_main():
+        return 0
+    cols = [c for c in ["epoch", "scope", "loss", "lambda_1", "trace", "trace_se", "eps_sharpness"]
+            if c in table.columns]
+    print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    print(f"rows added to {args.run.rstrip('/')}/{SHARPNESS_CSV}")
+    return 0
