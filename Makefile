@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test bench clean figures lab teach
+.PHONY: install demo test check lint format bench clean figures lab teach
 
 # torch is pinned and installed first: unpinned, pip would pull a multi-GB CUDA build.
 $(STAMP): pyproject.toml
@@ -18,7 +18,21 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/msam-lab demo
 
-test: $(STAMP)
+# ruff: lint and format (pyproject.toml); `make format` applies the formatting
+lint: $(STAMP)
+	$(VENV)/bin/ruff check msam_lab tests bench
+	$(VENV)/bin/ruff format --check msam_lab tests bench
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix msam_lab tests bench
+	$(VENV)/bin/ruff format msam_lab tests bench
+
+# The inner loop: lint and the core tests (no `slow` marker), under two minutes on 2 quiet cores.
+check: lint
+	$(PY) -m pytest -q -m "not slow"
+
+# Everything, as CI runs it.
+test: lint
 	$(PY) -m pytest
 
 bench: $(STAMP)

@@ -43,7 +43,8 @@ sys.path.insert(0, str(ROOT))            # msam_lab importable without an instal
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from msam_lab.config import ConfigError, resolve  # noqa: E402
+from msam_lab.config import ConfigError  # noqa: E402
+from msam_lab.training.setup import resolve  # noqa: E402
 from msam_lab.datasets.base import MultimodalData, Splits  # noqa: E402
 from msam_lab.landscape import PointEvaluator, compute_surface, eval_subset, grid, preserved, random_directions
 from msam_lab.landscape.points import prepare_for_evaluation  # noqa: E402

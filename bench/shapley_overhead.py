@@ -31,7 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from paper_step_cost import machine_line, paper_config, pure  # noqa: E402
 
-from msam_lab.config import resolve  # noqa: E402
+from msam_lab.training.setup import resolve  # noqa: E402
 from msam_lab.datasets.validation import with_validation  # noqa: E402
 from msam_lab.training.loop import _build, _load_splits, _model_spec, seed_everything  # noqa: E402
 

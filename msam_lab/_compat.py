@@ -14,7 +14,7 @@ MOVED = {
     "atomic": "runs.atomic", "checkpoint_io": "runs.checkpoint_io", "coalitions": "models.coalitions",
     "compare": "runs.compare", "data_parallel": "training.ranks", "encoders": "models.paper_encoders",
     "entry_points": "registry", "forward_eval": "analysis.forward_eval", "hessian": "analysis.hessian",
-    "interrupts": "training.interrupts", "launch": "experiments.launch", "metrics": "analysis.metrics",
+    "interrupts": "training.guards", "launch": "experiments.launch", "metrics": "analysis.metrics",
     "msam_optimizer": "optim.msam", "nonfinite": "training.guards", "precision": "optim.precision",
     "progress": "training.progress", "resume": "training.resume", "rivals": "experiments.rivals",
     "run_lock": "runs.lock", "run_logger": "runs.logger", "run_writer": "runs.writer", "sam": "optim.sam",

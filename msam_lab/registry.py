@@ -1,13 +1,16 @@
-"""Installed plug-ins: import every entry point of the ``msam_lab.plugins`` group, once per process.
+"""Named plug-ins: one :class:`Registry` per kind (dataset, encoder, method), and the installed entry points.
 
-A plug-in package declares, in its own pyproject.toml,
+Each layer owns one ``Registry`` of its names (``datasets.DATASET_REGISTRY``,
+``models.multimodal.ENCODER_REGISTRY``, ``methods.METHOD_REGISTRY``): the built-ins, fixed when the
+layer is imported, and the plug-ins registered at run time, which may shadow a built-in. A plug-in
+package declares, in its own pyproject.toml,
 
     [project.entry-points."msam_lab.plugins"]
     mine = "my_package:register"      # called with no arguments; or "my_package" (importing registers)
 
-and registers its datasets, encoders and methods through ``msam_lab.plugins``. The registries
-(datasets, models, methods) call :func:`load_plugins` before every lookup or listing, so an
-installed plug-in is there for the CLI, sweeps, config validation and notebooks alike.
+and registers its datasets, encoders and methods through ``msam_lab.plugins``. Every registry calls
+:func:`load_plugins` before a lookup or listing, so an installed plug-in is there for the CLI,
+sweeps, config validation and notebooks alike.
 
 This module imports nothing of msam_lab: every layer may import it.
 """
@@ -17,6 +20,7 @@ import importlib.metadata
 import re
 import threading
 import warnings
+from typing import Callable
 
 GROUP = "msam_lab.plugins"
 NAME = re.compile(r"[a-z0-9][a-z0-9_.-]*")    # what a registered name may be (config values, folder names)
@@ -116,4 +120,92 @@ def check_callable(kind: str, name: str, what: str, obj) -> None:
                          f"got {type(obj).__name__} {shown(obj)}")
 
 
-__all__ = ["GROUP", "NAME", "load_plugins", "check_name", "check_callable", "describe", "is_new", "shown"]
+# -- the registry ---------------------------------------------------------------------------------
+
+class Registry:
+    """The names of one ``kind`` of thing: ``builtins`` (name -> entry) and the plug-ins registered since.
+
+    An entry is whatever the owning layer dispatches on (a module path, a class, a factory, the
+    kind's own name); ``label(name, entry)`` says what a built-in is in the "already registered to"
+    message (default: the entry itself, so re-registering a built-in class is a no-op), and
+    ``check(name, entry)`` refuses a bad entry with a one-line ValueError before it is stored.
+    Listing and lookups load the installed entry points first (:func:`load_plugins`, once per process).
+
+        >>> colors = Registry("color", {"red": "#f00"})
+        >>> colors.register("teal", "#088")
+        True
+        >>> colors.names(), colors.get("teal")
+        (('red', 'teal'), '#088')
+    """
+
+    def __init__(self, kind: str, builtins: dict, *, label: Callable | None = None, check: Callable | None = None):
+        self.kind = kind
+        self._builtins = dict(builtins)
+        self._plugins: dict = {}            # a name here shadows the built-in of that name
+        self._label, self._check = label, check
+
+    def __repr__(self) -> str:
+        return f"Registry({self.kind!r}: {len(self._builtins)} built-in, {len(self._plugins)} plug-in)"
+
+    @property
+    def builtins(self) -> tuple[str, ...]:
+        """The built-in names, in their order."""
+        return tuple(self._builtins)
+
+    def names(self) -> tuple[str, ...]:
+        """Every name: the built-ins, then the registered plug-ins (installed ones loaded first)."""
+        load_plugins()
+        return self.builtins + tuple(n for n in self._plugins if n not in self._builtins)
+
+    def plugin_names(self) -> tuple[str, ...]:
+        """The names registered at run time, in their order (a shadowed built-in among them); loads nothing."""
+        return tuple(self._plugins)
+
+    def __contains__(self, name) -> bool:
+        load_plugins()
+        return name in self._plugins or name in self._builtins
+
+    def is_plugin(self, name: str) -> bool:
+        """Whether ``name`` is a registered plug-in (not, or no longer, the built-in)."""
+        load_plugins()
+        return name in self._plugins
+
+    def get(self, name: str):
+        """The entry of ``name``: the plug-in if one is registered, else the built-in; a one-line
+        ValueError listing the choices for an unknown name."""
+        load_plugins()
+        if name in self._plugins:
+            return self._plugins[name]
+        if name in self._builtins:
+            return self._builtins[name]
+        raise ValueError(f"unknown {self.kind} {name!r}; choose one of: {', '.join(self.names())}")
+
+    def check_name(self, name) -> str:
+        """``name`` if it may be registered (lower-case letters, digits, ``_ . -``), else a one-line ValueError."""
+        return check_name(self.kind, name)
+
+    def register(self, name: str, entry, *, replace: bool = False) -> bool:
+        """Make ``entry`` the ``name``; whether it was stored. The same entry again is a no-op (an entry
+        point loaded twice); another under a taken name, a built-in's included, needs ``replace=True``."""
+        self.check_name(name)
+        if self._check is not None:
+            self._check(name, entry)
+        if not is_new(self.kind, name, entry, self._existing(name), replace):
+            return False
+        self._plugins[name] = entry
+        return True
+
+    def unregister(self, name: str) -> None:
+        """Forget the plug-in ``name`` (a built-in it replaced comes back); unknown names are ignored."""
+        self._plugins.pop(name, None)
+
+    def _existing(self, name: str):
+        if name in self._plugins:
+            return self._plugins[name]
+        if name in self._builtins:
+            entry = self._builtins[name]
+            return entry if self._label is None else self._label(name, entry)
+        return None
+
+
+__all__ = ["GROUP", "NAME", "Registry", "load_plugins", "check_name", "check_callable", "describe", "is_new", "shown"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import pickle
 import shutil
 
 import numpy as np
@@ -13,10 +14,24 @@ import torch.nn.functional as F
 from torch import nn
 
 import msam_lab
+from msam_lab.cli import main as landscape_main
 from msam_lab.config import ConfigError
 from msam_lab.datasets import MultimodalData
-from msam_lab.landscape import between, compute_surface, evaluate_points, generalization_gap, grid, list_landscapes, load_landscape, pca_directions, random_direction, random_directions, scope_parameters, Surface, WorkerPool
-from msam_lab.cli import main as landscape_main
+from msam_lab.landscape import (
+    Surface,
+    WorkerPool,
+    between,
+    compute_surface,
+    evaluate_points,
+    generalization_gap,
+    grid,
+    list_landscapes,
+    load_landscape,
+    pca_directions,
+    random_direction,
+    random_directions,
+    scope_parameters,
+)
 from msam_lab.landscape.state import preserved
 from msam_lab.models.multimodal import MultimodalModel, SumFusion, build_model
 
@@ -588,9 +603,12 @@ def test_cli_pca_stores_the_trajectory(syn_run):
     assert s.coords[0][-1] == pytest.approx(np.abs(traj[:, 0]).max())   # span 1 = the trajectory's extent
 
 
-@pytest.mark.parametrize("case", ["not_a_run", "even_grid", "workers", "between_without_to",
-                                  "architecture", "epoch", "scope"])
-def test_cli_bad_input_exits_2_and_writes_nothing(syn_run, tmp_path, capsys, case):
+@pytest.mark.parametrize("case, says", [
+    ("not_a_run", "error: RUN "), ("even_grid", "--grid must be an odd integer >= 3"),
+    ("workers", "--workers must be >= 1"), ("between_without_to", "--to is needed with --directions between"),
+    ("architecture", "--directions between needs two runs of the same model"), ("epoch", "pass --epoch one of"),
+    ("scope", "--scope: ")])
+def test_cli_bad_input_exits_2_and_writes_nothing(syn_run, tmp_path, capsys, case, says):
     run = tmp_path / "copy"
     shutil.copytree(syn_run.path, run, ignore=shutil.ignore_patterns("landscapes", "sharpness.csv"))
     argv = ["landscape", str(run), "--grid", "3", "--quiet"]
@@ -617,7 +635,133 @@ def test_cli_bad_input_exits_2_and_writes_nothing(syn_run, tmp_path, capsys, cas
     assert landscape_main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("msam-lab: error:") and "\n" not in err
+    assert says in err, err                       # the library's argument, said as the flag that sets it
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+# ---------------------------------------------------------------- options objects
+
+@pytest.mark.parametrize("bad, says", [
+    ({"dim": 3}, "dim must be 1 or 2, got 3"), ({"grid": 4}, "grid must be an odd integer >= 3"),
+    ({"grid": 21.0}, "grid must be an integer"), ({"span": 0}, "span must be > 0, got 0"),
+    ({"span": float("nan")}, "span must be > 0"), ({"workers": 0}, "workers must be >= 1, got 0"),
+    ({"threads": 0}, "threads must be >= 1"), ({"n_samples": 0}, "n_samples must be >= 1, got 0"),
+    ({"batch_size": 0}, "batch_size must be >= 1"), ({"flush_every": 0}, "flush_every must be >= 1"),
+    ({"directions": "pcb"}, "directions must be one of random, pca, between, got 'pcb'"),
+    ({"split": "val"}, "split must be train or test, got 'val'"), ({"epoch": -1}, "epoch must be >= 0"),
+    ({"name": ".hidden"}, "name '.hidden' must be a plain folder name"), ({"name": "a/b"}, "name 'a/b'"),
+    ({"bf16": "yes"}, "bf16 must be True or False"),
+    ({"directions": "between"}, "to= is needed with directions='between'")])
+def test_landscape_options_name_the_argument_not_a_flag(bad, says):
+    from msam_lab.landscape import LandscapeOptions, OptionError
+    with pytest.raises(OptionError) as err:
+        LandscapeOptions(**bad)
+    msg = str(err.value)
+    assert msg.startswith(says) and "--" not in msg and "\n" not in msg
+    assert isinstance(err.value, ConfigError) and err.value.argument in {*bad, "to"}
+    assert pickle.loads(pickle.dumps(err.value)).argument == err.value.argument
+
+
+def test_surface_and_sharpness_options_are_checked_once_and_overridden_by_keywords():
+    from msam_lab.landscape import LandscapeOptions, OptionError, SharpnessOptions, SurfaceOptions, TimelineOptions
+    o = LandscapeOptions(dim=1, grid=5)
+    assert LandscapeOptions.build(o) is o and LandscapeOptions.build(None, dim=1, grid=5) == o
+    assert LandscapeOptions.build(o, seed=3) == LandscapeOptions(dim=1, grid=5, seed=3) and o.seed == 0
+    with pytest.raises(OptionError, match="grid must be an odd"):
+        LandscapeOptions.build(o, grid=6)                        # an override is checked too
+    with pytest.raises(TypeError, match="LandscapeOptions"):
+        LandscapeOptions.build(SurfaceOptions())
+    with pytest.raises(TypeError):
+        LandscapeOptions(dims=2)                                 # a misspelt keyword is not swallowed
+    assert SurfaceOptions(devices=["cuda:0", "cuda:1"]).devices == ("cuda:0", "cuda:1")
+    assert SurfaceOptions(devices=[]).devices is None
+    for bad, says in [({"channels_last": "yes"}, "channels_last must be"), ({"devices": 3}, "devices must be"),
+                      ({"per_modality": 1}, "per_modality must be True or False")]:
+        with pytest.raises(OptionError, match=says):
+            SurfaceOptions(**bad)
+    assert SharpnessOptions(epochs=[0, 2], scopes="m0") == SharpnessOptions(epochs=(0, 2), scopes=("m0",))
+    for bad, says in [({"rho": -0.1}, "rho must be >= 0, got -0.1"), ({"topk": -1}, "topk must be >= 0"),
+                      ({"probes": -1}, "probes must be >= 0"), ({"max_iter": 0}, "max_iter must be >= 1"),
+                      ({"tol": 0}, "tol must be > 0"), ({"epochs": "last"}, "epochs must be None"),
+                      ({"epochs": [1, -2]}, "epochs must be None"), ({"scopes": [""]}, "scopes must be"),
+                      ({"split": "valid"}, "split must be train or test")]:
+        with pytest.raises(OptionError, match=says) as err:
+            SharpnessOptions(**bad)
+        assert "--" not in str(err.value)
+        if set(bad) <= set(TimelineOptions.__dataclass_fields__):
+            with pytest.raises(OptionError, match=says):         # the timeline checks what it is given alike
+                TimelineOptions(**bad)
+    assert TimelineOptions(rho=None, probes=None).epochs == "all"
+
+
+def test_options_objects_and_keywords_give_the_same_bits(syn_run, tmp_path):
+    from msam_lab.landscape import LandscapeOptions, SurfaceOptions, landscape_for_run
+    run = tmp_path / "copy"
+    shutil.copytree(syn_run.path, run, ignore=shutil.ignore_patterns("landscapes", "sharpness.csv"))
+    kw = dict(dim=2, grid=3, span=0.5, n_samples=30, subset_seed=2, seed=5, batch_size=7, orthogonal=True)
+    by_kw = landscape_for_run(run, name="kw", **kw)
+    opts = LandscapeOptions(**{**kw, "seed": 0})
+    by_opts = landscape_for_run(run, opts, name="opts", seed=5)             # keywords override the object
+    for k in by_kw.metrics:
+        assert np.array_equal(by_kw[k], by_opts[k], equal_nan=False), k
+    assert {k: v for k, v in by_kw.meta.items() if k not in ("name", "created", "seconds")} == \
+        {k: v for k, v in by_opts.meta.items() if k not in ("name", "created", "seconds")}
+    model, data = tiny_model(), tiny_data()
+    d = random_directions(model, 1, seed=1)
+    a = compute_surface(model, data, d, [grid(5)], n_samples=40, subset_seed=3, batch_size=9)
+    b = compute_surface(model, data, d, [grid(5)], SurfaceOptions(n_samples=40, subset_seed=3, batch_size=9))
+    assert np.array_equal(a["loss"], b["loss"]) and np.array_equal(a.subset_index, b.subset_index)
+    assert b.meta["subset_seed"] == 3 and b.meta["batch_size"] == 9 and b.meta["n_samples"] == 40   # applied
+    c = compute_surface(model, data, d, [grid(5)], SurfaceOptions(n_samples=40, subset_seed=3), subset_seed=4)
+    assert c.meta["subset_seed"] == 4 and not np.array_equal(c.subset_index, b.subset_index)
+
+
+def test_a_saved_surface_with_other_settings_names_the_name_in_python_and_the_flag_on_the_cli(syn_run, tmp_path,
+                                                                                                capsys):
+    from msam_lab.landscape import OptionError, landscape_for_run
+    run = tmp_path / "copy"
+    shutil.copytree(syn_run.path, run, ignore=shutil.ignore_patterns("landscapes", "sharpness.csv"))
+    landscape_for_run(run, dim=1, grid=3, n_samples=20, name="same")
+    with pytest.raises(OptionError, match=r"name 'same': .*\(grid differ\); choose another name= or pass "
+                                          r"overwrite=True") as err:
+        landscape_for_run(run, dim=1, grid=5, n_samples=20, name="same")
+    assert err.value.argument == "name"
+    with pytest.raises(OptionError, match=r"choose another path= or pass overwrite=True") as err:
+        model = tiny_model()
+        d = random_directions(model, 1)
+        compute_surface(model, tiny_data(), d, [grid(3)], path=tmp_path / "s")
+        compute_surface(model, tiny_data(), d, [grid(5)], path=tmp_path / "s")
+    assert err.value.argument == "path"
+    argv = ["landscape", str(run), "--dim", "1", "--grid", "5", "--n-samples", "20", "--name", "same", "--quiet"]
+    assert landscape_main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("msam-lab: error: --name 'same': ") and err.endswith("choose another --name or pass "
+                                                                               "--overwrite")
+
+
+def test_cli_says_library_arguments_as_its_flags():
+    from msam_lab.cli.landscape import flag_message
+    from msam_lab.landscape import OptionError
+    dests = {"run", "dim", "directions", "to", "to_epoch", "epoch", "n_samples", "overwrite", "scope"}
+    cases = [
+        (OptionError("dim", "dim must be 1 or 2, got 3"), "--dim must be 1 or 2, got 3"),
+        (OptionError("n_samples", "n_samples must be >= 1, got 0"), "--n-samples must be >= 1, got 0"),
+        (OptionError("directions", "directions='pca' with dim=2 needs 3 checkpoints; train with checkpoint_every=1"),
+         "--directions pca with --dim 2 needs 3 checkpoints; train with checkpoint_every=1"),
+        (OptionError("to", "to= is needed with directions='between' (the run)"),
+         "--to is needed with --directions between (the run)"),
+        (OptionError("to_epoch", "to_epoch 4: no checkpoint; pass to_epoch= one of 0, 1"),
+         "--to-epoch 4: no checkpoint; pass --to-epoch one of 0, 1"),
+        (OptionError("run", "run runs/dim=2 is not a finished run"), "RUN runs/dim=2 is not a finished run"),
+        (OptionError("epochs", "epochs 7: none; pass epochs= one of 1"), "--epoch 7: none; pass --epoch one of 1"),
+        (OptionError("scopes", "scopes: unknown scope 'x'"), "--scope: unknown scope 'x'"),
+        (OptionError("path", "path p differ; choose another path= or pass overwrite=True"),
+         "path p differ; choose another path= or pass --overwrite"),
+        (ConfigError("model_factory= is for runs logged from your own model"),
+         "model_factory= is for runs logged from your own model"),
+        (OptionError("seed", "seed must be an integer"), "seed must be an integer")]    # no such flag here
+    for err, said in cases:
+        assert flag_message(err, dests) == said
 
 
 def test_landscape_for_run_is_a_config_error_for_a_missing_run(tmp_path):

@@ -29,7 +29,7 @@ from msam_lab.config import ConfigError
 from msam_lab.training.setup import resolve
 from msam_lab.datasets import MultimodalData, Splits
 from msam_lab.methods.joint import Joint
-from msam_lab.plugins import unregister
+from msam_lab.plugins import REGISTRIES, unregister
 from msam_lab.experiments.sweep import run_sweep
 
 REPO = Path(__file__).resolve().parents[1]
@@ -92,14 +92,11 @@ class CountingJoint(Joint):
 @pytest.fixture(autouse=True)
 def clean_registries():
     """Forget every plug-in a test registered (and bring back any built-in it replaced)."""
-    before = {kind: set(reg) for kind, reg in (("dataset", datasets._PLUGINS),
-                                               ("encoder", models._ENCODER_PLUGINS),
-                                               ("method", methods._PLUGINS))}
+    before = {kind: set(reg.plugin_names()) for kind, reg in REGISTRIES.items()}
     CALLS.clear()
     yield
-    for kind, reg in (("dataset", datasets._PLUGINS), ("encoder", models._ENCODER_PLUGINS),
-                      ("method", methods._PLUGINS)):
-        for name in set(reg) - before[kind]:
+    for kind, reg in REGISTRIES.items():
+        for name in set(reg.plugin_names()) - before[kind]:
             unregister(kind, name)
 
 

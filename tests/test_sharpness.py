@@ -13,12 +13,11 @@ from torch import nn
 from torch.func import functional_call
 
 import msam_lab
+from msam_lab.cli import main as landscape_main
 from msam_lab.datasets import MultimodalData
 from msam_lab.landscape import epsilon_sharpness, hutchinson_trace, sharpness, top_eigenvalues
-from msam_lab.cli import main as landscape_main
 from msam_lab.landscape.sharpness import HessianOperator
 from msam_lab.models.multimodal import MultimodalModel, SumFusion, build_model
-
 
 # ---------------------------------------------------------------- a quadratic with a known Hessian
 
@@ -237,9 +236,27 @@ def test_cli_sharpness_bad_input_exits_2(syn_run, tmp_path, capsys):
     assert landscape_main(["sharpness", str(tmp_path)]) == 2
     assert landscape_main(["sharpness", str(syn_run.path), "--epoch", "7"]) == 2
     assert landscape_main(["sharpness", str(syn_run.path), "--scope", "nope"]) == 2
+    assert landscape_main(["sharpness", str(syn_run.path), "--rho", "-1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 3 and all(e.startswith("msam-lab: error:") for e in err)
+    assert len(err) == 4 and all(e.startswith("msam-lab: error:") for e in err)
+    # the library names its arguments (epochs=, scopes, rho); the command line says the flags
+    assert err[0].startswith(f"msam-lab: error: RUN {tmp_path} is not a finished run directory")
+    assert "pass --epoch one of 0, 1, 2" in err[1] and err[2].startswith("msam-lab: error: --scope: ")
+    assert err[3] == "msam-lab: error: --rho must be >= 0, got -1.0"
     assert not (tmp_path / "sharpness.csv").exists()
+
+
+def test_sharpness_for_run_errors_name_arguments_and_options_equal_keywords(syn_run):
+    from msam_lab.landscape import OptionError, SharpnessOptions, sharpness_for_run
+    with pytest.raises(OptionError, match=r"^epochs 7: .*pass epochs= one of 0, 1, 2$"):
+        sharpness_for_run(syn_run.path, epochs=[1, 7], write=False)
+    with pytest.raises(OptionError, match=r"^scopes: .*'nope'"):
+        sharpness_for_run(syn_run.path, scopes=["model", "nope"], write=False)
+    kw = dict(epochs=[1], probes=3, topk=2, n_samples=40, max_iter=4, seed=3, subset_seed=1, scopes=["m1"])
+    by_kw = sharpness_for_run(syn_run.path, write=False, **kw)
+    by_opts = sharpness_for_run(syn_run.path, SharpnessOptions(**{**kw, "seed": 0}), write=False, seed=3)
+    assert by_kw.drop(columns="seconds", errors="ignore").equals(by_opts.drop(columns="seconds", errors="ignore"))
+    assert list(by_kw["scope"]) == ["m1"] and list(by_kw["seed"]) == [3] and by_kw["n_samples"].iloc[0] == 40
 
 
 def test_sharpness_of_a_model_with_torch_attention():

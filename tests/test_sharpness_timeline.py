@@ -16,12 +16,12 @@ from torch.func import functional_call
 
 import msam_lab
 from msam_lab.analysis import sharpness_timeline as st
-from msam_lab.config import ConfigError
-from msam_lab.training.setup import resolve
-from msam_lab.datasets import MultimodalData
 from msam_lab.analysis.hessian import _random_like
 from msam_lab.cli import main as cli_main
+from msam_lab.config import ConfigError
+from msam_lab.datasets import MultimodalData
 from msam_lab.models.multimodal import MultimodalModel, SumFusion, build_model
+from msam_lab.training.setup import resolve
 
 SHAPES = {"a": (3,), "b": (2,)}
 
@@ -225,6 +225,17 @@ def test_bad_sharpness_settings_are_one_line_config_errors(bad, match):
     assert "\n" not in str(err.value)
 
 
+def test_timeline_options_name_the_argument(runs):
+    from msam_lab.landscape import OptionError, TimelineOptions, timeline_for_run
+    run, plain = runs
+    with pytest.raises(OptionError, match=r"^n_samples must be >= 1, got 0$"):
+        timeline_for_run(plain.path, n_samples=0)
+    with pytest.raises(OptionError, match=r"^epochs 9: .*pass epochs= one of"):
+        timeline_for_run(plain.path, TimelineOptions(epochs=9))
+    with pytest.raises(TypeError):
+        timeline_for_run(plain.path, scopes=["m0"])         # the timeline's scopes are the run's
+
+
 def test_timeline_bad_input_exits_2_and_writes_nothing(runs, tmp_path, capsys):
     run, plain = runs
     logged = tmp_path / "mine"
@@ -237,5 +248,7 @@ def test_timeline_bad_input_exits_2_and_writes_nothing(runs, tmp_path, capsys):
     assert cli_main(["sharpness", str(logged), "--timeline"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 5 and all(e.startswith("msam-lab: error:") for e in err)
+    assert "drop --scope" in err[0] and "--n-samples must be >= 1, got 0" in err[1]
+    assert "pass --epoch one of" in err[2] and "RUN " in err[3]           # flags, not the library's arguments
     assert "your own model" in err[-1]
     assert not (plain.path / st.SHARPNESS_CSV).exists() and not (logged / st.SHARPNESS_CSV).exists()

@@ -72,7 +72,10 @@ def measure(model, data, epoch: int, n_samples: int = 256, probes: int = 16) -> 
 
 
 def at_epoch(writer, model, data, epoch: int, cfg) -> None:
-    """The trainer's hook: measure ``model`` on ``data`` (the train split) if ``epoch`` is due; rows via ``writer``."""
+    """The trainer's hook: measure ``model`` on ``data`` (the train split) if ``epoch`` is due; rows via ``writer``
+    (None on the ranks other than 0 of a data-parallel run: they measure, as every rank runs the same passes, and
+    rank 0 writes)."""
     if due(epoch, cfg):
-        writer.replace_rows(SHARPNESS_CSV, measure(model, data, epoch, cfg.sharpness_samples, cfg.sharpness_probes),
-                            KEYS)
+        rows = measure(model, data, epoch, cfg.sharpness_samples, cfg.sharpness_probes)
+        if writer is not None:
+            writer.replace_rows(SHARPNESS_CSV, rows, KEYS)

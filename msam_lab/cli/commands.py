@@ -13,21 +13,22 @@ Every error ends in one line on stderr naming the problem and the fix, never a t
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
 
-from msam_lab.training import ranks as data_parallel
-from msam_lab import distributed, faults
-from msam_lab.runs.compare import compare_runs, format_table
-from msam_lab.config import Config, ConfigError
-from msam_lab.training.setup import resolve
-from msam_lab.runs.lock import RunLockedError
-from msam_lab.runs.reader import is_run
-from msam_lab.errors import TrainingError, UsageError
+# Only torch-free modules here (the standard library, errors, config's defaults, the lock's error):
+# `msam-lab --help` and `msam-lab status` import neither torch nor pandas for these
+# (tests/test_cli_startup.py). Each command imports what it runs inside its function.
+from msam_lab import faults
 from msam_lab.cli.landscape import add_parsers as add_landscape_parsers
 from msam_lab.cli.sweep import add_parser as add_sweep_parser
+from msam_lab.config import Config
+from msam_lab.errors import ConfigError, TrainingError, UsageError
+from msam_lab.runs.lock import RunLockedError
 
 DEMO_METHODS = ("joint", "sam", "msam")
 DEMO_OVERRIDES = ("epochs=15",)
@@ -74,8 +75,29 @@ def _overrides(args) -> list[str]:
     return named + list(args.overrides)
 
 
+def _distributed():
+    """msam_lab.distributed, imported when first needed."""
+    from msam_lab import distributed  # noqa: PLC0415 - imports torch: for runs and ranks, not for --help or status
+
+    return distributed
+
+
+def _launched_by_torchrun() -> bool:
+    # torchrun sets WORLD_SIZE for every rank; without it, skip importing torch to ask distributed
+    return "WORLD_SIZE" in os.environ and _distributed().launched_by_torchrun()
+
+
+def _distributed_errors() -> tuple:
+    """``(DistributedError,)`` once msam_lab.distributed is loaded (only then can one be raised), else ``()``."""
+    module = sys.modules.get("msam_lab.distributed")
+    return () if module is None else (module.DistributedError,)
+
+
 def cmd_train(args) -> int:
-    from msam_lab.training.loop import train
+    from msam_lab.runs.compare import compare_runs, format_table  # noqa: PLC0415 - pandas: for runs, not for --help
+    from msam_lab.training.loop import train  # noqa: PLC0415 - torch loads when a run starts, not for --help
+
+    distributed = _distributed()
 
     if args.resume:
         given = [f"--{k}" for k in ("config", "out") if getattr(args, k)] + (["an option"] if _overrides(args) else [])
@@ -97,6 +119,9 @@ def relaunch_under_torchrun(nproc: int, argv: list[str], args) -> int:
     if nproc < 1:
         raise UsageError(f"--nproc must be >= 1, got {nproc}")
     if args.resume is None:
+        from msam_lab.training import ranks as data_parallel  # noqa: PLC0415 - torch: when a run starts, not for --help
+        from msam_lab.training.setup import resolve  # noqa: PLC0415 - the registries (torch) load when a run starts
+
         # bad input is one line and exit 2 here, before N ranks each print it and torchrun exits 1
         data_parallel.check_shard_size(resolve(args.config, _overrides(args)), world=nproc)
     rest, skip = [], False
@@ -114,6 +139,9 @@ def relaunch_under_torchrun(nproc: int, argv: list[str], args) -> int:
 
 
 def cmd_compare(args) -> int:
+    from msam_lab.runs.compare import compare_runs, format_table  # noqa: PLC0415 - pandas: to compare, not for --help
+    from msam_lab.runs.layout import is_run  # noqa: PLC0415 - pandas: to compare, not for --help
+
     missing = [r for r in args.runs if not is_run(r)]
     if missing:
         raise UsageError(f"{missing[0]} is not a finished run directory (no summary.json)")
@@ -122,7 +150,10 @@ def cmd_compare(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from msam_lab.training.loop import train
+    from msam_lab.runs.compare import compare_runs, format_table  # noqa: PLC0415 - pandas: for runs, not for --help
+    from msam_lab.runs.layout import is_run  # noqa: PLC0415 - pandas: for runs, not for --help
+    from msam_lab.training.loop import train  # noqa: PLC0415 - torch loads when a run starts, not for --help
+    from msam_lab.training.setup import resolve  # noqa: PLC0415 - the registries (torch) load when a run starts
 
     out = Path(args.out)
     overrides = list(DEMO_OVERRIDES) + _overrides(args)
@@ -144,7 +175,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from msam_lab.runs.status import StatusError, format_status, status_table
+    from msam_lab.runs.status import StatusError, format_status, status_table  # noqa: PLC0415 - pandas: not for --help
 
     try:
         table = status_table(args.paths)
@@ -158,8 +189,8 @@ CHECKABLE = ("av-mnist", "crema-d", "ave", "ur-funny")
 
 
 def cmd_data_check(args) -> int:
-    from msam_lab.datasets import dataset_names, is_plugin
-    from msam_lab.datasets.layouts import check
+    from msam_lab.datasets import dataset_names, is_plugin  # noqa: PLC0415 - loads plug-ins: not for --help
+    from msam_lab.datasets.layouts import check  # noqa: PLC0415 - the loaders import torch: not for --help
 
     if args.name not in CHECKABLE or is_plugin(args.name):
         if is_plugin(args.name):
@@ -194,8 +225,8 @@ def cmd_data_check(args) -> int:
 
 
 def cmd_data_info(args) -> int:
-    from msam_lab.datasets import dataset_names
-    from msam_lab.datasets.catalog import format_catalog
+    from msam_lab.datasets import dataset_names  # noqa: PLC0415 - loads plug-ins: not for --help
+    from msam_lab.datasets.catalog import format_catalog  # noqa: PLC0415 - the catalogue: not for --help
 
     known = dataset_names()      # built-ins and plug-ins
     unknown = [n for n in args.names if n not in known]
@@ -206,9 +237,7 @@ def cmd_data_info(args) -> int:
 
 
 def cmd_data_build_avmnist(args) -> int:
-    import json
-
-    from msam_lab.datasets.avmnist import build_avmnist
+    from msam_lab.datasets.avmnist import build_avmnist  # noqa: PLC0415 - torch loads when building, not for --help
 
     for flag, value in (("--n-train", args.n_train), ("--n-test", args.n_test)):
         if value < 1:
@@ -304,19 +333,20 @@ def main(argv=None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    under_torchrun = _launched_by_torchrun()
     # under torchrun the other commands share their work over the ranks (landscape, sharpness);
     # those that train join the group themselves, on the run's device (data_parallel.device_for_rank)
-    joins = distributed.launched_by_torchrun() and args.command not in ("train", "demo", "sweep")
+    joins = under_torchrun and args.command not in ("train", "demo", "sweep")
     try:
-        if getattr(args, "nproc", 1) != 1 and not distributed.launched_by_torchrun():
+        if getattr(args, "nproc", 1) != 1 and not under_torchrun:
             return relaunch_under_torchrun(args.nproc, argv, args)
         if joins:
-            distributed.init_from_env("auto", 300.0)
+            _distributed().init_from_env("auto", 300.0)
         return args.func(args)
     except (UsageError, ConfigError, RunLockedError, faults.SymlinkInRun) as err:
         print(f"msam-lab: error: {err}", file=sys.stderr)
         return 2
-    except (TrainingError, distributed.DistributedError) as err:
+    except (TrainingError, *_distributed_errors()) as err:
         print(f"msam-lab: error: {err}", file=sys.stderr)
         return 1
     except OSError as err:        # the path, the cause, what was done about it
@@ -329,7 +359,7 @@ def main(argv=None) -> int:
         return 130
     finally:
         if joins:
-            distributed.shutdown()
+            _distributed().shutdown()
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """``msam-lab landscape`` and ``msam-lab sharpness``.
 
 Wired into the main CLI by ``add_parsers(subparsers)``: a user error is one line on stderr and exit 2,
-nothing written.
+nothing written. The flags build the library's option objects (msam_lab/landscape/options.py), which
+check them; their messages name arguments (``dim must be 1 or 2``), said here as flags (``--dim ...``).
+Nothing heavy at module level: torch and pandas load when a command runs, not for ``--help``.
 
 Under torchrun (``torchrun --nproc-per-node N -m msam_lab landscape|sharpness ...``) the ranks
 share the work and only rank 0 prints.
@@ -9,8 +11,12 @@ share the work and only rank 0 prints.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
+from contextlib import contextmanager
+
+from msam_lab.errors import ConfigError, UsageError
 
 
 def _int_or_all(text: str):
@@ -79,14 +85,58 @@ def add_parsers(subparsers) -> None:
     p.set_defaults(func=cmd_sharpness)
 
 
+# a library argument whose flag is not ``--`` + its name (with - for _)
+_DEST = {"epochs": "epoch", "scopes": "scope"}
+# ``name=value`` in a library message: a quoted value or one bare word
+_MENTION = re.compile(r"(?<![^\s(])([a-z][a-z0-9_]*)=('[^']*'|\"[^\"]*\"|[^\s,;:()]*)")
+
+
+def _flag(argument: str, dests) -> str | None:
+    """The flag of ``argument`` in a command whose argparse dests are ``dests`` (None: it has none)."""
+    dest = _DEST.get(argument, argument)
+    if dest not in dests:
+        return None
+    return dest.upper() if dest == "run" else "--" + dest.replace("_", "-")
+
+
+def flag_message(err: Exception, dests) -> str:
+    """A library message as the command line says it: arguments named as the flags that set them.
+
+    ``dim must be 1 or 2`` -> ``--dim must be 1 or 2``; ``directions='between'`` -> ``--directions
+    between``; ``overwrite=True`` -> ``--overwrite``. Arguments the command has no flag for stay as
+    they are (``checkpoint_every=1`` is a config key).
+    """
+    def mention(m: re.Match) -> str:
+        flag = _flag(m.group(1), dests)
+        if flag is None:
+            return m.group(0)
+        value = m.group(2).strip("'\"")
+        return flag if value in ("", "True") else f"{flag} {value}"
+
+    text = _MENTION.sub(mention, str(err))
+    argument = getattr(err, "argument", None)            # an OptionError's message starts with its argument
+    flag = _flag(argument, dests) if argument else None
+    if flag and re.match(rf"{re.escape(argument)}\b(?!=)", text):
+        text = flag + text[len(argument):]
+    return text
+
+
+@contextmanager
+def _in_flags(args):
+    """A library ConfigError raised inside, said in this command's flags (one line, exit 2)."""
+    try:
+        yield
+    except ConfigError as err:
+        raise UsageError(flag_message(err, vars(args))) from None
+
+
 def cmd_landscape(args) -> int:
-    from msam_lab import distributed
-    from msam_lab.landscape.for_run import landscape_for_run
+    from msam_lab import distributed, landscape  # noqa: PLC0415 - torch loads when the command runs, not for --help
 
     bar = None
     progress = None
     if not args.quiet and distributed.is_main():
-        from tqdm.auto import tqdm
+        from tqdm.auto import tqdm  # noqa: PLC0415 - only when a bar is shown
 
         def progress(done, total):
             nonlocal bar
@@ -96,13 +146,14 @@ def cmd_landscape(args) -> int:
             bar.refresh()
     started = time.perf_counter()
     try:
-        surface = landscape_for_run(
-            args.run, dim=args.dim, grid=args.grid, span=args.span, directions=args.directions, to=args.to,
-            to_epoch=args.to_epoch, split=args.split, epoch=args.epoch, seed=args.seed,
-            n_samples=args.n_samples, subset_seed=args.subset_seed, workers=args.workers, threads=args.threads, name=args.name,
-            scope=args.scope, include_1d=args.include_1d, orthogonal=args.orthogonal,
-            per_modality=not args.fused_only, reuse=args.reuse, overwrite=args.overwrite, bf16=args.bf16,
-            progress=progress)
+        with _in_flags(args):
+            options = landscape.LandscapeOptions(
+                dim=args.dim, grid=args.grid, span=args.span, directions=args.directions, to=args.to,
+                to_epoch=args.to_epoch, split=args.split, epoch=args.epoch, seed=args.seed,
+                n_samples=args.n_samples, subset_seed=args.subset_seed, workers=args.workers, threads=args.threads,
+                name=args.name, scope=args.scope, include_1d=args.include_1d, orthogonal=args.orthogonal,
+                per_modality=not args.fused_only, reuse=args.reuse, overwrite=args.overwrite, bf16=args.bf16)
+            surface = landscape.landscape_for_run(args.run, options, progress=progress)
     finally:
         if bar is not None:
             bar.close()
@@ -121,28 +172,29 @@ def cmd_landscape(args) -> int:
 
 
 def cmd_sharpness(args) -> int:
-    from msam_lab import distributed
-    from msam_lab.config import ConfigError
-    from msam_lab.landscape.for_run import SHARPNESS_CSV, sharpness_for_run, timeline_for_run
+    from msam_lab import distributed, landscape  # noqa: PLC0415 - torch loads when the command runs, not for --help
 
     progress = None if args.quiet or not distributed.is_main() else \
         (lambda msg: print(f"sharpness: {msg}", file=sys.stderr))
-    given = dict(rho=args.rho, topk=args.topk, probes=args.probes, split=args.split, n_samples=args.n_samples,
-                 seed=args.seed, max_iter=args.max_iter)
+    # flags left out take the options' defaults (--timeline: the run's settings)
+    given = {k: v for k, v in dict(rho=args.rho, topk=args.topk, probes=args.probes, split=args.split,
+                                   n_samples=args.n_samples, seed=args.seed, max_iter=args.max_iter).items()
+             if v is not None}
     if args.timeline:
         if args.scope:
-            raise ConfigError("--timeline measures each encoder and the fusion; drop --scope "
-                              "(or leave out --timeline to choose scopes)")
-        table = timeline_for_run(args.run, epochs="all" if args.epoch is None else args.epoch,
-                                 progress=progress, **given)
+            raise UsageError("--timeline measures each encoder and the fusion; drop --scope "
+                             "(or leave out --timeline to choose scopes)")
+        with _in_flags(args):
+            options = landscape.TimelineOptions(epochs="all" if args.epoch is None else args.epoch, **given)
+            table = landscape.timeline_for_run(args.run, options, progress=progress)
     else:
-        defaults = dict(rho=0.05, topk=1, probes=32, split="test", n_samples=512, seed=0, max_iter=100)
-        table = sharpness_for_run(args.run, epochs=args.epoch, scopes=args.scope, progress=progress,
-                                  **{k: defaults[k] if v is None else v for k, v in given.items()})
+        with _in_flags(args):
+            options = landscape.SharpnessOptions(epochs=args.epoch, scopes=args.scope, **given)
+            table = landscape.sharpness_for_run(args.run, options, progress=progress)
     if not distributed.is_main():
         return 0
     cols = [c for c in ["epoch", "scope", "loss", "lambda_1", "trace", "trace_se", "eps_sharpness"]
             if c in table.columns]
     print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    print(f"rows added to {args.run.rstrip('/')}/{SHARPNESS_CSV}")
+    print(f"rows added to {args.run.rstrip('/')}/{landscape.for_run.SHARPNESS_CSV}")
     return 0

@@ -39,7 +39,7 @@ def parse_rhos(text: str) -> list[float]:
 
 
 def cmd_sweep(args) -> int:
-    from msam_lab.experiments.sweep import RUNS_FILE, SUMMARY_FILE, SweepError, format_sweep, run_sweep  # noqa: PLC0415 - torch and pandas load when a sweep runs, not for --help
+    from msam_lab.experiments.sweep import RUNS_FILE, SUMMARY_FILE, SweepError, format_sweep, run_sweep  # noqa: PLC0415 - torch and pandas: when a sweep runs, not for --help
 
     methods = _split(args.methods, "--methods", str, "joint,msam")
     seeds = parse_seeds(args.seeds)

@@ -16,13 +16,14 @@ import numbers
 import os
 import reprlib
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from msam_lab import paths
-from msam_lab.registry import check_callable, check_name, describe, is_new, load_plugins
+from msam_lab.registry import Registry, check_callable, describe
 from msam_lab.yaml_text import read_number
-from msam_lab.datasets.base import Batch, MultimodalData, Splits, in_memory
-from msam_lab.datasets.streaming import StreamingData
+
+if TYPE_CHECKING:    # for the annotations; at run time the data classes load lazily (__getattr__ below)
+    from msam_lab.datasets.base import Splits
 
 # name -> module path; modules are imported lazily so a missing optional
 # dependency of one real-data loader never breaks the others.
@@ -76,25 +77,26 @@ class PluginDataset:
         raise AttributeError(attr)
 
     def _checked(self, splits, what: str) -> Splits:
+        from msam_lab.datasets.base import Splits  # noqa: PLC0415 - torch loads with the data, not for `data info`
+
         if not isinstance(splits, Splits):
             raise ValueError(f"dataset plug-in {self.name!r}: its {what} returned {type(splits).__name__}, "
                              f"not msam_lab.datasets.Splits; return Splits(train, test, info)")
         return splits
 
 
-_PLUGINS: dict[str, PluginDataset] = {}     # registered plug-ins; a name here shadows a built-in
+# built-in: name -> module path; plug-in: name -> PluginDataset (a name there shadows a built-in)
+DATASET_REGISTRY = Registry("dataset", _REGISTRY, label=lambda name, path: f"the built-in {path}")
 
 
 def dataset_names() -> tuple[str, ...]:
     """Every dataset name: the built-ins, then the registered plug-ins (installed ones loaded first)."""
-    load_plugins()
-    return DATASETS + tuple(n for n in _PLUGINS if n not in _REGISTRY)
+    return DATASET_REGISTRY.names()
 
 
 def is_plugin(name: str) -> bool:
     """Whether ``name`` is a registered plug-in dataset (not, or no longer, the built-in)."""
-    load_plugins()
-    return name in _PLUGINS
+    return DATASET_REGISTRY.is_plugin(name)
 
 
 def register_dataset(name: str, loader: Callable, options: dict | None = None, *,
@@ -106,7 +108,7 @@ def register_dataset(name: str, loader: Callable, options: dict | None = None, *
     ``estimate_bytes(**options) -> int`` (see :func:`load_for_training`). Registering the same
     loader and options again is a no-op; another under a taken name needs ``replace=True``.
     """
-    check_name("dataset", name)
+    DATASET_REGISTRY.check_name(name)
     check_callable("dataset", name, "loader", loader)
     for what, fn in (("load_stream", load_stream), ("estimate_bytes", estimate_bytes)):
         if fn is not None:
@@ -115,15 +117,13 @@ def register_dataset(name: str, loader: Callable, options: dict | None = None, *
     if not isinstance(options, dict) or not all(isinstance(k, str) for k in options):
         raise ValueError(f"dataset {name!r}: options must be a dict of option name -> default, "
                          f"e.g. {{'n_samples': 300}}; got {type(options).__name__}")
-    entry = PluginDataset(name, loader, dict(options), load_stream, estimate_bytes)
-    existing = _PLUGINS.get(name) or (f"the built-in {_REGISTRY[name]}" if name in _REGISTRY else None)
-    if is_new("dataset", name, entry, existing, replace):
-        _PLUGINS[name] = entry
+    DATASET_REGISTRY.register(name, PluginDataset(name, loader, dict(options), load_stream, estimate_bytes),
+                              replace=replace)
 
 
 def unregister_dataset(name: str) -> None:
     """Forget the plug-in ``name`` (a built-in it replaced comes back); unknown names are ignored."""
-    _PLUGINS.pop(name, None)
+    DATASET_REGISTRY.unregister(name)
 
 
 def default_cache_dir() -> Path:
@@ -132,12 +132,9 @@ def default_cache_dir() -> Path:
 
 
 def _module(name: str):
-    load_plugins()
-    if name in _PLUGINS:
-        return _PLUGINS[name]
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown dataset {name!r}; choose one of: {', '.join(dataset_names())}")
-    return importlib.import_module(_REGISTRY[name])
+    """The loader module of ``name`` (imported now), or its PluginDataset."""
+    entry = DATASET_REGISTRY.get(name)
+    return entry if isinstance(entry, PluginDataset) else importlib.import_module(entry)
 
 
 def dataset_options(name: str) -> dict:
@@ -273,18 +270,38 @@ def load_for_training(name: str, options: dict | None, device, data_path: str = 
 
 
 def _stream_from_memory(splits: Splits) -> Splits:
+    from msam_lab.datasets.base import Splits  # noqa: PLC0415 - torch loads with the data, not for `data info`
+    from msam_lab.datasets.streaming import StreamingData  # noqa: PLC0415 - as above
+
     wrap = StreamingData.from_memory
     return Splits(wrap(splits.train), wrap(splits.test), dict(splits.info),
                   None if splits.val is None else wrap(splits.val))
 
 
 def _configure(splits: Splits, device, num_workers: int) -> Splits:
+    from msam_lab.datasets.base import Splits  # noqa: PLC0415 - torch loads with the data, not for `data info`
+
     def one(d):
         return None if d is None else d.to(device).with_workers(num_workers)
     return Splits(one(splits.train), one(splits.test), dict(splits.info), one(splits.val))
 
 
+# The data classes load on first use (PEP 562): they import torch, which `msam-lab data info` and the
+# registry functions above do without.
+_DATA_CLASSES = {"Batch": "msam_lab.datasets.base", "MultimodalData": "msam_lab.datasets.base",
+                 "Splits": "msam_lab.datasets.base", "in_memory": "msam_lab.datasets.base",
+                 "StreamingData": "msam_lab.datasets.streaming"}
+
+
+def __getattr__(name: str):
+    if name in _DATA_CLASSES:
+        value = getattr(importlib.import_module(_DATA_CLASSES[name]), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    raise AttributeError(f"module 'msam_lab.datasets' has no attribute {name!r}")
+
+
 __all__ = ["Batch", "MultimodalData", "Splits", "StreamingData", "DATASETS", "DATA_PATHS", "load_dataset",
            "load_for_training", "choose_data_path", "estimate_bytes", "in_memory",
            "dataset_options", "resolve_options", "default_cache_dir", "dataset_names", "is_plugin",
-           "register_dataset", "unregister_dataset", "PluginDataset"]
+           "register_dataset", "unregister_dataset", "PluginDataset", "DATASET_REGISTRY"]

@@ -1,24 +1,54 @@
 """What each dataset is and where to get it (``msam-lab data info``): plain data + a formatter.
 
-Facts come from the loaders' own constants where they have them (layout
-strings, class names, feature shapes, option defaults); the rest (sizes of the
-published sets, download addresses) is written here once. The catalogue describes
+The entries quote a few of the loaders' own constants (layout strings, class names, feature shapes,
+option defaults). The loaders import torch, and ``msam-lab data info`` answers without it, so those
+constants are copied here once (``LOADER_FACTS``); a test checks every copy against its loader. The
+rest (sizes of the published sets, download addresses) is written here only. The catalogue describes
 the built-ins; a registered plug-in gets a short entry from its registration.
 """
 from __future__ import annotations
 
-from msam_lab.datasets import DATASETS, _module, ave, av_digits, avmnist, cremad, dataset_names, is_plugin, synthetic, urfunny
+from types import SimpleNamespace
 
+from msam_lab.config import Config
+from msam_lab.datasets import DATASETS, _module, dataset_names, is_plugin
 
-def _val_fraction() -> float:
-    from msam_lab.config import Config   # lazily: config imports the dataset registry
-
-    return Config().val_fraction
+# loader module -> the constants (and option defaults) the entries below quote, as the loader has them
+LOADER_FACTS: dict[str, dict] = {
+    "msam_lab.datasets.av_digits": {
+        "OPTIONS": {"image_noise": 0.0, "audio_snr_db": -12.0, "test_fraction": 0.2},
+        "N_FREQ": 64, "N_FRAMES": 48, "SAMPLE_RATE": 8000, "CLASS_NAMES": [str(d) for d in range(10)]},
+    "msam_lab.datasets.synthetic": {
+        "OPTIONS": {"n_modalities": 3, "n_classes": 4, "n_features": 16, "n_samples": 1200, "test_fraction": 0.25}},
+    "msam_lab.datasets.avmnist": {
+        "AUDIO_SIDE": 112, "CLASS_NAMES": [str(d) for d in range(10)],
+        "LAYOUT": ("<root>/image/{train,test}_data.npy (N,784) float, <root>/audio/{train,test}_data.npy "
+                   "(N,112,112), <root>/{train,test}_labels.npy (N,) digits 0-9 (MultiBench layout)")},
+    "msam_lab.datasets.cremad": {
+        "OPTIONS": {"n_frames": 1, "image_size": 64},
+        "AUDIO_SHAPE": (257, 188), "N_FFT": 512, "HOP": 353, "EMOTIONS": ("NEU", "HAP", "SAD", "FEA", "DIS", "ANG"),
+        "CLASS_NAMES": ["neutral", "happy", "sad", "fear", "disgust", "anger"],
+        "LAYOUT": ("<root>/{train,test}.csv rows clip_id,EMO with EMO in NEU HAP SAD FEA DIS ANG, "
+                   "<root>/Image-01-FPS/<clip_id>/NNNNN.jpg, <root>/AudioWAV/<clip_id>.wav (OGM-GE layout)")},
+    "msam_lab.datasets.ave": {
+        "LAYOUT": ("<root>/stat.txt (one class name per line), <root>/my_{train,test[,val]}.txt rows "
+                   "class,video_id,..., <root>/audio_spec/<video_id>.pkl float32 (257,1004), "
+                   "<root>/visual/<video_id>/frame_0000k.jpg (OGM-GE layout)")},
+    "msam_lab.datasets.urfunny": {
+        "OPTIONS": {"use_valid_as": "val"},
+        "CLASS_NAMES": ["not humorous", "humorous"], "VALID_USES": ("val", "drop", "train", "test"),
+        "LAYOUT": ("<root>/humor.pkl, a pickled dict with train/valid/test, each a dict with vision (N,50,371), "
+                   "audio (N,50,81), text (N,50,300), labels (N,1) in {0,1} (MultiBench layout)")},
+}
+# read below as the modules would be: av_digits.N_FREQ, cremad.OPTIONS["n_frames"]
+av_digits, synthetic, avmnist, cremad, ave, urfunny = (
+    SimpleNamespace(**LOADER_FACTS[f"msam_lab.datasets.{m}"])
+    for m in ("av_digits", "synthetic", "avmnist", "cremad", "ave", "urfunny"))
 
 
 def _holdout() -> str:
     return (f"none of its own: a seeded hold-out of train (config field val_fraction, "
-            f"default {_val_fraction()})")
+            f"default {Config().val_fraction})")
 
 
 _N_FRAMES, _SIZE = cremad.OPTIONS["n_frames"], cremad.OPTIONS["image_size"]

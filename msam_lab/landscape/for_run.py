@@ -17,9 +17,8 @@ measurements of ``sharpness_for_run``; rank 0 alone writes, the same files and n
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -27,40 +26,57 @@ import torch
 
 from msam_lab import distributed, faults
 from msam_lab.analysis import sharpness_timeline as timeline
-from msam_lab.config import ConfigError
-from msam_lab.runs.writer import replace_rows
+from msam_lab.datasets import load_for_training
+from msam_lab.datasets.validation import with_validation
+from msam_lab.errors import ConfigError
+from msam_lab.landscape import directions as dirs
+from msam_lab.landscape.evaluation import ForwardEvaluation
+from msam_lab.landscape.options import (
+    DIRECTION_KINDS,
+    SPLITS,
+    LandscapeOptions,
+    OptionError,
+    SharpnessOptions,
+    SurfaceOptions,
+    TimelineOptions,
+    check_name,
+)
+from msam_lab.landscape.sharpness import sharpness
+from msam_lab.landscape.surface import compute_surface, eval_subset
+from msam_lab.landscape.surface import grid as make_grid
 from msam_lab.runs.checkpoint_io import RunFileError
 from msam_lab.runs.reader import CONFIG, MODEL, Run, is_run, load_run, read_table
-from msam_lab.landscape import directions as dirs
 from msam_lab.runs.surfaces import LANDSCAPES, Surface, list_landscapes, load_landscape
-from msam_lab.landscape.surface import compute_surface, eval_subset, grid as make_grid
+from msam_lab.runs.writer import replace_rows
+
+__all__ = ["DIRECTION_KINDS", "SHARPNESS_CSV", "SPLITS", "landscape_for_run", "list_landscapes", "load_landscape",
+           "open_run", "sharpness_for_run", "timeline_for_run"]
 
 SHARPNESS_CSV = timeline.SHARPNESS_CSV
-DIRECTION_KINDS = ("random", "pca", "between")
-SPLITS = ("train", "test")
 
 
-def open_run(path, what: str = "RUN") -> Run:
-    """``load_run`` with one-line ConfigErrors (a ``Run`` is read again from its folder)."""
+def open_run(path, what: str = "run") -> Run:
+    """``load_run`` with one-line errors naming the argument ``what`` (a ``Run`` is read again from its folder)."""
     path = Path(path.path if isinstance(path, Run) else path)
     if not is_run(path):
-        raise ConfigError(f"{what} {path} is not a finished run directory (no summary.json); "
-                          "pass a folder written by `msam-lab train`")
+        raise OptionError(what, f"{what} {path} is not a finished run directory (no summary.json); "
+                                "pass a folder written by `msam-lab train`")
     try:
         return load_run(path)
     except (OSError, ValueError) as err:
-        raise ConfigError(f"{what} {path} cannot be read ({err}); pass an intact run directory") from None
+        raise OptionError(what, f"{what} {path} cannot be read ({err}); pass an intact run directory") from None
 
 
-def _check_epoch(run: Run, epoch, flag: str = "--epoch") -> int:
+def _check_epoch(run: Run, epoch, argument: str = "epoch") -> int:
     ckpts = run.checkpoints
     if not ckpts:
         raise ConfigError(f"run {run.path} has no checkpoints; retrain it (checkpoints are written by default)")
     if epoch is None:
         return max(ckpts)
     if epoch not in ckpts:
-        raise ConfigError(f"run {run.path} has no checkpoint for epoch {epoch} (no checkpoints/epoch_{epoch:04d}.pt); "
-                          f"pass {flag} one of {', '.join(map(str, sorted(ckpts)))}")
+        raise OptionError(argument, f"{argument} {epoch}: run {run.path} has no checkpoint for epoch {epoch} "
+                                    f"(no checkpoints/epoch_{epoch:04d}.pt); pass {argument}= one of "
+                                    f"{', '.join(map(str, sorted(ckpts)))}")
     return int(epoch)
 
 
@@ -78,8 +94,6 @@ def _evaluation(run: Run, model_factory, forward, batches, per_modality: bool = 
         raise ConfigError(f"run {run.path} was logged from your own model: pass model_factory= (a function "
                           f"returning a fresh model), forward= (forward(model, inputs, present) -> logits) and "
                           f"batches= (a list of (inputs, labels)); missing: {', '.join(missing)} (docs/api.md)")
-    from msam_lab.landscape.evaluation import ForwardEvaluation
-
     try:
         return ForwardEvaluation(forward, batches, run.modalities, per_modality)
     except (TypeError, ValueError) as err:
@@ -91,20 +105,16 @@ def _scope_path(run: Run, scope: str) -> str:
     return run.model_spec.get("scopes", {}).get(scope, scope) if run.logged else scope
 
 
-def _check_scope(model, scope: str) -> list[str]:
+def _check_scope(model, scope: str, argument: str = "scope") -> list[str]:
     try:
         return list(dirs.scope_parameters(model, scope))
     except ValueError as err:
-        raise ConfigError(f"--scope: {err}") from None
+        raise OptionError(argument, f"{argument}: {err}") from None
 
 
 def _load_split(run: Run, split: str, holdout: bool = False):
-    """The run's ``split``; ``holdout``: train without the run's validation hold-out (what it trained on)."""
-    if split not in SPLITS:
-        raise ConfigError(f"--split must be train or test, got {split!r}")
-    from msam_lab.datasets import load_for_training
-    from msam_lab.datasets.validation import with_validation
-
+    """The run's ``split`` (checked by the options); ``holdout``: train without the run's validation
+    hold-out (what it trained on)."""
     cfg = run.config
     try:
         # the run's own data path: a dataset too large for memory streams, and only the
@@ -126,144 +136,131 @@ def _load_split(run: Run, split: str, holdout: bool = False):
     return data
 
 
-def _check_name(name: str) -> str:
-    if not name or not re.fullmatch(r"[A-Za-z0-9_.+=-]+", name) or name.startswith("."):
-        raise ConfigError(f"--name {name!r} must be a plain folder name (letters, digits, _ . + = -)")
-    return name
+def _surface_options(o: LandscapeOptions) -> SurfaceOptions:
+    """The evaluation part of a surface's options, as ``compute_surface`` takes it."""
+    return SurfaceOptions(per_modality=o.per_modality, n_samples=o.n_samples, subset_seed=o.subset_seed,
+                          batch_size=o.batch_size, flush_every=o.flush_every, workers=o.workers, threads=o.threads,
+                          autocast_dtype=torch.bfloat16 if o.bf16 else None, overwrite=o.overwrite)
 
 
-def landscape_for_run(run, *, dim: int = 2, grid: int = 21, span: float = 1.0, directions: str = "random",
-                      to=None, to_epoch: int | None = None, split: str = "test", epoch: int | None = None,
-                      seed: int = 0, n_samples: int = 512, subset_seed: int = 0, workers: int = 1,
-                      threads: int | None = None,
-                      name: str | None = None, scope: str = "model", include_1d: bool = False,
-                      orthogonal: bool = False, per_modality: bool = True, reuse=None,
-                      batch_size: int | None = 32, flush_every: int = 32, overwrite: bool = False,
-                      bf16: bool = False,
+def landscape_for_run(run, options: LandscapeOptions | None = None, *,
                       progress: Callable[[int, int], None] | None = None,
-                      model_factory=None, forward=None, batches=None) -> Surface:
+                      model_factory=None, forward=None, batches=None, **overrides) -> Surface:
     """Compute (or resume) a surface of ``run`` and save it under ``<run>/landscapes/<name>/``.
 
-    ``directions``: ``random`` (filter-normalised Gaussian, seeded per parameter
-    name), ``pca`` (of the run's checkpoints; the grid then spans ``span`` times
+    ``options``: a ``LandscapeOptions``; keywords (``dim=1``, ``grid=31``, ``directions="pca"``, ...)
+    set or override its fields. ``directions``: ``random`` (filter-normalised Gaussian, seeded per
+    parameter name), ``pca`` (of the run's checkpoints; the grid then spans ``span`` times
     the trajectory's extent along each component), ``between`` (θ of ``to`` at
     ``to_epoch`` minus θ of ``run`` at ``epoch``; a second, random direction
     for ``dim=2``). ``reuse``: a saved surface folder whose directions and grid
     are used instead (to compare runs of the same architecture on the same
-    directions).
+    directions). ``progress(done, total)`` is called as points finish. A run logged from your own
+    model (msam_lab.RunLogger) needs ``model_factory``, ``forward`` and ``batches`` (docs/api.md).
     """
     # ---- validate everything first: nothing is written before this block ends
-    if dim not in (1, 2):
-        raise ConfigError(f"--dim must be 1 or 2, got {dim}")
-    if int(grid) != grid or grid < 3 or grid % 2 == 0:
-        raise ConfigError(f"--grid must be an odd integer >= 3 so 0 is on the grid, got {grid}; e.g. --grid 21")
-    if not span > 0:
-        raise ConfigError(f"--span must be > 0, got {span}")
-    if workers < 1:
-        raise ConfigError(f"--workers must be >= 1, got {workers}")
-    if workers != 1 and distributed.world_size() > 1:
-        raise ConfigError(f"--workers {workers} under torchrun: the {distributed.world_size()} ranks already "
-                          "share the grid; drop --workers (or start more ranks)")
-    if threads is not None and threads < 1:
-        raise ConfigError(f"--threads must be >= 1, got {threads}")
-    if n_samples is not None and n_samples < 1:
-        raise ConfigError(f"--n-samples must be >= 1, got {n_samples}")
-    if flush_every < 1:
-        raise ConfigError(f"flush_every must be >= 1, got {flush_every}")
-    if directions not in DIRECTION_KINDS:
-        raise ConfigError(f"--directions must be one of {', '.join(DIRECTION_KINDS)}, got {directions!r}")
-    if directions == "between" and to is None and reuse is None:
-        raise ConfigError("--directions between needs --to RUN2 (the run to interpolate towards)")
+    o = LandscapeOptions.build(options, **overrides)
+    dim, epoch, scope, seed = o.dim, o.epoch, o.scope, o.seed
+    if o.workers != 1 and distributed.world_size() > 1:
+        raise OptionError("workers", f"workers={o.workers} under torchrun: the {distributed.world_size()} ranks "
+                                     "already share the grid; use workers=1 (or start more ranks)")
     run = open_run(run)
-    evaluation = _evaluation(run, model_factory, forward, batches, per_modality)
-    if evaluation is not None and workers != 1:
-        raise ConfigError("a run logged from your own model is evaluated in this process: use workers=1")
+    evaluation = _evaluation(run, model_factory, forward, batches, o.per_modality)
+    if evaluation is not None and o.workers != 1:
+        raise OptionError("workers", "workers=1 is needed for a run logged from your own model: it is evaluated "
+                                     "in this process")
     epoch = _check_epoch(run, epoch)
     model = run.load_model(epoch, factory=model_factory)
     path_of_scope = _scope_path(run, scope)
     scope_names = _check_scope(model, path_of_scope)
-    other = None
-    if directions == "between" and reuse is None:
-        other = open_run(to, "--to")
+    other = to_epoch = None
+    if o.directions == "between" and o.reuse is None:
+        other = open_run(o.to, "to")
         if other.model_spec != run.model_spec:
             diff = sorted(k for k in set(run.model_spec) | set(other.model_spec)
                           if run.model_spec.get(k) != other.model_spec.get(k))
-            raise ConfigError(f"--to {other.path} has a different architecture ({', '.join(diff)} differ); "
-                              "--directions between needs two runs of the same model")
-        to_epoch = _check_epoch(other, to_epoch, "--to-epoch")
+            raise OptionError("to", f"to {other.path} has a different architecture ({', '.join(diff)} differ); "
+                                    "directions='between' needs two runs of the same model")
+        to_epoch = _check_epoch(other, o.to_epoch, "to_epoch")
         if other.logged and not run.logged:
-            raise ConfigError(f"--to {other.path} was logged from your own model; interpolate between runs of one model")
+            raise OptionError("to", f"to {other.path} was logged from your own model; interpolate between runs "
+                                    "of one model")
     reused = None
-    if reuse is not None:
+    if o.reuse is not None:
         try:
-            reused = Surface.load(reuse)
+            reused = Surface.load(o.reuse)
         except FileNotFoundError as err:
-            raise ConfigError(f"--reuse: {err}") from None
+            raise OptionError("reuse", f"reuse: {err}") from None
         try:
             for d in reused.directions:
                 dirs.check_compatible(d, model)
         except ValueError as err:
-            raise ConfigError(f"--reuse {reuse}: {err}; reuse directions only between runs of one architecture") \
-                from None
-    if directions == "pca" and reused is None:
+            raise OptionError("reuse", f"reuse {o.reuse}: {err}; reuse directions only between runs of one "
+                                       "architecture") from None
+    if o.directions == "pca" and reused is None:
         n_ckpt = sum(e <= epoch for e in run.checkpoints)
         if n_ckpt < dim + 1:
-            raise ConfigError(f"--directions pca with --dim {dim} needs at least {dim + 1} checkpoints up to epoch "
-                              f"{epoch}, run {run.path} has {n_ckpt}; train with --set checkpoint_every=1")
-    _check_can_save(run, model, [len(c) for c in reused.coords] if reused is not None else [grid] * dim)
-    data = _load_split(run, split) if evaluation is None else None
+            raise OptionError("directions", f"directions='pca' with dim={dim} needs at least {dim + 1} checkpoints "
+                                            f"up to epoch {epoch}, run {run.path} has {n_ckpt}; train with "
+                                            "checkpoint_every=1")
+    _check_can_save(run, model, [len(c) for c in reused.coords] if reused is not None else [o.grid] * dim)
+    data = _load_split(run, o.split) if evaluation is None else None
 
     # ---- directions and grid
-    meta = {"run": str(run.path.resolve()), "run_name": run.name, "epoch": epoch, "split": split,
-            "scope": scope, "include_1d": include_1d, "seed": seed, "method": run.config.method,
+    meta = {"run": str(run.path.resolve()), "run_name": run.name, "epoch": epoch, "split": o.split,
+            "scope": scope, "include_1d": o.include_1d, "seed": seed, "method": run.config.method,
             "dataset": run.config.dataset}
     if reused is not None:
         d_list, coords = reused.directions, reused.coords
         kind = f"reuse:{reused.meta.get('directions', '?')}"
-        meta.update(directions=kind, reused_from=str(Path(reuse).resolve()),
+        meta.update(directions=kind, reused_from=str(Path(o.reuse).resolve()),
                     grid=reused.meta.get("grid"), span=reused.meta.get("span"))
-    elif directions == "random":
-        d_list = dirs.random_directions(model, dim, seed, path_of_scope, include_1d, orthogonal)
-        coords = [make_grid(grid, span) for _ in range(dim)]
-        meta.update(directions="random", normalization="filter", orthogonal=orthogonal, grid=grid, span=span)
-    elif directions == "between":
+    elif o.directions == "random":
+        d_list = dirs.random_directions(model, dim, seed, path_of_scope, o.include_1d, o.orthogonal)
+        coords = [make_grid(o.grid, o.span) for _ in range(dim)]
+        meta.update(directions="random", normalization="filter", orthogonal=o.orthogonal, grid=o.grid, span=o.span)
+    elif o.directions == "between":
         end = other.load_model(to_epoch, factory=model_factory)
         d_list = [dirs.between(model, end, scope_names)]
         if dim == 2:
-            second = dirs.random_direction(model, seed, 1, path_of_scope, include_1d)
-            d_list.append(dirs.orthogonalize(second, d_list[0]) if orthogonal else second)
-        coords = [make_grid(grid, span) for _ in range(dim)]
+            second = dirs.random_direction(model, seed, 1, path_of_scope, o.include_1d)
+            d_list.append(dirs.orthogonalize(second, d_list[0]) if o.orthogonal else second)
+        coords = [make_grid(o.grid, o.span) for _ in range(dim)]
         meta.update(directions="between", to=str(other.path.resolve()), to_epoch=to_epoch,
-                    orthogonal=orthogonal, grid=grid, span=span)
+                    orthogonal=o.orthogonal, grid=o.grid, span=o.span)
     else:  # pca
         states = {e: run.load_checkpoint(e)["model"] for e in run.checkpoints if e <= epoch}
         try:
-            pca = dirs.pca_directions(states, scope_names, dim, final=epoch, include_1d=include_1d)
+            pca = dirs.pca_directions(states, scope_names, dim, final=epoch, include_1d=o.include_1d)
         except ValueError as err:
-            raise ConfigError(f"--directions pca: {err}") from None
+            raise OptionError("directions", f"directions='pca': {err}") from None
         d_list = pca.directions
         extent = [float(np.abs(pca.projection[:, k]).max()) or 1.0 for k in range(dim)]
-        coords = [make_grid(grid, span) * r for r in extent]
-        meta.update(directions="pca", grid=grid, span=span, extent=extent,
+        coords = [make_grid(o.grid, o.span) * r for r in extent]
+        meta.update(directions="pca", grid=o.grid, span=o.span, extent=extent,
                     explained_variance_ratio=pca.explained_variance_ratio.tolist(),
                     trajectory_epochs=pca.epochs, trajectory=pca.projection.tolist())
+    name = o.name
     if name is None:
-        name = f"{meta['directions'].replace(':', '-')}-{dim if reused is None else reused.dim}d-{split}-e{epoch}"
-        if directions == "random" or (directions == "between" and dim == 2):
+        name = f"{meta['directions'].replace(':', '-')}-{dim if reused is None else reused.dim}d-{o.split}-e{epoch}"
+        if o.directions == "random" or (o.directions == "between" and dim == 2):
             name += f"-s{seed}"
-        if directions == "between" and reused is None:
+        if o.directions == "between" and reused is None:
             name += f"-to-{other.name}-e{to_epoch}"
         if scope != "model":
             name += f"-{scope}"
-    name = _check_name(name)
+    name = check_name(name)
     meta["name"] = name
     path = run.path / LANDSCAPES / name
     faults.refuse_symlinks(run.path, path)
-    return compute_surface(model, data, d_list, coords, per_modality=per_modality, n_samples=n_samples,
-                           subset_seed=subset_seed, batch_size=batch_size, path=path, flush_every=flush_every,
-                           workers=workers, threads=threads, meta=meta,
-                           autocast_dtype=torch.bfloat16 if bf16 else None, overwrite=overwrite, progress=progress,
-                           evaluation=evaluation)
+    try:
+        return compute_surface(model, data, d_list, coords, _surface_options(o), path=path, meta=meta,
+                               progress=progress, evaluation=evaluation)
+    except OptionError as err:
+        if err.argument != "path":
+            raise
+        # a saved surface with other settings: its folder is the name's
+        raise OptionError("name", f"name {name!r}: " + str(err).replace("path=", "name=")) from None
 
 
 SAVE_MARGIN = 2 ** 16        # bytes of meta.json, headers and slack on top of a surface's arrays
@@ -282,20 +279,21 @@ def _check_can_save(run: Run, model, shape) -> None:
 
 def _epochs_arg(run: Run, epochs) -> list[int]:
     if epochs is None:
-        return [_check_epoch(run, None)]
+        return [_check_epoch(run, None, "epochs")]
     if epochs == "all":
         return sorted(run.checkpoints)
     if isinstance(epochs, (int, np.integer)):
-        return [_check_epoch(run, int(epochs))]
-    return [_check_epoch(run, int(e)) for e in epochs]
+        return [_check_epoch(run, int(epochs), "epochs")]
+    return [_check_epoch(run, int(e), "epochs") for e in epochs]
 
 
-def sharpness_for_run(run, *, epochs=None, rho: float = 0.05, topk: int = 1, probes: int = 32,
-                      split: str = "test", n_samples: int = 512, subset_seed: int = 0, seed: int = 0,
-                      scopes: Sequence[str] | None = None, max_iter: int = 100, tol: float = 1e-3,
-                      write: bool = True, progress: Callable[[str], None] | None = None,
-                      model_factory=None, forward=None, batches=None) -> pd.DataFrame:
+def sharpness_for_run(run, options: SharpnessOptions | None = None, *, write: bool = True,
+                      progress: Callable[[str], None] | None = None,
+                      model_factory=None, forward=None, batches=None, **overrides) -> pd.DataFrame:
     """Sharpness of ``run`` at ``epochs`` (None: last; an int; a list; ``"all"``) for each scope.
+
+    ``options``: a ``SharpnessOptions``; keywords (``epochs="all"``, ``probes=8``, ``scopes=["fusion"]``,
+    ...) set or override its fields. ``progress(message)`` is called before each measurement.
 
     A run logged from your own model (msam_lab.RunLogger) needs ``model_factory``, ``forward`` and
     ``batches`` (as ``landscape_for_run``); its scopes are ``model`` and the modalities whose encoder
@@ -305,24 +303,13 @@ def sharpness_for_run(run, *, epochs=None, rho: float = 0.05, topk: int = 1, pro
     run trained on (as ``sharpness_every`` measures during training).
 
     Rows are appended to ``<run>/sharpness.csv`` (a row with the same epoch,
-    scope and settings is replaced).
+    scope and settings is replaced) unless ``write=False``.
 
     Under torchrun the (epoch, scope) measurements are dealt out round-robin over the ranks (each
     draws from its own seeded generators, so where it runs does not change it); every rank returns
     all rows, in the order one process makes them, and rank 0 alone writes them.
     """
-    from msam_lab.landscape.sharpness import sharpness
-
-    if not rho >= 0:
-        raise ConfigError(f"--rho must be >= 0, got {rho}")
-    if topk < 0:
-        raise ConfigError(f"--topk must be >= 0, got {topk}")
-    if probes < 0:
-        raise ConfigError(f"--probes must be >= 0, got {probes}")
-    if n_samples is not None and n_samples < 1:
-        raise ConfigError(f"--n-samples must be >= 1, got {n_samples}")
-    if max_iter < 1:
-        raise ConfigError(f"--max-iter must be >= 1, got {max_iter}")
+    o = SharpnessOptions.build(options, **overrides)
     run = open_run(run)
     read_table(run.path / SHARPNESS_CSV)      # a damaged table is named now, not after the measuring
     if write:                                 # and a table that could not be written: before measuring
@@ -331,15 +318,16 @@ def sharpness_for_run(run, *, epochs=None, rho: float = 0.05, topk: int = 1, pro
         faults.check_writable(run.path, run.path, 2 * (table.stat().st_size if table.is_file() else 0) +
                               SAVE_MARGIN, what=SHARPNESS_CSV)
     evaluation = _evaluation(run, model_factory, forward, batches)
-    epoch_list = _epochs_arg(run, epochs)
+    epoch_list = _epochs_arg(run, o.epochs)
     model = run.build_model(model_factory)
+    scopes = o.scopes
     if scopes is None:
         scopes = ["model", *(run.model_spec.get("scopes", {}) if run.logged else model.modalities)]
     scopes = list(scopes)
     for s in scopes:
-        _check_scope(model, _scope_path(run, s))
+        _check_scope(model, _scope_path(run, s), "scopes")
     if evaluation is None:
-        data, index = eval_subset(_load_split(run, split, holdout=True), n_samples, subset_seed)
+        data, index = eval_subset(_load_split(run, o.split, holdout=True), o.n_samples, o.subset_seed)
     else:
         data, index = None, np.arange(evaluation.n)
     tasks = [(e, s) for e in epoch_list for s in scopes]
@@ -352,11 +340,11 @@ def sharpness_for_run(run, *, epochs=None, rho: float = 0.05, topk: int = 1, pro
             model, loaded = run.load_model(e, factory=model_factory), e
         if progress:
             progress(f"epoch {e}, {s}")
-        row = sharpness(model, data, _scope_path(run, s), rho=rho, topk=topk, probes=probes, seed=seed,
-                        max_iter=max_iter, tol=tol, evaluation=evaluation)
+        row = sharpness(model, data, _scope_path(run, s), rho=o.rho, topk=o.topk, probes=o.probes, seed=o.seed,
+                        max_iter=o.max_iter, tol=o.tol, evaluation=evaluation)
         row["scope"] = s
-        mine.append((t, {"epoch": e, "split": split, "n_samples": len(index), "subset_seed": subset_seed,
-                         "seed": seed, "topk": topk, "probes": probes, **row}))
+        mine.append((t, {"epoch": e, "split": o.split, "n_samples": len(index), "subset_seed": o.subset_seed,
+                         "seed": o.seed, "topk": o.topk, "probes": o.probes, **row}))
     rows = [row for _, row in sorted((p for part in distributed.gather_objects(mine) for p in part),
                                      key=lambda p: p[0])]
     if write and distributed.is_main():
@@ -365,32 +353,32 @@ def sharpness_for_run(run, *, epochs=None, rho: float = 0.05, topk: int = 1, pro
     return pd.DataFrame(rows)
 
 
-def timeline_for_run(run, *, epochs="all", n_samples: int | None = None, probes: int | None = None,
-                     split: str | None = None, topk: int | None = None, rho: float | None = None,
-                     seed: int | None = None, max_iter: int | None = None, write: bool = True,
+def timeline_for_run(run, options: TimelineOptions | None = None, *, write: bool = True,
                      progress: Callable[[str], None] | None = None,
-                     model_factory=None, forward=None, batches=None) -> pd.DataFrame:
+                     model_factory=None, forward=None, batches=None, **overrides) -> pd.DataFrame:
     """``sharpness_every``'s rows after the fact: ``sharpness_for_run`` at every checkpoint epoch.
 
     Same scopes (each encoder, ``fusion``) and settings as the run's config
     (``sharpness_samples``, ``sharpness_probes``; split, probe seed, ρ, topk: msam_lab.analysis.sharpness_timeline),
-    so at the epochs measured during training the rows are the same; an argument given replaces
-    its setting. A run logged from your own model: as ``sharpness_for_run``, for the encoder scopes
-    RunLogger recorded (the whole model when it recorded none).
+    so at the epochs measured during training the rows are the same; a field of ``options``
+    (``TimelineOptions``, or keywords: ``epochs``, ``n_samples``, ``probes``, ``split``, ``topk``, ``rho``,
+    ``seed``, ``max_iter``) given replaces its setting. A run logged from your own model: as
+    ``sharpness_for_run``, for the encoder scopes RunLogger recorded (the whole model when it recorded none).
     """
+    o = TimelineOptions.build(options, **overrides)
     run = open_run(run)
     cfg = run.config
     if run.logged:
         scopes = list(run.model_spec.get("scopes", {})) or ["model"]
     else:
         scopes = timeline.scopes(run.modalities)
-    if n_samples is None:
-        n_samples = cfg.sharpness_samples or None      # 0: the whole split
-    return sharpness_for_run(
-        run, epochs=epochs, scopes=scopes, n_samples=n_samples,
-        probes=cfg.sharpness_probes if probes is None else probes,
-        split=timeline.SPLIT if split is None else split, topk=timeline.TOPK if topk is None else topk,
-        rho=timeline.RHO if rho is None else rho, seed=timeline.SEED if seed is None else seed,
-        subset_seed=timeline.SUBSET_SEED, max_iter=timeline.MAX_ITER if max_iter is None else max_iter,
-        tol=timeline.TOL, write=write, progress=progress,
-        model_factory=model_factory, forward=forward, batches=batches)
+    n_samples = (cfg.sharpness_samples or None) if o.n_samples is None else o.n_samples    # 0: the whole split
+    measured = SharpnessOptions(
+        epochs=o.epochs, scopes=scopes, n_samples=n_samples,
+        probes=cfg.sharpness_probes if o.probes is None else o.probes,
+        split=timeline.SPLIT if o.split is None else o.split, topk=timeline.TOPK if o.topk is None else o.topk,
+        rho=timeline.RHO if o.rho is None else o.rho, seed=timeline.SEED if o.seed is None else o.seed,
+        subset_seed=timeline.SUBSET_SEED, max_iter=timeline.MAX_ITER if o.max_iter is None else o.max_iter,
+        tol=timeline.TOL)
+    return sharpness_for_run(run, measured, write=write, progress=progress, model_factory=model_factory,
+                             forward=forward, batches=batches)

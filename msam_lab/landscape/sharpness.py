@@ -14,7 +14,15 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from msam_lab.analysis.hessian import HessianOperator, Vector, block_sharpness, epsilon_sharpness, fused_loss_fn, hutchinson_trace, top_eigenvalues
+from msam_lab.analysis.hessian import (
+    HessianOperator,
+    Vector,
+    block_sharpness,
+    epsilon_sharpness,
+    fused_loss_fn,
+    hutchinson_trace,
+    top_eigenvalues,
+)
 from msam_lab.landscape.directions import scope_parameters
 from msam_lab.landscape.points import eval_subset
 from msam_lab.landscape.state import preserved

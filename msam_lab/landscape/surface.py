@@ -28,36 +28,39 @@ Files, in the surface's folder (``<run>/landscapes/<name>/`` from the CLI)::
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
-import json
 import math
 import time
-import zipfile
-import zlib
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 
-from msam_lab.runs import atomic
 from msam_lab import distributed
-from msam_lab.models.coalitions import coalition_logits
-from msam_lab.datasets.base import in_memory
-from msam_lab.runs.surfaces import (DIRECTIONS, FORMAT_VERSION, META, RESUME_KEYS, Surface,
-                                     generalization_gap, write_lock)
 from msam_lab.landscape.directions import Direction, check_compatible
+from msam_lab.landscape.options import OptionError, SurfaceOptions
 from msam_lab.landscape.parallel import evaluate_parallel, resolve_devices
-from msam_lab.landscape.points import (PointEvaluator, coalition_plan, directions_fingerprint, eval_subset,
-                                       evaluate_points, fingerprint, grid, metric_names, model_fingerprint,
-                                       prepare_for_evaluation)
+from msam_lab.landscape.points import (
+    PointEvaluator,
+    coalition_plan,
+    directions_fingerprint,
+    eval_subset,
+    evaluate_points,
+    fingerprint,
+    grid,
+    metric_names,
+    model_fingerprint,
+    prepare_for_evaluation,
+)
 from msam_lab.landscape.state import preserved
+from msam_lab.runs.surfaces import FORMAT_VERSION, META, RESUME_KEYS, Surface, generalization_gap
+
+# the names this module held before points.py and runs/surfaces.py took them over: still importable here
+__all__ = ["FORMAT_VERSION", "PointEvaluator", "Surface", "SurfaceOptions", "coalition_plan", "compute_surface",
+           "directions_fingerprint", "eval_subset", "evaluate_points", "fingerprint", "generalization_gap", "grid",
+           "metric_names", "model_fingerprint", "prepare_for_evaluation"]
 
 
 
@@ -65,19 +68,17 @@ from msam_lab.landscape.state import preserved
 
 
 
-def compute_surface(model, data, directions: Sequence[Direction], coords: Sequence[np.ndarray], *,
-                    per_modality: bool = True, n_samples: int | None = 512, subset_seed: int = 0,
-                    batch_size: int | None = 32, channels_last="auto", path=None, flush_every: int = 32,
-                    workers: int = 1, devices=None, pool=None, threads: int | None = None,
-                    autocast_dtype: torch.dtype | None = None, meta: dict | None = None,
-                    overwrite: bool = False, progress: Callable[[int, int], None] | None = None,
-                    evaluation=None) -> Surface:
+def compute_surface(model, data, directions: Sequence[Direction], coords: Sequence[np.ndarray],
+                    options: SurfaceOptions | None = None, *, path=None, pool=None, meta: dict | None = None,
+                    progress: Callable[[int, int], None] | None = None, evaluation=None, **overrides) -> Surface:
     """Evaluate ``model`` on the grid ``coords`` (one array per direction) around its current θ₀.
 
+    ``options``: a ``SurfaceOptions`` (how to evaluate: subset, batches, workers, ...); keywords
+    (``n_samples=None``, ``workers=4``, ...) set or override its fields.
     ``data``: a ``MultimodalData`` split; a seeded subset of ``n_samples`` is
     used. ``evaluation``: a ``ForwardEvaluation`` instead of ``data``, for a model
-    msam_lab did not build (its batches are used whole; no worker processes). ``path``: a folder to save into, flushed every ``flush_every``
-    points; if it already holds a compatible partial surface, only its
+    msam_lab did not build (its batches are used whole; no worker processes). ``path``: a folder to save
+    into, flushed every ``flush_every`` points; if it already holds a compatible partial surface, only its
     missing points are computed (an incompatible one raises ConfigError,
     unless ``overwrite``). ``workers`` > 1: that many worker processes, one
     thread each, or one per entry of ``devices`` (e.g. ``["cuda:0",
@@ -91,15 +92,14 @@ def compute_surface(model, data, directions: Sequence[Direction], coords: Sequen
     points, rank 0 alone writes ``path``, and every rank returns the whole surface.
     The model is left bitwise as it was.
     """
-    from msam_lab.config import ConfigError
-
+    o = SurfaceOptions.build(options, **overrides)
+    per_modality, n_samples, batch_size, workers, devices = (o.per_modality, o.n_samples, o.batch_size,
+                                                             o.workers, o.devices)
     directions = [dict(d) for d in directions]
     coords = [np.asarray(c, dtype=float).reshape(-1) for c in coords]
     if not 1 <= len(coords) <= 2 or len(coords) != len(directions):
         raise ValueError(f"give 1 or 2 directions and one coordinate array per direction; "
                          f"got {len(directions)} directions and {len(coords)} coordinate arrays")
-    if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
     world = distributed.world_size()
     if world > 1 and (workers != 1 or devices or pool is not None):
         raise ValueError(f"under torchrun the {world} ranks share the grid: use workers=1 and no devices or "
@@ -114,18 +114,18 @@ def compute_surface(model, data, directions: Sequence[Direction], coords: Sequen
         subset, index, n_samples = None, np.arange(evaluation.to(device).n), None
         names, modalities, per_modality = evaluation.names, evaluation.modalities, evaluation.per_modality
     else:
-        subset, index = eval_subset(data, n_samples, subset_seed)
+        subset, index = eval_subset(data, n_samples, o.subset_seed)
         names, modalities = metric_names(tuple(model.modalities), per_modality), tuple(model.modalities)
     shape = tuple(len(c) for c in coords)
     info = {
         "format_version": FORMAT_VERSION, "dim": len(coords), "shape": list(shape), "metrics": names,
         "modalities": list(modalities), "per_modality": per_modality,
-        "n_samples": int(len(index)), "n_samples_requested": n_samples, "subset_seed": int(subset_seed),
+        "n_samples": int(len(index)), "n_samples_requested": n_samples, "subset_seed": int(o.subset_seed),
         "model_sha1": model_fingerprint(model), "directions_sha1": directions_fingerprint(directions),
         "direction_norms": [float(sum(t.double().pow(2).sum() for t in d.values()) ** 0.5) for d in directions],
         "parameters": sorted({n for d in directions for n in d}),
         "batch_size": batch_size, "torch": torch.__version__,
-        "autocast_dtype": None if autocast_dtype is None else str(autocast_dtype),
+        "autocast_dtype": None if o.autocast_dtype is None else str(o.autocast_dtype),
         "batches_sha1": None if evaluation is None else evaluation.sha1,     # a ForwardEvaluation's data
     }
     info.update(meta or {})
@@ -134,14 +134,14 @@ def compute_surface(model, data, directions: Sequence[Direction], coords: Sequen
     surface = None
     if path is not None:
         path = Path(path)
-        if (path / META).exists() and not overwrite:
+        if (path / META).exists() and not o.overwrite:
             old = Surface.load(path)
             diffs = [k for k in RESUME_KEYS if old.meta.get(k) != info.get(k)]
             if len(old.coords) != len(coords) or any(not np.array_equal(a, b) for a, b in zip(old.coords, coords)):
                 diffs.insert(0, "grid")
             if diffs:
-                raise ConfigError(f"{path} already holds a surface computed with other settings "
-                                  f"({', '.join(diffs)} differ); choose another --name or pass --overwrite")
+                raise OptionError("path", f"path {path} already holds a surface computed with other settings "
+                                          f"({', '.join(diffs)} differ); choose another path= or pass overwrite=True")
             surface = old
             surface.meta.update({k: v for k, v in info.items() if k not in surface.meta})
     if world > 1 and path is not None:
@@ -178,7 +178,7 @@ def compute_surface(model, data, directions: Sequence[Direction], coords: Sequen
                 surface.values[k][at] = v[j]
             surface.done[at] = True
         since_flush += len(idx)
-        if surface.path is not None and since_flush >= flush_every:
+        if surface.path is not None and since_flush >= o.flush_every:
             flush()
         if progress is not None:
             progress(surface.n_done, total)
@@ -195,26 +195,26 @@ def compute_surface(model, data, directions: Sequence[Direction], coords: Sequen
     try:
         if workers == 1 and not devices and pool is None:
             old_threads = torch.get_num_threads()
-            if threads:
-                torch.set_num_threads(int(threads))
+            if o.threads:
+                torch.set_num_threads(int(o.threads))
             try:
                 with preserved(model):
-                    prepare_for_evaluation(model, channels_last)
-                    ev = PointEvaluator(model, subset, directions, per_modality, batch_size, autocast_dtype,
+                    prepare_for_evaluation(model, o.channels_last)
+                    ev = PointEvaluator(model, subset, directions, per_modality, batch_size, o.autocast_dtype,
                                         evaluation)
                     if world == 1:
                         for i in pending:
                             store([i], ev(all_points[i])[None])
                     else:
-                        _evaluate_sharded(ev, all_points, pending, store, flush_every)
+                        _evaluate_sharded(ev, all_points, pending, store, o.flush_every)
             finally:
                 torch.set_num_threads(old_threads)
         else:
             n_workers = pool.n_workers if pool is not None else len(resolve_devices(devices) or [0] * workers)
-            chunk = max(1, min(flush_every, math.ceil(len(pending) / (4 * n_workers))))
+            chunk = max(1, min(o.flush_every, math.ceil(len(pending) / (4 * n_workers))))
             evaluate_parallel(model, subset, directions, all_points, pending, store, workers=workers,
                               devices=devices, pool=pool, per_modality=per_modality, batch_size=batch_size,
-                              channels_last=channels_last, autocast_dtype=autocast_dtype, chunk=chunk)
+                              channels_last=o.channels_last, autocast_dtype=o.autocast_dtype, chunk=chunk)
     finally:
         flush()
     distributed.barrier()       # rank 0's files are whole before any rank returns (and may read them)

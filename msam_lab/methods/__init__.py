@@ -1,7 +1,7 @@
 """Training methods, one interface: ``Method(model, config).step(inputs, labels) -> record``."""
 from __future__ import annotations
 
-from msam_lab.registry import check_name, is_new, load_plugins, shown
+from msam_lab.registry import Registry, shown
 from msam_lab.methods.agm import AGM
 from msam_lab.methods.base import Method, Observation
 from msam_lab.methods.cggm import CGGM
@@ -28,38 +28,35 @@ METHODS: dict[str, type[Method]] = {
 }
 METHOD_NAMES = tuple(METHODS)     # the built-ins; method_names() adds the registered plug-ins
 
-_PLUGINS: dict[str, type[Method]] = {}      # registered plug-ins; a name here shadows a built-in
+
+def _check_method_class(name: str, cls) -> None:
+    if not (isinstance(cls, type) and issubclass(cls, Method)):
+        raise ValueError(f"method {name!r}: register a subclass of msam_lab.methods.Method (e.g. of Joint), "
+                         f"got {shown(cls)}")
+
+
+# name -> Method subclass; a built-in's entry is its class, so registering that class again is a no-op
+METHOD_REGISTRY = Registry("method", METHODS, check=_check_method_class)
 
 
 def method_names() -> tuple[str, ...]:
     """Every method name: the built-ins, then the registered plug-ins (installed ones loaded first)."""
-    load_plugins()
-    return METHOD_NAMES + tuple(n for n in _PLUGINS if n not in METHODS)
+    return METHOD_REGISTRY.names()
 
 
 def method_class(name: str) -> type[Method]:
     """The class of method ``name``; a one-line ValueError listing the choices otherwise."""
-    load_plugins()
-    cls = _PLUGINS.get(name) or METHODS.get(name)
-    if cls is None:
-        raise ValueError(f"unknown method {name!r}; choose one of: {', '.join(method_names())}")
-    return cls
+    return METHOD_REGISTRY.get(name)
 
 
 def register_method(name: str, cls: type[Method], *, replace: bool = False) -> None:
     """Make ``cls`` (a subclass of :class:`Method`) the training method ``name`` (config ``method=name``)."""
-    check_name("method", name)
-    if not (isinstance(cls, type) and issubclass(cls, Method)):
-        raise ValueError(f"method {name!r}: register a subclass of msam_lab.methods.Method (e.g. of Joint), "
-                         f"got {shown(cls)}")
-    existing = _PLUGINS.get(name) or METHODS.get(name)
-    if is_new("method", name, cls, existing, replace):
-        _PLUGINS[name] = cls
+    METHOD_REGISTRY.register(name, cls, replace=replace)
 
 
 def unregister_method(name: str) -> None:
     """Forget the plug-in ``name`` (a built-in it replaced comes back); unknown names are ignored."""
-    _PLUGINS.pop(name, None)
+    METHOD_REGISTRY.unregister(name)
 
 
 def validate_method_config(config) -> None:
@@ -72,4 +69,4 @@ def build_method(model, config) -> Method:
 
 
 __all__ = ["Method", "Observation", "METHODS", "METHOD_NAMES", "build_method", "validate_method_config",
-           "method_names", "method_class", "register_method", "unregister_method"]
+           "method_names", "method_class", "register_method", "unregister_method", "METHOD_REGISTRY"]

@@ -35,7 +35,7 @@ import reprlib
 from msam_lab import config
 from msam_lab.models import paper_encoders
 from msam_lab.datasets import Batch
-from msam_lab.registry import check_callable, check_name, describe, is_new, load_plugins, shown
+from msam_lab.registry import Registry, check_callable, describe, shown
 
 FUSIONS = typing.get_args(config.Fusion)
 ENCODERS = ("mlp", "cnn", "linear", "resnet18", "resnet18_audio", "resnet18_visual", "transformer")  # built-ins
@@ -289,13 +289,15 @@ def has_batchnorm(model: nn.Module) -> bool:
 
 # -- encoder plug-ins: name -> factory(in_shape, out_dim, hidden, **options) -> nn.Module ----------
 
-_ENCODER_PLUGINS: dict[str, object] = {}      # a name here shadows a built-in kind
+# a built-in's entry is its kind (build_encoder dispatches on it); a plug-in's, its factory
+ENCODER_REGISTRY = Registry("encoder", {kind: kind for kind in ENCODERS},
+                            label=lambda name, kind: f"the built-in {name} encoder",
+                            check=lambda name, factory: check_callable("encoder", name, "factory", factory))
 
 
 def encoder_names() -> tuple[str, ...]:
     """Every encoder kind: the built-ins, then the registered plug-ins (installed ones loaded first)."""
-    load_plugins()
-    return ENCODERS + tuple(n for n in _ENCODER_PLUGINS if n not in ENCODERS)
+    return ENCODER_REGISTRY.names()
 
 
 def register_encoder(name: str, factory, *, replace: bool = False) -> None:
@@ -305,16 +307,12 @@ def register_encoder(name: str, factory, *, replace: bool = False) -> None:
     config's hidden_dim and ``options`` the modality's ``encoder_options`` (the factory's keyword
     parameters beyond the first three; any name when it takes ``**options``).
     """
-    check_name("encoder", name)
-    check_callable("encoder", name, "factory", factory)
-    existing = _ENCODER_PLUGINS.get(name) or (f"the built-in {name} encoder" if name in ENCODERS else None)
-    if is_new("encoder", name, factory, existing, replace):
-        _ENCODER_PLUGINS[name] = factory
+    ENCODER_REGISTRY.register(name, factory, replace=replace)
 
 
 def unregister_encoder(name: str) -> None:
     """Forget the plug-in ``name`` (a built-in it replaced comes back); unknown names are ignored."""
-    _ENCODER_PLUGINS.pop(name, None)
+    ENCODER_REGISTRY.unregister(name)
 
 
 def _plugin_options(name: str, factory) -> dict[str, str] | None:
@@ -329,7 +327,7 @@ def _plugin_options(name: str, factory) -> dict[str, str] | None:
 
 
 def _build_plugin_encoder(kind: str, in_shape, out_dim: int, hidden: int, options: dict) -> nn.Module:
-    factory = _ENCODER_PLUGINS[kind]
+    factory = ENCODER_REGISTRY.get(kind)
     module = factory(tuple(in_shape), out_dim, hidden, **options)
     if not isinstance(module, nn.Module):
         raise ValueError(f"encoder plug-in {kind!r} ({describe(factory)}) returned {type(module).__name__}, "
@@ -351,16 +349,14 @@ def check_encoder_options(kind: str, options, where: str | None = None) -> dict:
     A one-line ValueError names the valid options (or says the kind takes none). A plug-in's
     options are the keyword parameters of its factory (values are the factory's to check).
     """
-    load_plugins()
-    if kind in _ENCODER_PLUGINS:
-        valid = _plugin_options(kind, _ENCODER_PLUGINS[kind])
+    entry = ENCODER_REGISTRY.get(kind)      # an unknown kind: one line listing the choices
+    if ENCODER_REGISTRY.is_plugin(kind):
+        valid = _plugin_options(kind, entry)
         if valid is None:
             if not isinstance(options, (dict, type(None))):
                 raise ValueError(f"{where or f'{kind} encoder options'} must be a mapping, got {shown(options)}")
             return dict(options or {})
         return paper_encoders.check_options(kind, options, valid, where)
-    if kind not in ENCODER_OPTIONS:
-        raise ValueError(f"unknown encoder {kind!r}; choose one of: {', '.join(encoder_names())}")
     return paper_encoders.check_options(kind, options, ENCODER_OPTIONS[kind], where)
 
 
@@ -372,7 +368,7 @@ def build_encoder(kind: str, in_shape, out_dim: int, hidden: int, options=None) 
     ``mask_padding``; linear and the other resnet kinds take none.
     """
     options = check_encoder_options(kind, options)
-    if kind in _ENCODER_PLUGINS:
+    if ENCODER_REGISTRY.is_plugin(kind):
         return _build_plugin_encoder(kind, in_shape, out_dim, hidden, options)
     if kind == "mlp":
         return MLPEncoder(in_shape, out_dim, options.get("hidden", hidden))

@@ -22,17 +22,17 @@ import io
 import os
 import pickle
 import re
-import stat
 import warnings
 import zipfile
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from msam_lab.runs import atomic
-from msam_lab.config import ConfigError
+
+# torch-free, in layout (msam-lab status reads JSON without torch); re-exported here under their old names
+from msam_lab.runs.layout import JSON_LIMIT, RunFileError, read_json, read_regular  # noqa: F401
 
 SIDECAR_SUFFIX = ".sha256"
 _HEX = re.compile(r"[0-9a-f]{64}")
@@ -51,12 +51,6 @@ _LOAD_ERRORS = (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, KeyE
                 AttributeError, OverflowError, MemoryError, zipfile.BadZipFile, NotImplementedError)
 
 
-class RunFileError(ConfigError):
-    """A file of a run folder (or of a dataset) is damaged, missing or unsafe; the message names it.
-
-    A ConfigError: bad input, one line and exit 2 at the command line."""
-
-
 def sidecar(path) -> Path:
     """``<file>.sha256`` beside ``path``."""
     path = Path(path)
@@ -65,33 +59,6 @@ def sidecar(path) -> Path:
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def read_regular(path, limit: int | None = None) -> bytes:
-    """The bytes of ``path``, which must be a regular file (a symlink to one is followed).
-
-    A FIFO, a device (``/dev/zero``) or a folder in a file's place would hang or never end: refused in
-    one line, like a missing or unreadable file, and a file larger than ``limit`` bytes."""
-    path = Path(path)
-    try:
-        # O_NONBLOCK: opening a FIFO does not wait for a writer; fstat then refuses it
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    except FileNotFoundError:
-        raise RunFileError(f"{path}: missing{' (a symlink to nowhere)' if path.is_symlink() else ''}") from None
-    except OSError as err:
-        raise RunFileError(f"{path}: cannot be read ({err.strerror or err})") from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise RunFileError(f"{path}: not a regular file; a run folder holds plain files")
-        if limit is not None and info.st_size > limit:
-            raise RunFileError(f"{path}: {info.st_size} bytes, more than the {limit} such a file can have")
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            return f.read()
-    except OSError as err:
-        raise RunFileError(f"{path}: cannot be read ({err.strerror or err})") from None
-    finally:
-        os.close(fd)
 
 
 def expected_digest(path) -> str | None:
@@ -247,21 +214,3 @@ def _convert_legacy(obj):
         except (TypeError, ValueError):
             pass                      # left as it is: set_rng_state reports it, naming the file's run
     return obj
-
-
-JSON_LIMIT = 16 * 2 ** 20           # bytes: a status, config, model or summary file is a few kB
-
-
-def read_json(path) -> dict:
-    """A JSON object file of a run (status, config, model, summary); RunFileError naming it otherwise."""
-    path = Path(path)
-    data = read_regular(path, JSON_LIMIT)
-    try:
-        value = json.loads(data)
-    # ValueError: not JSON, not UTF-8, an int of thousands of digits; RecursionError: [[[[...
-    except (ValueError, RecursionError) as err:
-        where = f" at line {err.lineno} column {err.colno}" if isinstance(err, json.JSONDecodeError) else ""
-        raise RunFileError(f"{path}: not valid JSON{where} (damaged or truncated)") from None
-    if not isinstance(value, dict):
-        raise RunFileError(f"{path}: holds a JSON {type(value).__name__}, not an object (damaged)")
-    return value

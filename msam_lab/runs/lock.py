@@ -23,8 +23,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from msam_lab.runs.atomic import unique_temp, write_bytes
 from msam_lab.faults import named
+from msam_lab.runs.atomic import unique_temp, write_bytes
 
 LOCK = "lock"
 STALE_AFTER = 300.0       # seconds without a heartbeat before another host's lock counts as stale

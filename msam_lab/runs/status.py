@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from msam_lab.runs.layout import CONFIG, EPOCHS, SUMMARY, find_runs, is_run_dir, read_status, read_table
 from msam_lab.runs.lock import read_lock
-from msam_lab.runs.reader import CONFIG, EPOCHS, SUMMARY, find_runs, is_run_dir, read_status, read_table
 
 COLUMNS = ["run", "path", "method", "state", "stale", "pid", "epoch", "epochs", "step", "test_acc", "dominant",
            "dominant_share", "heartbeat_age_s", "error"]

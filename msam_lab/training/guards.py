@@ -1,4 +1,8 @@
-"""What a non-finite loss or gradient does to a training step (``nan_policy``).
+"""What guards a training step: a non-finite loss or gradient (``nan_policy``), and SIGTERM.
+
+SIGTERM (a scheduler pre-empting a job, ``kill PID``) is handled like Ctrl-C while a run trains
+(``sigterm_as_keyboard_interrupt``), so the run is marked ``interrupted`` and kept instead of dying
+mid-write.
 
 Checked after each update, where one fused check sees everything: a non-finite gradient that was
 applied leaves a non-finite parameter behind, so loss, gradients and parameters together catch it.
@@ -15,8 +19,11 @@ applied leaves a non-finite parameter behind, so loss, gradients and parameters 
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
+import signal
+import threading
 import warnings
 
 import torch
@@ -133,3 +140,19 @@ class StepGuard:
 
     def _snapshot(self) -> dict:
         return copy.deepcopy({"model": self.model.state_dict(), "method": self.method.state_dict()})
+
+
+@contextlib.contextmanager
+def sigterm_as_keyboard_interrupt():
+    if threading.current_thread() is not threading.main_thread():
+        yield                       # signal handlers can only be set from the main thread
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -27,7 +27,7 @@ from msam_lab.analysis import sharpness_timeline
 from msam_lab.config import Config, ConfigError
 from msam_lab.datasets import load_for_training
 from msam_lab.datasets.validation import with_validation
-from msam_lab.training.interrupts import sigterm_as_keyboard_interrupt
+from msam_lab.training.guards import sigterm_as_keyboard_interrupt
 from msam_lab.methods import build_method
 from msam_lab.analysis.metrics import epoch_metrics, train_eval_subset
 from msam_lab.models.multimodal import has_batchnorm, model_from_spec, spec_encoders
@@ -35,6 +35,7 @@ from msam_lab.training.guards import NonFiniteError, StepGuard
 from msam_lab.training.progress import Progress
 from msam_lab.runs.reader import CHECKPOINTS, EPOCHS, RESUME, STEPS, Run, check_output_dir, load_run, read_table
 from msam_lab.runs.selection import selection_summary, table_summary
+from msam_lab.runs.writer import RunWriter
 from msam_lab.errors import TrainingError
 
 
@@ -126,8 +127,8 @@ def train(config=None, out=None, quiet: bool = False, overrides=(), resume=None,
     if resume is None:
         out = Path(out) if out is not None else default_out(cfg)
         out = data_parallel.check_out(out, check_output_dir)   # on every rank, before rank 0 writes
-    main = distributed.is_main()                           # rank 0 writes and prints; one process: always
-    quiet = quiet or not main
+    master_process = distributed.is_main()     # rank 0 writes the run and prints; one process: always
+    quiet = quiet or not master_process
     splits = with_validation(_load_splits(cfg, device), cfg.val_fraction, cfg.seed)
     train_eval = train_eval_subset(splits.train, cfg.train_eval_samples, cfg.seed)
     seed_everything(cfg.seed)
@@ -147,9 +148,11 @@ def train(config=None, out=None, quiet: bool = False, overrides=(), resume=None,
     steps_per_epoch = len(splits.train) // batch_size if drop_last else -(-len(splits.train) // batch_size)
     progress = Progress(cfg.epochs * steps_per_epoch, cfg.epochs, f"{cfg.method} on {cfg.dataset}", quiet,
                         done=step)
-    writer = data_parallel.writer(out, resume=True, flush_every=cfg.flush_every) if resume is not None else \
-        data_parallel.writer(out, cfg.to_dict(), spec, flush_every=cfg.flush_every)
-    if writer.stale is not None and not quiet:
+    writer = None                              # the other ranks write nothing: the weights and record are rank 0's
+    if master_process:
+        writer = RunWriter(out, resume=True, flush_every=cfg.flush_every) if resume is not None else \
+            RunWriter(out, cfg.to_dict(), spec, flush_every=cfg.flush_every)
+    if writer is not None and writer.stale is not None and not quiet:
         print(f"{out}: took over the stale lock of {writer.stale.describe()} (no longer running)", file=sys.stderr)
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     started = time.perf_counter()
@@ -161,7 +164,8 @@ def train(config=None, out=None, quiet: bool = False, overrides=(), resume=None,
         nonlocal best_val
         row = {"epoch": epoch, **epoch_metrics(model, train_eval, splits.test, cfg, val=splits.val), "lr": lr,
                "wall_time": wall()}
-        writer.log_epoch(row)
+        if master_process:
+            writer.log_epoch(row)
         sharpness_timeline.at_epoch(writer, model, splits.train, epoch, cfg)   # sharpness_every: per-block Hessian
         if epoch > 0 and row.get("val_acc", -1) > best_val:    # selection's rule: earliest best, not epoch 0
             best_val = row["val_acc"]
@@ -171,17 +175,21 @@ def train(config=None, out=None, quiet: bool = False, overrides=(), resume=None,
             on_epoch(row)
 
     def checkpoint(epoch: int) -> None:
+        if not master_process:
+            return
         writer.checkpoint(epoch, {"epoch": epoch, "model": model.state_dict(), "method": method.state_dict(),
                                   "rng": {**resume_mod.rng_state(), "batches": generator.get_state()}})
 
     def save_resume_point(epoch_generator) -> None:
+        if not master_process:
+            return
         point = resume_mod.Position(epoch, batch, step, wall(), batch_size)
         writer.save_resume(resume_mod.capture(model, method, epoch_generator, point))
 
     try:
         torch.use_deterministic_algorithms(cfg.deterministic or was_deterministic)
         with sigterm_as_keyboard_interrupt():
-            if resume is not None:
+            if resume is not None and master_process:
                 writer.truncate(pos.step, pos.epoch if point is not None else -1)   # rows after the point
             # the best validation accuracy so far, read back from the (truncated) epoch table on a resume
             best_val = selection_summary(read_table(out / EPOCHS))["best_val_acc"] if resume is not None else None
@@ -202,8 +210,10 @@ def train(config=None, out=None, quiet: bool = False, overrides=(), resume=None,
                     try:
                         row = {"step": step, "epoch": epoch + 1, **guard.step(inputs, labels)}
                     except NonFiniteError as err:
-                        raise TrainingError(_non_finite_message(err, step, epoch + 1, out, writer.status)) from None
-                    writer.log_step(row)
+                        status = writer.status if master_process else {}
+                        raise TrainingError(_non_finite_message(err, step, epoch + 1, out, status)) from None
+                    if master_process:
+                        writer.log_step(row)
                     progress.step(row)
                     step, batch = step + 1, batch + 1
                     if on_step is not None:
@@ -216,24 +226,27 @@ def train(config=None, out=None, quiet: bool = False, overrides=(), resume=None,
                 if epoch == cfg.epochs or (cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0):
                     checkpoint(epoch)
                 save_resume_point(generator.get_state())
-            if main:
+            if master_process:
                 writer.finish(_summary(cfg, model, device, step, wall(), out, writer.status, splits.info))
             data_parallel.finished(out)                 # the other ranks read the run back once it is written
     except KeyboardInterrupt:
-        writer.interrupt(f"interrupted at step {step} (epoch {min(epoch + 1, cfg.epochs)}); resume with "
-                         f"`msam-lab train --resume {out}`")
+        if master_process:
+            writer.interrupt(f"interrupted at step {step} (epoch {min(epoch + 1, cfg.epochs)}); resume with "
+                             f"`msam-lab train --resume {out}`")
         raise
     except TrainingError as err:
-        writer.fail(str(err))
+        if master_process:
+            writer.fail(str(err))
         raise
     except OSError as err:          # the disk filled, went read-only, ...: the run says so, the CLI in one line
-        recorded = writer.fail(faults.describe(err))
-        err.add_note(("run marked failed; " if recorded or not main else
+        recorded = writer.fail(faults.describe(err)) if master_process else False
+        err.add_note(("run marked failed; " if recorded or not master_process else
                       "the run could not record it (it reads interrupted once this process ends); ") +
                      f"`msam-lab train --resume {out}` continues it from its last resume point")
         raise
     except BaseException as err:
-        writer.fail(f"{type(err).__name__}: {err}")
+        if master_process:
+            writer.fail(f"{type(err).__name__}: {err}")
         raise
     finally:
         progress.close()

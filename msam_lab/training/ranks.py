@@ -5,8 +5,8 @@
   of one process with the global batch;
 - every rank builds the model from the same seed and then takes rank 0's weights, so all start
   equal; BatchNorm keeps per-rank statistics unless ``sync_bn``;
-- **rank 0 writes** the run directory; the other ranks write nothing (``NullWriter``), print
-  nothing and read the finished run back once rank 0 is done.
+- **rank 0 writes** the run directory; the other ranks write nothing (``train`` checks its
+  ``master_process`` flag at each write), print nothing and read the finished run back once rank 0 is done.
 
 With one process all of this reduces to the single-process trainer.
 """
@@ -16,7 +16,6 @@ import torch
 
 from msam_lab import distributed
 from msam_lab.config import Config, ConfigError
-from msam_lab.runs.writer import RunWriter
 
 
 def device_for_rank(cfg: Config, resolve) -> torch.device:
@@ -89,25 +88,6 @@ def check_out(out, check):
     out = check(distributed.broadcast_object(str(out)))
     distributed.barrier()
     return out
-
-
-def writer(out, *args, **kwargs):
-    """The run directory's RunWriter on rank 0, a NullWriter on the others."""
-    return RunWriter(out, *args, **kwargs) if distributed.is_main() else NullWriter()
-
-
-class NullWriter:
-    """RunWriter's interface for ranks other than 0: the weights are rank 0's, so is the record."""
-
-    stale = None
-
-    def __init__(self):
-        self.status: dict = {}
-
-    def __getattr__(self, name):
-        if name.startswith("_"):
-            raise AttributeError(name)
-        return lambda *args, **kwargs: None
 
 
 def summary_fields(cfg: Config) -> dict:
