@@ -399,7 +399,10 @@ def test_old_interrupted_run_resumes_to_the_uninterrupted_weights(tmp_path):
     run = msam_lab.train(resume=run_dir, quiet=True)
     expected = torch.load(FIXTURES / "old_interrupted_expected_final.pt", weights_only=True)
     got = run.load_checkpoint(3)["model"]
-    assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in expected)
+    # The fixture was computed on another CPU: float sums may differ there in the last bit (3e-8 seen), while a
+    # wrong restore (RNG, batch position, optimizer state) moves weights by orders of magnitude more.
+    assert got.keys() == expected.keys()
+    assert all(torch.allclose(got[k], expected[k], rtol=0, atol=1e-6) for k in expected)
     assert list(run.steps["step"]) == list(range(len(run.steps)))
 
 
