@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from msam_lab import shapley
-from msam_lab.models.coalitions import decomposed_logits, present_of  # noqa: F401  (present_of: re-exported)
+from msam_lab.models import coalitions
+from msam_lab.models.coalitions import present_of  # noqa: F401  (re-exported)
 from msam_lab.models.multimodal import eval_mode
 
 
@@ -31,20 +32,12 @@ def coalition_totals(model, forward, batches, modalities, masks, loss_fn=F.cross
     masks = [int(m) for m in masks]
     if decompose and masks != list(range(1 << len(modalities))):
         raise ValueError("decompose needs every coalition mask 0 .. 2^M - 1, in order")
-    totals, parts, n = None, None, 0       # summed on the device: one host sync at the end, not two per coalition
-    for inputs, labels in batches:
-        logits = torch.stack([forward(model, inputs, present_of(mask, modalities)) for mask in masks]).float()
-        loss = torch.stack([loss_fn(z, labels) for z in logits]).double() * len(labels)   # loss_fn: a batch mean
-        batch = torch.stack([loss, (logits.argmax(-1) == labels).sum(1).double()])
-        totals = batch if totals is None else totals + batch
-        if decompose:
-            right = (decomposed_logits(logits).argmax(-1) == labels).sum(1).double()
-            parts = right if parts is None else parts + right
-        n += len(labels)
+    logit_batches = ((torch.stack([forward(model, inputs, present_of(mask, modalities)) for mask in masks]).float(),
+                      labels) for inputs, labels in batches)
+    loss_sum, correct, n, parts = coalitions.coalition_totals(logit_batches, loss_fn, decompose)
     if n == 0:
         raise ValueError("batches is empty: give at least one (inputs, labels) batch")
-    totals = totals.cpu().numpy()
-    return totals[0], totals[1], n, None if parts is None else parts.cpu().numpy()
+    return loss_sum, correct, n, parts
 
 
 def evaluate_forward(model, forward, batches, modalities, loss_fn=F.cross_entropy, share_rule: str = "clip",
@@ -63,12 +56,4 @@ def evaluate_forward(model, forward, batches, modalities, loss_fn=F.cross_entrop
     acc, loss = correct / n, loss_sum / n
     phi = shapley.exact_shapley(acc if shapley_value == "accuracy" else -loss)
     share = shapley.shares(phi, share_rule, share_temperature, [loss[1 << m] for m in range(len(names))])
-    full = masks[-1]
-    out = {"loss": float(loss[full]), "acc": float(acc[full])}
-    for m, name in enumerate(names):
-        out[f"acc_{name}"] = float(parts[m] / n)
-        out[f"acc_only_{name}"] = float(acc[1 << m])
-        out[f"shapley_{name}"] = float(phi[m])
-        out[f"share_{name}"] = float(share[m])
-    out["dominant"] = names[shapley.dominant(share)]
-    return out
+    return coalitions.game_summary(names, acc, loss, phi, share, parts / n)

@@ -7,15 +7,13 @@ Per-modality accuracy has two definitions, kept apart by name:
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import torch
-import torch.nn.functional as F
 
-from msam_lab.models import coalitions
 from msam_lab import distributed, shapley
-from msam_lab.shapley import dominance_switches  # noqa: F401  (re-exported)
 from msam_lab.datasets import MultimodalData
+from msam_lab.models import coalitions
 from msam_lab.models.multimodal import MultimodalModel, channels_last_on_cpu, eval_mode
+from msam_lab.shapley import dominance_switches  # noqa: F401  (re-exported)
 
 
 @torch.no_grad()
@@ -40,53 +38,35 @@ def evaluate(model: MultimodalModel, data: MultimodalData, batch_size: int = 128
              share_temperature: float = 1.0) -> dict:
     """Loss, accuracy, per-modality accuracies and Shapley shares of ``model`` on ``data``.
 
-    One eval-mode pass: features once per batch, every coalition through the fusion.
+    One eval-mode pass: features once per batch, every coalition through the fusion; the coalition game
+    is summed as ``evaluate_forward`` sums it (``coalitions.coalition_totals``).
     """
     names = model.modalities
     n_mod = len(names)
+    exact = n_mod <= exact_max
+    masks = shapley.all_masks(n_mod) if exact else [shapley.mask_of(range(n_mod))] + [1 << m for m in range(n_mod)]
     with eval_mode(model), channels_last_on_cpu(model):
-        exact = n_mod <= exact_max
-        masks = shapley.all_masks(n_mod) if exact else \
-            [shapley.mask_of(range(n_mod))] + [1 << m for m in range(n_mod)]
-        correct = np.zeros(len(masks))
-        loss = np.zeros(len(masks))
-        decomposed_correct = np.zeros(n_mod)
         # data parallel: each rank evaluates its shard of every batch, the sums are then added up
-        for inputs, labels in data.batches(batch_size, shard=distributed.shard_of):
-            feats, zeros = model.encode(inputs), model.zero_features()
-            logits = coalitions.coalition_logits(model, feats, zeros, masks)
-            k, n, c = logits.shape
-            correct += (logits.argmax(-1) == labels).sum(1).cpu().numpy()
-            loss += F.cross_entropy(logits.reshape(k * n, c), labels.repeat(k),
-                                    reduction="none").view(k, n).sum(1).cpu().numpy()
-            if exact:
-                per_mod = coalitions.decomposed_logits(logits)
-                decomposed_correct += (per_mod.argmax(-1) == labels).sum(1).cpu().numpy()
-        correct, loss, decomposed_correct = np.split(
-            distributed.sum_over_ranks(np.concatenate([correct, loss, decomposed_correct])),
-            [len(masks), 2 * len(masks)])
+        logit_batches = ((coalitions.coalition_logits(model, model.encode(inputs), model.zero_features(), masks),
+                          labels) for inputs, labels in data.batches(batch_size, shard=distributed.shard_of))
+        loss, correct, _, parts = coalitions.coalition_totals(logit_batches, decompose=exact)
+        if loss is None:                                   # an empty shard: zeros to the all-reduce
+            loss, correct = np.zeros(len(masks)), np.zeros(len(masks))
+        parts = np.zeros(n_mod) if parts is None else parts
+        correct, loss, parts = np.split(distributed.sum_over_ranks(np.concatenate([correct, loss, parts])),
+                                        [len(masks), 2 * len(masks)])
         total = len(data)
         acc, mean_loss = correct / total, loss / total
-        full = shapley.mask_of(range(n_mod))
-        index = {int(m): i for i, m in enumerate(masks)}
         if exact:
-            values = acc if shapley_value == "accuracy" else -mean_loss
-            phi = shapley.exact_shapley(values)
+            phi = shapley.exact_shapley(acc if shapley_value == "accuracy" else -mean_loss)
         else:
             def stats_fn(ms):
                 return dataset_coalition_stats(model, data, ms, batch_size)
-            phi = coalitions.modality_shapley(stats_fn, n_mod, shapley_value, exact_max,
-                                              n_permutations, seed)
-    alone = [mean_loss[index[1 << m]] for m in range(n_mod)]        # the loss share rule reads them
+            phi = coalitions.modality_shapley(stats_fn, n_mod, shapley_value, exact_max, n_permutations, seed)
+    acc, mean_loss = dict(zip(masks, acc)), dict(zip(masks, mean_loss))
+    alone = [mean_loss[1 << m] for m in range(n_mod)]        # the loss share rule reads them
     share = shapley.shares(phi, share_rule, share_temperature, alone)
-    out = {"loss": float(mean_loss[index[full]]), "acc": float(acc[index[full]])}
-    for m, name in enumerate(names):
-        out[f"acc_{name}"] = float(decomposed_correct[m] / total) if exact else float("nan")
-        out[f"acc_only_{name}"] = float(acc[index[1 << m]])
-        out[f"shapley_{name}"] = float(phi[m])
-        out[f"share_{name}"] = float(share[m])
-    out["dominant"] = names[shapley.dominant(share)]
-    return out
+    return coalitions.game_summary(names, acc, mean_loss, phi, share, parts / total if exact else None)
 
 
 def train_eval_subset(data: MultimodalData, n_samples: int, seed: int) -> MultimodalData:

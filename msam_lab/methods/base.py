@@ -14,12 +14,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from msam_lab.models import coalitions
 from msam_lab import distributed, shapley
-from msam_lab.optim import base as optim, schedules
 from msam_lab.config import Config
 from msam_lab.datasets import Batch
+from msam_lab.models import coalitions
 from msam_lab.models.multimodal import MultimodalModel
+from msam_lab.optim import base as optim
+from msam_lab.optim import msam, schedules
 from msam_lab.optim.precision import Precision
 
 
@@ -28,12 +29,6 @@ class Observation:
     phi: np.ndarray        # Shapley values (M,)
     share: np.ndarray      # shares (M,), sum to one
     dominant: int          # index of the dominant modality
-
-
-def global_stats(stats: coalitions.CoalitionStats, n: int) -> coalitions.CoalitionStats:
-    """Coalition accuracies and losses of this rank's ``n`` samples -> those of the global batch."""
-    both = distributed.mean_over_ranks(np.stack([stats.accuracy, stats.loss]), n)
-    return coalitions.CoalitionStats(both[0], both[1])
 
 
 class Method:
@@ -121,7 +116,8 @@ class Method:
         self.precision.step(opt)
 
     def observe(self, inputs: Batch, labels: torch.Tensor, features=None) -> Observation:
-        """Shapley values, shares and dominant modality of this batch at the current weights."""
+        """Shapley values, shares and dominant modality of this batch at the current weights: M-SAM's one
+        ``observe`` (msam_lab.optim.msam), its coalitions through the fusion with each encoder run once."""
         c = self.config
         model = self.model
         if 0 < c.shapley_batch < len(labels):
@@ -130,21 +126,21 @@ class Method:
             n = c.shapley_batch
             inputs, labels = {m: x[:n] for m, x in inputs.items()}, labels[:n]
             features = None if features is None else [f[:n] for f in features]
+        names = model.modalities
 
-        def stats(masks):
-            # data parallel: the global batch's coalition accuracies, so every rank picks the same dominant
-            return global_stats(coalitions.batch_coalition_stats(model, inputs, labels, features, masks), len(labels))
+        def logits(presents):
+            masks = [shapley.mask_of([m for m, name in enumerate(names) if name in p]) for p in presents]
+            return coalitions.model_coalition_logits(model, inputs, masks, features)
 
-        phi = coalitions.modality_shapley(stats, len(model.modalities), c.shapley_value,
-                                          c.shapley_exact_max, c.shapley_permutations, c.seed)
-        # the loss rule reads each modality's lone loss: M more coalitions, evaluated for that rule only
-        alone = stats(shapley.singleton_masks(len(model.modalities))).loss if c.share_rule == "loss" else None
-        share = shapley.shares(phi, c.share_rule, c.share_temperature, alone)
-        d = shapley.dominant(share, c.tie_rule, self._previous_dominant)
+        rec = msam.observe(None, labels, names, loss_fn=None, share_rule=c.share_rule, tie_rule=c.tie_rule,
+                           shapley_value=c.shapley_value, exact_max=c.shapley_exact_max,
+                           n_permutations=c.shapley_permutations, seed=c.seed, previous=self._previous_dominant,
+                           share_temperature=c.share_temperature, coalitions=logits)
+        d = names.index(rec.dominant)
         if c.dist_debug:
             distributed.check_same(int(d), "the dominant modality")
         self._previous_dominant = d
-        return Observation(phi, share, d)
+        return Observation(np.array([rec.shapley[m] for m in names]), np.array([rec.shares[m] for m in names]), d)
 
     def fused_backward(self, inputs: Batch, labels: torch.Tensor):
         """Train-mode forward, the Shapley observation at θ, fused CE, its gradient in ``p.grad``.

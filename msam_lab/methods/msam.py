@@ -1,47 +1,39 @@
-"""M-SAM: sharpness-aware minimisation of the dominant modality's share of the loss.
+"""M-SAM in the trainer: an adapter over msam_lab.optim.msam.MSAM, where the algorithm lives (DESIGN §2).
 
-Per batch (DESIGN §2): Shapley values of coalition accuracy give shares v and
-the dominant modality d; the loss splits into L_d (d's share) and L_s (the
-rest); ε = ρ·∇L_d/‖∇L_d‖; the update gradient is ∇L_d(θ+ε) + ∇L_s(θ).
-
-Variants (``msam_variant``):
-- ``default``: L_d = v_d·ℓ, L_s = (1−v_d)·ℓ with ℓ the fused loss, so the update
-  mixes the SAM and the plain gradient, g = v_d·∇ℓ(θ+ε) + (1−v_d)·∇ℓ(θ);
-- ``unimodal``: L_m = v_m·CE(out_m) with out_m modality m's Shapley-decomposed
-  logits, so ε really follows the dominant modality's own loss;
-- ``params``: as default, but ε moves only the dominant encoder's parameters.
-
-Ablation of the choice (``msam_dominant``, the paper's "fixed dominant modality"
-question): ``shapley`` perturbs d; ``fixed:<m>``, ``random`` and ``alternate``
-perturb another modality c (``shapley.PerturbedModality``). c takes d's place
-entirely, share included: the shares of c and d are swapped before the split,
-so L_c = v_d·(c's loss) and every arm applies the same amount of SAM, v_d; only
-where ε points differs. (Using c's own share v_c instead would make SAM vanish
-whenever c contributes nothing, v_c = 0, and the ablation would then measure
-the amount of SAM, not its target; v = 1 would give the ablation arms more SAM
-than the Shapley arm.) In ``default`` ε = ρ·∇ℓ/‖∇ℓ‖ names no modality, so the
-choice could change nothing: it is refused there. The step table keeps the
-Shapley-dominant modality (``dominant``) beside the perturbed one (``perturbed``);
-the Shapley observation is made every step regardless.
+The optimizer holds the split of the loss, ε and the plain part; this class feeds it the trainer's
+forwards (each encoder once, the coalitions through the fusion), its observation (``Method.observe``:
+``shapley_batch``, data parallel), and the trainer's update (``sam_epsilon``, ``bn_policy``, clipping).
+``msam_variant`` is the optimizer's ``variant``, ``msam_dominant`` its ``dominant`` (the ablation of the
+choice; refused with ``default``, whose ε names no modality). The step table keeps the Shapley-dominant
+modality (``dominant``) beside the perturbed one (``perturbed``) and the amount of SAM (``rho_share``).
 """
 from __future__ import annotations
 
 import torch
 
-from msam_lab.models import coalitions
 from msam_lab import shapley
 from msam_lab.config import ConfigError
-from msam_lab.models.multimodal import absent_features
-from msam_lab.optim.sam import add_to_grads
 from msam_lab.methods.sam import SAMMethod
+from msam_lab.models import coalitions
+from msam_lab.models.multimodal import absent_features
+from msam_lab.optim import base as optim
+from msam_lab.optim.msam import MSAM as MSAMOptimizer
 
 
 class MSAM(SAMMethod):
     name = "msam"
 
-    def __init__(self, model, config):
-        super().__init__(model, config)
-        self.perturbed = shapley.PerturbedModality(config.msam_dominant, model.modalities, config.seed)
+    def make_base_optimizer(self, params):
+        c, model = self.config, self.model
+        base, kwargs = optim.base_optimizer(c)
+        self.sam = MSAMOptimizer(params, base, modalities=model.modalities, model=model, rho=c.rho,
+                                 adaptive=c.adaptive, variant=c.msam_variant, dominant=c.msam_dominant, seed=c.seed,
+                                 bn_policy=c.bn_policy, precision=self.precision, **kwargs)
+        return self.sam.base_optimizer
+
+    @property
+    def perturbed(self) -> shapley.PerturbedModality:
+        return self.sam.perturbed
 
     @classmethod
     def validate_config(cls, config) -> None:
@@ -60,54 +52,38 @@ class MSAM(SAMMethod):
         except ValueError as err:
             raise ConfigError(f"msam_dominant: {err}") from None
 
-    def _unimodal_losses(self, features, zeros, labels, share, d):
-        """(L_d, L_s) from each modality's decomposed logits (graph kept for both)."""
-        n_mod = len(self.model.modalities)
-        all_logits = coalitions.coalition_logits(self.model, features, zeros, shapley.all_masks(n_mod))
-        per_modality = coalitions.decomposed_logits(all_logits)
-        losses = [self.loss(per_modality[m], labels) for m in range(n_mod)]
-        l_s = sum(float(share[m]) * losses[m] for m in range(n_mod) if m != d)
-        return float(share[d]) * losses[d], l_s
+    def _coalition_logits(self, features):
+        """Every coalition's logits with grad, from features: the unimodal variant's output."""
+        masks = shapley.all_masks(len(self.model.modalities))
+        return coalitions.coalition_logits(self.model, features, absent_features(self.model), masks)
 
     def step(self, inputs, labels):
-        c, model = self.config, self.model
+        model, opt = self.model, self.sam
         model.train()
         features = model.encode(inputs)
         obs = self.observe(inputs, labels, features)
-        # d from here on is the perturbed modality: the Shapley-dominant one unless msam_dominant says otherwise
-        d = self.perturbed(obs.dominant)
-        share = shapley.swap_shares(obs.share, obs.dominant, d)
-        v_d = float(share[d])
-        params = [p for g in self.sam.param_groups for p in g["params"]]
-        self.sam.zero_grad(set_to_none=True)
-
-        if c.msam_variant == "unimodal":
-            l_d, l_s = self._unimodal_losses(features, absent_features(model), labels, share, d)
+        split = opt.choose(obs.share, obs.dominant)
+        opt.zero_grad(set_to_none=True)
+        if self.config.msam_variant == "unimodal":
+            output = self._coalition_logits(features)
             with torch.no_grad():
                 loss = self.loss(model.fuse(features), labels)
-            grads_s = (torch.autograd.grad(self.precision.scale(l_s), params, retain_graph=True, allow_unused=True)
-                       if torch.is_tensor(l_s) else [None] * len(params))
-            self.backward(l_d)
+            opt.backward(opt.split_losses(output, labels, self.loss))
 
             def perturbed_loss():
-                feats = model.encode(inputs)
-                return self._unimodal_losses(feats, absent_features(model), labels, share, d)[0]
+                return opt.dominant_loss(self._coalition_logits(model.encode(inputs)), labels, self.loss)
         else:
             loss = self.loss(model.fuse(features), labels)
-            self.backward(loss)
-            # ∇L_d(θ) = v_d·∇ℓ: the scale cancels in ε, so p.grad = ∇ℓ already points the right way.
-            grads_s = [None if p.grad is None else (1.0 - v_d) * p.grad for p in params]
+            opt.backward(loss)
 
             def perturbed_loss():
-                return v_d * self.loss(model(inputs), labels)
+                return opt.dominant_loss(model(inputs), labels, self.loss)
 
-        only = model.encoder_parameters(model.modalities[d]) if c.msam_variant == "params" else None
-        self.ascend(only)
+        self.ascend()                             # ε from ∇L_d(θ); params: the perturbed encoder only
         self.perturbed_backward(perturbed_loss)
-        self.sam.restore()
-        add_to_grads(params, grads_s)
+        opt.restore()                             # θ back, ∇L_s(θ) added
         self.update()
-        return self.record(loss, obs, perturbed=model.modalities[d], rho_share=v_d)
+        return self.record(loss, obs, perturbed=model.modalities[split.perturbed], rho_share=split.v)
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "perturbed": self.perturbed.state_dict()}

@@ -66,30 +66,90 @@ def eval_features(model: MultimodalModel, inputs: Batch):
         return model.encode(inputs), model.zero_features()
 
 
-@torch.no_grad()
-def batch_coalition_stats(model: MultimodalModel, inputs: Batch, labels: torch.Tensor,
-                          features: list[torch.Tensor] | None = None,
-                          masks=None) -> CoalitionStats:
-    """Accuracy and loss of every coalition in ``masks`` (default all) on one batch.
+def coalition_losses(logits: torch.Tensor, labels: torch.Tensor, loss_fn=None, total: bool = False) -> torch.Tensor:
+    """Each coalition's mean loss (``total``: summed over the batch), float64, from logits (K, B, C).
 
-    ``features`` from a training forward may be passed in (detached) when the
-    model is mode-invariant; otherwise the eval-mode features are computed.
+    ``loss_fn`` None: cross-entropy of all K coalitions in one call (msam_lab's own models); else
+    ``loss_fn(logits_k, labels)``, a batch mean, once per coalition (a caller's own loss).
     """
-    n_mod = len(model.modalities)
-    masks = shapley.all_masks(n_mod) if masks is None else masks
+    k, n, c = logits.shape
+    if loss_fn is None:
+        per_sample = F.cross_entropy(logits.reshape(k * n, c), labels.repeat(k), reduction="none").view(k, n)
+        return (per_sample.sum(1) if total else per_sample.mean(1)).double()
+    means = torch.stack([loss_fn(z, labels) for z in logits]).double()
+    return means * n if total else means
+
+
+def coalition_stats(logits: torch.Tensor, labels: torch.Tensor, loss_fn=None) -> CoalitionStats:
+    """Accuracy and mean loss of each coalition of logits (K, B, C) on one batch: the observation's game."""
+    accuracy = (logits.argmax(-1) == labels).float().mean(1)
+    both = torch.stack([accuracy.double(), coalition_losses(logits, labels, loss_fn)]).cpu().numpy()  # one host sync
+    return CoalitionStats(both[0], both[1])
+
+
+@torch.no_grad()
+def coalition_totals(logit_batches, loss_fn=None, decompose: bool = False):
+    """Summed loss and correct count of each coalition over ``(logits (K, B, C), labels)`` batches.
+
+    ``decompose``: also the correct counts of each modality's Shapley-decomposed logits (the logits must
+    then be of every coalition 0 .. 2^M - 1, in order). Returns ``(loss_sum, correct, n, parts | None)``,
+    float64 numpy arrays and the sample count; summed on the device, one host sync at the end.
+    """
+    totals, parts, n = None, None, 0
+    for logits, labels in logit_batches:
+        batch = torch.stack([coalition_losses(logits, labels, loss_fn, total=True),
+                             (logits.argmax(-1) == labels).sum(1).double()])
+        totals = batch if totals is None else totals + batch
+        if decompose:
+            right = (decomposed_logits(logits).argmax(-1) == labels).sum(1).double()
+            parts = right if parts is None else parts + right
+        n += len(labels)
+    if n == 0:                     # an empty shard under data parallelism: the caller decides
+        return None, None, 0, None
+    totals = totals.cpu().numpy()
+    return totals[0], totals[1], n, None if parts is None else parts.cpu().numpy()
+
+
+def game_summary(names, accuracy, loss, phi, share, parts=None) -> dict:
+    """``evaluate``'s keys from a data set's coalition game: ``accuracy[mask]`` and ``loss[mask]`` (arrays
+    over every mask, or dicts), Shapley values, shares, and the decomposed logits' accuracies ``parts``
+    (None: not computed, nan)."""
+    full = (1 << len(names)) - 1
+    out = {"loss": float(loss[full]), "acc": float(accuracy[full])}
+    for m, name in enumerate(names):
+        out[f"acc_{name}"] = float("nan") if parts is None else float(parts[m])
+        out[f"acc_only_{name}"] = float(accuracy[1 << m])
+        out[f"shapley_{name}"] = float(phi[m])
+        out[f"share_{name}"] = float(share[m])
+    out["dominant"] = names[shapley.dominant(share)]
+    return out
+
+
+@torch.no_grad()
+def model_coalition_logits(model: MultimodalModel, inputs: Batch, masks,
+                           features: list[torch.Tensor] | None = None) -> torch.Tensor:
+    """Logits (K, B, C) of coalitions ``masks``, eval mode, each encoder once (every mode restored after).
+
+    ``features`` from a training forward are reused (detached) when the model is mode-invariant.
+    """
     invariant = getattr(model, "mode_invariant", None)
     invariant = is_mode_invariant(model) if invariant is None else invariant
     if features is not None and invariant:
         # train mode computes the same function: reuse the features, skip the mode switches
-        logits = coalition_logits(model, [f.detach() for f in features], model.zero_features(), masks)
-    else:
-        feats, zeros = eval_features(model, inputs)
-        with eval_mode(model):   # the fusion part too (an early-fusion trunk may hold BatchNorm)
-            logits = coalition_logits(model, feats, zeros, masks)
-    k, n, c = logits.shape
-    correct = (logits.argmax(-1) == labels).float().mean(1)
-    loss = F.cross_entropy(logits.reshape(k * n, c), labels.repeat(k), reduction="none").view(k, n).mean(1)
-    return CoalitionStats(correct.cpu().numpy().astype(float), loss.cpu().numpy().astype(float))
+        return coalition_logits(model, [f.detach() for f in features], model.zero_features(), masks)
+    feats, zeros = eval_features(model, inputs)
+    with eval_mode(model):   # the fusion part too (an early-fusion trunk may hold BatchNorm)
+        return coalition_logits(model, feats, zeros, masks)
+
+
+@torch.no_grad()
+def batch_coalition_stats(model: MultimodalModel, inputs: Batch, labels: torch.Tensor,
+                          features: list[torch.Tensor] | None = None,
+                          masks=None) -> CoalitionStats:
+    """Accuracy and loss of every coalition in ``masks`` (default all) on one batch (see
+    ``model_coalition_logits`` for ``features``)."""
+    masks = shapley.all_masks(len(model.modalities)) if masks is None else masks
+    return coalition_stats(model_coalition_logits(model, inputs, masks, features), labels)
 
 
 def modality_shapley(stats_fn, n_modalities: int, value: str = "accuracy",

@@ -1,36 +1,46 @@
-"""M-SAM as an optimizer for any model and any training loop, in the shape of ``davda54/sam``.
+"""M-SAM, the optimizer: SAM applied to the dominant modality's share of the loss (DESIGN §2).
+
+The shape of ``davda54/sam``. Per batch: the Shapley values of coalition accuracy give shares v and the dominant
+modality d; the loss splits into L_d (d's share) and L_s (the rest); ``first_step`` climbs to θ+ε with
+ε = ρ·∇L_d/‖∇L_d‖ and keeps the plain part ∇L_s(θ); ``second_step`` restores θ bit for bit, adds ∇L_s(θ) to
+the gradient ∇L_d(θ+ε) taken there, and lets the base optimizer step. Three ways to drive it:
 
     opt = msam_lab.MSAM(model.parameters(), torch.optim.SGD, modalities=("image", "audio"), model=model,
                         rho=0.05, lr=0.05, momentum=0.9)      # other keyword arguments go to the base optimizer
-    rec = opt.step(forward, labels)     # forward(present: frozenset[str]) -> logits
-    rec.loss, rec.dominant, rec.shares, rec.shapley
+    rec = opt.step(forward, labels)     # the whole step from forward(present: frozenset[str]) -> logits
+
+    rec = opt.observe(forward, labels)                          # torch's closure form: the split first,
+    opt.backward(F.cross_entropy(model(x), y))                  # then ∇ at θ,
+    opt.step(lambda: opt.dominant_loss(model(x), y).backward())  # then first_step, closure, second_step
+
+    ... or ``first_step(zero_grad=True)``, a backward of ``dominant_loss`` at θ+ε, ``second_step()`` by hand.
 
 ``forward(present)`` computes logits with only the modalities in ``present``; how the others are
-removed (zeros, mask tokens, dropped tokens) is the caller's choice. ``step`` does all of M-SAM's work
-(DESIGN §2): the clean forward, the 2^M coalition passes with no grad and ``model`` in eval mode
-(its mode restored after), the Shapley values of coalition accuracy, shares and the dominant modality d; then
-g = v_d·∇ℓ(θ+ε) + (1−v_d)·∇ℓ(θ) with ε = ρ·∇ℓ/‖∇ℓ‖, and the base optimizer's step.
+removed (zeros, mask tokens, dropped tokens) is the caller's choice. The observation (``observe``) runs the
+2^M coalition passes with no grad and ``model`` in eval mode (its mode restored after), or one call of a
+``coalitions(presents) -> (K, B, C)`` hook; msam_lab's trainer observes through that hook.
 
-Variants (DESIGN §2): ``default`` as above; ``params`` perturbs only the dominant modality's
-parameters (``modality_parameters={name: [params]}``, found by itself on a msam_lab model);
-``unimodal`` splits the loss over each modality's Shapley-decomposed logits, computed here from
-``forward`` over every non-empty coalition with grad (2^M − 1 forwards per pass instead of one).
-``dominant="fixed:<m>" | "random" | "alternate"`` (not with ``default``) perturbs another modality in d's
-place, its share swapped with d's, as the built-in ``msam_dominant`` does (msam_lab/methods/msam.py);
-``rec.perturbed`` names it, ``rec.dominant`` stays the Shapley-dominant one.
+Variants, each a named loss (``dominant_loss``, ``unimodal_losses``):
+- ``default``: L_d = v_d·ℓ, L_s = (1−v_d)·ℓ with ℓ the fused loss: g = v_d·∇ℓ(θ+ε) + (1−v_d)·∇ℓ(θ);
+- ``params``: as default, but ε moves only the perturbed modality's parameters (``modality_parameters=
+  {name: [params]}``, found by itself on a msam_lab model);
+- ``unimodal``: L_m = v_m·loss(out_m), out_m modality m's Shapley-decomposed logits over every non-empty
+  coalition with grad (``coalition_logits``: 2^M − 1 forwards per pass instead of one).
 
-``precision="bf16" | "fp16"`` runs every forward under autocast (fp16 with a GradScaler: an overflowing
-step is skipped and ``rec.overflow`` is True); a caller's own ``torch.autocast`` around ``step`` works
-too for bf16, because SAM clears autocast's weight cache at θ+ε.
+Ablation of the choice (``dominant="fixed:<m>" | "random" | "alternate"``, the trainer's ``msam_dominant``;
+not with ``default``, whose ε names no modality): another modality c takes d's place entirely, share included
+(the shares of c and d are swapped before the split), so every arm applies the same amount of SAM, v_d, and
+only where ε points differs. ``rec.perturbed`` names c, ``rec.dominant`` stays the Shapley-dominant one.
 
-On msam_lab's own ``MultimodalModel`` with ``forward = lambda present: model(inputs, present)`` it
-takes the built-in trainer's M-SAM steps (tests/test_msam_optimizer.py, float64).
+``precision="bf16" | "fp16"`` runs every forward of ``step(forward, labels)`` under autocast (fp16 with a
+GradScaler: an overflowing step is skipped and ``rec.overflow`` is True); a caller's own ``torch.autocast``
+works too for bf16, because SAM clears autocast's weight cache at θ+ε.
 
 In a DDP loop pass the wrapper as ``model`` (``model=DistributedDataParallel(net)``, ``forward`` calling
-the wrapper) and call ``step`` on every rank: the first pass, forward included, runs under
+the wrapper) and call ``step(forward, labels)`` on every rank: the first pass, forward included, runs under
 ``model.no_sync()`` (ε follows each rank's shard, as in SAM under DDP), the coalition accuracies are
 all-reduced before the Shapley values (every rank picks the same dominant modality and shares), and
-the plain part (1−v_d)·∇ℓ(θ) is put into ``p.grad`` before the perturbed backward, so that DDP's one
+the plain part ∇L_s(θ) is put into ``p.grad`` before the perturbed backward, so that DDP's one
 all-reduce of that backward averages the whole update gradient (tests/test_distributed.py).
 Not supported: ``shapley_batch`` (pass a smaller batch to ``forward`` yourself), and gradient clipping
 inside ``step`` (clip in ``base_optimizer`` or a hook if you need it).
@@ -45,7 +55,7 @@ import torch
 import torch.nn.functional as F
 
 from msam_lab import distributed, shapley
-from msam_lab.models.coalitions import CoalitionStats, decomposed_logits, modality_shapley, present_of
+from msam_lab.models.coalitions import CoalitionStats, coalition_stats, decomposed_logits, modality_shapley, present_of
 from msam_lab.models.multimodal import running_stats_kept
 from msam_lab.optim.precision import Precision
 from msam_lab.optim.sam import SAM, add_to_grads
@@ -64,6 +74,36 @@ class ShapleyRecord:
     perturbed: str | None = None  # the modality that got ε (``step`` only; the dominant one unless dominant= says)
 
 
+# -- the losses of the variants ---------------------------------------------------------------------------
+def coalition_logits(forward, modalities) -> torch.Tensor:
+    """Logits (2^M, B, C) of every coalition from ``forward(present)``, with grad, in mask order. The empty
+    coalition counts as zero logits (the decomposition's convention), so it is never run."""
+    names = tuple(modalities)
+    logits = [None] + [forward(present_of(mask, names)) for mask in range(1, 1 << len(names))]
+    logits[0] = torch.zeros_like(logits[-1])
+    return torch.stack(logits)
+
+
+def unimodal_losses(coalition_logits, labels, shares, d: int, loss_fn=F.cross_entropy):
+    """(L_d, L_s) of the unimodal variant: L_m = v_m·loss(out_m), out_m modality m's Shapley-decomposed logits
+    (``decomposed_logits`` of every coalition's logits), L_s the sum over the modalities other than d."""
+    per_modality = decomposed_logits(coalition_logits)
+    losses = [loss_fn(per_modality[m], labels) for m in range(len(per_modality))]
+    l_s = sum(float(shares[m]) * losses[m] for m in range(len(losses)) if m != d)
+    return float(shares[d]) * losses[d], l_s
+
+
+def unimodal_dominant_loss(coalition_logits, labels, v_d: float, d: int, loss_fn=F.cross_entropy) -> torch.Tensor:
+    """L_d of the unimodal variant alone (the perturbed pass): v_d·loss(out_d)."""
+    return v_d * loss_fn(decomposed_logits(coalition_logits)[d], labels)
+
+
+def fused_dominant_loss(logits, labels, v_d: float, loss_fn=F.cross_entropy) -> torch.Tensor:
+    """L_d of the default and params variants: v_d·ℓ, ℓ the fused loss (L_s = (1−v_d)·ℓ)."""
+    return v_d * loss_fn(logits, labels)
+
+
+# -- the observation ----------------------------------------------------------------------------------
 def observe(forward, labels: torch.Tensor, modalities, model=None, loss_fn=F.cross_entropy,
             share_rule: str = "clip", tie_rule: str = "lowest", shapley_value: str = "accuracy",
             exact_max: int = shapley.EXACT_MAX, n_permutations: int = 64, seed: int = 0,
@@ -71,6 +111,7 @@ def observe(forward, labels: torch.Tensor, modalities, model=None, loss_fn=F.cro
     """The Shapley record of one batch from ``forward(present)`` alone (no update, no grad).
 
     ``model``: put in eval mode for the coalition passes and restored after (None: left as it is).
+    ``loss_fn``: a batch-mean loss, called per coalition; None: cross-entropy of all coalitions in one call.
     ``previous``: the last dominant index, for ``tie_rule="previous"``.
     ``coalitions``: optional ``coalitions(presents) -> logits (K, B, C)``, every coalition of the list
     in one call (called in eval mode, no grad): a model that encodes each modality once and fuses K
@@ -88,17 +129,16 @@ def observe(forward, labels: torch.Tensor, modalities, model=None, loss_fn=F.cro
         if logits.shape[:2] != (len(presents), len(labels)):
             raise ValueError(f"coalitions(presents) must return logits of shape (K, B, C) = ({len(presents)}, "
                              f"{len(labels)}, C), got {tuple(logits.shape)}")
-        # one host sync for all coalitions, not two per coalition
-        acc = (logits.argmax(-1) == labels).float().mean(1)
-        loss = torch.stack([loss_fn(z, labels) for z in logits])
-        both = torch.stack([acc.double(), loss.double()]).cpu().numpy()      # exact: no value is rounded
-        both = distributed.mean_over_ranks(both, len(labels))    # data parallel: the global batch's
+        local = coalition_stats(logits, labels, loss_fn)
+        # data parallel: the global batch's, so that every rank picks the same dominant modality
+        both = distributed.mean_over_ranks(np.stack([local.accuracy, local.loss]), len(labels))
         return CoalitionStats(both[0], both[1])
 
     try:
         if model is not None:
             model.eval()
         phi = modality_shapley(stats, len(names), shapley_value, exact_max, n_permutations, seed)
+        # the loss rule reads each modality's lone loss: M more coalitions, evaluated for that rule only
         alone = stats(shapley.singleton_masks(len(names))).loss if share_rule == "loss" else None
     finally:
         if model is not None:
@@ -109,6 +149,19 @@ def observe(forward, labels: torch.Tensor, modalities, model=None, loss_fn=F.cro
                          dict(zip(names, map(float, phi))))
 
 
+@dataclass
+class Split:
+    """One batch's split of the loss: the modality ε follows, and the shares (its and d's swapped)."""
+    perturbed: int
+    shares: np.ndarray
+
+    @property
+    def v(self) -> float:
+        """v_d, the perturbed share: the amount of SAM in this update."""
+        return float(self.shares[self.perturbed])
+
+
+# -- the optimizer --------------------------------------------------------------------------------------
 class MSAM(SAM):
     """SAM applied to the dominant modality's share of the loss (see the module docstring)."""
 
@@ -116,13 +169,15 @@ class MSAM(SAM):
                  adaptive: bool = False, variant: str = "default", share_rule: str = "clip",
                  tie_rule: str = "lowest", shapley_value: str = "accuracy", exact_max: int = shapley.EXACT_MAX,
                  n_permutations: int = 64, seed: int = 0, bn_policy: str = "restore",
-                 modality_parameters: dict | None = None, precision: str = "fp32", share_temperature: float = 1.0,
-                 dominant: str = "shapley", **kwargs):
+                 modality_parameters: dict | None = None, precision: str | Precision = "fp32",
+                 share_temperature: float = 1.0, dominant: str = "shapley", **kwargs):
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
         if share_rule not in shapley.SHARE_RULES or tie_rule not in shapley.TIE_RULES:
             raise ValueError(f"share_rule must be one of {', '.join(shapley.SHARE_RULES)} and tie_rule one of "
                              f"{', '.join(shapley.TIE_RULES)}; got {share_rule!r}, {tie_rule!r}")
+        if shapley_value not in ("accuracy", "loss"):
+            raise ValueError(f"shapley_value must be accuracy or loss, got {shapley_value!r}")
         if not share_temperature > 0:
             raise ValueError(f"share_temperature must be > 0, got {share_temperature}")
         if bn_policy not in ("restore", "update"):
@@ -148,18 +203,123 @@ class MSAM(SAM):
                             shapley_value=shapley_value, exact_max=exact_max, n_permutations=n_permutations,
                             seed=seed, bn_policy=bn_policy, share_temperature=share_temperature)
         self.previous_dominant: int | None = None
+        self.split: Split | None = None              # this batch's, set by observe (or choose)
         device = next((p.device for g in self.param_groups for p in g["params"]), torch.device("cpu"))
-        self.precision = Precision(precision, device)
+        # the trainer passes its own Precision: one GradScaler for every backward of the step
+        self.precision = precision if isinstance(precision, Precision) else Precision(precision, device)
 
+    def _params(self) -> list[torch.Tensor]:
+        return [p for g in self.param_groups for p in g["params"]]
+
+    # -- the split of one batch ----------------------------------------------------------------------
     def observe(self, forward, labels, loss_fn=F.cross_entropy, coalitions=None) -> ShapleyRecord:
+        """The batch's Shapley record (module-level ``observe`` with this optimizer's options); it also
+        chooses the batch's split (``choose``: the ablation's draw included) and sets ``rec.perturbed``."""
         o = self.options
         rec = observe(forward, labels, self.modalities, self.model, loss_fn, o["share_rule"], o["tie_rule"],
                       o["shapley_value"], o["exact_max"], o["n_permutations"], o["seed"], self.previous_dominant,
                       o["share_temperature"], coalitions)
-        self.previous_dominant = self.modalities.index(rec.dominant)
+        d = self.modalities.index(rec.dominant)
+        self.previous_dominant = d
+        split = self.choose([rec.shares[m] for m in self.modalities], d)
+        rec.perturbed = self.modalities[split.perturbed]
         return rec
 
-    def step(self, forward, labels, loss_fn=F.cross_entropy, coalitions=None) -> ShapleyRecord:
+    def choose(self, shares, dominant: int) -> Split:
+        """This batch's split from its shares and dominant index: the modality ε follows (``dominant=``
+        option) and the shares with its and d's swapped. Sets ``self.split``."""
+        c = self.perturbed(dominant)
+        self.split = Split(c, shapley.swap_shares(shares, dominant, c))
+        return self.split
+
+    def _need_split(self) -> Split:
+        if self.split is None:
+            raise RuntimeError("MSAM has no split for this batch: call observe(forward, labels) (or choose) first")
+        return self.split
+
+    def dominant_loss(self, output, labels, loss_fn=F.cross_entropy) -> torch.Tensor:
+        """L_d at the current weights: what the closure (or the perturbed pass) backpropagates.
+        ``output``: the fused logits (default, params), or ``coalition_logits(forward, modalities)`` (unimodal)."""
+        split = self._need_split()
+        if self.options["variant"] == "unimodal":
+            return unimodal_dominant_loss(output, labels, split.v, split.perturbed, loss_fn)
+        return fused_dominant_loss(output, labels, split.v, loss_fn)
+
+    def split_losses(self, coalition_logits, labels, loss_fn=F.cross_entropy):
+        """(L_d, L_s) of the unimodal variant at the current weights, for ``backward``."""
+        split = self._need_split()
+        return unimodal_losses(coalition_logits, labels, split.shares, split.perturbed, loss_fn)
+
+    @torch.enable_grad()
+    def backward(self, loss) -> None:
+        """The backward at θ: the direction of ∇L_d(θ) into ``p.grad`` (for ε), the plain part ∇L_s(θ) kept
+        for ``second_step``. ``loss``: ℓ, the fused loss (default, params), or ``split_losses(...)`` (unimodal)."""
+        split, params, scale = self._need_split(), self._params(), self.precision.scale
+        unimodal = self.options["variant"] == "unimodal"
+        if unimodal != isinstance(loss, tuple):
+            raise TypeError("backward takes the pair split_losses(...) with variant='unimodal', else the fused loss")
+        if unimodal:
+            l_d, l_s = loss
+            plain = (torch.autograd.grad(scale(l_s), params, retain_graph=True, allow_unused=True)
+                     if torch.is_tensor(l_s) else [None] * len(params))
+            scale(l_d).backward()
+        else:
+            scale(loss).backward()
+            # ∇L_d(θ) = v_d·∇ℓ: v_d cancels in ε, so p.grad = ∇ℓ already points the right way
+            plain = [None if p.grad is None else (1.0 - split.v) * p.grad for p in params]
+        for p, g in zip(params, plain):
+            if g is not None:
+                self.state[p]["plain"] = g
+
+    # -- the two steps ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def first_step(self, zero_grad: bool = False, only=None):
+        """θ <- θ + ε from ``p.grad`` (∇L_d's direction); variant ``params``: only the perturbed modality's
+        parameters move (``only`` overrides). The old weights are kept per parameter for ``restore``."""
+        split = self._need_split()              # without it there is no plain part: the step would be SAM's
+        if only is None and self.options["variant"] == "params":
+            only = self.modality_parameters[self.modalities[split.perturbed]]
+        super().first_step(zero_grad=zero_grad, only=only)
+
+    @torch.no_grad()
+    def add_plain(self) -> None:
+        """``p.grad += ∇L_s(θ)``, the plain part ``backward`` kept (once; later calls add nothing)."""
+        params = self._params()
+        add_to_grads(params, [self.state[p].pop("plain", None) for p in params])
+
+    @torch.no_grad()
+    def restore(self):
+        """θ+ε -> θ bit for bit, then the plain part added to the gradient taken at θ+ε."""
+        super().restore()
+        self.add_plain()
+
+    @torch.no_grad()
+    def second_step(self, zero_grad: bool = False):
+        """Restore θ, add ∇L_s(θ), and let the base optimizer step (unscaled first under fp16)."""
+        self.restore()
+        self.precision.unscale(self.base_optimizer)
+        self.precision.step(self.base_optimizer)
+        self.split = None                            # the next batch observes again
+        if zero_grad:
+            self.zero_grad()
+
+    def step(self, closure=None, labels=None, loss_fn=F.cross_entropy, coalitions=None):
+        """``step(closure)``: as torch optimizers and davda54/sam do, with ∇ at θ already in ``p.grad``
+        (``backward``): ``first_step``, ``closure()`` (a forward-backward of ``dominant_loss`` at θ+ε, run with
+        grad), ``second_step``; returns what the closure returns.
+        ``step(forward, labels)``: the whole step from ``forward(present)``, as ``step_forward``."""
+        if labels is not None:
+            return self.step_forward(closure, labels, loss_fn, coalitions)
+        if closure is None:
+            raise ValueError("MSAM.step needs a closure (a forward-backward at θ+ε), or step(forward, labels)")
+        self.first_step(zero_grad=True)
+        with torch.enable_grad():
+            out = closure()
+        self.second_step()
+        return out
+
+    # -- the whole step from forward(present) ----------------------------------------------------------
+    def step_forward(self, forward, labels, loss_fn=F.cross_entropy, coalitions=None) -> ShapleyRecord:
         """One M-SAM update; returns the batch's record (``loss`` is the fused loss at θ).
         ``coalitions``: see ``observe`` (the observation's coalition passes in one call)."""
         with self.precision.autocast():
@@ -169,80 +329,33 @@ class MSAM(SAM):
         return rec
 
     def _step(self, forward, labels, loss_fn, coalitions):
-        params = [p for g in self.param_groups for p in g["params"]]
+        full = frozenset(self.modalities)
         ddp = isinstance(self.model, torch.nn.parallel.DistributedDataParallel)
         self.zero_grad(set_to_none=True)
         with self.model.no_sync() if ddp else contextlib.nullcontext():     # the first pass stays on this rank
-            rec, loss, grads_s, perturbed_loss = self._first_pass(forward, labels, loss_fn, coalitions, params)
-        only = self.modality_parameters[rec.perturbed] if self.options["variant"] == "params" else None
-        self.first_step(zero_grad=True, only=only)
+            if self.options["variant"] == "unimodal":
+                # the graph of every coalition first (train mode), then the eval-mode observation
+                output = coalition_logits(forward, self.modalities)
+                rec = self.observe(forward, labels, loss_fn, coalitions)
+                with torch.no_grad():
+                    loss = loss_fn(output[-1], labels)
+                self.backward(self.split_losses(output, labels, loss_fn))
+            else:
+                # the clean forward first, then the coalitions: as in the built-in trainer, the eval-mode
+                # passes see the BatchNorm statistics this batch's train-mode forward has just updated
+                loss = loss_fn(forward(full), labels)
+                rec = self.observe(forward, labels, loss_fn, coalitions)
+                self.backward(loss)
+        self.first_step(zero_grad=True)
         if ddp:
-            add_to_grads(params, grads_s)   # before the synchronised backward: DDP averages the sum
+            self.add_plain()   # before the synchronised backward: DDP averages the sum
         keep = self.options["bn_policy"] == "restore"     # BN statistics move once per step, as in SAM
         with running_stats_kept(self.model, keep) if self.model is not None else contextlib.nullcontext():
-            self.precision.scale(perturbed_loss()).backward()
-        self.restore()
-        if not ddp:
-            add_to_grads(params, grads_s)
-        self.precision.unscale(self.base_optimizer)
-        self.precision.step(self.base_optimizer)
+            again = (coalition_logits(forward, self.modalities) if self.options["variant"] == "unimodal"
+                     else forward(full))
+            self.precision.scale(self.dominant_loss(again, labels, loss_fn)).backward()
+        self.second_step()
         return rec, loss
-
-    def _first_pass(self, forward, labels, loss_fn, coalitions, params):
-        """The clean pass and the observation: (record, fused loss, the plain part's grads, L_d's closure);
-        ∇L_d(θ) is left in ``p.grad`` for ε."""
-        scale = self.precision.scale
-        if self.options["variant"] == "unimodal":
-            # the graph of every coalition first (train mode), then the eval-mode observation
-            l_d, l_s, loss, rec, share = self._unimodal_losses(forward, labels, loss_fn, None, coalitions)
-            grads_s = (torch.autograd.grad(scale(l_s), params, retain_graph=True, allow_unused=True)
-                       if torch.is_tensor(l_s) else [None] * len(params))
-            scale(l_d).backward()
-
-            def perturbed_loss():
-                return self._unimodal_losses(forward, labels, loss_fn, (rec, share), coalitions)[0]
-        else:
-            # the clean forward first, then the coalitions: as in the built-in trainer, the eval-mode passes
-            # see the BatchNorm statistics this batch's train-mode forward has just updated
-            loss = loss_fn(forward(frozenset(self.modalities)), labels)
-            rec = self.observe(forward, labels, loss_fn, coalitions)
-            v_d = self._choose(rec)[rec.perturbed]
-            scale(loss).backward()
-            # ∇L_d(θ) = v_d·∇ℓ: v_d cancels in ε, so p.grad = ∇ℓ already points the right way
-            grads_s = [None if p.grad is None else (1.0 - v_d) * p.grad for p in params]
-
-            def perturbed_loss():
-                return v_d * loss_fn(forward(frozenset(self.modalities)), labels)
-        return rec, loss, grads_s, perturbed_loss
-
-    def _unimodal_losses(self, forward, labels, loss_fn, split, coalitions=None):
-        """(L_d, L_s, fused loss, record, shares): L_m = v_m·loss(out_m), out_m modality m's Shapley-decomposed
-        logits over every coalition (the empty one counts as zero logits, so it is never run), d the perturbed
-        modality. ``split`` None: observe the batch after the coalition graph is built, as the built-in trainer
-        does, and choose d; else the (record, shares) of that first call."""
-        names, n = self.modalities, len(self.modalities)
-        coalition = [None] + [forward(present_of(mask, names)) for mask in range(1, 1 << n)]
-        coalition[0] = torch.zeros_like(coalition[-1])
-        per_modality = decomposed_logits(torch.stack(coalition))
-        if split is None:
-            rec = self.observe(forward, labels, loss_fn, coalitions)
-            split = rec, self._choose(rec)
-        rec, share = split
-        d = rec.perturbed
-        losses = {m: loss_fn(per_modality[i], labels) for i, m in enumerate(names)}
-        l_s = sum(share[m] * losses[m] for m in names if m != d)
-        with torch.no_grad():
-            loss = loss_fn(coalition[-1], labels)
-        return share[d] * losses[d], l_s, loss, rec, share
-
-    def _choose(self, rec: ShapleyRecord) -> dict[str, float]:
-        """Set ``rec.perturbed``; return the shares with its and the dominant one's swapped (the split's)."""
-        names = self.modalities
-        d = names.index(rec.dominant)
-        c = self.perturbed(d)
-        rec.perturbed = names[c]
-        swapped = shapley.swap_shares([rec.shares[m] for m in names], d, c)
-        return dict(zip(names, map(float, swapped)))
 
     def state_dict(self):
         return {**super().state_dict(), "previous_dominant": self.previous_dominant,
