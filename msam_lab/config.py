@@ -1,11 +1,14 @@
 """The one configuration object of a training run: its fields, their types and ranges, and overrides.
 
 Flat on purpose (nanoGPT style): every shared knob is a field here; dataset knobs go in ``data`` and
-are checked by the dataset's own ``OPTIONS``. A value from the command line (``--set key=value``) is
-parsed as YAML and must fit the field's type. Choices are ``Literal[...]``, so this module imports
-nothing of msam_lab but its errors and YAML reader: ``parse`` checks what a config says on its own, and
-``msam_lab.training.setup.resolve`` then checks it against the registries (datasets, encoders,
-methods and their options).
+are checked by the dataset's own ``OPTIONS``; a baseline's own knobs (``agm_alpha``, ``modality``, ...)
+belong to its method (an ``OPTIONS`` dataclass, msam_lab/methods/options.py) and keep their flat keys:
+any key that is not a field here is held in ``method_options``. A value from the command line
+(``--set key=value``) is parsed as YAML and must fit the field's type. Choices are ``Literal[...]``, so
+this module imports nothing of msam_lab but its errors and YAML reader: ``parse`` checks what a config
+says on its own, and ``msam_lab.training.setup.resolve`` then checks it against the registries
+(datasets, encoders, methods and their options). ``to_dict`` gives the flat keys again, as config.json
+holds them with its ``format_version``; msam_lab.runs.migrate reads the older formats.
 
 Numbers are read as people write them (``msam_lab.yaml_text``): ``1e-5``, ``1E-5``, ``.5``, ``5.``,
 ``1_000``, ``-2e3`` and ``+1.5`` are numbers in a YAML file, a ``--set`` value and a flag. A string
@@ -60,7 +63,7 @@ class Config:
     feature_dim: int = 64
     hidden_dim: int = 128
     encoder_options: dict = field(default_factory=dict)  # modality -> encoder keywords, e.g. {"text": {"dim": 768}}
-    fusion_trunk: FusionTrunk = "mlp"                       # early fusion's shared trunk: mlp | maxout (AGM's MaxOut-MLP)
+    fusion_trunk: FusionTrunk = "mlp"  # early fusion's shared trunk: mlp | maxout (AGM's MaxOut-MLP)
     head_hidden: list = field(default_factory=list)  # hidden widths of the classifier after fusion ([100]: 1024-100-10)
     # optimisation
     method: str = "msam"
@@ -78,11 +81,11 @@ class Config:
     lr_min: float = 0.0                             # cosine: the final lr
     warmup_epochs: int = 0                          # linear warm-up epochs before the schedule
     grad_clip: float = 0.0                          # max global gradient norm before each update (0: off)
-    grad_clip_rule: ClipRule = "norm"                    # norm: always | agm: only when an output-layer grad leaves ±clip
+    grad_clip_rule: ClipRule = "norm"  # norm: always | agm: only when an output-layer grad leaves ±clip
     # model selection (docs/runs.md)
-    val_fraction: float = 0.1                       # seeded hold-out of train when the dataset has no val split (0: none)
+    val_fraction: float = 0.1  # seeded hold-out of train when the dataset has no val split (0: none)
     # data path and precision (docs/paper_protocol.md)
-    data_path: DataPath = "auto"                         # auto (by size) | memory (device tensors) | stream (DataLoader)
+    data_path: DataPath = "auto"  # auto (by size) | memory (device tensors) | stream (DataLoader)
     stream_above_mb: float = 1024.0                 # auto: stream a dataset larger than this
     num_workers: int = 2                            # stream: DataLoader worker processes
     precision: Precision = "fp32"                         # fp32 | bf16 | fp16 (autocast; fp16 with a GradScaler)
@@ -92,7 +95,7 @@ class Config:
     rho: float = 0.05
     adaptive: bool = False                          # ASAM: scale ε elementwise by |θ|
     msam_variant: MSAMVariant = "default"                   # default | unimodal | params (DESIGN §2)
-    share_rule: ShareRule = "clip"                        # Shapley -> shares: clip | shift | softmax | loss (shapley.shares)
+    share_rule: ShareRule = "clip"  # Shapley -> shares: clip | shift | softmax | loss (shapley.shares)
     share_temperature: float = 1.0                  # softmax / loss rules: T in softmax(x / T) (ours; > 0)
     msam_dominant: str = "shapley"                  # perturbed modality: shapley | fixed:<m> | random | alternate
     tie_rule: TieRule = "lowest"                        # dominant-modality ties, see shapley.dominant
@@ -117,57 +120,29 @@ class Config:
                                                     # quarter of it (both from the 10th batch; docs/runs.md)
     deterministic: bool = False                     # torch.use_deterministic_algorithms (bitwise resume on CPU)
     # data parallel (docs/scale.md): torchrun --nproc-per-node N -m msam_lab train | msam-lab train --nproc N
-    per_device_batch: int = 0                       # > 0: each rank's batch (global: N × ranks); 0: batch_size is global
-    sam_epsilon: SAMEpsilon = "local"                      # local: each rank's ε from its shard (DDP no_sync) | global: from all
-    sync_bn: bool = False                           # BatchNorm statistics of the global batch (SyncBatchNorm, CUDA only)
+    per_device_batch: int = 0  # > 0: each rank's batch (global: N × ranks); 0: batch_size is global
+    sam_epsilon: SAMEpsilon = "local"  # local: each rank's ε from its shard (DDP no_sync) | global: from all
+    sync_bn: bool = False  # BatchNorm statistics of the global batch (SyncBatchNorm, CUDA only)
     dist_timeout_s: float = 300.0                   # seconds a collective waits for a silent rank before the run fails
     dist_debug: bool = False                        # check every step that all ranks pick the same dominant modality
-    # baselines ---------------------------------------------------------------
-    # Each method checks its own fields (``validate_config`` in msam_lab/methods/<name>.py);
-    # docs/methods.md gives every default's source. Epoch windows are 0-based and inclusive.
-    modality: str = ""                              # unimodal: the one modality trained
-    ogm_alpha: float = 0.1                          # OGM-GE α (README default; 0.8 suggested for CREMA-D)
-    ogm_start_epoch: int = 0                        # OGM-GE modulation window (code: 0..50)
-    ogm_end_epoch: int = 50
-    ogm_noise: bool = True                          # GE: add N(0, std(grad)) to the modulated grads
-    agm_alpha: float = 1.0                          # AGM α (code default)
-    agm_start_epoch: int = 0                        # AGM modulation window (code: 0..20)
-    agm_end_epoch: int = 20
-    agm_momentum: float = 0.0                       # 0: running score = mean of past batches (code); >0: EMA
-    agm_clip: float = 7.0                           # cap on η_m − r_m inside exp (3-modality code: 7)
-    cggm_rho: float = 1.3                           # CGGM ρ: encoder m's grads scaled by ρ·B_m
-    cggm_lambda: float = 0.2                        # CGGM λ of the direction term L_gm
-    cggm_cls_lr: float | None = None                # aux classifiers' lr; None: lr/2 (code's cls_lr/lr)
-    cggm_clip: float = 0.8                          # grad-norm clip after modulation (code: 0.8; 0 = off)
-    cggm_eps: float = 1e-8                          # added to Σ diff in B_m
-    cggm_guard: bool = True                         # clip B_m to [0, cggm_bound] (ours; false: the code's unbounded B)
-    cggm_bound: float = 1.0                         # guard's upper bound: B's range when all diffs share a sign
-    recon_stage_epochs: int = 4                     # ReconBoost: epochs the active learner trains
-    recon_correct_epochs: int = 4                   # then epochs of joint ensemble correction
-    recon_stage_steps: int = 0                      # > 0: count both phases in steps instead of epochs
-    recon_correct_steps: int = 0
-    recon_weight1: float = 5.0                      # boosting loss weights (code: 5 and 1)
-    recon_weight2: float = 1.0
-    recon_boost_rate: float = 1.0                   # initial learnable ensemble scale β
-    recon_lr: float | None = None                   # lr of both phases; None: lr (code: 0.01)
-    recon_order: list = field(default_factory=list)  # stage order of modalities; []: dataset order
-    mie_stage_epochs: list = field(default_factory=lambda: [25, 50])  # MIE: epochs of stage s (cycled; code CREMA-D epoch_list)
-    mie_stage_steps: int = 0                        # > 0: every stage lasts this many steps instead (ours, short runs)
-    mie_order: list = field(default_factory=list)   # stage order of modalities; []: dataset order (code: audio first)
-    mie_mixup_alpha: float = 1.0                    # λ ~ Beta(α, α); 0: no mixup (code mixup_alpha 1.0)
-    mie_rho: float = 1e-10                          # per-tensor step ρ·g/‖g‖ (code noise_ratio; nil in float32)
-    mie_restore: bool = False                       # undo ε before the update (code: never undone)
-    mie_ori_weight: float = 0.7                     # weight of the mixup loss (code 1 − flat_ratio)
-    mie_flat_weight: float = 0.3                    # weight of the flat loss (code flat_ratio 0.3)
-    mie_temperature: float = 0.4                    # T in exp(−T·(λ−λmin)/(λmax−λmin)) (code temperature1)
-    masam_mode: str = "paper"                       # MASAM: paper | code (the released code's quirks); ρ is `rho`
-    masam_beta: float = 0.9                         # EMA β of each unimodal loss (code: --momentum 0.9)
-    masam_w: float = 0.5                            # APS weight of the loss decay D vs alignment S (--score_weight)
-    masam_aps: bool | None = None                   # APS picks one encoder; false: perturb all; None: paper on, code off
+    # a method's own options (``OPTIONS`` of msam_lab/methods/<name>.py, e.g. agm_alpha), by their flat
+    # keys: parse keeps any key that is not a field above here, training.setup.resolve checks them
+    # against the chosen method and fills its defaults (docs/methods.md)
+    method_options: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The flat dict a run writes to config.json: the shared fields, the method's options by their
+        flat keys (``agm_alpha``, ...) and the ``format_version`` of that file (msam_lab.runs.migrate)."""
+        values = dataclasses.asdict(self)
+        options = values.pop(METHOD_OPTIONS)
+        return {**values, **options, FORMAT_KEY: FORMAT_VERSION}
 
+
+# config.json's format: 1 (no key) held every baseline's option as a Config field; 2 holds the shared
+# fields and the chosen method's options only. msam_lab.runs.migrate reads every older format.
+FORMAT_KEY = "format_version"
+FORMAT_VERSION = 2
+METHOD_OPTIONS = "method_options"
 
 MSAM_VARIANTS = typing.get_args(MSAMVariant)
 NAN_POLICIES = typing.get_args(NanPolicy)
@@ -183,7 +158,9 @@ _NON_NEGATIVE = ("rho", "lr", "momentum", "weight_decay", "checkpoint_every", "t
 
 
 def field_names() -> tuple[str, ...]:
-    return tuple(f.name for f in dataclasses.fields(Config))
+    """The shared fields, by the keys a config file, a dict and ``--set`` name them (not ``method_options``,
+    whose entries are keys of their own)."""
+    return tuple(f.name for f in dataclasses.fields(Config) if f.name != METHOD_OPTIONS)
 
 
 def shown(v) -> str:
@@ -209,10 +186,32 @@ def _hints() -> dict:
     return _HINTS
 
 
-def _check_type(name: str, value, annotation: str):
+def _annotation_text(hint) -> str:
+    """A resolved type hint (``float``, ``float | None``, ``Literal[...]``) as ``_check_type`` reads it."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is typing.Literal:
+        return hint
+    if type(None) in args and len(args) == 2:
+        return f"{_annotation_text(next(a for a in args if a is not type(None)))} | None"
+    return hint.__name__
+
+
+def check_type(name: str, value, hint):
+    """``value`` of the option ``name`` checked against its type hint (a resolved hint, as
+    ``typing.get_type_hints`` gives it: str, int, float, bool, dict, list, ``X | None``, ``Literal[...]``);
+    numbers written as text become numbers, ints become floats for a float. Raises ConfigError.
+
+    The method options (msam_lab/methods/options.py) are checked by it, with the shared fields' rules."""
+    return _check_type(name, value, _annotation_text(hint))
+
+
+def _check_type(name: str, value, annotation):
     """``annotation`` is the field's type as written: str, int, float, bool, dict, list, 'X | None',
-    or the name of one of the Literal choices above."""
-    allowed = typing.get_args(globals()[annotation]) if annotation in _LITERALS else ()
+    the name of one of the Literal choices above, or a Literal itself."""
+    if typing.get_origin(annotation) is typing.Literal:
+        allowed = typing.get_args(annotation)
+    else:
+        allowed = typing.get_args(globals()[annotation]) if annotation in _LITERALS else ()
     if allowed:
         if value not in allowed or not isinstance(value, str):
             raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {shown(value)}")
@@ -270,6 +269,9 @@ def check_fields(cfg: Config) -> Config:
     checked a layer up, by ``msam_lab.training.setup.resolve``."""
     for f in dataclasses.fields(Config):
         setattr(cfg, f.name, _check_type(f.name, getattr(cfg, f.name), f.type))
+    bad = [k for k in cfg.method_options if not isinstance(k, str) or k in field_names() or k == FORMAT_KEY]
+    if bad:   # a shared field here would be written twice to config.json
+        raise ConfigError(f"method_options holds a method's own options by name, not {shown(bad[0])}")
     for name in _POSITIVE:
         if getattr(cfg, name) <= 0:
             raise ConfigError(f"{name} must be > 0, got {getattr(cfg, name)}")
@@ -327,7 +329,8 @@ def parse_value(text: str, what: str = "a --set value"):
 
 
 def apply_overrides(cfg: Config, assignments: typing.Iterable[str]) -> Config:
-    """Apply ``key=value`` strings; ``data.key=value`` sets a dataset option."""
+    """Apply ``key=value`` strings; ``data.key=value`` sets a dataset option; a key that is no shared
+    field is a method option (``agm_alpha=2``), checked against the method by ``training.setup.resolve``."""
     names = field_names()
     for item in assignments:
         key, sep, text = item.partition("=")
@@ -343,35 +346,41 @@ def apply_overrides(cfg: Config, assignments: typing.Iterable[str]) -> Config:
             getattr(cfg, head)[sub] = value
         elif key in names and not dot:
             setattr(cfg, key, value)
+        elif _OPTION_KEY.fullmatch(key):
+            if not isinstance(cfg.method_options, dict):
+                raise ConfigError(f"cannot set {key!r}: method_options must be a mapping, "
+                                  f"got {type(cfg.method_options).__name__}")
+            cfg.method_options[key] = value
         else:
             raise ConfigError(f"unknown config key {key!r}; known keys: {', '.join(names)} "
-                              "(dataset options as data.NAME)")
+                              "(dataset options as data.NAME, a method's options by their names)")
     return cfg
 
 
+_OPTION_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")    # a method option's name, as its dataclass field
+
+
 def from_dict(values: dict) -> Config:
+    """A Config from flat keys (a config file, a dict, config.json): the shared fields, and every other
+    name as a method option (``training.setup.resolve`` checks them against the method)."""
     names = set(field_names())
-    unknown = sorted(set(values) - names, key=str)   # key=str: YAML keys may be ints, dates, None
-    if unknown:
-        raise ConfigError(f"unknown config key {unknown[0]!r}; known keys: {', '.join(sorted(names))}")
-    return Config(**values)
-
-
-# Fields added after runs were already being written whose default is NOT what those runs did:
-# a stored config without the field ran as this value (a resumed or re-read old run must too).
-STORED_DEFAULTS = {"val_fraction": 0.0,     # runs before model selection trained on the whole train split
-                   "cggm_guard": False,     # CGGM runs before the guard used the published, unbounded B
-                   "max_skipped_fraction": 1.0}   # nan_policy=skip had no limit
-
-
-def stored_values(values: dict) -> dict:
-    """A run directory's config.json values, completed for fields that did not exist when it was written."""
-    return {**STORED_DEFAULTS, **values}
-
-
-def from_stored(values: dict) -> Config:
-    """The Config of a stored run (see ``STORED_DEFAULTS``)."""
-    return from_dict(stored_values(values))
+    values = dict(values)
+    version = values.pop(FORMAT_KEY, FORMAT_VERSION)
+    if version != FORMAT_VERSION:
+        raise ConfigError(f"{FORMAT_KEY} {shown(version)} is not this msam_lab's config format ({FORMAT_VERSION}); "
+                          "a stored run's config.json is read by msam_lab.runs.migrate.stored_config")
+    shared = {k: v for k, v in values.items() if k in names}
+    options = {k: v for k, v in values.items() if k not in names}
+    bad = sorted((k for k in options if not (isinstance(k, str) and _OPTION_KEY.fullmatch(k))), key=str)
+    if bad:   # key=str: YAML keys may be ints, dates, None
+        raise ConfigError(f"unknown config key {bad[0]!r}; known keys: {', '.join(sorted(names))} "
+                          "(and the chosen method's options)")
+    if METHOD_OPTIONS in options:   # nested form, as dataclasses.asdict(Config) writes it
+        nested = options.pop(METHOD_OPTIONS)
+        if not isinstance(nested, dict):
+            raise ConfigError(f"method_options must be a mapping of option names, got {shown(nested)}")
+        options = {**nested, **options}
+    return Config(**shared, method_options=options)
 
 
 def load_config_file(path) -> Config:
@@ -405,7 +414,8 @@ def parse(config=None, overrides: typing.Iterable[str] = ()) -> Config:
     if config is None:
         cfg = Config()
     elif isinstance(config, Config):
-        cfg = dataclasses.replace(config, data=dict(config.data), encoders=dict(config.encoders))
+        cfg = dataclasses.replace(config, data=dict(config.data), encoders=dict(config.encoders),
+                                  method_options=dict(config.method_options))
     elif isinstance(config, dict):
         _check_expansion(config, "a config dict")
         try:                                  # a deep copy that also proves the values are plain JSON

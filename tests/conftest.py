@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from msam_lab import config as config_mod
 from msam_lab.config import Config
 from msam_lab.models.multimodal import build_model
 
@@ -30,9 +31,10 @@ def make_model(n_mod=2, dim=6, n_classes=3, fusion="late_sum", seed=0):
 
 
 def make_config(**kw) -> Config:
+    """A Config of shared fields and method options (flat keys, as in a config file), not resolved."""
     base = dict(dataset="synthetic", lr=0.1, momentum=0.9, weight_decay=5e-4, rho=0.1)
     base.update(kw)
-    return Config(**base)
+    return config_mod.from_dict(base)
 
 
 @pytest.fixture

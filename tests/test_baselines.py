@@ -19,17 +19,18 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import msam_lab
-from msam_lab import config as config_mod
-from msam_lab.training import setup
-from msam_lab.experiments import cells as cells_mod, sweep
 from msam_lab.cli import sweep as cli_sweep
 from msam_lab.config import ConfigError
+from msam_lab.experiments import cells as cells_mod
+from msam_lab.experiments import sweep
 from msam_lab.methods import build_method
 from msam_lab.methods.agm import agm_coefficients
 from msam_lab.methods.cggm import cggm_coefficients
 from msam_lab.methods.ogm_ge import ogm_coefficients
 from msam_lab.methods.unimodal_logits import unimodal_logits
 from msam_lab.models.multimodal import build_model
+from msam_lab.runs import migrate
+from msam_lab.training import setup
 
 
 # -- fixtures ----------------------------------------------------------------------
@@ -348,10 +349,13 @@ def test_cggm_guard_bounds_the_encoder_scaling_on_a_cancelling_step(guard):
 
 
 def test_cggm_old_runs_without_the_guard_field_resume_unguarded():
-    stored = setup.resolve({"dataset": "synthetic", "method": "cggm"}).to_dict()
+    # a format-1 config.json (every baseline option, no format_version) written before the guard existed
+    stored = migrate.as_format_1(setup.resolve({"dataset": "synthetic", "method": "cggm"}).to_dict())
     del stored["cggm_guard"]
-    assert config_mod.from_stored(stored).cggm_guard is False
-    assert setup.resolve({"dataset": "synthetic", "method": "cggm"}).cggm_guard is True
+    assert "format_version" not in stored and "agm_alpha" in stored
+    assert migrate.stored_config(stored).method_options["cggm_guard"] is False
+    assert setup.resolve(migrate.config_values(stored)).method_options["cggm_guard"] is False   # resume's path
+    assert setup.resolve({"dataset": "synthetic", "method": "cggm"}).method_options["cggm_guard"] is True
     with pytest.raises(ConfigError, match="cggm_bound must be > 0"):
         setup.resolve({"dataset": "synthetic", "method": "cggm", "cggm_bound": 0.0})
 

@@ -25,14 +25,15 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import msam_lab
-from msam_lab.cli import commands as cli
 from msam_lab import yaml_text
-from msam_lab.config import STORED_DEFAULTS, ConfigError, apply_overrides, from_stored
-from msam_lab.training.setup import resolve
+from msam_lab.cli import commands as cli
+from msam_lab.config import ConfigError, apply_overrides
 from msam_lab.datasets import MultimodalData, load_dataset, resolve_options
-from msam_lab.training.guards import MIN_BATCHES, SkippedBatchesWarning, StepGuard, TooManySkippedError
+from msam_lab.runs import migrate
 from msam_lab.runs.reader import load_run
+from msam_lab.training.guards import MIN_BATCHES, SkippedBatchesWarning, StepGuard, TooManySkippedError
 from msam_lab.training.loop import TrainingError
+from msam_lab.training.setup import resolve
 from tests.test_real_datasets import _write_ave, _write_cremad
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -428,7 +429,8 @@ def test_max_skipped_fraction_is_validated_and_old_runs_had_no_limit():
         with pytest.raises(ConfigError, match="max_skipped_fraction must be in"):
             resolve({"max_skipped_fraction": bad})
     assert resolve({}).max_skipped_fraction == 0.5
-    assert STORED_DEFAULTS["max_skipped_fraction"] == 1.0 and from_stored({}).max_skipped_fraction == 1.0
+    assert migrate.STORED_DEFAULTS["max_skipped_fraction"] == 1.0
+    assert migrate.stored_config({}).max_skipped_fraction == 1.0      # a format-1 config.json without the field
 
 
 SYN = {"dataset": "synthetic", "data": {"n_samples": 300, "n_modalities": 2}, "batch_size": 32, "epochs": 3,

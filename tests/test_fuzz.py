@@ -60,25 +60,27 @@ import os
 import pickle
 import shutil
 import tempfile
+import typing
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
-
-from hypothesis import HealthCheck, event, example, given, settings   # a dev dependency (pyproject)
+from hypothesis import HealthCheck, event, example, given, settings  # a dev dependency (pyproject)
 from hypothesis import strategies as st
 from hypothesis.database import DirectoryBasedExampleDatabase
 from hypothesis.errors import InvalidArgument
 
-from msam_lab.cli import commands as cli
 from msam_lab import config as config_mod
+from msam_lab.cli import commands as cli
 from msam_lab.config import Config, ConfigError
-from msam_lab.training.setup import resolve
 from msam_lab.datasets import DATASETS, av_digits, cremad, dataset_options, load_dataset, synthetic
-from msam_lab.methods import METHOD_NAMES
+from msam_lab.methods import METHOD_NAMES, METHODS, method_class
+from msam_lab.methods.options import options_class
 from msam_lab.models.multimodal import ENCODERS
+from msam_lab.training.setup import resolve
+
 # the fixture builders of the loader tests: tiny valid datasets in each published layout
 from tests.test_real_datasets import AVE_CLASSES, _humor_split, _write_ave, _write_avmnist, _write_cremad
 
@@ -166,11 +168,27 @@ def _fresh_outs(tmp: Path) -> Path:
 
 # --------------------------------------------------------------------------- config strategies
 
-FIELDS = {f.name: f.type for f in dataclasses.fields(Config)}   # new fields are fuzzed automatically
+def _option_fields() -> dict:
+    """Every built-in method's options (flat keys, as configs write them): name -> (annotation, choices)."""
+    out = {}
+    for cls in METHODS.values():
+        if getattr(cls, "OPTIONS", None) is not None:
+            for name, hint in typing.get_type_hints(cls.OPTIONS).items():
+                text = config_mod._annotation_text(hint)
+                literal = typing.get_origin(text) is typing.Literal
+                out[name] = ("str" if literal else text, list(typing.get_args(text)) if literal else [])
+    return out
+
+
+METHOD_OPTIONS = _option_fields()
+SHARED = {f.name: f.type for f in dataclasses.fields(Config) if f.name != config_mod.METHOD_OPTIONS}
+# every key a config may hold (new fields and method options are fuzzed automatically)
+FIELDS = {**SHARED, **{name: annotation for name, (annotation, _) in METHOD_OPTIONS.items()}}
 OPTION_NAMES = sorted({k for d in DATASETS for k in dataset_options(d)})
 MODALITIES = ["image", "audio", "visual", "text", "vision", "m0", "m1", "m2"]
-STRING_CHOICES = {**{f.name: list(config_mod.choices(f.name)) for f in dataclasses.fields(Config)
-                     if config_mod.choices(f.name)}, "dataset": list(DATASETS),
+STRING_CHOICES = {**{name: list(config_mod.choices(name)) for name in SHARED if config_mod.choices(name)},
+                  **{name: choices for name, (_, choices) in METHOD_OPTIONS.items() if choices},
+                  "dataset": list(DATASETS),
                   "method": list(METHOD_NAMES),
                   "device": ["auto", "cpu", "cuda", "cuda:0", "cuda:x", "cudax", "gpu", "CPU", ""],
                   "modality": MODALITIES + [""]}
@@ -204,7 +222,7 @@ def field_values(name: str, annotation: str):
         plausible = _numbers(base)
     elif base == "bool":
         plausible = st.booleans()
-    elif base == "str":
+    elif base == "str" or base not in ("dict", "list") and name in STRING_CHOICES:   # Literal choices too
         plausible = st.sampled_from(STRING_CHOICES.get(name, ["", "x"])) | st.text(max_size=12)
     elif base == "dict":
         keys = st.sampled_from(OPTION_NAMES if name == "data" else MODALITIES) | st.text(max_size=8)
@@ -238,8 +256,15 @@ def _check_config_error(err: ConfigError) -> None:
 def _check_resolved(cfg: Config) -> None:
     """What a config that resolves must satisfy."""
     assert isinstance(cfg, Config)
+    values = {name: getattr(cfg, name) for name in SHARED}
+    own = {name for name in cfg.method_options}
+    assert own == set(options_class(method_class(cfg.method)).names() if options_class(method_class(cfg.method))
+                      else ()), (cfg.method, own)    # resolved: exactly the chosen method's options
+    values.update(cfg.method_options)
     for name, annotation in FIELDS.items():
-        value = getattr(cfg, name)
+        if name not in values:
+            continue
+        value = values[name]
         if annotation.startswith("float") and value is not None:
             assert isinstance(value, float) and math.isfinite(value), (name, value)
         if annotation.startswith("int"):

@@ -17,12 +17,11 @@ import torch.nn.functional as F
 from torch import nn
 
 import msam_lab
-from msam_lab import config as config_mod
-from msam_lab.training import setup
 from msam_lab.config import ConfigError
 from msam_lab.methods import build_method
 from msam_lab.methods.mie import mean_softmax_logits, mixup_draw, soft_projection
 from msam_lab.models.multimodal import MultimodalModel, SumFusion, build_model, eval_mode
+from msam_lab.training import setup
 
 
 def tiny_model(n_mod=2, dim=6, n_classes=3, seed=0):
@@ -84,7 +83,7 @@ def learner(model, m):
 
 def next_draw(method, n):
     """The λ and permutation the method's next step will draw (on a copy of its generator)."""
-    return mixup_draw(copy.deepcopy(method.rng), n, method.config.mie_mixup_alpha)
+    return mixup_draw(copy.deepcopy(method.rng), n, method.options.mie_mixup_alpha)
 
 
 # -- the schedule ---------------------------------------------------------------------

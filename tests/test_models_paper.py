@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from msam_lab.runs import migrate
 from msam_lab.models import coalitions
 from msam_lab import shapley
 from msam_lab.training.setup import resolve
@@ -171,7 +172,7 @@ def test_old_run_specs_rebuild_exactly_as_before(fusion):
                 "encoders": {"image": "cnn"}, "feature_dim": 8, "hidden_dim": 16}
     ref = _reference_state(fusion, seed=5)
     torch.manual_seed(5)
-    got = model_from_spec(old_spec).state_dict()
+    got = model_from_spec(migrate.model_spec(old_spec)).state_dict()
     assert list(got) == list(ref)
     assert all(torch.equal(got[k], ref[k]) for k in ref)
     if fusion == "early":        # a new spec with the same encoders does use the cnn

@@ -10,9 +10,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from msam_lab.config import Config, ConfigError, stored_values
+from msam_lab.config import Config, ConfigError
 from msam_lab.methods import method_class
 from msam_lab.methods.sam import SAMMethod
+from msam_lab.runs import migrate
 from msam_lab.runs.reader import CONFIG, check_output_dir, is_run, is_run_dir, read_json, run_state
 from msam_lab.training.loop import train
 
@@ -52,8 +53,8 @@ def check_existing(cell: Cell, allow_running: bool = False) -> None:
     state = run_state(cell.path)
     if state == "running" and not allow_running:
         raise ConfigError(f"{cell.path} is being trained by another process; wait for it or use another --out")
-    # fields added to Config after that run was made count as what that run did (config.stored_values)
-    stored = {**_normalised(Config().to_dict()), **stored_values(read_json(cell.path / CONFIG))}
+    # an older format, and fields added after that run was made, read as what that run did (runs.migrate)
+    stored = {**_normalised(Config().to_dict()), **migrate.config_values(read_json(cell.path / CONFIG))}
     wanted = _normalised(cell.config.to_dict())
     for key in sorted(set(stored) | set(wanted)):
         if stored.get(key) != wanted.get(key):

@@ -36,7 +36,7 @@ from msam_lab.datasets import load_dataset
 from msam_lab.experiments.cells import (Cell, check_existing, complete_cell, describe, run_dir,
                                         uses_rho)
 from msam_lab.methods import method_class, method_names
-from msam_lab.runs import atomic
+from msam_lab.runs import atomic, migrate
 from msam_lab.runs.reader import is_run, load_run, summary_number
 from msam_lab.runs.selection import BEST, LAST, labelled, selection_summary
 from msam_lab.training import setup
@@ -125,7 +125,7 @@ def plan_sweep(methods, seeds, rhos=None, dataset=None, out="runs/sweep", overri
     return cells
 
 
-AT_BEST, AT_LAST = "_at_best", "_last"     # column suffixes: test numbers at the best-val / last epoch
+AT_BEST, AT_LAST = "_at_best", migrate.AT_LAST     # column suffixes: test numbers at the best-val / last epoch
 
 
 def _at_label(col: str) -> str:
@@ -137,29 +137,9 @@ def _at_label(col: str) -> str:
     return col
 
 
-def _unlabelled(col: str) -> bool:
-    """A test metric of a table written before model selection: ``acc``, ``acc_<m>``, ``acc_only_<m>``, ``tau``."""
-    return (col in ("acc", "tau") or col.startswith("acc_")) and not col.endswith((AT_BEST, AT_LAST))
-
-
-def upgrade_runs(runs: pd.DataFrame) -> pd.DataFrame:
-    """A per-run table (``sweep.csv``) from before model selection, its last-epoch columns labelled:
-    ``acc`` -> ``acc_last``, ``acc_<m>`` -> ``acc_<m>_last``, ``tau`` -> ``tau_last``. New tables pass as they are."""
-    if any(c.endswith(AT_LAST) for c in runs.columns):
-        return runs
-    return runs.rename(columns={c: c + AT_LAST for c in runs.columns if _unlabelled(c)})
-
-
-def upgrade_summary(table: pd.DataFrame) -> pd.DataFrame:
-    """The same for a summary table (``sweep_summary.csv``): ``acc_mean`` -> ``acc_last_mean``, … ."""
-    if any(c.endswith((AT_LAST + "_mean", AT_LAST + "_std")) for c in table.columns):
-        return table
-    renamed = {}
-    for c in table.columns:
-        for stat in ("_mean", "_std"):
-            if c.endswith(stat) and _unlabelled(c[:-len(stat)]):
-                renamed[c] = c[:-len(stat)] + AT_LAST + stat
-    return table.rename(columns=renamed)
+# tables from before model selection are read through runs.migrate (their last-epoch columns labelled)
+upgrade_runs = migrate.sweep_runs
+upgrade_summary = migrate.sweep_summary
 
 
 def _num(value) -> float:

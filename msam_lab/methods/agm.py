@@ -39,19 +39,30 @@ reproduced.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from msam_lab.models import coalitions
 from msam_lab import distributed, shapley
 from msam_lab.config import ConfigError
-from msam_lab.models.multimodal import absent_features
 from msam_lab.methods.base import Method
 from msam_lab.methods.ogm_ge import check_min_modalities, check_window
+from msam_lab.methods.options import MethodOptions
+from msam_lab.models import coalitions
+from msam_lab.models.multimodal import absent_features
 
 SCORE_FLOOR = 1e-8
+
+
+@dataclass
+class AGMOptions(MethodOptions):
+    agm_alpha: float = 1.0                  # AGM α (code default)
+    agm_start_epoch: int = 0                # modulation window, 0-based and inclusive (code: 0..20)
+    agm_end_epoch: int = 20
+    agm_momentum: float = 0.0               # 0: running score = mean of past batches (code); >0: EMA
+    agm_clip: float = 7.0                   # cap on η_m − r_m inside exp (3-modality code: 7)
 
 
 def agm_scores(per_modality_logits, labels) -> np.ndarray:
@@ -79,23 +90,26 @@ def agm_coefficients(scores, running, alpha: float, clip: float) -> np.ndarray:
 
 class AGM(Method):
     name = "agm"
+    OPTIONS = AGMOptions
 
     def __init__(self, model, config):
         super().__init__(model, config)
+        self.options = AGMOptions.of(config)
         n_mod = len(model.modalities)
         self.running = np.zeros(n_mod)
         self.t = 0
 
     @classmethod
     def validate_config(cls, config) -> None:
-        if config.agm_alpha < 0:
-            raise ConfigError(f"agm_alpha must be >= 0, got {config.agm_alpha}")
-        if not 0.0 <= config.agm_momentum < 1.0:
+        o = AGMOptions.of(config)
+        if o.agm_alpha < 0:
+            raise ConfigError(f"agm_alpha must be >= 0, got {o.agm_alpha}")
+        if not 0.0 <= o.agm_momentum < 1.0:
             raise ConfigError(f"agm_momentum must be in [0, 1) (0: running mean as in the AGM code), "
-                              f"got {config.agm_momentum}")
-        if config.agm_clip <= 0:
-            raise ConfigError(f"agm_clip must be > 0, got {config.agm_clip}")
-        check_window(config, "agm")
+                              f"got {o.agm_momentum}")
+        if o.agm_clip <= 0:
+            raise ConfigError(f"agm_clip must be > 0, got {o.agm_clip}")
+        check_window(o, "agm")
 
     @classmethod
     def validate_modalities(cls, config, modalities) -> None:
@@ -106,11 +120,11 @@ class AGM(Method):
 
     def active(self) -> bool:
         epoch = getattr(self, "epoch", 0)
-        return self.config.agm_start_epoch <= epoch <= self.config.agm_end_epoch
+        return self.options.agm_start_epoch <= epoch <= self.options.agm_end_epoch
 
     def update_running(self, scores) -> None:
         self.t += 1
-        mu = self.config.agm_momentum
+        mu = self.options.agm_momentum
         if mu == 0 or self.t == 1:
             self.running = self.running * (self.t - 1) / self.t + np.asarray(scores) / self.t
         else:
@@ -124,14 +138,14 @@ class AGM(Method):
         return coalitions.decomposed_logits(logits)
 
     def step(self, inputs, labels):
-        model, c = self.model, self.config
+        model, o = self.model, self.options
         model.train()
         features = model.encode(inputs)
         obs = self.observe(inputs, labels, features)
         per_modality = self.decomposed(features).unbind(0)
         scores = distributed.mean_over_ranks(agm_scores(per_modality, labels), len(labels))   # the global batch's
         if self.active():
-            coef = agm_coefficients(scores, self.running, c.agm_alpha, c.agm_clip)
+            coef = agm_coefficients(scores, self.running, o.agm_alpha, o.agm_clip)
         else:
             coef = np.ones(len(scores))
         self.update_running(scores)

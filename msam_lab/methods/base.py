@@ -33,6 +33,7 @@ class Observation:
 
 class Method:
     name = "base"
+    OPTIONS = None      # the method's own options dataclass (msam_lab.methods.options), None: no options
 
     def __init__(self, model: MultimodalModel, config: Config):
         self.validate_modalities(config, model.modalities)

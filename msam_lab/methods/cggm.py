@@ -63,17 +63,31 @@ gradients for all of its baselines; we clip only here.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from msam_lab import distributed
-from msam_lab.optim import base as optim
 from msam_lab.config import ConfigError
-from msam_lab.models.multimodal import ConcatFusion, SumFusion, last_linear
 from msam_lab.methods.base import Method
 from msam_lab.methods.ogm_ge import check_min_modalities
+from msam_lab.methods.options import MethodOptions
+from msam_lab.models.multimodal import ConcatFusion, SumFusion, last_linear
+from msam_lab.optim import base as optim
+
+
+@dataclass
+class CGGMOptions(MethodOptions):
+    cggm_rho: float = 1.3                   # CGGM ρ: encoder m's grads scaled by ρ·B_m
+    cggm_lambda: float = 0.2                # λ of the direction term L_gm
+    cggm_cls_lr: float | None = None        # aux classifiers' lr; None: lr/2 (code's cls_lr/lr)
+    cggm_clip: float = 0.8                  # grad-norm clip after modulation (code: 0.8; 0 = off)
+    cggm_eps: float = 1e-8                  # added to Σ diff in B_m
+    cggm_guard: bool = True                 # clip B_m to [0, cggm_bound] (ours; false: the code's unbounded B)
+    cggm_bound: float = 1.0                 # guard's upper bound: B's range when all diffs share a sign
 
 
 def cggm_coefficients(acc_prev, acc_now, eps: float = 1e-8, bound: float | None = None) -> np.ndarray:
@@ -127,32 +141,34 @@ class AuxClassifier(nn.Module):
 
 class CGGM(Method):
     name = "cggm"
+    OPTIONS = CGGMOptions
 
     def __init__(self, model, config):
         super().__init__(model, config)
+        self.options = o = CGGMOptions.of(config)
         device = next(model.parameters()).device
         self.targets = fusion_output_weights(model)
         dims = _feature_dims(model)
         self.aux = nn.ModuleList(
             AuxClassifier(d, w[:, cols].shape[1], w.shape[0]) for d, (w, cols) in zip(dims, self.targets)
         ).to(device)
-        c = config
-        cls_lr = c.lr / 2 if c.cggm_cls_lr is None else c.cggm_cls_lr
-        self.aux_optimizer = optim.make_optimizer(self.aux.parameters(), c, cls_lr)
+        cls_lr = config.lr / 2 if o.cggm_cls_lr is None else o.cggm_cls_lr
+        self.aux_optimizer = optim.make_optimizer(self.aux.parameters(), config, cls_lr)
         self.acc_prev = np.zeros(len(model.modalities))
         self.pending: dict | None = None      # B and weight snapshots for next step's L_gm
 
     @classmethod
     def validate_config(cls, config) -> None:
+        o = CGGMOptions.of(config)
         for name in ("cggm_rho", "cggm_lambda", "cggm_clip"):
-            if getattr(config, name) < 0:
-                raise ConfigError(f"{name} must be >= 0, got {getattr(config, name)}")
-        if config.cggm_cls_lr is not None and config.cggm_cls_lr < 0:
-            raise ConfigError(f"cggm_cls_lr must be >= 0 or null (lr/2), got {config.cggm_cls_lr}")
-        if config.cggm_eps <= 0:
-            raise ConfigError(f"cggm_eps must be > 0, got {config.cggm_eps}")
-        if config.cggm_bound <= 0:
-            raise ConfigError(f"cggm_bound must be > 0, got {config.cggm_bound}")
+            if getattr(o, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(o, name)}")
+        if o.cggm_cls_lr is not None and o.cggm_cls_lr < 0:
+            raise ConfigError(f"cggm_cls_lr must be >= 0 or null (lr/2), got {o.cggm_cls_lr}")
+        if o.cggm_eps <= 0:
+            raise ConfigError(f"cggm_eps must be > 0, got {o.cggm_eps}")
+        if o.cggm_bound <= 0:
+            raise ConfigError(f"cggm_bound must be > 0, got {o.cggm_bound}")
 
     @classmethod
     def validate_modalities(cls, config, modalities) -> None:
@@ -174,7 +190,7 @@ class CGGM(Method):
         device = self.targets[0][0].device
         leaves = [w.detach().to(device).clone().requires_grad_(True) for w in p["fusion"]]
         l_gm = self.direction_loss(p["coef"], [a.to(device) for a in p["aux"]], leaves)
-        lam = self.config.cggm_lambda
+        lam = self.options.cggm_lambda
         if lam > 0:
             grads = torch.autograd.grad(l_gm, leaves)
             with torch.no_grad():
@@ -185,7 +201,7 @@ class CGGM(Method):
         return float(l_gm.detach())
 
     def step(self, inputs, labels):
-        model, c = self.model, self.config
+        model, c = self.model, self.options
         features, obs, loss = self.fused_backward(inputs, labels)
         self.precision.unscale(self.optimizer)    # fp16: the direction term and the scaling below are unscaled
         l_gm_prev = self.add_direction_grad()

@@ -27,18 +27,31 @@ gradient tensors, so they work on any model's parameter groups.
 """
 from __future__ import annotations
 
+import typing
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from torch import nn
 
-from msam_lab.optim import base as optim
 from msam_lab.config import ConfigError
-from msam_lab.models.multimodal import eval_mode
-from msam_lab.optim.sam import add_to_grads
 from msam_lab.methods.ogm_ge import check_min_modalities
+from msam_lab.methods.options import MethodOptions
 from msam_lab.methods.sam import SAMMethod
+from msam_lab.models.multimodal import eval_mode
+from msam_lab.optim import base as optim
+from msam_lab.optim.sam import add_to_grads
 
-MODES = ("paper", "code")
+Mode = typing.Literal["paper", "code"]
+MODES = typing.get_args(Mode)
+
+
+@dataclass
+class MASAMOptions(MethodOptions):
+    masam_mode: Mode = "paper"              # paper | code (the released code's quirks); ρ is the shared `rho`
+    masam_beta: float = 0.9                 # EMA β of each unimodal loss (code: --momentum 0.9)
+    masam_w: float = 0.5                    # APS weight of the loss decay D vs alignment S (--score_weight)
+    masam_aps: bool | None = None           # APS picks one encoder; false: perturb all; None: paper on, code off
 
 
 # -- the rules, model-agnostic -------------------------------------------------------
@@ -149,8 +162,10 @@ class MASAM(SAMMethod):
     MDPS's, applied by hand: it has no ``self.sam`` wrapper."""
 
     name = "masam"
+    OPTIONS = MASAMOptions
 
     def __init__(self, model, config):
+        self.options = MASAMOptions.of(config)
         # built first: the base optimizer (made in Method.__init__) steps them with the model,
         # as the released code's single AdamW does
         self.aux = auxiliary_heads(model)
@@ -163,25 +178,26 @@ class MASAM(SAMMethod):
 
     @classmethod
     def validate_config(cls, config) -> None:
-        if config.masam_mode not in MODES:
-            raise ConfigError(f"masam_mode must be one of {', '.join(MODES)}, got {config.masam_mode!r}")
-        if not 0 <= config.masam_beta < 1:
-            raise ConfigError(f"masam_beta (the loss EMA's β) must be in [0, 1), got {config.masam_beta}")
-        if not 0 <= config.masam_w <= 1:
-            raise ConfigError(f"masam_w (APS weight of the loss decay) must be in [0, 1], got {config.masam_w}")
+        o = MASAMOptions.of(config)
+        if o.masam_mode not in MODES:
+            raise ConfigError(f"masam_mode must be one of {', '.join(MODES)}, got {o.masam_mode!r}")
+        if not 0 <= o.masam_beta < 1:
+            raise ConfigError(f"masam_beta (the loss EMA's β) must be in [0, 1), got {o.masam_beta}")
+        if not 0 <= o.masam_w <= 1:
+            raise ConfigError(f"masam_w (APS weight of the loss decay) must be in [0, 1], got {o.masam_w}")
         if config.adaptive:
             raise ConfigError("masam has no adaptive (ASAM) form; set adaptive=false")
 
     @classmethod
     def validate_modalities(cls, config, modalities) -> None:
         check_min_modalities(cls.name, modalities)
-        if config.masam_mode == "code" and len(modalities) != 2:
+        if MASAMOptions.of(config).masam_mode == "code" and len(modalities) != 2:
             raise ConfigError(f"masam_mode=code follows the released code, which runs two modalities; this "
                               f"dataset has {len(modalities)} ({', '.join(modalities)}); use masam_mode=paper")
 
     def uses_aps(self) -> bool:
-        aps = self.config.masam_aps
-        return self.config.masam_mode == "paper" if aps is None else aps
+        aps = self.options.masam_aps
+        return self.options.masam_mode == "paper" if aps is None else aps
 
     def _clean_pass(self, inputs, labels):
         """Forward at θ, the Shapley observation, p.grad = ∇L(θ); returns what the rules need."""
@@ -210,22 +226,22 @@ class MASAM(SAMMethod):
         return obs, loss_mm, [float(x.detach()) for x in aux_losses], kept, u, a
 
     def step(self, inputs, labels):
-        model, c = self.model, self.config
+        model, c, o = self.model, self.config, self.options
         obs, loss_mm, aux_losses, blocks, u, a = self._clean_pass(inputs, labels)
         encoders = set(model.encoders.parameters())
         heads = [p for p in list(model.parameters()) + list(self.aux.parameters()) if p not in encoders]
         clean_heads = [None if p.grad is None else p.grad.clone() for p in heads]
 
-        scores, self.aps_state = aps_scores(u, a, aux_losses, self.aps_state, c.masam_beta, c.masam_w)
+        scores, self.aps_state = aps_scores(u, a, aux_losses, self.aps_state, o.masam_beta, o.masam_w)
         d = int(np.argmax(scores))
         perturbed = [d] if self.uses_aps() else list(range(len(blocks)))
-        kappas = [mdps_kappa(u[m], a[m], c.masam_mode) for m in range(len(blocks))]
+        kappas = [mdps_kappa(u[m], a[m], o.masam_mode) for m in range(len(blocks))]
 
         device = next(model.parameters()).device
         saved = []
         with torch.no_grad(), torch.autocast(device.type, enabled=False):
             for m in perturbed:
-                for p, e in zip(blocks[m], mdps_perturbation(u[m], a[m], c.rho, c.masam_mode)):
+                for p, e in zip(blocks[m], mdps_perturbation(u[m], a[m], c.rho, o.masam_mode)):
                     saved.append((p, p.detach().clone()))
                     p.add_(e.to(p.dtype))
         torch.clear_autocast_cache()                 # the perturbed forward must not reuse cached copies of θ

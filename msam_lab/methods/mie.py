@@ -52,16 +52,33 @@ zero); the code's per-stage StepLR(40, 0.1) is the run's lr schedule here.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from msam_lab.optim import base as optim, schedules
 from msam_lab.config import ConfigError
-from msam_lab.models.multimodal import SumFusion, eval_mode, last_linear
 from msam_lab.methods.base import Method
 from msam_lab.methods.ogm_ge import check_min_modalities, check_stage_order
+from msam_lab.methods.options import MethodOptions
+from msam_lab.models.multimodal import SumFusion, eval_mode, last_linear
+from msam_lab.optim import base as optim
+from msam_lab.optim import schedules
+
+
+@dataclass
+class MIEOptions(MethodOptions):
+    mie_stage_epochs: list = field(default_factory=lambda: [25, 50])  # epochs of stage s (cycled; code CREMA-D)
+    mie_stage_steps: int = 0                # > 0: every stage lasts this many steps instead (ours, short runs)
+    mie_order: list = field(default_factory=list)   # stage order of modalities; []: dataset order (code: audio first)
+    mie_mixup_alpha: float = 1.0            # λ ~ Beta(α, α); 0: no mixup (code mixup_alpha 1.0)
+    mie_rho: float = 1e-10                  # per-tensor step ρ·g/‖g‖ (code noise_ratio; nil in float32)
+    mie_restore: bool = False               # undo ε before the update (code: never undone)
+    mie_ori_weight: float = 0.7             # weight of the mixup loss (code 1 − flat_ratio)
+    mie_flat_weight: float = 0.3            # weight of the flat loss (code flat_ratio 0.3)
+    mie_temperature: float = 0.4            # T in exp(−T·(λ−λmin)/(λmax−λmin)) (code temperature1)
 
 
 def mixup_draw(rng: np.random.Generator, n: int, alpha: float) -> tuple[float, np.ndarray]:
@@ -99,13 +116,15 @@ def _positive_ints(value) -> bool:
 
 class MIE(Method):
     name = "mie"
+    OPTIONS = MIEOptions
 
     def __init__(self, model, config):
         super().__init__(model, config)
+        self.options = MIEOptions.of(config)
         if not isinstance(model.fusion, SumFusion):
             raise ConfigError(f"mie trains each modality's own head; use fusion=late_sum (got {config.fusion})")
         names = list(model.modalities)
-        self.order = [names.index(m) for m in (config.mie_order or names)]
+        self.order = [names.index(m) for m in (self.options.mie_order or names)]
         with torch.no_grad():
             for head in model.fusion.heads:          # silent until its stage (module doc)
                 for p in last_linear(head).parameters():
@@ -120,9 +139,9 @@ class MIE(Method):
 
     @classmethod
     def validate_config(cls, config) -> None:
-        c = config
-        if c.fusion != "late_sum":
-            raise ConfigError(f"mie trains each modality's own head; use fusion=late_sum (got {c.fusion})")
+        if config.fusion != "late_sum":
+            raise ConfigError(f"mie trains each modality's own head; use fusion=late_sum (got {config.fusion})")
+        c = MIEOptions.of(config)
         if c.mie_stage_steps < 0:
             raise ConfigError(f"mie_stage_steps must be >= 0, got {c.mie_stage_steps}")
         if not _positive_ints(c.mie_stage_epochs):
@@ -141,12 +160,12 @@ class MIE(Method):
     @classmethod
     def validate_modalities(cls, config, modalities) -> None:
         check_min_modalities(cls.name, modalities)
-        check_stage_order("mie_order", config.mie_order, modalities)
+        check_stage_order("mie_order", MIEOptions.of(config).mie_order, modalities)
 
     # -- schedule ------------------------------------------------------------------
     def schedule(self) -> tuple[int, bool]:
         """(stage of the next step, whether it adds to the covariance: the stage's last epoch)."""
-        c = self.config
+        c = self.options
         if c.mie_stage_steps > 0:
             return self.steps_done // c.mie_stage_steps, True
         lengths = c.mie_stage_epochs
@@ -181,7 +200,7 @@ class MIE(Method):
     def _enter(self, stage: int) -> None:
         """A new stage: the finished one's covariances become projections; a fresh optimizer."""
         if self.stage is not None:
-            t = self.config.mie_temperature
+            t = self.options.mie_temperature
             self.projections = {k: soft_projection(cov, t) for k, cov in self.cov.items()}
             self.cov = {}
         self.stage = stage
@@ -210,7 +229,7 @@ class MIE(Method):
     @torch.no_grad()
     def perturbation(self, params) -> dict[int, torch.Tensor]:
         """ε_p = ρ·g_p/‖g_p‖ per tensor from the gradients in ``p.grad`` (by id; absent: ε = 0)."""
-        rho = self.config.mie_rho
+        rho = self.options.mie_rho
         eps = {}
         if rho == 0:
             return eps
@@ -234,7 +253,7 @@ class MIE(Method):
                     layer.weight.grad.copy_(layer.weight.grad @ self.projections[k].to(layer.weight.grad.dtype))
 
     def step(self, inputs, labels):
-        c, model = self.config, self.model
+        c, model = self.options, self.model
         stage, collect = self.schedule()
         if stage != self.stage:
             self._enter(stage)

@@ -35,6 +35,7 @@ audio (its "else" branch), we slow nobody.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -43,6 +44,7 @@ import torch.nn.functional as F
 from msam_lab import distributed
 from msam_lab.config import ConfigError
 from msam_lab.methods.base import Method
+from msam_lab.methods.options import MethodOptions
 from msam_lab.methods.unimodal_logits import unimodal_logits
 
 
@@ -58,8 +60,16 @@ def ogm_coefficients(scores, alpha: float) -> np.ndarray:
     return coef
 
 
-def check_window(config, prefix: str) -> None:
-    start, end = getattr(config, f"{prefix}_start_epoch"), getattr(config, f"{prefix}_end_epoch")
+@dataclass
+class OGMGEOptions(MethodOptions):
+    ogm_alpha: float = 0.1                  # OGM-GE α (README default; 0.8 suggested for CREMA-D)
+    ogm_start_epoch: int = 0                # modulation window, 0-based and inclusive (code: 0..50)
+    ogm_end_epoch: int = 50
+    ogm_noise: bool = True                  # GE: add N(0, std(grad)) to the modulated grads
+
+
+def check_window(options, prefix: str) -> None:
+    start, end = getattr(options, f"{prefix}_start_epoch"), getattr(options, f"{prefix}_end_epoch")
     if start < 0 or end < start:
         raise ConfigError(f"{prefix}_start_epoch/{prefix}_end_epoch must satisfy 0 <= start <= end, "
                           f"got {start} and {end}")
@@ -82,12 +92,18 @@ def check_stage_order(field: str, order, modalities=None) -> None:
 
 class OGMGE(Method):
     name = "ogm_ge"
+    OPTIONS = OGMGEOptions
+
+    def __init__(self, model, config):
+        super().__init__(model, config)
+        self.options = OGMGEOptions.of(config)
 
     @classmethod
     def validate_config(cls, config) -> None:
-        if config.ogm_alpha < 0:
-            raise ConfigError(f"ogm_alpha must be >= 0, got {config.ogm_alpha}")
-        check_window(config, "ogm")
+        o = OGMGEOptions.of(config)
+        if o.ogm_alpha < 0:
+            raise ConfigError(f"ogm_alpha must be >= 0, got {o.ogm_alpha}")
+        check_window(o, "ogm")
 
     @classmethod
     def validate_modalities(cls, config, modalities) -> None:
@@ -95,7 +111,7 @@ class OGMGE(Method):
 
     def active(self) -> bool:
         epoch = getattr(self, "epoch", 0)
-        return self.config.ogm_start_epoch <= epoch <= self.config.ogm_end_epoch
+        return self.options.ogm_start_epoch <= epoch <= self.options.ogm_end_epoch
 
     @torch.no_grad()
     def scores(self, features, labels) -> np.ndarray:
@@ -115,7 +131,7 @@ class OGMGE(Method):
                     continue
                 g = p.grad
                 new = g * float(coef[m])
-                if self.config.ogm_noise:
+                if self.options.ogm_noise:
                     std = g.std().item() if g.numel() > 1 else 0.0
                     new = new + torch.randn_like(g) * (std + 1e-8)
                 p.grad = new
@@ -123,7 +139,7 @@ class OGMGE(Method):
     def step(self, inputs, labels):
         features, obs, loss = self.fused_backward(inputs, labels)
         scores = self.scores(features, labels)
-        coef = ogm_coefficients(scores, self.config.ogm_alpha) if self.active() else np.ones(len(scores))
+        coef = ogm_coefficients(scores, self.options.ogm_alpha) if self.active() else np.ones(len(scores))
         if self.active():
             self.modulate(coef)
         self.update()

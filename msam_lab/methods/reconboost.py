@@ -44,31 +44,50 @@ left out. The code's learning-rate decay every 30 stages is not reproduced.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from msam_lab.optim import base as optim, schedules
 from msam_lab.config import ConfigError
-from msam_lab.models.multimodal import ConcatFusion, SumFusion, last_linear
 from msam_lab.methods.base import Method
 from msam_lab.methods.ogm_ge import check_min_modalities, check_stage_order
+from msam_lab.methods.options import MethodOptions
 from msam_lab.methods.unimodal_logits import unimodal_logits
+from msam_lab.models.multimodal import ConcatFusion, SumFusion, last_linear
+from msam_lab.optim import base as optim
+from msam_lab.optim import schedules
 
 LATE_FUSIONS = ("late_sum", "late_concat")
 
 
+@dataclass
+class ReconBoostOptions(MethodOptions):
+    recon_stage_epochs: int = 4             # epochs the active learner trains
+    recon_correct_epochs: int = 4           # then epochs of joint ensemble correction
+    recon_stage_steps: int = 0              # > 0: count both phases in steps instead of epochs
+    recon_correct_steps: int = 0
+    recon_weight1: float = 5.0              # boosting loss weights (code: 5 and 1)
+    recon_weight2: float = 1.0
+    recon_boost_rate: float = 1.0           # initial learnable ensemble scale β
+    recon_lr: float | None = None           # lr of both phases; None: lr (code: 0.01)
+    recon_order: list = field(default_factory=list)   # stage order of modalities; []: dataset order
+
+
 class ReconBoost(Method):
     name = "reconboost"
+    OPTIONS = ReconBoostOptions
 
     def __init__(self, model, config):
         super().__init__(model, config)
+        self.options = o = ReconBoostOptions.of(config)
         if not isinstance(model.fusion, (SumFusion, ConcatFusion)):
             raise ConfigError("reconboost needs per-modality learners; use fusion=late_sum or late_concat")
         names = list(model.modalities)
-        self.order = [names.index(m) for m in (config.recon_order or names)]
+        self.order = [names.index(m) for m in (o.recon_order or names)]
         device = next(model.parameters()).device
-        self.boost_rate = nn.Parameter(torch.tensor(float(config.recon_boost_rate), device=device))
+        self.boost_rate = nn.Parameter(torch.tensor(float(o.recon_boost_rate), device=device))
         with torch.no_grad():
             heads = model.fusion.heads if isinstance(model.fusion, SumFusion) else [model.fusion.head]
             for head in heads:
@@ -88,27 +107,28 @@ class ReconBoost(Method):
         if config.fusion not in LATE_FUSIONS:
             raise ConfigError(f"reconboost needs per-modality learners; use fusion=late_sum or late_concat "
                               f"(got {config.fusion})")
-        if config.recon_stage_steps < 0 or config.recon_correct_steps < 0:
+        o = ReconBoostOptions.of(config)
+        if o.recon_stage_steps < 0 or o.recon_correct_steps < 0:
             raise ConfigError("recon_stage_steps and recon_correct_steps must be >= 0")
-        if config.recon_stage_steps == 0 and config.recon_stage_epochs < 1:
-            raise ConfigError(f"recon_stage_epochs must be >= 1, got {config.recon_stage_epochs}")
-        if config.recon_correct_epochs < 0:
-            raise ConfigError(f"recon_correct_epochs must be >= 0, got {config.recon_correct_epochs}")
-        if config.recon_weight1 < 0 or config.recon_weight2 < 0:
+        if o.recon_stage_steps == 0 and o.recon_stage_epochs < 1:
+            raise ConfigError(f"recon_stage_epochs must be >= 1, got {o.recon_stage_epochs}")
+        if o.recon_correct_epochs < 0:
+            raise ConfigError(f"recon_correct_epochs must be >= 0, got {o.recon_correct_epochs}")
+        if o.recon_weight1 < 0 or o.recon_weight2 < 0:
             raise ConfigError("recon_weight1 and recon_weight2 must be >= 0")
-        if config.recon_lr is not None and config.recon_lr < 0:
-            raise ConfigError(f"recon_lr must be >= 0 or null (the run's lr), got {config.recon_lr}")
-        check_stage_order("recon_order", config.recon_order)
+        if o.recon_lr is not None and o.recon_lr < 0:
+            raise ConfigError(f"recon_lr must be >= 0 or null (the run's lr), got {o.recon_lr}")
+        check_stage_order("recon_order", o.recon_order)
 
     @classmethod
     def validate_modalities(cls, config, modalities) -> None:
         check_min_modalities(cls.name, modalities)
-        check_stage_order("recon_order", config.recon_order, modalities)
+        check_stage_order("recon_order", ReconBoostOptions.of(config).recon_order, modalities)
 
     # -- schedule ------------------------------------------------------------------
     def schedule(self) -> tuple[int, int]:
         """(stage, phase) of the next step; phase 1 trains one learner, phase 2 corrects the ensemble."""
-        c = self.config
+        c = self.options
         if c.recon_stage_steps > 0:
             first, second, t = c.recon_stage_steps, c.recon_correct_steps, self.steps_done
         else:
@@ -135,7 +155,7 @@ class ReconBoost(Method):
 
     def _optimizer(self, params) -> torch.optim.Optimizer:
         c = self.config
-        lr = c.lr if c.recon_lr is None else c.recon_lr
+        lr = c.lr if self.options.recon_lr is None else self.options.recon_lr
         opt = optim.make_optimizer(params, c, lr)
         schedules.set_lr_factor(opt, self.lr_factor)   # a phase that starts mid-run takes the schedule's lr
         return opt
@@ -168,7 +188,7 @@ class ReconBoost(Method):
         return self.boost_rate * sum(learner_logits[m] for m in members)
 
     def boosting_loss(self, logits_active, ensemble_others, labels) -> torch.Tensor:
-        c = self.config
+        c = self.options
         n_classes = logits_active.shape[1]
         log_p = F.log_softmax(logits_active, dim=1).gather(1, labels[:, None]).squeeze(1)
         if ensemble_others is None:

@@ -20,12 +20,15 @@ and heads still receive gradient, as constant bias-like paths.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from msam_lab.config import ConfigError
 from msam_lab.methods.base import Method
 from msam_lab.methods.joint import Joint
+from msam_lab.methods.options import MethodOptions
 
 FIRST_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -52,19 +55,26 @@ def _blind(encoder: nn.Module, shape, device) -> bool:
         encoder.train(was)
 
 
+@dataclass
+class UnimodalOptions(MethodOptions):
+    modality: str = ""                      # the one modality trained
+
+
 def _zero_input_hook(module, args):
     return (torch.zeros_like(args[0]),) + tuple(args[1:])
 
 
 class Unimodal(Method):
     name = "unimodal"
+    OPTIONS = UnimodalOptions
 
     def __init__(self, model, config):
         super().__init__(model, config)
+        self.options = UnimodalOptions.of(config)
         device = next(model.parameters()).device
         self.hooked: list[str] = []
         for name in model.modalities:
-            if name == config.modality:
+            if name == self.options.modality:
                 continue
             encoder = model.encoders[name]
             if not _blind(encoder, model.input_shapes[name], device):
@@ -73,13 +83,14 @@ class Unimodal(Method):
 
     @classmethod
     def validate_config(cls, config) -> None:
-        if not config.modality:
+        if not UnimodalOptions.of(config).modality:
             raise ConfigError("method unimodal needs the modality to train: --set modality=NAME")
 
     @classmethod
     def validate_modalities(cls, config, modalities) -> None:
-        if config.modality not in modalities:
-            raise ConfigError(f"modality {config.modality!r} is not in this dataset; "
+        modality = UnimodalOptions.of(config).modality
+        if modality not in modalities:
+            raise ConfigError(f"modality {modality!r} is not in this dataset; "
                               f"choose one of: {', '.join(modalities)} (--set modality=NAME)")
 
     step = Joint.step          # the update is joint training's; only the other encoders are blinded

@@ -482,7 +482,6 @@ class running_stats_kept:
 
 SPEC_KEYS = ("input_shapes", "num_classes", "fusion", "encoders", "feature_dim", "hidden_dim",
              "encoder_options", "fusion_trunk", "head_hidden")
-NEW_SPEC_KEYS = ("encoder_options", "fusion_trunk", "head_hidden")
 
 
 def model_from_spec(spec: dict) -> MultimodalModel:
@@ -502,16 +501,11 @@ def model_from_spec(spec: dict) -> MultimodalModel:
     - ``fusion_trunk``: "mlp" | "maxout" (config.fusion_trunk);
     - ``head_hidden``: [width, ...] (config.head_hidden; [] for linear heads).
 
-    A spec with none of ``encoder_options`` / ``fusion_trunk`` / ``head_hidden`` is an old run's
-    (written before they existed): it is rebuilt as it was then, with no options, the mlp trunk,
-    linear heads, and, under early fusion, a linear stem for every modality whatever its
-    ``encoders`` say (early fusion ignored them then). In a new spec a missing key of the three
-    takes its default.
+    An old run's spec (before the last three keys existed) is brought to this form first by
+    ``msam_lab.runs.migrate.model_spec``; here a missing key of the three takes its default.
     """
-    old = not any(k in spec for k in NEW_SPEC_KEYS)
-    encoders = {} if old and spec["fusion"] == "early" else spec["encoders"]
     return build_model({m: tuple(s) for m, s in spec["input_shapes"].items()}, spec["num_classes"],
-                       spec["fusion"], encoders, spec["feature_dim"], spec["hidden_dim"],
+                       spec["fusion"], spec["encoders"], spec["feature_dim"], spec["hidden_dim"],
                        encoder_options=spec.get("encoder_options") or {},
                        fusion_trunk=spec.get("fusion_trunk", "mlp"),
                        head_hidden=spec.get("head_hidden") or ())

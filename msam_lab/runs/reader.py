@@ -28,8 +28,8 @@ from pathlib import Path
 import pandas as pd
 
 from msam_lab.runs import checkpoint_io
-from msam_lab.runs import surfaces
-from msam_lab.config import Config, ConfigError, _check_type, field_names, from_stored
+from msam_lab.runs import migrate, surfaces
+from msam_lab.config import Config, ConfigError, _check_type, field_names
 from msam_lab.models.multimodal import MultimodalModel, model_from_spec
 # the layout and the small-file readers live in layout (torch-free, for msam-lab status); every name
 # is re-exported here, so `from msam_lab.runs.reader import read_status` keeps working
@@ -165,7 +165,7 @@ class Run:
             raise ValueError(f"run {self.path} was trained by msam_lab, which rebuilds its model itself; "
                              f"drop factory=")
         try:
-            return model_from_spec(self.model_spec)
+            return model_from_spec(migrate.model_spec(self.model_spec))
         # what a spec of wrong values raises while the layers are built (sizes, kinds, missing keys)
         except (KeyError, TypeError, ValueError, RuntimeError, OverflowError, MemoryError) as err:
             first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
@@ -280,7 +280,7 @@ def _config_of(file: Path, raw: dict, spec: dict) -> Config:
     validated against today's choices (a plug-in may be missing, an old run's values older rules)."""
     try:
         if spec.get("kind") != LOGGED:
-            config = from_stored(raw)
+            config = migrate.stored_config(raw)
         else:
             known = set(field_names())
             config = Config(**{k: v for k, v in raw.items() if k in known and v is not None})

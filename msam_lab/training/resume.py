@@ -17,11 +17,24 @@ from pathlib import Path
 
 import torch
 
-from msam_lab.runs import checkpoint_io
+from msam_lab.config import Config, ConfigError
+from msam_lab.runs import checkpoint_io, migrate
 from msam_lab.runs.checkpoint_io import RunFileError
-from msam_lab.config import Config, ConfigError, stored_values
+from msam_lab.runs.reader import (
+    CHECKPOINTS,
+    CONFIG,
+    EPOCHS,
+    LOGGED,
+    MODEL,
+    PREVIOUS_RESUME,
+    RESUME,
+    STEPS,
+    is_run_dir,
+    read_json,
+    read_status,
+    read_table,
+)
 from msam_lab.training.setup import resolve
-from msam_lab.runs.reader import CHECKPOINTS, CONFIG, EPOCHS, LOGGED, MODEL, PREVIOUS_RESUME, RESUME, STEPS, is_run_dir, read_json, read_status, read_table
 
 
 @dataclass
@@ -155,7 +168,7 @@ def resumable(run_dir) -> Config:
         read_table(run_dir / table)
     raw = read_json(run_dir / CONFIG)
     try:
-        return resolve(stored_values(raw))
+        return resolve(migrate.config_values(raw))
     except ConfigError as err:
         raise RunFileError(f"{run_dir / CONFIG}: not a valid config ({err}); the run cannot continue with it: "
                            f"start a new run with --out") from None

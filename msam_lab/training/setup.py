@@ -2,7 +2,8 @@
 
 ``msam_lab.config`` checks what a config says on its own (types, choices, ranges); this module adds what
 only the layers above it know: the dataset, encoder and method names (registered and installed plug-ins
-included), the dataset's options, the classifier head, and the chosen method's own checks.
+included), the dataset's options, the classifier head, and the chosen method's options (its ``OPTIONS``
+dataclass: flat keys such as ``agm_alpha`` checked by type, defaults filled) and own checks.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ from msam_lab import config as config_mod
 from msam_lab.config import Config
 from msam_lab.datasets import dataset_names, resolve_options
 from msam_lab.errors import ConfigError
-from msam_lab.methods import method_names, validate_method_config
+from msam_lab.methods import method_class, method_names, validate_method_config
+from msam_lab.methods import options as method_options
 from msam_lab.models.multimodal import check_head_hidden, encoder_names
+from msam_lab.runs import migrate
 
 
 def check_registries(cfg: Config) -> Config:
@@ -39,8 +42,22 @@ def check_registries(cfg: Config) -> Config:
         cfg.data = resolve_options(cfg.dataset, cfg.data)
     except ValueError as err:
         raise ConfigError(f"{err} (set them with --set data.NAME=VALUE)") from None
+    cfg.method_options = resolve_method_options(cfg.method, cfg.method_options)
     validate_method_config(cfg)
     return cfg
+
+
+def resolve_method_options(method: str, values: dict) -> dict:
+    """The complete options of ``method`` from flat ``values``: each checked against the method's
+    ``OPTIONS`` dataclass, defaults filled; another method's options dropped; any other key a ConfigError."""
+    others = [name for other in method_names() if other != method
+              for name in _option_names(method_options.options_class(method_class(other)))]
+    return method_options.resolve(method, method_options.options_class(method_class(method)), values, others,
+                                  config_mod.field_names())
+
+
+def _option_names(options_cls) -> tuple[str, ...]:
+    return () if options_cls is None else options_cls.names()
 
 
 def resolve(config=None, overrides: typing.Iterable[str] = ()) -> Config:
@@ -51,6 +68,7 @@ def resolve(config=None, overrides: typing.Iterable[str] = ()) -> Config:
 
 def config_hash(config) -> str:
     """8 hex digits identifying a resolved config (a Config, dict, YAML path or None): the notebooks and
-    the rivals study name a run folder by it, so a changed setting trains a new run."""
-    blob = json.dumps(resolve(config).to_dict(), sort_keys=True, default=str)
+    the rivals study name a run folder by it, so a changed setting trains a new run. Hashed in config.json's
+    first format (every baseline option, no format_version), so folders named before keep their names."""
+    blob = json.dumps(migrate.as_format_1(resolve(config).to_dict()), sort_keys=True, default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:8]
