@@ -8,6 +8,7 @@ folder of two small fake runs written here.
     python bench/cli_startup.py                              # this tree
     python bench/cli_startup.py --pythonpath /tmp/oldtree    # another tree's msam_lab, same interpreter
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,13 +22,23 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-RUNS = "{runs}"     # stands for the fake runs folder in COMMANDS
+RUNS = "{runs}"  # stands for the fake runs folder in COMMANDS
 
 COMMANDS = [
-    ("--help",), ("train", "--help"), ("compare", "--help"), ("demo", "--help"), ("status", "--help"),
-    ("data", "--help"), ("data", "check", "--help"), ("data", "info", "--help"),
-    ("data", "build-avmnist", "--help"), ("sweep", "--help"), ("landscape", "--help"), ("sharpness", "--help"),
-    ("status", RUNS), ("data", "info"),
+    ("--help",),
+    ("train", "--help"),
+    ("compare", "--help"),
+    ("demo", "--help"),
+    ("status", "--help"),
+    ("data", "--help"),
+    ("data", "check", "--help"),
+    ("data", "info", "--help"),
+    ("data", "build-avmnist", "--help"),
+    ("sweep", "--help"),
+    ("landscape", "--help"),
+    ("sharpness", "--help"),
+    ("status", RUNS),
+    ("data", "info"),
 ]
 
 
@@ -35,15 +46,21 @@ def fake_runs(folder: Path) -> None:
     """A finished run and one killed mid-training (says running, no lock), as the trainer writes them."""
     done = folder / "done"
     done.mkdir(parents=True)
-    (done / "status.json").write_text(json.dumps({"state": "finished", "method": "msam", "epochs": 2,
-                                                  "last_step": 5, "last_epoch": 2}))
+    (done / "status.json").write_text(
+        json.dumps({"state": "finished", "method": "msam", "epochs": 2, "last_step": 5, "last_epoch": 2})
+    )
     (done / "summary.json").write_text(json.dumps({"steps": 6}))
-    (done / "epochs.csv").write_text("epoch,test_acc,test_dominant,test_share_image,test_share_audio\n"
-                                     "0,0.25,image,0.6,0.4\n1,0.5,image,0.7,0.3\n2,0.75,image,0.8,0.2\n")
+    (done / "epochs.csv").write_text(
+        "epoch,test_acc,test_dominant,test_share_image,test_share_audio\n"
+        "0,0.25,image,0.6,0.4\n1,0.5,image,0.7,0.3\n2,0.75,image,0.8,0.2\n"
+    )
     killed = folder / "killed"
     killed.mkdir()
-    (killed / "status.json").write_text(json.dumps({"state": "running", "method": "sam", "epochs": 3,
-                                                    "last_step": 2, "last_epoch": 0, "heartbeat_unix": 0.0}))
+    (killed / "status.json").write_text(
+        json.dumps(
+            {"state": "running", "method": "sam", "epochs": 3, "last_step": 2, "last_epoch": 0, "heartbeat_unix": 0.0}
+        )
+    )
 
 
 def cpu_seconds(argv: list[str], env: dict, cwd: Path) -> float:
@@ -59,8 +76,9 @@ def cpu_seconds(argv: list[str], env: dict, cwd: Path) -> float:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5, help="runs per command; the median is shown (default 5)")
-    parser.add_argument("--pythonpath", default=str(ROOT), help="folder holding the msam_lab to time (default "
-                        "this tree)")
+    parser.add_argument(
+        "--pythonpath", default=str(ROOT), help="folder holding the msam_lab to time (default this tree)"
+    )
     parser.add_argument("--python", default=sys.executable, help="interpreter (default this one)")
     args = parser.parse_args(argv)
     if args.repeat < 1:
@@ -73,8 +91,12 @@ def main(argv=None) -> int:
         rows = [("python -c pass", [args.python, "-c", "pass"])]
         for command in COMMANDS:
             shown = " ".join("RUNS" if a == RUNS else a for a in command)
-            rows.append((f"msam-lab {shown}", [args.python, "-m", "msam_lab",
-                                               *(str(tmp / "runs") if a == RUNS else a for a in command)]))
+            rows.append(
+                (
+                    f"msam-lab {shown}",
+                    [args.python, "-m", "msam_lab", *(str(tmp / "runs") if a == RUNS else a for a in command)],
+                )
+            )
         print(f"msam_lab from {args.pythonpath}; CPU s (user+sys), median of {args.repeat}\n")
         print(f"| {'command':<36} | {'CPU s':>6} | {'- python':>8} |")
         print(f"|{'-' * 38}|{'-' * 8}|{'-' * 10}|")

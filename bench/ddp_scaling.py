@@ -19,6 +19,7 @@ target >= 0.9 per added GPU, at ``--per-device-batch`` per GPU (weak scaling, th
 ``--quick``: msam_lab's small cnn encoders and 16x16 inputs (the test suite's smoke run, not a measurement).
 ``--worker``: one rank's measurement (torchrun starts this; prints one JSON line on rank 0).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,11 +41,11 @@ QUICK_SHAPES = {"image": (16, 16), "audio": (16, 16)}
 def worker(args) -> int:
     import torch
 
-    from msam_lab.training import ranks as data_parallel
     from msam_lab import distributed
-    from msam_lab.training.setup import resolve
     from msam_lab.datasets.base import MultimodalData, Splits
+    from msam_lab.training import ranks as data_parallel
     from msam_lab.training.loop import _build, _model_spec, seed_everything
+    from msam_lab.training.setup import resolve
 
     torch.set_num_threads(args.threads)
     shapes = QUICK_SHAPES if args.quick else SHAPES
@@ -60,14 +61,15 @@ def worker(args) -> int:
     batch = data_parallel.global_batch(cfg)
     n = batch * (args.steps + 1)
     g = torch.Generator().manual_seed(0)
-    data = MultimodalData({m: torch.randn(n, 1, *s, generator=g) for m, s in shapes.items()},
-                          torch.randint(0, 10, (n,), generator=g), 10).to(device)
+    data = MultimodalData(
+        {m: torch.randn(n, 1, *s, generator=g) for m, s in shapes.items()}, torch.randint(0, 10, (n,), generator=g), 10
+    ).to(device)
     splits = Splits(data, data, {"encoders": {}})
     seed_everything(cfg.seed)
     model, method = _build(_model_spec(splits, cfg), cfg, device)
     model = data_parallel.prepare_model(model, cfg, device)
     batches = list(data.batches(batch, shard=distributed.shard_of))
-    method.train_step(*batches[0])                       # warm-up: allocations, NCCL/gloo buffers
+    method.train_step(*batches[0])  # warm-up: allocations, NCCL/gloo buffers
 
     def sync():
         if device.type == "cuda":
@@ -78,7 +80,7 @@ def worker(args) -> int:
     start = time.perf_counter()
     for inputs, labels in batches[1:]:
         method.train_step(inputs, labels)
-    sync()                                               # the slowest rank's time
+    sync()  # the slowest rank's time
     seconds = time.perf_counter() - start
     if distributed.is_main():
         print(json.dumps({"seconds": seconds, "samples": batch * args.steps, "world": distributed.world_size()}))
@@ -89,12 +91,18 @@ def worker(args) -> int:
 def measure(nproc: int, method: str, args) -> dict:
     """One run of ``--worker`` in 1 process or under torchrun with ``nproc`` ranks."""
     threads = max(1, args.threads // nproc) if args.device == "cpu" else args.threads
-    rest = ["--worker", "--method", method, "--steps", str(args.steps), "--threads", str(threads),
-            "--device", args.device] + (["--quick"] if args.quick else []) + (["--sync-bn"] if args.sync_bn else []) + \
-        (["--per-device-batch", str(args.per_device_batch)] if args.per_device_batch else [])
+    rest = (
+        ["--worker", "--method", method, "--steps", str(args.steps), "--threads", str(threads), "--device", args.device]
+        + (["--quick"] if args.quick else [])
+        + (["--sync-bn"] if args.sync_bn else [])
+        + (["--per-device-batch", str(args.per_device_batch)] if args.per_device_batch else [])
+    )
     script = str(Path(__file__).resolve())
-    cmd = [sys.executable, script, *rest] if nproc == 1 else \
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", script, *rest]
+    cmd = (
+        [sys.executable, script, *rest]
+        if nproc == 1
+        else [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", script, *rest]
+    )
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout)
     if done.returncode != 0:
@@ -123,12 +131,16 @@ def main(argv=None) -> int:
         return worker(args)
 
     import torch
+
     counts = sorted({1, *(int(x) for x in args.nproc.split(","))})
     methods = args.methods.split(",")
     load = os.getloadavg()[0]
-    print(f"# {time.strftime('%Y-%m-%d %H:%M')} {os.cpu_count()} cores, torch {torch.__version__}, device "
-          f"{args.device}, {args.threads} threads in total, load average {load:.2f}, "
-          f"{'quick (cnn, 16x16)' if args.quick else 'ResNet-18 AV-MNIST'}{', sync_bn' if args.sync_bn else ''}", flush=True)
+    print(
+        f"# {time.strftime('%Y-%m-%d %H:%M')} {os.cpu_count()} cores, torch {torch.__version__}, device "
+        f"{args.device}, {args.threads} threads in total, load average {load:.2f}, "
+        f"{'quick (cnn, 16x16)' if args.quick else 'ResNet-18 AV-MNIST'}{', sync_bn' if args.sync_bn else ''}",
+        flush=True,
+    )
     rates = {(m, k): [] for m in methods for k in counts}
     for _ in range(args.repeats):
         for m in methods:
@@ -141,10 +153,14 @@ def main(argv=None) -> int:
         base = statistics.median(rates[(m, 1)])
         for k in counts:
             med = statistics.median(rates[(m, k)])
-            result.append({"method": m, "ranks": k, "samples_per_s": med, "ratio": med / base,
-                           "efficiency": med / (k * base)})
-            print(f"| {m} | {k} | {med:.2f} | {', '.join(f'{r:.2f}' for r in rates[(m, k)])} | "
-                  f"{med / base:.2f} | {med / (k * base):.2f} |", flush=True)
+            result.append(
+                {"method": m, "ranks": k, "samples_per_s": med, "ratio": med / base, "efficiency": med / (k * base)}
+            )
+            print(
+                f"| {m} | {k} | {med:.2f} | {', '.join(f'{r:.2f}' for r in rates[(m, k)])} | "
+                f"{med / base:.2f} | {med / (k * base):.2f} |",
+                flush=True,
+            )
     if os.environ.get("OUT"):
         name = "ddp_scaling_syncbn.json" if args.sync_bn else "ddp_scaling.json"
         Path(os.environ["OUT"], name).write_text(json.dumps(result, indent=1))

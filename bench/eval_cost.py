@@ -10,6 +10,7 @@
 
     python bench/eval_cost.py [--repeats 3] [--seeds 0,1,2] [--epochs 15]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,6 +38,7 @@ def lab_timing(repeats: int) -> None:
             return real(*args, **kwargs)
         finally:
             spent["eval"] += time.perf_counter() - t
+
     trainer.epoch_metrics = timed
     rows = {512: [], 0: []}
     try:
@@ -52,9 +54,11 @@ def lab_timing(repeats: int) -> None:
         trainer.epoch_metrics = real
     print("teaching lab default retrain (av-digits, msam, 3 epochs):")
     for n, v in rows.items():
-        print(f"  train_eval_samples={n:<4d} median retrain {statistics.median(w for w, _ in v):5.2f} s  "
-              f"evaluation {100 * statistics.median(s for _, s in v):4.1f} % of it   "
-              f"runs {', '.join(f'{w:.2f}' for w, _ in v)}")
+        print(
+            f"  train_eval_samples={n:<4d} median retrain {statistics.median(w for w, _ in v):5.2f} s  "
+            f"evaluation {100 * statistics.median(s for _, s in v):4.1f} % of it   "
+            f"runs {', '.join(f'{w:.2f}' for w, _ in v)}"
+        )
 
 
 def tau_subset(seeds, epochs: int) -> None:
@@ -64,8 +68,11 @@ def tau_subset(seeds, epochs: int) -> None:
     diffs, finals = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in seeds:
-            run = msam_lab.train({"method": "msam", "epochs": epochs, "seed": seed, "checkpoint_every": 1,
-                                  "train_eval_samples": 0}, out=Path(tmp) / f"s{seed}", quiet=True)
+            run = msam_lab.train(
+                {"method": "msam", "epochs": epochs, "seed": seed, "checkpoint_every": 1, "train_eval_samples": 0},
+                out=Path(tmp) / f"s{seed}",
+                quiet=True,
+            )
             data = run.load_data()
             subset = train_eval_subset(data.train, 512, seed)
             for epoch in range(1, epochs + 1):
@@ -77,8 +84,10 @@ def tau_subset(seeds, epochs: int) -> None:
                 if epoch == epochs:
                     finals.append((seed, t_full, t_sub))
     d = np.abs(diffs)
-    print(f"τ on a 512-sample train subset vs the whole train split (av-digits, msam, {epochs} epochs, "
-          f"seeds {','.join(map(str, seeds))}, {len(diffs)} epoch checkpoints):")
+    print(
+        f"τ on a 512-sample train subset vs the whole train split (av-digits, msam, {epochs} epochs, "
+        f"seeds {','.join(map(str, seeds))}, {len(diffs)} epoch checkpoints):"
+    )
     print(f"  |Δτ| median {np.median(d):.4f}, mean {d.mean():.4f}, max {d.max():.4f}; mean Δτ {np.mean(diffs):+.4f}")
     for seed, t_full, t_sub in finals:
         print(f"  seed {seed} final epoch: τ full {t_full:.4f}, τ subset {t_sub:.4f}")
@@ -91,8 +100,10 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--skip-tau", action="store_true")
     args = ap.parse_args(argv)
-    print(f"{platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}, "
-          f"load average {os.getloadavg()[0]:.2f}")
+    print(
+        f"{platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}, "
+        f"load average {os.getloadavg()[0]:.2f}"
+    )
     lab_timing(args.repeats)
     if not args.skip_tau:
         tau_subset([int(s) for s in args.seeds.split(",")], args.epochs)

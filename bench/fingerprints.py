@@ -6,6 +6,7 @@ A restructure must leave every number alone: run this on the tree before and aft
 pointing at each) and compare the two files; equal hashes mean bit-identical weights and tables on
 this machine. Public API only (``msam_lab.train``, ``Run.load_model``), so any version runs it.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -45,9 +46,11 @@ def fingerprint(config: dict) -> dict:
             weights.update(name.encode())
             weights.update(tensor.detach().cpu().contiguous().numpy().tobytes())
         table = run.epochs.drop(columns=[c for c in run.epochs.columns if "time" in c or c.endswith("_s")])
-        return {"weights": weights.hexdigest()[:16],
-                "table": hashlib.sha256(table.to_csv(index=False).encode()).hexdigest()[:16],
-                "test_acc": float(run.epochs["test_acc"].iloc[-1])}
+        return {
+            "weights": weights.hexdigest()[:16],
+            "table": hashlib.sha256(table.to_csv(index=False).encode()).hexdigest()[:16],
+            "test_acc": float(run.epochs["test_acc"].iloc[-1]),
+        }
 
 
 if __name__ == "__main__":

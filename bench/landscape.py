@@ -17,6 +17,7 @@ Cases (single torch thread unless said otherwise):
   w1w / w2w   the same on an already started pool (steady state)
   t2          ours, every metric, one process with 2 threads
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,10 +35,12 @@ import torch.nn.functional as F
 def load_model_and_data(run_path, split: str):
     if run_path:
         from msam_lab.runs.reader import load_run
+
         run = load_run(run_path)
         return run.load_model(), getattr(run.load_data(), split), f"run {run_path}"
     from msam_lab.datasets import load_dataset
     from msam_lab.models.multimodal import build_model
+
     splits = load_dataset("av-digits")
     shapes = {m: tuple(x.shape[1:]) for m, x in splits.train.inputs.items()}
     torch.manual_seed(0)
@@ -59,29 +62,37 @@ def main(argv=None) -> int:
 
     model, data, what = load_model_and_data(args.run, args.split)
     subset, _ = eval_subset(data, args.n_samples, seed=0)
-    n_points = args.grid ** 2
+    n_points = args.grid**2
     dirs = random_directions(model, 2, seed=0)
     coords = [grid(args.grid, 1.0), grid(args.grid, 1.0)]
     skip = set(filter(None, args.skip.split(",")))
 
     def ours(per_modality=True, threads=1, **kw):
         def run():
-            compute_surface(model, subset, dirs, coords, per_modality=per_modality, n_samples=None,
-                            threads=threads, **kw)
+            compute_surface(
+                model, subset, dirs, coords, per_modality=per_modality, n_samples=None, threads=threads, **kw
+            )
+
         return run
 
     def ll():
         from loss_landscapes.main import random_plane
         from loss_landscapes.metrics.sl_metrics import Loss
         from loss_landscapes.model_interface.model_wrapper import GeneralModelWrapper
-        m = copy.deepcopy(model).eval()           # it moves the weights it is given
+
+        m = copy.deepcopy(model).eval()  # it moves the weights it is given
         wrapper = GeneralModelWrapper(m, [m], lambda mod, x: mod(x))
         old = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
             torch.manual_seed(0)
-            random_plane(wrapper, Loss(F.cross_entropy, subset.inputs, subset.labels), distance=1,
-                         steps=args.grid, normalization="filter")
+            random_plane(
+                wrapper,
+                Loss(F.cross_entropy, subset.inputs, subset.labels),
+                distance=1,
+                steps=args.grid,
+                normalization="filter",
+            )
         finally:
             torch.set_num_threads(old)
 
@@ -90,13 +101,16 @@ def main(argv=None) -> int:
     def pooled(n):
         def run():
             compute_surface(model, subset, dirs, coords, n_samples=None, pool=pools[n])
+
         return run
 
     cases = {
         "ll": ("loss-landscapes random_plane (fused loss)", ll),
         "fused": ("ours, fused only", ours(per_modality=False)),
-        "fused-plain": ("ours, fused only, one batch, NCHW", ours(per_modality=False, batch_size=None,
-                                                                  channels_last=False)),
+        "fused-plain": (
+            "ours, fused only, one batch, NCHW",
+            ours(per_modality=False, batch_size=None, channels_last=False),
+        ),
         "all": ("ours, all metrics", ours()),
         "w1": ("ours, all metrics, 1 worker (with start-up)", lambda: _fresh_pool(model, subset, dirs, coords, 1)),
         "w2": ("ours, all metrics, 2 workers (with start-up)", lambda: _fresh_pool(model, subset, dirs, coords, 2)),
@@ -113,10 +127,14 @@ def main(argv=None) -> int:
     cases = {k: v for k, v in cases.items() if k not in skip}
 
     load0 = os.getloadavg()
-    print(f"{what}; {sum(p.numel() for p in model.parameters())} parameters; {len(subset)} samples "
-          f"({args.split}); grid {args.grid}x{args.grid} = {n_points} points; {args.repeats} repeats")
-    print(f"torch {torch.__version__}, python {platform.python_version()}, {os.cpu_count()} CPUs, "
-          f"load average {load0[0]:.2f}")
+    print(
+        f"{what}; {sum(p.numel() for p in model.parameters())} parameters; {len(subset)} samples "
+        f"({args.split}); grid {args.grid}x{args.grid} = {n_points} points; {args.repeats} repeats"
+    )
+    print(
+        f"torch {torch.__version__}, python {platform.python_version()}, {os.cpu_count()} CPUs, "
+        f"load average {load0[0]:.2f}"
+    )
     if "w1w" in cases:
         pools[1] = WorkerPool(1).warm()
     if "w2w" in cases:
@@ -148,6 +166,7 @@ def main(argv=None) -> int:
     def ratio(label, a, b, target=""):
         if a in med and b in med:
             print(f"{label:<48} {med[a] / med[b]:>9.2f}  {target}")
+
     ratio("loss-landscapes / ours fused", "ll", "fused", ">= 1 (ours no slower)")
     ratio("loss-landscapes / ours fused (one batch, NCHW)", "ll", "fused-plain", "(like for like)")
     ratio("ours all metrics / ours fused", "all", "fused", "<= 1.3")
@@ -162,16 +181,23 @@ def main(argv=None) -> int:
         print()
         print(f"{'CPU seconds per point (all processes of the case)':<48} {'ms':>9}")
         cmed = {k: statistics.median(v) for k, v in cpu.items()}
-        for key, label in (("all", "in-process, 1 thread"), ("w1w", "1 worker (warm pool)"),
-                           ("w2w", "2 workers (warm pool), summed")):
+        for key, label in (
+            ("all", "in-process, 1 thread"),
+            ("w1w", "1 worker (warm pool)"),
+            ("w2w", "2 workers (warm pool), summed"),
+        ):
             if key in cmed:
                 print(f"{label:<48} {1000 * cmed[key] / n_points:>9.1f}")
         if "w1w" in cmed and "w2w" in cmed and cmed["w2w"] > 0:
-            print(f"{'2-worker speed-up on 2 idle cores, from CPU time':<48} {2 * cmed['w1w'] / cmed['w2w']:>9.2f}"
-                  "  (upper bound of the warm-pool ratio)")
+            print(
+                f"{'2-worker speed-up on 2 idle cores, from CPU time':<48} {2 * cmed['w1w'] / cmed['w2w']:>9.2f}"
+                "  (upper bound of the warm-pool ratio)"
+            )
     load1 = os.getloadavg()
-    print(f"\nload average at the end {load1[0]:.2f} (other processes compete for the cores when it is "
-          f"above the number of busy workers)")
+    print(
+        f"\nload average at the end {load1[0]:.2f} (other processes compete for the cores when it is "
+        f"above the number of busy workers)"
+    )
     return 0
 
 
@@ -180,7 +206,7 @@ def _cpu_seconds(pools, key) -> float:
     if key == "w1w" or key == "w2w":
         pool = pools[1 if key == "w1w" else 2]
         total = 0.0
-        for pid in list(pool.executor._processes):            # Linux /proc; 0 elsewhere
+        for pid in list(pool.executor._processes):  # Linux /proc; 0 elsewhere
             try:
                 fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
                 total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -193,6 +219,7 @@ def _cpu_seconds(pools, key) -> float:
 def _fresh_pool(model, subset, dirs, coords, n):
     """A pool of ``n`` single-thread processes started for this one surface (start-up timed too)."""
     from msam_lab.landscape import WorkerPool, compute_surface
+
     with WorkerPool(n) as pool:
         compute_surface(model, subset, dirs, coords, n_samples=None, pool=pool)
 

@@ -25,6 +25,7 @@ Targets (issue 9): M-SAM / pure SAM <= 1.05 and Shapley <= 3 % of the M-SAM step
 
     python bench/paper_step_cost.py [--root /tmp/avmnist-mini] [--steps 4] [--repeats 1] [--epochs 1] [--quick]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,18 +40,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from msam_lab.models import coalitions
-from msam_lab.optim import schedules
 from msam_lab import shapley
-from msam_lab.training.setup import resolve
 from msam_lab.datasets.validation import with_validation
 from msam_lab.methods.base import Observation
-from msam_lab.models.multimodal import eval_mode, has_batchnorm, is_mode_invariant
+from msam_lab.models import coalitions
+from msam_lab.models.multimodal import has_batchnorm, is_mode_invariant
+from msam_lab.optim import schedules
 from msam_lab.training.loop import _build, _load_splits, _model_spec, resolve_device, seed_everything
+from msam_lab.training.setup import resolve
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "paper" / "avmnist-late.yaml"
 SUBSAMPLES = (32, 16, 8)
-clock = time.perf_counter   # --clock cpu: time.process_time (this process's CPU time: robust to other jobs)
+clock = time.perf_counter  # --clock cpu: time.process_time (this process's CPU time: robust to other jobs)
 
 
 def paper_config(root, method="msam", **extra):
@@ -60,7 +61,7 @@ def paper_config(root, method="msam", **extra):
 
 
 def build(cfg, splits, device):
-    seed_everything(cfg.seed)                # the same initial weights for every variant
+    seed_everything(cfg.seed)  # the same initial weights for every variant
     model, method = _build(_model_spec(splits, cfg), cfg, device)
     return method
 
@@ -74,10 +75,12 @@ def pure(method):
 
 
 def machine_line(device) -> str:
-    return (f"# {datetime.now().strftime('%Y-%m-%d %H:%M')}  {platform.node()} {platform.machine()} "
-            f"{platform.platform()}, {os.cpu_count()} cores, python {platform.python_version()}, "
-            f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, "
-            f"load average {os.getloadavg()[0]:.2f}")
+    return (
+        f"# {datetime.now().strftime('%Y-%m-%d %H:%M')}  {platform.node()} {platform.machine()} "
+        f"{platform.platform()}, {os.cpu_count()} cores, python {platform.python_version()}, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, "
+        f"load average {os.getloadavg()[0]:.2f}"
+    )
 
 
 def table(cols, rows):
@@ -89,37 +92,46 @@ def table(cols, rows):
 
 # ----------------------------------------------------------------------------- 1 + 2: timing
 
+
 def step_times(root, device, steps, warmup, subsamples):
     base = paper_config(root)
     splits = with_validation(_load_splits(base, device), base.val_fraction, base.seed)
     batches = []
-    for inputs, labels in splits.train.batches(base.batch_size, shuffle=True,
-                                               generator=torch.Generator().manual_seed(0), drop_last=True):
+    for inputs, labels in splits.train.batches(
+        base.batch_size, shuffle=True, generator=torch.Generator().manual_seed(0), drop_last=True
+    ):
         batches.append((inputs, labels))
         if len(batches) == warmup + steps:
             break
-    variants = {"joint": build(paper_config(root, "joint"), splits, device),
-                "sam": build(paper_config(root, "sam"), splits, device),
-                "pure sam": pure(build(paper_config(root, "sam"), splits, device)),
-                "msam": build(base, splits, device)}
+    variants = {
+        "joint": build(paper_config(root, "joint"), splits, device),
+        "sam": build(paper_config(root, "sam"), splits, device),
+        "pure sam": pure(build(paper_config(root, "sam"), splits, device)),
+        "msam": build(base, splits, device),
+    }
     for n in subsamples:
         variants[f"msam sb={n}"] = build(paper_config(root, shapley_batch=n), splits, device)
     model = variants["msam"].model
-    print(f"model: {sum(p.numel() for p in model.parameters()):,} parameters, BatchNorm {has_batchnorm(model)}, "
-          f"mode-invariant {is_mode_invariant(model)}; {len(splits.train)} train samples, "
-          f"batch {base.batch_size}; {warmup} warm-up + {steps} timed steps per variant, interleaved")
+    print(
+        f"model: {sum(p.numel() for p in model.parameters()):,} parameters, BatchNorm {has_batchnorm(model)}, "
+        f"mode-invariant {is_mode_invariant(model)}; {len(splits.train)} train samples, "
+        f"batch {base.batch_size}; {warmup} warm-up + {steps} timed steps per variant, interleaved"
+    )
     names = list(variants)
     times = {name: [] for name in names}
     for i, (inputs, labels) in enumerate(batches):
-        order = names[i % len(names):] + names[:i % len(names)]   # rotate who goes first
+        order = names[i % len(names) :] + names[: i % len(names)]  # rotate who goes first
         for name in order:
             t = clock()
             variants[name].train_step(inputs, labels)
             dt = clock() - t
             if i >= warmup:
                 times[name].append(dt)
-        print(f"  step {i + 1}/{len(batches)}: " + ", ".join(f"{n} {times[n][-1]:.2f}s" if times[n] else n
-                                                          for n in names), flush=True)
+        print(
+            f"  step {i + 1}/{len(batches)}: "
+            + ", ".join(f"{n} {times[n][-1]:.2f}s" if times[n] else n for n in names),
+            flush=True,
+        )
     med = {name: statistics.median(v) for name, v in times.items()}
     # the same step-by-step ratios, median over steps (pairs share the machine state of that step)
     paired = {name: statistics.median(a / b for a, b in zip(times[name], times["pure sam"])) for name in names}
@@ -136,7 +148,7 @@ def observe_parts(method, batches, repeats):
             n = method.config.shapley_batch
             model.train()
             with torch.no_grad():
-                features = model.encode(inputs)      # as the step passes them (unused when not invariant)
+                features = model.encode(inputs)  # as the step passes them (unused when not invariant)
             t = clock()
             method.observe(inputs, labels, features)
             full.append(clock() - t)
@@ -157,24 +169,47 @@ def timing(root, device, steps, warmup, repeats, subsamples):
         obs = enc = rest = None
         if name.startswith("msam"):
             obs, enc, rest = observe_parts(variants[name], timed, repeats)
-        rows.append([name, f"{med[name]:.3f}", f"{med[name] / p:.3f}", f"{paired[name]:.3f}",
-                     f"{low[name]:.3f}", f"{low[name] / low['pure sam']:.3f}",
-                     "" if obs is None else f"{1000 * obs:.0f}",
-                     "" if obs is None else f"{1000 * enc:.0f}",
-                     "" if obs is None else f"{1000 * rest:.0f}",
-                     "" if obs is None else f"{100 * obs / med[name]:.1f} %",
-                     "" if obs is None else f"{1 + obs / p:.3f}"])
+        rows.append(
+            [
+                name,
+                f"{med[name]:.3f}",
+                f"{med[name] / p:.3f}",
+                f"{paired[name]:.3f}",
+                f"{low[name]:.3f}",
+                f"{low[name] / low['pure sam']:.3f}",
+                "" if obs is None else f"{1000 * obs:.0f}",
+                "" if obs is None else f"{1000 * enc:.0f}",
+                "" if obs is None else f"{1000 * rest:.0f}",
+                "" if obs is None else f"{100 * obs / med[name]:.1f} %",
+                "" if obs is None else f"{1 + obs / p:.3f}",
+            ]
+        )
     print()
-    table(["variant", "step s (median)", "/ pure SAM (medians)", "/ pure SAM (paired)", "step s (min)",
-           "/ pure SAM (mins)", "observe ms",
-           "eval-mode encoders ms", "fusion + Shapley ms", "observe % of step", "1 + observe / pure SAM"],
-          rows)
-    print(f"joint {med['joint']:.3f} s, SAM / joint {med['sam'] / med['joint']:.3f}, "
-          f"pure SAM / joint {p / med['joint']:.3f}, SAM / pure SAM {med['sam'] / p:.3f}")
+    table(
+        [
+            "variant",
+            "step s (median)",
+            "/ pure SAM (medians)",
+            "/ pure SAM (paired)",
+            "step s (min)",
+            "/ pure SAM (mins)",
+            "observe ms",
+            "eval-mode encoders ms",
+            "fusion + Shapley ms",
+            "observe % of step",
+            "1 + observe / pure SAM",
+        ],
+        rows,
+    )
+    print(
+        f"joint {med['joint']:.3f} s, SAM / joint {med['sam'] / med['joint']:.3f}, "
+        f"pure SAM / joint {p / med['joint']:.3f}, SAM / pure SAM {med['sam'] / p:.3f}"
+    )
     return splits
 
 
 # ----------------------------------------------------------------------------- 3: dominance timeline
+
 
 def sub_observation(method, inputs, labels, n, previous):
     """Method.observe's computation on the first ``n`` samples, at the current weights, state untouched."""
@@ -184,8 +219,9 @@ def sub_observation(method, inputs, labels, n, previous):
     def stats(masks):
         return coalitions.batch_coalition_stats(model, sub, y, None, masks)
 
-    phi = coalitions.modality_shapley(stats, len(model.modalities), c.shapley_value, c.shapley_exact_max,
-                                      c.shapley_permutations, c.seed)
+    phi = coalitions.modality_shapley(
+        stats, len(model.modalities), c.shapley_value, c.shapley_exact_max, c.shapley_permutations, c.seed
+    )
     share = shapley.shares(phi, c.share_rule)
     return share, shapley.dominant(share, c.tie_rule, previous)
 
@@ -203,6 +239,7 @@ def timeline(root, device, epochs, subsamples):
         obs = inner(inputs, labels, features)
         full_obs.append(obs)
         return obs
+
     method.observe = observe
     previous = {n: None for n in subsamples}
     agree = {n: [] for n in subsamples}
@@ -212,12 +249,12 @@ def timeline(root, device, epochs, subsamples):
     for epoch in range(epochs):
         method.start_epoch(epoch)
         method.set_lr_factor(schedules.lr_factor(epoch, cfg))
-        for inputs, labels in splits.train.batches(cfg.batch_size, shuffle=True, generator=generator,
-                                                   drop_last=drop_last):
+        for inputs, labels in splits.train.batches(
+            cfg.batch_size, shuffle=True, generator=generator, drop_last=drop_last
+        ):
             # the subsample observations first, at the weights the step observes at (eval mode, no grad:
             # neither the weights, the BN statistics nor any RNG change)
-            subs = {n: sub_observation(method, inputs, labels, n, previous[n])
-                    for n in subsamples if n < len(labels)}
+            subs = {n: sub_observation(method, inputs, labels, n, previous[n]) for n in subsamples if n < len(labels)}
             method.train_step(inputs, labels)
             full = full_obs[-1]
             full_dom.append(full.dominant)
@@ -228,12 +265,21 @@ def timeline(root, device, epochs, subsamples):
     wall = time.perf_counter() - t0
     mods = method.model.modalities
     counts = {m: full_dom.count(i) for i, m in enumerate(mods)}
-    print(f"\nM-SAM, {epochs} epoch(s) on {len(splits.train)} train samples, {len(full_dom)} steps "
-          f"({wall:.0f} s); full-batch dominant: " + ", ".join(f"{m} {c}" for m, c in counts.items()))
-    rows = [[str(n), f"{100 * np.mean(agree[n]):.1f} %", f"{np.mean(dshare[n]):.3f}",
-             f"{np.median(dshare[n]):.3f}", str(len(agree[n]))] for n in subsamples]
-    table(["shapley_batch", "dominant agrees with full batch", "mean |Δ share|", "median |Δ share|", "steps"],
-          rows)
+    print(
+        f"\nM-SAM, {epochs} epoch(s) on {len(splits.train)} train samples, {len(full_dom)} steps "
+        f"({wall:.0f} s); full-batch dominant: " + ", ".join(f"{m} {c}" for m, c in counts.items())
+    )
+    rows = [
+        [
+            str(n),
+            f"{100 * np.mean(agree[n]):.1f} %",
+            f"{np.mean(dshare[n]):.3f}",
+            f"{np.median(dshare[n]):.3f}",
+            str(len(agree[n])),
+        ]
+        for n in subsamples
+    ]
+    table(["shapley_batch", "dominant agrees with full batch", "mean |Δ share|", "median |Δ share|", "steps"], rows)
 
 
 def main(argv=None) -> int:
@@ -246,8 +292,12 @@ def main(argv=None) -> int:
     ap.add_argument("--subsamples", default=",".join(map(str, SUBSAMPLES)))
     ap.add_argument("--quick", action="store_true", help="3 timed steps, no timeline")
     ap.add_argument("--skip-timing", action="store_true")
-    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
-                    help="cpu: time the process's CPU time (with --threads 1 on a shared machine)")
+    ap.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="cpu: time the process's CPU time (with --threads 1 on a shared machine)",
+    )
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args(argv)
     if args.quick:

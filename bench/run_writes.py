@@ -15,6 +15,7 @@ evaluation is also faster. Target (writing alone): ratio <= 1.03.
 
     python bench/run_writes.py [--repeats 3] [--epochs 15] [--old 502a79d] [--new REF]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,8 +41,14 @@ print(json.dumps({"wall": run.summary["wall_time"], "package": msam_lab.__file__
 def one(tree: Path, cfg: dict, out: Path) -> float:
     # cwd outside both trees: ``python -c`` puts the cwd first on sys.path, ahead of PYTHONPATH
     env = {**os.environ, "PYTHONPATH": str(tree)}
-    text = subprocess.run([sys.executable, "-c", CHILD, json.dumps(cfg), str(out)], env=env, cwd=out.parent,
-                          check=True, capture_output=True, text=True).stdout
+    text = subprocess.run(
+        [sys.executable, "-c", CHILD, json.dumps(cfg), str(out)],
+        env=env,
+        cwd=out.parent,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     result = json.loads(text.strip().splitlines()[-1])
     if not Path(result["package"]).resolve().is_relative_to(tree.resolve()):
         raise RuntimeError(f"imported {result['package']}, not the package of {tree}")
@@ -62,8 +69,12 @@ def main(argv=None) -> int:
         refs = {"old": args.old, "new": args.new}
         for key, tree in trees.items():
             if refs[key]:
-                subprocess.run(["git", "worktree", "add", "--detach", str(tree), refs[key]], cwd=ROOT, check=True,
-                               capture_output=True)
+                subprocess.run(
+                    ["git", "worktree", "add", "--detach", str(tree), refs[key]],
+                    cwd=ROOT,
+                    check=True,
+                    capture_output=True,
+                )
         new_cfg = {**base, "train_eval_samples": 0, "eval_batch_size": 512}
         try:
             times = {"in-memory (old)": [], "streaming (new)": []}
@@ -75,9 +86,11 @@ def main(argv=None) -> int:
                 if refs[key]:
                     subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, check=False)
     med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"old {args.old}, new {args.new or 'working tree'}; "
-          f"av-digits M-SAM, {args.epochs} epochs, {args.repeats} runs each, interleaved; "
-          f"{platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}")
+    print(
+        f"old {args.old}, new {args.new or 'working tree'}; "
+        f"av-digits M-SAM, {args.epochs} epochs, {args.repeats} runs each, interleaved; "
+        f"{platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}"
+    )
     for k, v in times.items():
         print(f"  {k:18s} median {med[k]:7.2f} s   runs {', '.join(f'{x:.2f}' for x in v)}")
     print(f"  ratio streaming / in-memory: {med['streaming (new)'] / med['in-memory (old)']:.3f}  (target <= 1.03)")

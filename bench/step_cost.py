@@ -28,6 +28,7 @@ wrapper block run right after its built-in M-SAM block).
 ``--clock cpu --threads 1`` times this process's CPU time, which other jobs on a shared machine
 do not enter (as bench/paper_step_cost.py).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,15 +41,15 @@ import torch
 from torch import nn
 
 import msam_lab
-from msam_lab.optim import base as optim
-from msam_lab.training.setup import resolve
 from msam_lab.datasets import load_dataset
 from msam_lab.methods import build_method
 from msam_lab.methods.base import Observation
 from msam_lab.models.multimodal import build_model
+from msam_lab.optim import base as optim
 from msam_lab.training.loop import resolve_device
+from msam_lab.training.setup import resolve
 
-clock = time.perf_counter   # --clock cpu: time.process_time
+clock = time.perf_counter  # --clock cpu: time.process_time
 
 
 def no_record(method):
@@ -68,6 +69,7 @@ def timed_observe(method, bucket):
         sync(method)
         bucket.append(clock() - t)
         return out
+
     method.observe = observe
     return method
 
@@ -96,17 +98,29 @@ class UserModel(nn.Module):
         encoders = {}
         for m, shape in shapes.items():
             if kinds.get(m, "mlp") == "mlp":
-                encoders[m] = nn.Sequential(nn.Flatten(), nn.Linear(int(np.prod(shape)), hidden_dim), nn.ReLU(),
-                                            nn.Linear(hidden_dim, feature_dim), nn.ReLU())
+                encoders[m] = nn.Sequential(
+                    nn.Flatten(),
+                    nn.Linear(int(np.prod(shape)), hidden_dim),
+                    nn.ReLU(),
+                    nn.Linear(hidden_dim, feature_dim),
+                    nn.ReLU(),
+                )
             elif kinds[m] == "cnn":
                 w = cnn_width
-                channel = [nn.Unflatten(1, (1, shape[0]))] if len(shape) == 2 else []   # (N,H,W) -> (N,1,H,W)
+                channel = [nn.Unflatten(1, (1, shape[0]))] if len(shape) == 2 else []  # (N,H,W) -> (N,1,H,W)
                 encoders[m] = nn.Sequential(
                     *channel,
-                    nn.Conv2d(1 if len(shape) == 2 else shape[0], w, 3, padding=1), nn.MaxPool2d(2), nn.ReLU(),
-                    nn.Conv2d(w, 2 * w, 3, padding=1), nn.MaxPool2d(2), nn.ReLU(),
-                    nn.AdaptiveAvgPool2d(pool), nn.Flatten(),
-                    nn.Linear(2 * w * pool[0] * pool[1], feature_dim), nn.ReLU())
+                    nn.Conv2d(1 if len(shape) == 2 else shape[0], w, 3, padding=1),
+                    nn.MaxPool2d(2),
+                    nn.ReLU(),
+                    nn.Conv2d(w, 2 * w, 3, padding=1),
+                    nn.MaxPool2d(2),
+                    nn.ReLU(),
+                    nn.AdaptiveAvgPool2d(pool),
+                    nn.Flatten(),
+                    nn.Linear(2 * w * pool[0] * pool[1], feature_dim),
+                    nn.ReLU(),
+                )
             else:
                 raise ValueError(f"UserModel has no {kinds[m]!r} encoder")
         self.encoders = nn.ModuleDict(encoders)
@@ -114,9 +128,12 @@ class UserModel(nn.Module):
 
     def features(self, x, present):
         n = len(next(iter(x.values())))
-        return {m: self.encoders[m](x[m]) if m in present
-                else self.encoders[m](x[m].new_zeros((1, *x[m].shape[1:]))).expand(n, -1)
-                for m in self.names}
+        return {
+            m: self.encoders[m](x[m])
+            if m in present
+            else self.encoders[m](x[m].new_zeros((1, *x[m].shape[1:]))).expand(n, -1)
+            for m in self.names
+        }
 
     def logits(self, features):
         return sum(self.heads[m](features[m]) for m in self.names)
@@ -146,11 +163,22 @@ class WrapperStep:
     def __init__(self, model, cfg, hook=False):
         self.model, self.hook = model, hook
         base, kwargs = optim.base_optimizer(cfg)
-        self.opt = msam_lab.MSAM(model.parameters(), base, modalities=model.names, model=model, rho=cfg.rho,
-                                 adaptive=cfg.adaptive, share_rule=cfg.share_rule, tie_rule=cfg.tie_rule,
-                                 shapley_value=cfg.shapley_value, exact_max=cfg.shapley_exact_max,
-                                 n_permutations=cfg.shapley_permutations, seed=cfg.seed,
-                                 bn_policy=cfg.bn_policy, **kwargs)
+        self.opt = msam_lab.MSAM(
+            model.parameters(),
+            base,
+            modalities=model.names,
+            model=model,
+            rho=cfg.rho,
+            adaptive=cfg.adaptive,
+            share_rule=cfg.share_rule,
+            tie_rule=cfg.tie_rule,
+            shapley_value=cfg.shapley_value,
+            exact_max=cfg.shapley_exact_max,
+            n_permutations=cfg.shapley_permutations,
+            seed=cfg.seed,
+            bn_policy=cfg.bn_policy,
+            **kwargs,
+        )
 
     def step(self, inputs, labels):
         model = self.model
@@ -161,7 +189,7 @@ class WrapperStep:
 
         def forward(present):
             feats = model.features(inputs, present)
-            if not clean and len(present) == len(model.names):     # the clean pass, first in MSAM.step
+            if not clean and len(present) == len(model.names):  # the clean pass, first in MSAM.step
                 clean.update({m: f.detach() for m, f in feats.items()})
             return model.logits(feats)
 
@@ -171,8 +199,10 @@ class WrapperStep:
             feats = clean or {m: model.encoders[m](inputs[m]) for m in model.names}
             real = {m: model.heads[m](feats[m]) for m in model.names}
             zero = {m: model.heads[m](model.encoders[m](inputs[m][:1] * 0)) for m in model.names}
-            return torch.stack([sum(real[m] if m in p else zero[m].expand_as(real[m]) for m in model.names)
-                                for p in presents])
+            return torch.stack(
+                [sum(real[m] if m in p else zero[m].expand_as(real[m]) for m in model.names) for p in presents]
+            )
+
         return self.opt.step(forward, labels, coalitions=coalitions)
 
 
@@ -181,8 +211,9 @@ def same_dominance(cfg, shapes, num_classes, kinds, batches, device, n_steps=5):
     (both variants), from the same initial weights on the same batches."""
     torch.manual_seed(0)
     model = build_model(shapes, num_classes, cfg.fusion, kinds, cfg.feature_dim, cfg.hidden_dim).to(device)
-    wrappers = [WrapperStep(user_model_like(model, shapes, num_classes, kinds, cfg), cfg, hook)
-                for hook in (False, True)]
+    wrappers = [
+        WrapperStep(user_model_like(model, shapes, num_classes, kinds, cfg), cfg, hook) for hook in (False, True)
+    ]
     builtin = build_method(model, resolve(cfg, ["method=msam"]))
     seqs = [[], [], []]
     for i in range(n_steps):
@@ -197,32 +228,44 @@ def bench_dataset(dataset, data, device, repeats, steps):
     cfg_base = resolve({"dataset": dataset, "data": data})
     splits = load_dataset(dataset, **cfg_base.data).to(device)
     shapes = {m: tuple(x.shape[1:]) for m, x in splits.train.inputs.items()}
-    batches = list(splits.train.batches(cfg_base.batch_size, shuffle=True,
-                                        generator=torch.Generator().manual_seed(0), drop_last=True))
+    batches = list(
+        splits.train.batches(
+            cfg_base.batch_size, shuffle=True, generator=torch.Generator().manual_seed(0), drop_last=True
+        )
+    )
     kinds = splits.info["encoders"]
     seqs = same_dominance(cfg_base, shapes, splits.num_classes, kinds, batches, device)
-    print(f"# {dataset}: dominant modality, first {len(seqs[0])} steps from the same weights: built-in M-SAM "
-          f"{seqs[0]}, msam_lab.MSAM {seqs[1]}, with the coalitions hook {seqs[2]}: "
-          f"{'same' if seqs[0] == seqs[1] == seqs[2] else 'DIFFERENT'}")
+    print(
+        f"# {dataset}: dominant modality, first {len(seqs[0])} steps from the same weights: built-in M-SAM "
+        f"{seqs[0]}, msam_lab.MSAM {seqs[1]}, with the coalitions hook {seqs[2]}: "
+        f"{'same' if seqs[0] == seqs[1] == seqs[2] else 'DIFFERENT'}"
+    )
     observe_times = []
     methods = {}
     for name, method in (("joint", "joint"), ("joint+record", "joint"), ("sam", "sam"), ("msam", "msam")):
         torch.manual_seed(0)
-        model = build_model(shapes, splits.num_classes, cfg_base.fusion, splits.info["encoders"],
-                            cfg_base.feature_dim, cfg_base.hidden_dim).to(device)
+        model = build_model(
+            shapes,
+            splits.num_classes,
+            cfg_base.fusion,
+            splits.info["encoders"],
+            cfg_base.feature_dim,
+            cfg_base.hidden_dim,
+        ).to(device)
         m = build_method(model, resolve(cfg_base, [f"method={method}"]))
         if name in ("joint", "sam"):
             no_record(m)
         if name == "msam":
             timed_observe(m, observe_times)
         methods[name] = m
-        if name == "msam":                             # same architecture, same initial weights
+        if name == "msam":  # same architecture, same initial weights
             for wname, hook in (("wrapper", False), ("wrapper+hook", True)):
-                methods[wname] = WrapperStep(user_model_like(model, shapes, splits.num_classes, kinds,
-                                                             cfg_base), cfg_base, hook)
+                methods[wname] = WrapperStep(
+                    user_model_like(model, shapes, splits.num_classes, kinds, cfg_base), cfg_base, hook
+                )
     per_step = {name: [] for name in methods}
     msam_total = []
-    for r in range(repeats + 1):                       # repeat 0 warms up
+    for r in range(repeats + 1):  # repeat 0 warms up
         for name, m in methods.items():
             if name == "msam":
                 observe_times.clear()
@@ -238,14 +281,20 @@ def bench_dataset(dataset, data, device, repeats, steps):
                     msam_total.append((sum(observe_times) / steps) / dt)
     med = {k: statistics.median(v) for k, v in per_step.items()}
     return {
-        "dataset": dataset, "M": len(shapes),
+        "dataset": dataset,
+        "M": len(shapes),
         **{f"{k}_ms": 1000 * v for k, v in med.items()},
-        "sam/joint": med["sam"] / med["joint"], "msam/joint": med["msam"] / med["joint"],
-        "msam/sam": med["msam"] / med["sam"], "record/joint": med["joint+record"] / med["joint"] - 1,
+        "sam/joint": med["sam"] / med["joint"],
+        "msam/joint": med["msam"] / med["joint"],
+        "msam/sam": med["msam"] / med["sam"],
+        "record/joint": med["joint+record"] / med["joint"] - 1,
         "shapley_share_of_msam": statistics.median(msam_total),
-        "wrapper/msam": med["wrapper"] / med["msam"], "wrapper+hook/msam": med["wrapper+hook"] / med["msam"],
-        **{f"{k}/msam (paired)": statistics.median(a / b for a, b in zip(per_step[k], per_step["msam"]))
-           for k in ("wrapper", "wrapper+hook")},
+        "wrapper/msam": med["wrapper"] / med["msam"],
+        "wrapper+hook/msam": med["wrapper+hook"] / med["msam"],
+        **{
+            f"{k}/msam (paired)": statistics.median(a / b for a, b in zip(per_step[k], per_step["msam"]))
+            for k in ("wrapper", "wrapper+hook")
+        },
         "dominance": "same" if seqs[0] == seqs[1] == seqs[2] else "DIFFERENT",
     }
 
@@ -255,8 +304,12 @@ def main():
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
-                        help="cpu: time the process's CPU time (with --threads 1 on a shared machine)")
+    parser.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="cpu: time the process's CPU time (with --threads 1 on a shared machine)",
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
     global clock
@@ -265,14 +318,34 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    print(f"# {platform.node()} {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, device {device}, {args.clock} clock; "
-          f"median of {args.repeats} x {args.steps} steps")
-    rows = [bench_dataset("av-digits", {}, device, args.repeats, args.steps),
-            bench_dataset("synthetic", {"n_modalities": 4}, device, args.repeats, args.steps)]
-    cols = ["dataset", "M", "joint_ms", "sam_ms", "msam_ms", "sam/joint", "msam/joint", "msam/sam",
-            "shapley_share_of_msam", "record/joint", "wrapper_ms", "wrapper/msam", "wrapper/msam (paired)",
-            "wrapper+hook_ms", "wrapper+hook/msam", "wrapper+hook/msam (paired)", "dominance"]
+    print(
+        f"# {platform.node()} {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, device {device}, {args.clock} clock; "
+        f"median of {args.repeats} x {args.steps} steps"
+    )
+    rows = [
+        bench_dataset("av-digits", {}, device, args.repeats, args.steps),
+        bench_dataset("synthetic", {"n_modalities": 4}, device, args.repeats, args.steps),
+    ]
+    cols = [
+        "dataset",
+        "M",
+        "joint_ms",
+        "sam_ms",
+        "msam_ms",
+        "sam/joint",
+        "msam/joint",
+        "msam/sam",
+        "shapley_share_of_msam",
+        "record/joint",
+        "wrapper_ms",
+        "wrapper/msam",
+        "wrapper/msam (paired)",
+        "wrapper+hook_ms",
+        "wrapper+hook/msam",
+        "wrapper+hook/msam (paired)",
+        "dominance",
+    ]
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
     for row in rows:

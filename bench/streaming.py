@@ -20,6 +20,7 @@ Measured, variants interleaved within each repeat, medians of ``--repeats``:
 
     python bench/streaming.py [--repeats 3] [--synthetic-n 20000] [--quick]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,8 +37,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from msam_lab.training.setup import resolve
 from msam_lab.training.loop import _build, _load_splits, _model_spec, resolve_device, seed_everything
+from msam_lab.training.setup import resolve
 
 PATHS = (("memory", "memory", 0), ("stream w0", "stream", 0), ("stream w2", "stream", 2))
 
@@ -62,8 +63,18 @@ def write_synthetic(folder: Path, n_train: int, n_test: int, seed: int = 0) -> P
 
 
 def config(root, data_path, workers):
-    return resolve({"dataset": "av-mnist", "data": {"root": str(root)}, "method": "joint", "device": "cpu",
-                    "data_path": data_path, "num_workers": workers, "batch_size": 64, "val_fraction": 0.0})
+    return resolve(
+        {
+            "dataset": "av-mnist",
+            "data": {"root": str(root)},
+            "method": "joint",
+            "device": "cpu",
+            "data_path": data_path,
+            "num_workers": workers,
+            "batch_size": 64,
+            "val_fraction": 0.0,
+        }
+    )
 
 
 def batch_plan(n, max_batches):
@@ -75,7 +86,7 @@ def iterate(data, max_batches, seed):
     seen, t = 0, time.perf_counter()
     for i, (inputs, labels) in enumerate(data.batches(64, shuffle=True, generator=torch.Generator().manual_seed(seed))):
         for x in inputs.values():
-            float(x.view(-1)[-1])         # touch: a lazy path would have to deliver now
+            float(x.view(-1)[-1])  # touch: a lazy path would have to deliver now
         seen += len(labels)
         if max_batches and i + 1 >= max_batches:
             break
@@ -110,14 +121,14 @@ def bench(label, root, repeats, iter_batches, train_batches, do_train):
     it = {name: [] for name, _, _ in PATHS}
     tr = {name: [] for name, _, _ in PATHS}
     it1 = []
-    for r in range(repeats + 1):                      # pass 0 warms the page cache, the workers' imports
-        order = PATHS[r % 3:] + PATHS[:r % 3]
+    for r in range(repeats + 1):  # pass 0 warms the page cache, the workers' imports
+        order = PATHS[r % 3 :] + PATHS[: r % 3]
         for name, _, _ in order:
             v = iterate(loaded[name].train, iter_batches, r)
             if r:
                 it[name].append(v)
         threads = torch.get_num_threads()
-        torch.set_num_threads(1)          # the memory path's gather is a torch op: its threads under load
+        torch.set_num_threads(1)  # the memory path's gather is a torch op: its threads under load
         try:
             v = iterate(loaded["memory"].train, iter_batches, r)
         finally:
@@ -160,31 +171,51 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.quick:
         args.repeats, args.synthetic_n = 1, min(args.synthetic_n, 5000)
-    print(f"# {datetime.now().strftime('%Y-%m-%d %H:%M')}  {platform.node()} {platform.machine()} "
-          f"{platform.platform()}, {os.cpu_count()} cores, python {platform.python_version()}, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.2f}")
+    print(
+        f"# {datetime.now().strftime('%Y-%m-%d %H:%M')}  {platform.node()} {platform.machine()} "
+        f"{platform.platform()}, {os.cpu_count()} cores, python {platform.python_version()}, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.2f}"
+    )
     rows = bench("av-mnist mini (real)", args.root, args.repeats, 0, args.train_batches, not args.no_train)
     if args.synthetic_n:
         tmp = Path(tempfile.mkdtemp(prefix="avmnist-synth-"))
         try:
             t = time.perf_counter()
             write_synthetic(tmp, args.synthetic_n, 1000)
-            print(f"  wrote a synthetic AV-MNIST of {args.synthetic_n} train samples to {tmp} "
-                  f"in {time.perf_counter() - t:.1f} s")
-            rows += bench(f"av-mnist synthetic {args.synthetic_n // 1000}k", tmp, args.repeats, args.max_batches,
-                          args.train_batches, not args.no_train)
+            print(
+                f"  wrote a synthetic AV-MNIST of {args.synthetic_n} train samples to {tmp} "
+                f"in {time.perf_counter() - t:.1f} s"
+            )
+            rows += bench(
+                f"av-mnist synthetic {args.synthetic_n // 1000}k",
+                tmp,
+                args.repeats,
+                args.max_batches,
+                args.train_batches,
+                not args.no_train,
+            )
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     print()
-    cols = ["data", "path", "train N", "load s", "iterate samples/s", "iterate / memory",
-            "joint train samples/s", "train / memory"]
+    cols = [
+        "data",
+        "path",
+        "train N",
+        "load s",
+        "iterate samples/s",
+        "iterate / memory",
+        "joint train samples/s",
+        "train / memory",
+    ]
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
     for row in rows:
         print("| " + " | ".join(row) + " |")
-    print(f"iterate: shuffled batches of 64 (synthetic: {args.max_batches or 'all'} batches per pass); "
-          f"train: joint, default cnn encoders, {args.train_batches or 'all'} batches per pass; "
-          f"median of {args.repeats}; load average at the end {os.getloadavg()[0]:.2f}")
+    print(
+        f"iterate: shuffled batches of 64 (synthetic: {args.max_batches or 'all'} batches per pass); "
+        f"train: joint, default cnn encoders, {args.train_batches or 'all'} batches per pass; "
+        f"median of {args.repeats}; load average at the end {os.getloadavg()[0]:.2f}"
+    )
     return 0
 
 

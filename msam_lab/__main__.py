@@ -1,4 +1,5 @@
 """``python -m msam_lab ...``: the ``msam-lab`` command line."""
+
 import sys
 
 from msam_lab.cli.commands import main

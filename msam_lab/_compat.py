@@ -11,16 +11,36 @@ import sys
 import warnings
 
 MOVED = {
-    "atomic": "runs.atomic", "checkpoint_io": "runs.checkpoint_io", "coalitions": "models.coalitions",
-    "compare": "runs.compare", "data_parallel": "training.ranks", "encoders": "models.paper_encoders",
-    "entry_points": "registry", "forward_eval": "analysis.forward_eval", "hessian": "analysis.hessian",
-    "interrupts": "training.guards", "launch": "experiments.launch", "metrics": "analysis.metrics",
-    "msam_optimizer": "optim.msam", "nonfinite": "training.guards", "precision": "optim.precision",
-    "progress": "training.progress", "resume": "training.resume", "rivals": "experiments.rivals",
-    "run_lock": "runs.lock", "run_logger": "runs.logger", "run_writer": "runs.writer", "sam": "optim.sam",
-    "schedules": "optim.schedules", "selection": "runs.selection",
-    "sharpness_timeline": "analysis.sharpness_timeline", "speed": "training.speed", "status": "runs.status",
-    "sweep": "experiments.sweep", "trainer": "training.loop", "landscape.cli": "cli.landscape",
+    "atomic": "runs.atomic",
+    "checkpoint_io": "runs.checkpoint_io",
+    "coalitions": "models.coalitions",
+    "compare": "runs.compare",
+    "data_parallel": "training.ranks",
+    "encoders": "models.paper_encoders",
+    "entry_points": "registry",
+    "forward_eval": "analysis.forward_eval",
+    "hessian": "analysis.hessian",
+    "interrupts": "training.guards",
+    "launch": "experiments.launch",
+    "metrics": "analysis.metrics",
+    "msam_optimizer": "optim.msam",
+    "nonfinite": "training.guards",
+    "precision": "optim.precision",
+    "progress": "training.progress",
+    "resume": "training.resume",
+    "rivals": "experiments.rivals",
+    "run_lock": "runs.lock",
+    "run_logger": "runs.logger",
+    "run_writer": "runs.writer",
+    "sam": "optim.sam",
+    "schedules": "optim.schedules",
+    "selection": "runs.selection",
+    "sharpness_timeline": "analysis.sharpness_timeline",
+    "speed": "training.speed",
+    "status": "runs.status",
+    "sweep": "experiments.sweep",
+    "trainer": "training.loop",
+    "landscape.cli": "cli.landscape",
     "landscape.runs": "landscape.for_run",
 }
 MOVED = {f"msam_lab.{old}": f"msam_lab.{new}" for old, new in MOVED.items()}
@@ -42,8 +62,9 @@ class MovedModuleFinder(importlib.abc.MetaPathFinder):
         new = MOVED.get(fullname)
         if new is None:
             return None
-        warnings.warn(f"{fullname} moved to {new}; the old path goes away in the next release",
-                      DeprecationWarning, stacklevel=3)
+        warnings.warn(
+            f"{fullname} moved to {new}; the old path goes away in the next release", DeprecationWarning, stacklevel=3
+        )
         return importlib.util.spec_from_loader(fullname, _Alias(new))
 
 

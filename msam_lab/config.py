@@ -18,6 +18,7 @@ everywhere; an int field takes only integers written as such (``1e3`` is refused
 words (``nan``, ``inf``) and numbers beyond the float range stay refused. YAML files and ``--set``
 values are limited in size and in alias expansion (``yaml_text.MAX_BYTES``, ``MAX_VALUES``).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -52,6 +53,8 @@ NanPolicy = typing.Literal["stop", "skip"]
 SAMEpsilon = typing.Literal["local", "global"]
 
 
+# The knobs: one aligned, commented block (nanoGPT's way), which ruff format leaves as written.
+# fmt: off
 @dataclass
 class Config:
     # data
@@ -129,6 +132,7 @@ class Config:
     # keys: parse keeps any key that is not a field above here, training.setup.resolve checks them
     # against the chosen method and fills its defaults (docs/methods.md)
     method_options: dict = field(default_factory=dict)
+    # fmt: on
 
     def to_dict(self) -> dict:
         """The flat dict a run writes to config.json: the shared fields, the method's options by their
@@ -147,14 +151,38 @@ METHOD_OPTIONS = "method_options"
 MSAM_VARIANTS = typing.get_args(MSAMVariant)
 NAN_POLICIES = typing.get_args(NanPolicy)
 OPTIMIZERS = typing.get_args(Optimizer)
-_LITERALS = {name for name, value in dict(globals()).items()
-             if typing.get_origin(value) is typing.Literal}
-_POSITIVE = ("epochs", "batch_size", "feature_dim", "hidden_dim", "eval_batch_size",
-             "shapley_exact_max", "shapley_permutations", "eval_every", "lr_step", "stream_above_mb",
-             "share_temperature", "dist_timeout_s")
-_NON_NEGATIVE = ("rho", "lr", "momentum", "weight_decay", "checkpoint_every", "train_eval_samples",
-                 "flush_every", "resume_every", "shapley_batch", "lr_gamma", "lr_min", "warmup_epochs",
-                 "grad_clip", "num_workers", "per_device_batch")
+_LITERALS = {name for name, value in dict(globals()).items() if typing.get_origin(value) is typing.Literal}
+_POSITIVE = (
+    "epochs",
+    "batch_size",
+    "feature_dim",
+    "hidden_dim",
+    "eval_batch_size",
+    "shapley_exact_max",
+    "shapley_permutations",
+    "eval_every",
+    "lr_step",
+    "stream_above_mb",
+    "share_temperature",
+    "dist_timeout_s",
+)
+_NON_NEGATIVE = (
+    "rho",
+    "lr",
+    "momentum",
+    "weight_decay",
+    "checkpoint_every",
+    "train_eval_samples",
+    "flush_every",
+    "resume_every",
+    "shapley_batch",
+    "lr_gamma",
+    "lr_min",
+    "warmup_epochs",
+    "grad_clip",
+    "num_workers",
+    "per_device_batch",
+)
 
 
 def field_names() -> tuple[str, ...]:
@@ -166,7 +194,7 @@ def field_names() -> tuple[str, ...]:
 def shown(v) -> str:
     """A bounded repr: an error stays one short line even for a 400-digit int, a huge list or a
     YAML alias bomb (whose full repr grows exponentially)."""
-    if isinstance(v, int) and not isinstance(v, bool) and abs(v) >= 2 ** 63:
+    if isinstance(v, int) and not isinstance(v, bool) and abs(v) >= 2**63:
         return f"an integer of {v.bit_length()} bits"
     return reprlib.repr(v)
 
@@ -231,7 +259,7 @@ def _check_type(name: str, value, annotation):
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         try:
             value = float(value)
-        except OverflowError:   # an int beyond float range would escape as a traceback
+        except OverflowError:  # an int beyond float range would escape as a traceback
             raise ConfigError(f"config field {name!r} must be a finite float, got {shown(value)}") from None
     if kind is int and isinstance(value, bool) or not isinstance(value, kind):
         raise ConfigError(f"config field {name!r} must be {annotation}, got {shown(value)}")
@@ -239,7 +267,7 @@ def _check_type(name: str, value, annotation):
         # NaN passes every `< 0` / `<= 0` range check below and inf is no usable setting
         # (lr, rho, clip ...): reject both here, once, for every float field.
         raise ConfigError(f"config field {name!r} must be a finite float, got {value!r}")
-    if kind is int and not -2 ** 63 <= value < 2 ** 63:
+    if kind is int and not -(2**63) <= value < 2**63:
         # ints reach torch / numpy (sizes, counts), which overflow past int64
         raise ConfigError(f"config field {name!r} must fit in 64 bits, got {shown(value)}")
     if kind in (dict, list):
@@ -249,8 +277,9 @@ def _check_type(name: str, value, annotation):
         try:
             json.dumps(value)
         except (TypeError, ValueError, RecursionError) as err:
-            raise ConfigError(f"config field {name!r} must hold plain values (numbers, strings, "
-                              f"lists, mappings): {str(err)[:200]}") from None
+            raise ConfigError(
+                f"config field {name!r} must hold plain values (numbers, strings, lists, mappings): {str(err)[:200]}"
+            ) from None
     return value
 
 
@@ -258,8 +287,10 @@ def _check_expansion(value, what: str) -> None:
     """Shared lists / dicts (YAML aliases, or a Python value built so) count once per reference, as
     json.dumps writes them: a 600-byte alias bomb expanded to gigabytes there."""
     if yaml_text.expanded_size(value) > yaml_text.MAX_VALUES:
-        raise ConfigError(f"{what} holds more than {yaml_text.MAX_VALUES:,} values once its shared parts are "
-                          "written out (a YAML alias bomb?); write the values out")
+        raise ConfigError(
+            f"{what} holds more than {yaml_text.MAX_VALUES:,} values once its shared parts are "
+            "written out (a YAML alias bomb?); write the values out"
+        )
 
 
 def check_fields(cfg: Config) -> Config:
@@ -270,7 +301,7 @@ def check_fields(cfg: Config) -> Config:
     for f in dataclasses.fields(Config):
         setattr(cfg, f.name, _check_type(f.name, getattr(cfg, f.name), f.type))
     bad = [k for k in cfg.method_options if not isinstance(k, str) or k in field_names() or k == FORMAT_KEY]
-    if bad:   # a shared field here would be written twice to config.json
+    if bad:  # a shared field here would be written twice to config.json
         raise ConfigError(f"method_options holds a method's own options by name, not {shown(bad[0])}")
     for name in _POSITIVE:
         if getattr(cfg, name) <= 0:
@@ -282,8 +313,8 @@ def check_fields(cfg: Config) -> Config:
     # raise a RuntimeError traceback at train time on a CUDA machine
     if not (cfg.device in ("auto", "cpu") or re.fullmatch(r"cuda(:[0-9]+)?", cfg.device)):
         raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {cfg.device!r}")
-    if not 0 <= cfg.seed < 2 ** 32:   # numpy's seed range: np.random.seed raises ValueError in train()
-        raise ConfigError(f"seed must be in 0..{2 ** 32 - 1}, got {cfg.seed}")
+    if not 0 <= cfg.seed < 2**32:  # numpy's seed range: np.random.seed raises ValueError in train()
+        raise ConfigError(f"seed must be in 0..{2**32 - 1}, got {cfg.seed}")
     # Option names must be strings: mixed key types made resolve_options' sorted() raise
     # TypeError, and a non-str encoder kind failed only when the model was built.
     for head in ("data", "encoders"):
@@ -293,24 +324,31 @@ def check_fields(cfg: Config) -> Config:
     if not 0 <= cfg.val_fraction < 1:
         raise ConfigError(f"val_fraction must be in [0, 1), got {cfg.val_fraction}")
     if not 0 <= cfg.max_skipped_fraction <= 1:
-        raise ConfigError(f"max_skipped_fraction must be in [0, 1] (a share of the batches), "
-                          f"got {cfg.max_skipped_fraction}")
+        raise ConfigError(
+            f"max_skipped_fraction must be in [0, 1] (a share of the batches), got {cfg.max_skipped_fraction}"
+        )
     # sharpness over training (msam_lab/sharpness_timeline.py), measured at evaluated epoch ends
     for name, low in (("sharpness_every", 0), ("sharpness_samples", 0), ("sharpness_probes", 1)):
         if getattr(cfg, name) < low:
             raise ConfigError(f"{name} must be >= {low}, got {getattr(cfg, name)}")
     if cfg.sharpness_every and cfg.sharpness_every % cfg.eval_every:
-        raise ConfigError(f"sharpness_every ({cfg.sharpness_every}) must be a multiple of eval_every "
-                          f"({cfg.eval_every}): sharpness is measured at evaluated epochs")
+        raise ConfigError(
+            f"sharpness_every ({cfg.sharpness_every}) must be a multiple of eval_every "
+            f"({cfg.eval_every}): sharpness is measured at evaluated epochs"
+        )
     if cfg.sharpness_every and cfg.compile:
-        raise ConfigError("sharpness_every needs compile=false (a compiled model has no double backward); "
-                          "or measure after training: msam-lab sharpness RUN --timeline")
+        raise ConfigError(
+            "sharpness_every needs compile=false (a compiled model has no double backward); "
+            "or measure after training: msam-lab sharpness RUN --timeline"
+        )
     if cfg.warmup_epochs and cfg.warmup_epochs >= cfg.epochs:
         raise ConfigError(f"warmup_epochs ({cfg.warmup_epochs}) must be below epochs ({cfg.epochs})")
     for modality, options in cfg.encoder_options.items():
         if not isinstance(modality, str) or not isinstance(options, dict):
-            raise ConfigError(f"encoder_options maps a modality to its encoder's keywords, e.g. "
-                              f"{{text: {{dim: 768, heads: 4, layers: 8}}}}; got {shown({modality: options})}")
+            raise ConfigError(
+                f"encoder_options maps a modality to its encoder's keywords, e.g. "
+                f"{{text: {{dim: 768, heads: 4, layers: 8}}}}; got {shown({modality: options})}"
+            )
     return cfg
 
 
@@ -340,24 +378,29 @@ def apply_overrides(cfg: Config, assignments: typing.Iterable[str]) -> Config:
         value = parse_value(text, f"the --set value of {key}")
         head, dot, sub = key.partition(".")
         if dot and head in ("data", "encoders"):
-            if not isinstance(getattr(cfg, head), dict):   # e.g. data: 5 in the config file
-                raise ConfigError(f"cannot set {key!r}: config field {head!r} must be a mapping, "
-                                  f"got {type(getattr(cfg, head)).__name__}")
+            if not isinstance(getattr(cfg, head), dict):  # e.g. data: 5 in the config file
+                raise ConfigError(
+                    f"cannot set {key!r}: config field {head!r} must be a mapping, "
+                    f"got {type(getattr(cfg, head)).__name__}"
+                )
             getattr(cfg, head)[sub] = value
         elif key in names and not dot:
             setattr(cfg, key, value)
         elif _OPTION_KEY.fullmatch(key):
             if not isinstance(cfg.method_options, dict):
-                raise ConfigError(f"cannot set {key!r}: method_options must be a mapping, "
-                                  f"got {type(cfg.method_options).__name__}")
+                raise ConfigError(
+                    f"cannot set {key!r}: method_options must be a mapping, got {type(cfg.method_options).__name__}"
+                )
             cfg.method_options[key] = value
         else:
-            raise ConfigError(f"unknown config key {key!r}; known keys: {', '.join(names)} "
-                              "(dataset options as data.NAME, a method's options by their names)")
+            raise ConfigError(
+                f"unknown config key {key!r}; known keys: {', '.join(names)} "
+                "(dataset options as data.NAME, a method's options by their names)"
+            )
     return cfg
 
 
-_OPTION_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")    # a method option's name, as its dataclass field
+_OPTION_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # a method option's name, as its dataclass field
 
 
 def from_dict(values: dict) -> Config:
@@ -367,15 +410,18 @@ def from_dict(values: dict) -> Config:
     values = dict(values)
     version = values.pop(FORMAT_KEY, FORMAT_VERSION)
     if version != FORMAT_VERSION:
-        raise ConfigError(f"{FORMAT_KEY} {shown(version)} is not this msam_lab's config format ({FORMAT_VERSION}); "
-                          "a stored run's config.json is read by msam_lab.runs.migrate.stored_config")
+        raise ConfigError(
+            f"{FORMAT_KEY} {shown(version)} is not this msam_lab's config format ({FORMAT_VERSION}); "
+            "a stored run's config.json is read by msam_lab.runs.migrate.stored_config"
+        )
     shared = {k: v for k, v in values.items() if k in names}
     options = {k: v for k, v in values.items() if k not in names}
     bad = sorted((k for k in options if not (isinstance(k, str) and _OPTION_KEY.fullmatch(k))), key=str)
-    if bad:   # key=str: YAML keys may be ints, dates, None
-        raise ConfigError(f"unknown config key {bad[0]!r}; known keys: {', '.join(sorted(names))} "
-                          "(and the chosen method's options)")
-    if METHOD_OPTIONS in options:   # nested form, as dataclasses.asdict(Config) writes it
+    if bad:  # key=str: YAML keys may be ints, dates, None
+        raise ConfigError(
+            f"unknown config key {bad[0]!r}; known keys: {', '.join(sorted(names))} (and the chosen method's options)"
+        )
+    if METHOD_OPTIONS in options:  # nested form, as dataclasses.asdict(Config) writes it
         nested = options.pop(METHOD_OPTIONS)
         if not isinstance(nested, dict):
             raise ConfigError(f"method_options must be a mapping of option names, got {shown(nested)}")
@@ -414,15 +460,18 @@ def parse(config=None, overrides: typing.Iterable[str] = ()) -> Config:
     if config is None:
         cfg = Config()
     elif isinstance(config, Config):
-        cfg = dataclasses.replace(config, data=dict(config.data), encoders=dict(config.encoders),
-                                  method_options=dict(config.method_options))
+        cfg = dataclasses.replace(
+            config, data=dict(config.data), encoders=dict(config.encoders), method_options=dict(config.method_options)
+        )
     elif isinstance(config, dict):
         _check_expansion(config, "a config dict")
-        try:                                  # a deep copy that also proves the values are plain JSON
+        try:  # a deep copy that also proves the values are plain JSON
             plain = json.loads(json.dumps(config))
         except (TypeError, ValueError, RecursionError) as err:
-            raise ConfigError(f"a config dict must hold plain values (numbers, strings, lists, dicts): "
-                              f"{str(err).splitlines()[0][:200]}") from None
+            raise ConfigError(
+                f"a config dict must hold plain values (numbers, strings, lists, dicts): "
+                f"{str(err).splitlines()[0][:200]}"
+            ) from None
         cfg = from_dict(plain)
     else:
         cfg = load_config_file(config)

@@ -23,6 +23,7 @@ loop with a DDP-wrapped model uses DDP itself (``msam_lab.MSAM`` runs its first 
 Without a process group (one process) every function here is the identity or a no-op, so the
 single-process path runs the same code.
 """
+
 from __future__ import annotations
 
 import os
@@ -72,15 +73,18 @@ def init_from_env(device: str = "auto", timeout_s: float = 300.0) -> torch.devic
             raise DistributedError(f"device {device!r} asked for but CUDA is not available; use --device cpu")
         index = local_rank if device in ("auto", "cuda") else int(device.partition(":")[2] or 0) + local_rank
         if index >= torch.cuda.device_count():
-            raise DistributedError(f"rank {rank_from_env()} wants GPU {index} but this node has "
-                                   f"{torch.cuda.device_count()}; start at most that many processes per node")
+            raise DistributedError(
+                f"rank {rank_from_env()} wants GPU {index} but this node has "
+                f"{torch.cuda.device_count()}; start at most that many processes per node"
+            )
         torch.cuda.set_device(index)
         target = torch.device("cuda", index)
     else:
         target = torch.device("cpu")
     if not active():
-        dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(seconds=timeout_s),
-                                device_id=target if cuda else None)
+        dist.init_process_group(
+            "nccl" if cuda else "gloo", timeout=timedelta(seconds=timeout_s), device_id=target if cuda else None
+        )
     return target
 
 
@@ -139,17 +143,17 @@ def average_gradients(params, n: int) -> None:
     offset = 0
     for p, size in zip(params, sizes):
         if p.grad is not None:
-            flat[offset:offset + size].copy_(p.grad.detach().reshape(-1)).mul_(n)
+            flat[offset : offset + size].copy_(p.grad.detach().reshape(-1)).mul_(n)
         offset += size
     tail = [float(p.grad is not None) for p in params] + [float(n)]
     flat[body:].copy_(torch.tensor(tail, dtype=torch.float32))
     dist.all_reduce(flat)
-    tail = flat[body:].cpu().tolist()             # one device->host copy for all flags
+    tail = flat[body:].cpu().tolist()  # one device->host copy for all flags
     total = tail[-1]
     offset = 0
     for p, size, present in zip(params, sizes, tail[:-1]):
         if present > 0:
-            mean = flat[offset:offset + size].view_as(p).div_(total).to(p.dtype)
+            mean = flat[offset : offset + size].view_as(p).div_(total).to(p.dtype)
             if p.grad is None:
                 p.grad = mean.clone()
             else:
@@ -214,6 +218,9 @@ def barrier() -> None:
 def _comm_device(param_device: torch.device | None = None) -> torch.device:
     """Where collectives run: the rank's GPU for NCCL, the CPU for gloo."""
     if active() and dist.get_backend() == "nccl":
-        return param_device if param_device is not None and param_device.type == "cuda" else \
-            torch.device("cuda", torch.cuda.current_device())
+        return (
+            param_device
+            if param_device is not None and param_device.type == "cuda"
+            else torch.device("cuda", torch.cuda.current_device())
+        )
     return torch.device("cpu")

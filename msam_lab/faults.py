@@ -10,6 +10,7 @@ is what an analysis runs before it computes (``msam-lab landscape``, ``sharpness
 the way, the folder writable, and some free space, so an hour of computing does not end in a
 failed write.
 """
+
 from __future__ import annotations
 
 import errno
@@ -33,8 +34,7 @@ _WORDS = {
 
 
 # faults of the machine, not of the input: a command stops on them with exit 1
-ENVIRONMENT = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO,
-                         errno.EFBIG})
+ENVIRONMENT = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, errno.EFBIG})
 
 
 class SymlinkInRun(ValueError):
@@ -59,7 +59,7 @@ def _path_text(err: OSError) -> str:
 
 def describe(err: OSError) -> str:
     """One line: what went wrong, on which path, and what to do."""
-    if isinstance(err, NotWritable) or err.errno is None:     # a message of our own (no errno)
+    if isinstance(err, NotWritable) or err.errno is None:  # a message of our own (no errno)
         return str(err)
     words = _WORDS.get(err.errno)
     if words is None:
@@ -91,8 +91,10 @@ def refuse_symlinks(root, *paths) -> None:
         for part in (path.relative_to(root) if path.is_relative_to(root) else path).parts:
             current = current / part
             if _is_link(current):
-                raise SymlinkInRun(f"{current} is a symlink inside the run {root}: refusing to write through it "
-                                   f"(replace the link with a real file or folder)")
+                raise SymlinkInRun(
+                    f"{current} is a symlink inside the run {root}: refusing to write through it "
+                    f"(replace the link with a real file or folder)"
+                )
 
 
 def free_bytes(folder) -> int:
@@ -101,7 +103,7 @@ def free_bytes(folder) -> int:
 
 
 def _megabytes(n: float) -> str:
-    return f"{n / 2 ** 20:.1f} MB"
+    return f"{n / 2**20:.1f} MB"
 
 
 def check_writable(root, folder, need_bytes: int = 0, what: str = "the results") -> None:
@@ -116,20 +118,26 @@ def check_writable(root, folder, need_bytes: int = 0, what: str = "the results")
     try:
         fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=existing)
         try:
-            os.write(fd, b"x")          # a full disk may let a file be created but not a byte written
+            os.write(fd, b"x")  # a full disk may let a file be created but not a byte written
             os.fsync(fd)
         finally:
             os.close(fd)
             os.unlink(probe)
     except OSError as err:
         code = err.errno if err.errno in _WORDS else errno.EACCES
-        raise NotWritable(code, f"cannot write {what} into {folder}: {_cause(code)} ({_WORDS[code][1]}); "
-                                f"nothing was computed", str(existing)) from None
+        raise NotWritable(
+            code,
+            f"cannot write {what} into {folder}: {_cause(code)} ({_WORDS[code][1]}); nothing was computed",
+            str(existing),
+        ) from None
     free = free_bytes(existing)
     if free < need_bytes:
-        raise NotWritable(errno.ENOSPC, f"cannot write {what} into {folder}: about {_megabytes(need_bytes)} "
-                                        f"needed, {_megabytes(free)} free (free some space); nothing was computed",
-                          str(existing))
+        raise NotWritable(
+            errno.ENOSPC,
+            f"cannot write {what} into {folder}: about {_megabytes(need_bytes)} "
+            f"needed, {_megabytes(free)} free (free some space); nothing was computed",
+            str(existing),
+        )
 
 
 def _cause(code: int) -> str:

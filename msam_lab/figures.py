@@ -14,6 +14,7 @@ Notebook 05 calls ``comparison_figures`` to write the method-comparison figures,
 ``rival_figures`` (M-SAM against MASAM, MIE and SAM; the ρ sweep; the fixed-dominant ablation;
 sharpness per encoder over training, all from ``msam_lab.experiments.rivals``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,9 @@ import time
 from pathlib import Path
 
 from msam_lab import notebook_utils as nb
-from msam_lab.experiments import rivals
 from msam_lab import viz
+from msam_lab.experiments import rivals
+from msam_lab.experiments.sweep import run_sweep
 
 # Names this module writes (and removes first with clean=True); nothing else in the folder is touched.
 OUTPUT_PREFIXES = ("fig_", "table_")
@@ -36,14 +38,28 @@ def settings(quick: bool | None = None) -> dict:
     """Everything the figures depend on, full or quick."""
     quick = nb.quick_mode() if quick is None else quick
     if quick:
-        return dict(quick=True, methods=["joint", "msam"], epochs=3, grid_1d=11, grid_2d=7, n_samples=64,
-                    sharpness=dict(n_samples=64, probes=4, topk=1),
-                    sweep=dict(methods=["joint", "msam"], seeds=[0, 1], epochs=2),
-                    rivals=rivals.rival_settings(True))
-    return dict(quick=False, methods=["joint", "msam"], epochs=10, grid_1d=41, grid_2d=21, n_samples=512,
-                sharpness=dict(n_samples=512, probes=16, topk=1),
-                sweep=dict(methods=["joint", "sam", "msam", "ogm_ge", "agm"], seeds=[0, 1, 2], epochs=5),
-                rivals=rivals.rival_settings(False))
+        return dict(
+            quick=True,
+            methods=["joint", "msam"],
+            epochs=3,
+            grid_1d=11,
+            grid_2d=7,
+            n_samples=64,
+            sharpness=dict(n_samples=64, probes=4, topk=1),
+            sweep=dict(methods=["joint", "msam"], seeds=[0, 1], epochs=2),
+            rivals=rivals.rival_settings(True),
+        )
+    return dict(
+        quick=False,
+        methods=["joint", "msam"],
+        epochs=10,
+        grid_1d=41,
+        grid_2d=21,
+        n_samples=512,
+        sharpness=dict(n_samples=512, probes=16, topk=1),
+        sweep=dict(methods=["joint", "sam", "msam", "ogm_ge", "agm"], seeds=[0, 1, 2], epochs=5),
+        rivals=rivals.rival_settings(False),
+    )
 
 
 def _data(s: dict) -> dict:
@@ -57,7 +73,7 @@ def core_runs(s: dict) -> dict:
 
 def sweep_table(s: dict, quiet: bool = True):
     """The multi-seed sweep (trained or reused) summarised as mean ± std over seeds."""
-    from msam_lab.experiments.sweep import run_sweep
+
     sw = s["sweep"]
     base = {**_data(s), "epochs": sw["epochs"], "checkpoint_every": 0}
     out = nb.runs_root() / f"sweep-{nb.config_hash(base)}"
@@ -107,10 +123,15 @@ def rival_figures(tables: dict, out=None) -> list[Path]:
     written += _write_table(viz.comparison_table(tables["rivals"]), out / "table_rivals")
     written += _write_table(viz.comparison_table(tables["rho"]), out / "table_rho_sweep")
     abl = tables["ablation"]
-    written += _write_table(viz.comparison_table(abl).assign(method=list(abl["arm_label"])).rename(
-        columns={"method": "perturbed (msam_dominant)"}), out / "table_fixed_dominant")
-    written += _write_table(tables["sharpness"].drop(columns=["run"], errors="ignore"),
-                            out / "table_sharpness_timeline", markdown=False)
+    written += _write_table(
+        viz.comparison_table(abl)
+        .assign(method=list(abl["arm_label"]))
+        .rename(columns={"method": "perturbed (msam_dominant)"}),
+        out / "table_fixed_dominant",
+    )
+    written += _write_table(
+        tables["sharpness"].drop(columns=["run"], errors="ignore"), out / "table_sharpness_timeline", markdown=False
+    )
     return written
 
 
@@ -142,15 +163,17 @@ def make_figures(out=None, quick: bool | None = None, fresh: bool = True, verbos
     runs = core_runs(s)
     say("landscapes and sharpness")
     land1 = {k: nb.ensure_landscape(r, dim=1, grid=s["grid_1d"], n_samples=s["n_samples"]) for k, r in runs.items()}
-    land2 = {k: nb.ensure_landscape(r, dim=2, directions="pca", grid=s["grid_2d"], n_samples=s["n_samples"])
-             for k, r in runs.items()}
+    land2 = {
+        k: nb.ensure_landscape(r, dim=2, directions="pca", grid=s["grid_2d"], n_samples=s["n_samples"])
+        for k, r in runs.items()
+    }
     sharp = {k: nb.ensure_sharpness(r, **s["sharpness"]) for k, r in runs.items()}
     say("sweep")
     table = sweep_table(s)
     say("rivals, ρ sweep, fixed-dominant ablation, sharpness over training")
     rival_tables = rivals.all_tables(s["rivals"])
 
-    z = viz.shared_z(land2.values(), "loss", log=True)     # log10 colour: basins stay visible beside high walls
+    z = viz.shared_z(land2.values(), "loss", log=True)  # log10 colour: basins stay visible beside high walls
     figs = {
         "training_curves": lambda b: viz.training_curves(runs, backend=b),
         "accuracy_per_modality": lambda b: viz.accuracy_curves(runs, backend=b),
@@ -164,10 +187,12 @@ def make_figures(out=None, quick: bool | None = None, fresh: bool = True, verbos
     }
     for label, run in runs.items():
         key = viz.style.method_label(run.config.method).lower().replace("-", "")
-        figs[f"dominance_{key}"] = (lambda r: lambda b: viz.shares_over_steps(r, smooth=10, accuracy=True,
-                                                                                backend=b))(run)
-        figs[f"landscape_2d_{key}"] = (lambda sf: lambda b: viz.surface_figure(sf, "loss", zmin=z[0], zmax=z[1],
-                                                                                 log=True, backend=b))(land2[label])
+        figs[f"dominance_{key}"] = (lambda r: lambda b: viz.shares_over_steps(r, smooth=10, accuracy=True, backend=b))(
+            run
+        )
+        figs[f"landscape_2d_{key}"] = (
+            lambda sf: lambda b: viz.surface_figure(sf, "loss", zmin=z[0], zmax=z[1], log=True, backend=b)
+        )(land2[label])
     written = []
     say("matplotlib figures (PDF + PNG)")
     for name, make in figs.items():
@@ -178,8 +203,13 @@ def make_figures(out=None, quick: bool | None = None, fresh: bool = True, verbos
     plotly_figs = {name: make("plotly") for name, make in figs.items()}
     plotly_figs["method_comparison"] = viz.comparison_bars(table)
     plotly_figs.update({name: make(rival_tables, "plotly") for name, make in RIVAL_FIGURES.items()})
-    written.append(viz.write_html({name.replace("_", " "): f for name, f in plotly_figs.items()},
-                                  out / "interactive.html", title="msam_lab figures"))
+    written.append(
+        viz.write_html(
+            {name.replace("_", " "): f for name, f in plotly_figs.items()},
+            out / "interactive.html",
+            title="msam_lab figures",
+        )
+    )
     say("plotly static PNG (needs Chromium)")
     written += viz.write_plotly_png(plotly_figs, out / "plotly")
     say(f"done: {len(written)} files in {out}")
@@ -188,8 +218,9 @@ def make_figures(out=None, quick: bool | None = None, fresh: bool = True, verbos
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m msam_lab.figures", description=__doc__.splitlines()[0])
-    p.add_argument("--out", default=None,
-                   help="output folder (default: figures/ of the checkout, or $MSAM_LAB_FIGURES)")
+    p.add_argument(
+        "--out", default=None, help="output folder (default: figures/ of the checkout, or $MSAM_LAB_FIGURES)"
+    )
     p.add_argument("--quick", action="store_true", help="tiny settings (synthetic data, 2-3 epochs)")
     p.add_argument("--keep", action="store_true", help="do not delete the previous fig_*/table_* files first")
     args = p.parse_args(argv)

@@ -1,7 +1,7 @@
 """What the notebooks share: quick mode, where runs and figures go, train-or-reuse.
 
-Quick mode (``MSAM_LAB_QUICK=1``, ``msam_lab.paths.quick_mode()``): the notebooks and ``msam_lab.figures`` swap in tiny settings (the ``synthetic``
-dataset, 2–3 epochs, small landscape grids) so each runs headless in well under
+Quick mode (``MSAM_LAB_QUICK=1``, ``msam_lab.paths.quick_mode()``): the notebooks and ``msam_lab.figures``
+swap in tiny settings (the ``synthetic`` dataset, 2–3 epochs, small landscape grids) so each runs headless in well under
 a minute on 2 CPU cores. The test suite runs every notebook that way.
 
 Folders, each overridable by an environment variable (the tests point them at
@@ -20,19 +20,34 @@ once with a ``BackgroundRun`` (``.path``, ``.join()`` -> the finished Run), so a
 notebook can follow the run while it trains (``widgets.LiveCurves``,
 ``widgets.DominanceExplorer(..., follow=True)``) and join it before reading it.
 """
+
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import threading
 import time
 from pathlib import Path
 
+import pandas as pd
+
+from msam_lab.landscape import landscape_for_run, list_landscapes, load_landscape, sharpness_for_run
+from msam_lab.landscape.for_run import SHARPNESS_CSV
+
 # re-exported: the notebooks read them from here
-from msam_lab.paths import (FIGURES_ENV, QUICK_DATA, QUICK_ENV, RUNS_ENV, figures_dir, pick,  # noqa: F401
-                            project_root, quick_mode, runs_root)
+from msam_lab.paths import (  # noqa: F401
+    FIGURES_ENV,
+    QUICK_DATA,
+    QUICK_ENV,
+    RUNS_ENV,
+    figures_dir,
+    pick,
+    project_root,
+    quick_mode,
+    runs_root,
+)
+from msam_lab.runs.reader import is_run, is_run_dir, load_run, read_table, run_state
+from msam_lab.training.loop import train
 from msam_lab.training.setup import config_hash  # noqa: F401
+from msam_lab.viz.style import method_label
 
 
 def run_path(name: str, config, root=None) -> Path:
@@ -41,15 +56,13 @@ def run_path(name: str, config, root=None) -> Path:
 
 def _train_into(path: Path, config, quiet: bool, on_step=None, on_epoch=None):
     """Train ``config`` into ``path``, resuming the interrupted run found there (a stopped kernel's)."""
-    from msam_lab.runs.reader import is_run, is_run_dir, load_run, run_state
-    from msam_lab.training.loop import train
 
     try:
         if is_run_dir(path) and run_state(path) == "interrupted":
             return train(resume=path, quiet=quiet, on_step=on_step, on_epoch=on_epoch)
         return train(config, out=path, quiet=quiet, on_step=on_step, on_epoch=on_epoch)
     except OSError:
-        if is_run(path):          # finished meanwhile by another process
+        if is_run(path):  # finished meanwhile by another process
             return load_run(path)
         raise
 
@@ -61,7 +74,6 @@ def ensure_run(name: str, config, root=None, quiet: bool = True, on_step=None, o
     ``quiet=False`` prints the trainer's progress (a bar on a terminal, one line per epoch elsewhere);
     ``on_step(row)`` / ``on_epoch(row)`` are passed to ``train`` (not called for a reloaded run).
     """
-    from msam_lab.runs.reader import is_run, load_run
 
     path = run_path(name, config, root)
     if is_run(path):
@@ -88,7 +100,7 @@ class BackgroundRun:
 
     @property
     def run(self):
-        from msam_lab.runs.reader import load_run
+
         return load_run(self.path)
 
     def join(self, timeout: float | None = None):
@@ -112,7 +124,6 @@ def start_run(name: str, config, root=None, quiet: bool = True, timeout: float =
     to create the directory (data loading comes first). The thread is a daemon: it stops with the
     kernel, leaving an interrupted run that the next ``start_run``/``ensure_run`` resumes.
     """
-    from msam_lab.runs.reader import is_run, is_run_dir
 
     path = run_path(name, config, root)
     job = BackgroundRun(path)
@@ -122,7 +133,7 @@ def start_run(name: str, config, root=None, quiet: bool = True, timeout: float =
     def target():
         try:
             job.result = _train_into(path, config, quiet)
-        except BaseException as err:      # noqa: BLE001 - re-raised by join()
+        except BaseException as err:  # noqa: BLE001 - re-raised by join()
             job.error = err
 
     job.thread = threading.Thread(target=target, name=f"msam-lab-train-{path.name}", daemon=True)
@@ -136,7 +147,7 @@ def start_run(name: str, config, root=None, quiet: bool = True, timeout: float =
         if time.monotonic() > deadline:
             raise TimeoutError(f"the trainer did not create {path} within {timeout} s")
         time.sleep(0.02)
-    job.join()              # it ended already: re-raises its error (a bad config), else it finished
+    job.join()  # it ended already: re-raises its error (a bad config), else it finished
     return job
 
 
@@ -148,8 +159,14 @@ def data_settings() -> dict:
 def make_config(method: str, data: dict | None = None, epochs: int = 10, seed: int = 0, **fields) -> dict:
     """A run config for the notebooks: ``data`` (``{"dataset": ..., "data": {...}}``, default
     ``data_settings()``), a checkpoint every epoch (landscapes need the trajectory), plus ``fields``."""
-    return {**(data_settings() if data is None else data), "method": method, "epochs": int(epochs),
-            "seed": int(seed), "checkpoint_every": 1, **fields}
+    return {
+        **(data_settings() if data is None else data),
+        "method": method,
+        "epochs": int(epochs),
+        "seed": int(seed),
+        "checkpoint_every": 1,
+        **fields,
+    }
 
 
 def ensure_runs(configs: dict, root=None, quiet: bool = True) -> dict:
@@ -159,46 +176,88 @@ def ensure_runs(configs: dict, root=None, quiet: bool = True) -> dict:
 
 def method_runs(methods, quiet: bool = True, **config) -> dict:
     """``{display label: Run}`` for each method, with ``make_config(method, **config)`` (trained or reused)."""
-    from msam_lab.viz.style import method_label
+
     return {method_label(m): ensure_run(m, make_config(m, **config), quiet=quiet) for m in methods}
 
 
-def landscape_name(dim: int, directions: str, grid: int, n_samples: int, epoch: int, split: str = "test",
-                   seed: int = 0, span: float = 1.0) -> str:
+def landscape_name(
+    dim: int,
+    directions: str,
+    grid: int,
+    n_samples: int,
+    epoch: int,
+    split: str = "test",
+    seed: int = 0,
+    span: float = 1.0,
+) -> str:
     """The folder name a surface with these settings is saved under (so settings never clash)."""
     return f"nb-{directions}-{dim}d-e{epoch}-g{grid}-span{span:g}-n{n_samples}-{split}-s{seed}"
 
 
-def ensure_landscape(run, dim: int = 1, directions: str = "random", grid: int = 21, n_samples: int = 256,
-                     epoch: int | None = None, split: str = "test", seed: int = 0, span: float = 1.0,
-                     progress=None, **kwargs):
+def ensure_landscape(
+    run,
+    dim: int = 1,
+    directions: str = "random",
+    grid: int = 21,
+    n_samples: int = 256,
+    epoch: int | None = None,
+    split: str = "test",
+    seed: int = 0,
+    span: float = 1.0,
+    progress=None,
+    **kwargs,
+):
     """``landscape.landscape_for_run`` under a name made of its settings: computed once, then reloaded."""
-    from msam_lab.landscape import landscape_for_run, list_landscapes, load_landscape
+
     epoch = max(run.checkpoints) if epoch is None else int(epoch)
     name = landscape_name(dim, directions, grid, n_samples, epoch, split, seed, span)
     if name in list_landscapes(run.path) and not kwargs:
         done = load_landscape(run.path, name)
         if done.complete:
             return done
-    return landscape_for_run(run.path, dim=dim, directions=directions, grid=grid, n_samples=n_samples,
-                             epoch=epoch, split=split, seed=seed, span=span, name=name, progress=progress,
-                             **kwargs)
+    return landscape_for_run(
+        run.path,
+        dim=dim,
+        directions=directions,
+        grid=grid,
+        n_samples=n_samples,
+        epoch=epoch,
+        split=split,
+        seed=seed,
+        span=span,
+        name=name,
+        progress=progress,
+        **kwargs,
+    )
 
 
 SHARPNESS_KEYS = ("epoch", "scope", "split", "n_samples", "subset_seed", "seed", "topk", "probes", "rho")
 
 
-def ensure_sharpness(run, epochs=None, n_samples: int = 256, probes: int = 16, topk: int = 1, rho: float = 0.05,
-                     split: str = "test", seed: int = 0, subset_seed: int = 0, **kwargs):
+def ensure_sharpness(
+    run,
+    epochs=None,
+    n_samples: int = 256,
+    probes: int = 16,
+    topk: int = 1,
+    rho: float = 0.05,
+    split: str = "test",
+    seed: int = 0,
+    subset_seed: int = 0,
+    **kwargs,
+):
     """``landscape.sharpness_for_run`` rows for ``epochs`` (None: last; "all"; a list), reusing the rows
     already in ``<run>/sharpness.csv`` that have exactly these settings."""
-    import pandas as pd
 
-    from msam_lab.landscape import sharpness_for_run
-    from msam_lab.landscape.for_run import SHARPNESS_CSV
-    from msam_lab.runs.reader import read_table
-    wanted = ([max(run.checkpoints)] if epochs is None else sorted(run.checkpoints) if epochs == "all"
-              else [int(epochs)] if isinstance(epochs, int) else [int(e) for e in epochs])
+    wanted = (
+        [max(run.checkpoints)]
+        if epochs is None
+        else sorted(run.checkpoints)
+        if epochs == "all"
+        else [int(epochs)]
+        if isinstance(epochs, int)
+        else [int(e) for e in epochs]
+    )
     # a run logged from your own model (RunLogger) measures the encoders its scopes name, on your batches
     scopes = ["model", *(run.model_spec.get("scopes", {}) if run.logged else run.modalities)]
     path = run.path / SHARPNESS_CSV
@@ -208,18 +267,35 @@ def ensure_sharpness(run, epochs=None, n_samples: int = 256, probes: int = 16, t
             n_used = sum(len(labels) for _, labels in kwargs.get("batches") or [])
         else:
             n_used = n_samples if n_samples is None else min(n_samples, len(getattr(run.load_data(), split)))
-        settings = {"split": split, "n_samples": n_used, "subset_seed": subset_seed, "seed": seed, "topk": topk,
-                    "probes": probes, "rho": rho}
-        old = read_table(path)          # a damaged table: one line naming it (runs.read_table)
+        settings = {
+            "split": split,
+            "n_samples": n_used,
+            "subset_seed": subset_seed,
+            "seed": seed,
+            "topk": topk,
+            "probes": probes,
+            "rho": rho,
+        }
+        old = read_table(path)  # a damaged table: one line naming it (runs.read_table)
         if set(SHARPNESS_KEYS) <= set(old.columns):
             mask = pd.Series(True, index=old.index)
             for k, v in settings.items():
                 mask &= old[k].astype(str) == str(v) if k == "split" else (old[k].astype(float) == float(v))
             have = old[mask & old["epoch"].isin(wanted) & old["scope"].isin(scopes)]
             if len(have) == len(wanted) * len(scopes):
-                return have.sort_values(["epoch", "scope"], key=lambda c: c.map(
-                    {s: i for i, s in enumerate(scopes)}) if c.name == "scope" else c).reset_index(drop=True)
-    return sharpness_for_run(run.path, epochs=wanted, n_samples=n_samples, probes=probes, topk=topk, rho=rho,
-                             split=split, seed=seed, subset_seed=subset_seed, **kwargs)
-
-
+                return have.sort_values(
+                    ["epoch", "scope"],
+                    key=lambda c: c.map({s: i for i, s in enumerate(scopes)}) if c.name == "scope" else c,
+                ).reset_index(drop=True)
+    return sharpness_for_run(
+        run.path,
+        epochs=wanted,
+        n_samples=n_samples,
+        probes=probes,
+        topk=topk,
+        rho=rho,
+        split=split,
+        seed=seed,
+        subset_seed=subset_seed,
+        **kwargs,
+    )

@@ -8,6 +8,7 @@ Quick mode (``MSAM_LAB_QUICK=1``) is read here and only here: the notebooks, ``m
 the rivals study swap in tiny settings so each runs headless in well under a minute on 2 CPU cores.
 Nothing here reads or writes a file, and importing it changes nothing.
 """
+
 from __future__ import annotations
 
 import os

@@ -13,12 +13,13 @@ which msam_lab loads the first time it lists or looks up a name. Each layer owns
 Names are lower-case (letters, digits, ``_ . -``); registering the same object twice is a no-op,
 a different one under a taken name (a built-in's too) needs ``replace=True``.
 """
+
 from __future__ import annotations
 
 from msam_lab.datasets import DATASET_REGISTRY, register_dataset
-from msam_lab.registry import GROUP, Registry, load_plugins
 from msam_lab.methods import METHOD_REGISTRY, register_method
 from msam_lab.models.multimodal import ENCODER_REGISTRY, register_encoder
+from msam_lab.registry import GROUP, Registry, load_plugins
 
 REGISTRIES: dict[str, Registry] = {r.kind: r for r in (DATASET_REGISTRY, ENCODER_REGISTRY, METHOD_REGISTRY)}
 
@@ -30,5 +31,12 @@ def unregister(kind: str, name: str) -> None:
     REGISTRIES[kind].unregister(name)
 
 
-__all__ = ["GROUP", "REGISTRIES", "load_plugins", "register_dataset", "register_encoder", "register_method",
-           "unregister"]
+__all__ = [
+    "GROUP",
+    "REGISTRIES",
+    "load_plugins",
+    "register_dataset",
+    "register_encoder",
+    "register_method",
+    "unregister",
+]

@@ -14,6 +14,7 @@ sweeps, config validation and notebooks alike.
 
 This module imports nothing of msam_lab: every layer may import it.
 """
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -23,11 +24,11 @@ import warnings
 from typing import Callable
 
 GROUP = "msam_lab.plugins"
-NAME = re.compile(r"[a-z0-9][a-z0-9_.-]*")    # what a registered name may be (config values, folder names)
+NAME = re.compile(r"[a-z0-9][a-z0-9_.-]*")  # what a registered name may be (config values, folder names)
 
 _lock = threading.RLock()
 _state = {"started": False, "done": False}
-_loaded: dict[str, str] = {}     # entry point name -> "ok" or the one-line error it failed with
+_loaded: dict[str, str] = {}  # entry point name -> "ok" or the one-line error it failed with
 
 
 def load_plugins() -> dict[str, str]:
@@ -47,7 +48,7 @@ def load_plugins() -> dict[str, str]:
         try:
             seen = set()
             for ep in _group():
-                if (ep.name, ep.value) in seen:      # the same package found twice on sys.path
+                if (ep.name, ep.value) in seen:  # the same package found twice on sys.path
                     continue
                 seen.add((ep.name, ep.value))
                 key = ep.name if ep.name not in _loaded else f"{ep.name} ({ep.value})"
@@ -61,8 +62,11 @@ def _group():
     try:
         return list(importlib.metadata.entry_points(group=GROUP))
     except Exception as err:  # noqa: BLE001 - unreadable metadata of some unrelated package
-        warnings.warn(f"msam_lab: cannot list the {GROUP} entry points ({type(err).__name__}: {err}); "
-                      "no plug-ins loaded", RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"msam_lab: cannot list the {GROUP} entry points ({type(err).__name__}: {err}); no plug-ins loaded",
+            RuntimeWarning,
+            stacklevel=3,
+        )
         return []
 
 
@@ -74,13 +78,18 @@ def _load_one(ep) -> str:
     except Exception as err:  # noqa: BLE001 - any failure of third-party code: warn and go on
         first = (str(err).splitlines() or [""])[0][:300]
         message = f"{type(err).__name__}: {first}" if first else type(err).__name__
-        warnings.warn(f"msam_lab plug-in {ep.name!r} ({ep.value}) failed to load and is skipped: {message} "
-                      f"(fix or uninstall the package that declares it)", RuntimeWarning, stacklevel=4)
+        warnings.warn(
+            f"msam_lab plug-in {ep.name!r} ({ep.value}) failed to load and is skipped: {message} "
+            f"(fix or uninstall the package that declares it)",
+            RuntimeWarning,
+            stacklevel=4,
+        )
         return message
     return "ok"
 
 
 # -- shared by the three registries ------------------------------------------------------------
+
 
 def describe(obj) -> str:
     """``package.module.name`` of a function or class, a string as it is (for messages)."""
@@ -92,8 +101,10 @@ def describe(obj) -> str:
 
 def check_name(kind: str, name) -> str:
     if not isinstance(name, str) or not NAME.fullmatch(name):
-        raise ValueError(f"a {kind} name must be a lower-case string of letters, digits, '_', '.' or '-' "
-                         f"starting with a letter or digit (e.g. 'my-{kind}'), got {name!r}")
+        raise ValueError(
+            f"a {kind} name must be a lower-case string of letters, digits, '_', '.' or '-' "
+            f"starting with a letter or digit (e.g. 'my-{kind}'), got {name!r}"
+        )
     return name
 
 
@@ -104,23 +115,27 @@ def is_new(kind: str, name: str, entry, existing, replace: bool) -> bool:
         return existing is None or existing != entry
     if existing == entry:
         return False
-    raise ValueError(f"{kind} {name!r} is already registered to {describe(existing)}; choose another name "
-                     f"or pass replace=True to override it")
+    raise ValueError(
+        f"{kind} {name!r} is already registered to {describe(existing)}; choose another name "
+        f"or pass replace=True to override it"
+    )
 
 
 def shown(obj, width: int = 80) -> str:
     """``repr(obj)`` on one short line (a tensor's repr spans several)."""
     text = " ".join(repr(obj).split())
-    return text if len(text) <= width else text[:width - 3] + "..."
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def check_callable(kind: str, name: str, what: str, obj) -> None:
     if not callable(obj):
-        raise ValueError(f"{kind} {name!r}: the {what} must be callable (a function or class), "
-                         f"got {type(obj).__name__} {shown(obj)}")
+        raise ValueError(
+            f"{kind} {name!r}: the {what} must be callable (a function or class), got {type(obj).__name__} {shown(obj)}"
+        )
 
 
 # -- the registry ---------------------------------------------------------------------------------
+
 
 class Registry:
     """The names of one ``kind`` of thing: ``builtins`` (name -> entry) and the plug-ins registered since.
@@ -141,7 +156,7 @@ class Registry:
     def __init__(self, kind: str, builtins: dict, *, label: Callable | None = None, check: Callable | None = None):
         self.kind = kind
         self._builtins = dict(builtins)
-        self._plugins: dict = {}            # a name here shadows the built-in of that name
+        self._plugins: dict = {}  # a name here shadows the built-in of that name
         self._label, self._check = label, check
 
     def __repr__(self) -> str:

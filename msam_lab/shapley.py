@@ -7,6 +7,7 @@ evaluates a list of masks (sampled, for large M).
 ``PerturbedModality`` is the paper's ablation of the last step: which modality
 M-SAM perturbs, the Shapley-dominant one or a fixed, random or alternating one.
 """
+
 from __future__ import annotations
 
 import math
@@ -19,7 +20,7 @@ import torch
 
 from msam_lab import config
 
-EXACT_MAX = 10            # 2^10 coalitions is still cheap; beyond, sample permutations
+EXACT_MAX = 10  # 2^10 coalitions is still cheap; beyond, sample permutations
 SHARE_RULES = typing.get_args(config.ShareRule)
 DOMINANT_CHOICES = ("shapley", "fixed:<modality>", "random", "alternate")
 TIE_RULES = typing.get_args(config.TieRule)
@@ -41,8 +42,7 @@ def members(mask: int, n_modalities: int) -> list[int]:
 def _shapley_matrix(n_modalities: int) -> np.ndarray:
     """W (M, 2^M) with phi = W @ values: the exact Shapley formula as one matrix."""
     m_all = n_modalities
-    weights = [math.factorial(s) * math.factorial(m_all - s - 1) / math.factorial(m_all)
-               for s in range(m_all)]
+    weights = [math.factorial(s) * math.factorial(m_all - s - 1) / math.factorial(m_all) for s in range(m_all)]
     W = np.zeros((m_all, 1 << m_all))
     for mask in range(1 << m_all):
         size = bin(mask).count("1")
@@ -56,8 +56,9 @@ def _shapley_matrix(n_modalities: int) -> np.ndarray:
 
 def shapley_matrix(n_modalities: int) -> np.ndarray:
     if not 1 <= n_modalities <= EXACT_MAX:
-        raise ValueError(f"exact Shapley supports 1..{EXACT_MAX} modalities, got {n_modalities}; "
-                         "use sampled_shapley for more")
+        raise ValueError(
+            f"exact Shapley supports 1..{EXACT_MAX} modalities, got {n_modalities}; use sampled_shapley for more"
+        )
     return _shapley_matrix(n_modalities)
 
 
@@ -78,8 +79,9 @@ def exact_shapley(values) -> np.ndarray | torch.Tensor:
     return np.tensordot(W, np.asarray(values, dtype=float), axes=1)
 
 
-def sampled_shapley(value_fn: Callable[[list[int]], Sequence[float]], n_modalities: int,
-                    n_permutations: int = 64, seed: int = 0) -> np.ndarray:
+def sampled_shapley(
+    value_fn: Callable[[list[int]], Sequence[float]], n_modalities: int, n_permutations: int = 64, seed: int = 0
+) -> np.ndarray:
     """Monte-Carlo Shapley by random permutations (unbiased; seeded).
 
     ``value_fn`` receives the distinct masks needed, all at once, and returns
@@ -106,7 +108,7 @@ def singleton_masks(n_modalities: int) -> list[int]:
 
 def softmax(x, temperature: float) -> np.ndarray:
     """softmax(x / T), shifted by max(x) first so that a tiny T cannot overflow."""
-    with np.errstate(over="ignore"):        # (x - max)/T -> -inf for a denormal T: exp gives the 0 it should
+    with np.errstate(over="ignore"):  # (x - max)/T -> -inf for a denormal T: exp gives the 0 it should
         z = np.exp((np.asarray(x, dtype=float) - np.max(x)) / temperature)
     return z / z.sum()
 
@@ -173,8 +175,7 @@ def check_dominant_choice(choice: str, modalities) -> None:
     if kind == "fixed":
         raise ValueError(f"{choice!r} names no modality; use fixed:<one of {', '.join(modalities)}>")
     if name or kind not in ("shapley", "random", "alternate"):
-        raise ValueError(f"the perturbed-modality choice must be one of {', '.join(DOMINANT_CHOICES)}, "
-                         f"got {choice!r}")
+        raise ValueError(f"the perturbed-modality choice must be one of {', '.join(DOMINANT_CHOICES)}, got {choice!r}")
 
 
 class PerturbedModality:
@@ -193,7 +194,7 @@ class PerturbedModality:
         self.n = len(modalities)
         self.fixed = list(modalities).index(name) if self.kind == "fixed" else None
         self.rng = np.random.default_rng(seed)
-        self.position = 0              # alternate: the next modality
+        self.position = 0  # alternate: the next modality
 
     def __call__(self, dominant: int) -> int:
         if self.kind == "fixed":

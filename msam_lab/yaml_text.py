@@ -15,25 +15,32 @@ Words stay strings (``nan``, ``inf``, dataset names, ``fixed:image``).
 more than :data:`MAX_VALUES` values (the "billion laughs" bomb: ~600 bytes that ``json.dumps``
 expanded into gigabytes); :func:`expanded_size` counts that for YAML nodes and Python values alike.
 """
+
 from __future__ import annotations
 
 import re
 
 import yaml
 
-MAX_BYTES = 2 ** 20          # a config file or --set value; real ones are a few KB
-MAX_VALUES = 100_000         # values after alias expansion; real configs hold a few hundred
+MAX_BYTES = 2**20  # a config file or --set value; real ones are a few KB
+MAX_VALUES = 100_000  # values after alias expansion; real configs hold a few hundred
 
-_DIGITS = r"[0-9][0-9_]*"   # YAML's underscores (Python's int()/float() accept single ones between digits)
+_DIGITS = r"[0-9][0-9_]*"  # YAML's underscores (Python's int()/float() accept single ones between digits)
 _EXPONENT = rf"[eE][-+]?{_DIGITS}"
-INT_PATTERN = re.compile(rf"""^(?:[-+]?{_DIGITS}              # decimal, leading zeros included
+INT_PATTERN = re.compile(
+    rf"""^(?:[-+]?{_DIGITS}              # decimal, leading zeros included
                               |[-+]?0b[0-1_]+|[-+]?0x[0-9a-fA-F_]+  # YAML 1.1 binary and hex
                               |[-+]?[1-9][0-9_]*(?::[0-5]?[0-9])+)$  # YAML 1.1 base 60
-                              """, re.VERBOSE)
-FLOAT_PATTERN = re.compile(rf"""^(?:[-+]?(?:{_DIGITS}\.[0-9_]*|\.{_DIGITS})(?:{_EXPONENT})?  # a point
+                              """,
+    re.VERBOSE,
+)
+FLOAT_PATTERN = re.compile(
+    rf"""^(?:[-+]?(?:{_DIGITS}\.[0-9_]*|\.{_DIGITS})(?:{_EXPONENT})?  # a point
                                 |[-+]?{_DIGITS}{_EXPONENT}                             # an exponent
                                 |[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+\.[0-9_]*            # base 60
-                                |[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$""", re.VERBOSE)
+                                |[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$""",
+    re.VERBOSE,
+)
 
 
 class TooLarge(ValueError):
@@ -47,15 +54,17 @@ class NumberLoader(yaml.SafeLoader):
         text = self.construct_scalar(node).replace("_", "")
         digits = text.lstrip("+-")
         if len(digits) > 1 and digits[0] == "0" and digits.isdigit():
-            return int(text)                    # decimal as in YAML 1.2 and int(): 010 is 10, not octal 8
+            return int(text)  # decimal as in YAML 1.2 and int(): 010 is 10, not octal 8
         return super().construct_yaml_int(node)
 
 
 # the subclass's own copy of the resolvers, without YAML 1.1's int and float rules
 NumberLoader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers
-            if tag not in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+    first: [
+        (tag, regexp) for tag, regexp in resolvers if tag not in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
+    ]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
 NumberLoader.add_implicit_resolver("tag:yaml.org,2002:int", INT_PATTERN, list("-+0123456789"))
 NumberLoader.add_implicit_resolver("tag:yaml.org,2002:float", FLOAT_PATTERN, list("-+0123456789."))
 NumberLoader.add_constructor("tag:yaml.org,2002:int", NumberLoader.construct_yaml_int)
@@ -63,11 +72,11 @@ NumberLoader.add_constructor("tag:yaml.org,2002:int", NumberLoader.construct_yam
 
 def read_number(text: str) -> int | float | None:
     """The int or float a YAML value ``text`` means under :class:`NumberLoader`, else None (not a number)."""
-    if not (INT_PATTERN.fullmatch(text) or FLOAT_PATTERN.fullmatch(text)):   # "5\n" too is no number
+    if not (INT_PATTERN.fullmatch(text) or FLOAT_PATTERN.fullmatch(text)):  # "5\n" too is no number
         return None
     try:
-        return yaml.load(text, Loader=NumberLoader)   # a SafeLoader subclass: no arbitrary objects
-    except ValueError:                 # "._": matched, but no number; int() of over 4300 digits
+        return yaml.load(text, Loader=NumberLoader)  # a SafeLoader subclass: no arbitrary objects
+    except ValueError:  # "._": matched, but no number; int() of over 4300 digits
         return None
 
 
@@ -116,16 +125,17 @@ def load(data: str | bytes, what: str):
     """The YAML document ``data`` under :class:`NumberLoader`, refused with :class:`TooLarge` (naming
     ``what``) above :data:`MAX_BYTES` or when its aliases expand past :data:`MAX_VALUES` values."""
     if len(data) > MAX_BYTES:
-        raise TooLarge(f"{what} is larger than the limit of {MAX_BYTES // 2 ** 20} MiB "
-                       f"({len(data):,} bytes or more)")
+        raise TooLarge(f"{what} is larger than the limit of {MAX_BYTES // 2**20} MiB ({len(data):,} bytes or more)")
     loader = NumberLoader(data)
     try:
         node = loader.get_single_node()
         if node is None:
             return None
         if expanded_size(node, MAX_VALUES, _node_children) > MAX_VALUES:
-            raise TooLarge(f"{what} expands to more than {MAX_VALUES:,} values through its YAML aliases "
-                           "(&name / *name); write the values out")
+            raise TooLarge(
+                f"{what} expands to more than {MAX_VALUES:,} values through its YAML aliases "
+                "(&name / *name); write the values out"
+            )
         return loader.construct_document(node)
     finally:
         loader.dispose()

@@ -1,4 +1,5 @@
 """Shared fixtures: seeded tiny models and batches, so every test starts from the same state."""
+
 from __future__ import annotations
 
 import pytest
@@ -19,15 +20,13 @@ def make_batch(n_mod=2, n=32, dim=6, n_classes=3, seed=0, informative=(2.0, 0.3,
     g = torch.Generator().manual_seed(seed)
     labels = torch.randint(0, n_classes, (n,), generator=g)
     means = torch.randn(n_classes, dim, generator=g)
-    inputs = {f"m{m}": informative[m] * means[labels] + torch.randn(n, dim, generator=g)
-              for m in range(n_mod)}
+    inputs = {f"m{m}": informative[m] * means[labels] + torch.randn(n, dim, generator=g) for m in range(n_mod)}
     return inputs, labels
 
 
 def make_model(n_mod=2, dim=6, n_classes=3, fusion="late_sum", seed=0):
     torch.manual_seed(seed)
-    return build_model({f"m{m}": (dim,) for m in range(n_mod)}, n_classes, fusion,
-                       feature_dim=8, hidden_dim=16)
+    return build_model({f"m{m}": (dim,) for m in range(n_mod)}, n_classes, fusion, feature_dim=8, hidden_dim=16)
 
 
 def make_config(**kw) -> Config:

@@ -1,4 +1,4 @@
-"""Processes that race on the same run files, for tests/test_contention.py; not a test module.
+"""Processes that race on the same run files, for tests/runs/test_contention.py; not a test module.
 
     python tests/contention_child.py lock ROOT ID ROUNDS   # each round: take over ROOT/<round>/lock
     python tests/contention_child.py rows CSV ID N          # N replace_rows calls, one new row each
@@ -8,6 +8,7 @@ of them start at once. ``lock`` imports only msam_lab.runs.lock and what it need
 of them start in a second); a winner keeps the lock until the parent writes ``ROOT/done`` (a
 process that ends leaves a stale lock, which the next one may rightly take over).
 """
+
 from __future__ import annotations
 
 import sys
@@ -35,7 +36,7 @@ def lock(root: Path, ident: str, rounds: int) -> None:
     sys.modules["msam_lab"] = package
     from msam_lab.runs.lock import RunLock, RunLockedError
 
-    held = []                                   # winners keep their locks, as a live trainer does
+    held = []  # winners keep their locks, as a live trainer does
     (root / f"ready-{ident}").touch()
     for r in range(rounds):
         folder = root / str(r)
@@ -48,19 +49,35 @@ def lock(root: Path, ident: str, rounds: int) -> None:
         except RunLockedError:
             outcome = "lost"
         (folder / f"result-{ident}").write_text(outcome)
-    wait_for(root / "done")                     # alive until the parent has checked the last round
+    wait_for(root / "done")  # alive until the parent has checked the last round
 
 
 def rows(csv: Path, ident: str, n: int) -> None:
-    from msam_lab.runs.writer import replace_rows
     from msam_lab.analysis.sharpness_timeline import KEYS
+    from msam_lab.runs.writer import replace_rows
 
     (csv.parent / f"ready-{ident}").touch()
     wait_for(csv.parent / "go")
     for i in range(n):
-        replace_rows(csv, [{"epoch": int(ident), "scope": f"s{i}", "split": "train", "n_samples": 8,
-                            "subset_seed": 0, "seed": 0, "topk": 1, "probes": 2, "rho": 0.05,
-                            "lambda_1": float(i), "writer": ident}], KEYS)
+        replace_rows(
+            csv,
+            [
+                {
+                    "epoch": int(ident),
+                    "scope": f"s{i}",
+                    "split": "train",
+                    "n_samples": 8,
+                    "subset_seed": 0,
+                    "seed": 0,
+                    "topk": 1,
+                    "probes": 2,
+                    "rho": 0.05,
+                    "lambda_1": float(i),
+                    "writer": ident,
+                }
+            ],
+            KEYS,
+        )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The rank processes of tests/test_distributed.py, started by torchrun; not a test module.
+"""The rank processes of tests/training/test_distributed.py, started by torchrun; not a test module.
 
     python -m torch.distributed.run --standalone --nproc-per-node 2 tests/ddp_child.py JOBS_JSON
 
@@ -13,6 +13,7 @@ JOBS_JSON holds a list of jobs, run in order in one process group:
 - ``{"kind": "disagree", "out": FILE}``: ``distributed.check_same`` on a value that differs by rank
   (what ``dist_debug`` checks for the dominant modality); rank 0 writes the error message to FILE.
 """
+
 import json
 import os
 import sys
@@ -37,8 +38,9 @@ class TinyNet(torch.nn.Module):
 
     def forward(self, image, audio, present=MODALITIES):
         x = {"image": image, "audio": audio}
-        return sum(self.head[m](torch.tanh(self.enc[m](x[m] if m in present else torch.zeros_like(x[m]))))
-                   for m in MODALITIES)
+        return sum(
+            self.head[m](torch.tanh(self.enc[m](x[m] if m in present else torch.zeros_like(x[m])))) for m in MODALITIES
+        )
 
 
 def user_model(seed=0) -> TinyNet:
@@ -52,7 +54,7 @@ def user_batches(steps, batch=15, seed=1):
     out = []
     for _ in range(steps):
         labels = torch.randint(0, 3, (batch,), generator=g)
-        image = torch.randn(batch, 6, generator=g) + labels[:, None].float()       # the image is informative
+        image = torch.randn(batch, 6, generator=g) + labels[:, None].float()  # the image is informative
         audio = torch.randn(batch, 4, generator=g) + 0.3 * labels[:, None].float()
         out.append((image, audio, labels))
     return out
@@ -65,8 +67,15 @@ def user_msam(job):
     net = user_model()
     ddp = torch.nn.parallel.DistributedDataParallel(net)
     parts = {m: list(net.enc[m].parameters()) for m in MODALITIES} if job["variant"] == "params" else None
-    opt = msam_lab.MSAM(ddp.parameters(), torch.optim.SGD, modalities=MODALITIES, model=ddp,
-                        variant=job["variant"], modality_parameters=parts, **USER_OPTIONS)
+    opt = msam_lab.MSAM(
+        ddp.parameters(),
+        torch.optim.SGD,
+        modalities=MODALITIES,
+        model=ddp,
+        variant=job["variant"],
+        modality_parameters=parts,
+        **USER_OPTIONS,
+    )
     records = []
     for image, audio, labels in user_batches(job["steps"]):
         part = distributed.shard_of(len(labels))
@@ -80,7 +89,7 @@ def user_msam(job):
 
 def main(path):
     jobs = json.loads(open(path).read())
-    distributed.init_from_env("cpu", timeout_s=60.0)      # train() would join it too; user_msam needs it first
+    distributed.init_from_env("cpu", timeout_s=60.0)  # train() would join it too; user_msam needs it first
     for job in jobs:
         if job["kind"] == "train":
             die_at = job.get("die_at")

@@ -1,4 +1,4 @@
-"""Fault scenarios on a real small file system, for tests/test_faults.py; not a test module.
+"""Fault scenarios on a real small file system, for tests/training/test_faults.py; not a test module.
 
     unshare --mount --propagation private sh -c 'mount -t tmpfs -o size=8m tmpfs DIR &&
         exec python tests/fault_child.py SCENARIO DIR'
@@ -10,6 +10,7 @@ traceback). The one command that must die for real (a trainer whose disk goes re
 runs as a child process. Prints ``RESULT <json>``: per case, the exit code, the stderr lines, and
 what the run folders hold afterwards.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -30,18 +31,33 @@ import torch
 
 torch.set_num_threads(1)
 
-from msam_lab.runs import atomic
 from msam_lab import cli  # noqa: E402
-from msam_lab.runs.writer import RunWriter  # noqa: E402
+from msam_lab.runs import atomic  # noqa: E402
 from msam_lab.runs.reader import load_run, read_table  # noqa: E402
+from msam_lab.runs.writer import RunWriter  # noqa: E402
 
 # the modules, not the functions of the same names that msam_lab.landscape exports
 landscape_runs = importlib.import_module("msam_lab.landscape.for_run")
 sharpness_mod = importlib.import_module("msam_lab.landscape.sharpness")
 surface_mod = importlib.import_module("msam_lab.landscape.surface")
 
-TRAIN = ["--dataset", "synthetic", "--epochs", "2", "--set", "data.n_samples=300", "--set", "data.n_modalities=2",
-         "--set", "batch_size=32", "--set", "train_eval_samples=100", "--set", "flush_every=0", "--quiet"]
+TRAIN = [
+    "--dataset",
+    "synthetic",
+    "--epochs",
+    "2",
+    "--set",
+    "data.n_samples=300",
+    "--set",
+    "data.n_modalities=2",
+    "--set",
+    "batch_size=32",
+    "--set",
+    "train_eval_samples=100",
+    "--set",
+    "flush_every=0",
+    "--quiet",
+]
 FILLER = ".filler"
 
 
@@ -58,7 +74,7 @@ def fill(root: Path) -> None:
                     raise
                 if len(chunk) == 1:
                     break
-                chunk = chunk[:len(chunk) // 2]
+                chunk = chunk[: len(chunk) // 2]
     finally:
         os.close(fd)
 
@@ -68,7 +84,7 @@ def free(root: Path) -> None:
 
 
 def remount(root: Path, mode: str) -> None:
-    for _ in range(200):       # EBUSY while a file is open for writing: try again
+    for _ in range(200):  # EBUSY while a file is open for writing: try again
         if subprocess.run(["mount", "-o", f"remount,{mode}", str(root)], capture_output=True).returncode == 0:
             return
         time.sleep(0.05)
@@ -81,7 +97,7 @@ def run_cli(args) -> dict:
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
             code = cli.main([str(a) for a in args])
-        except BaseException:          # would have been a traceback
+        except BaseException:  # would have been a traceback
             code, uncaught = None, traceback.format_exc()
     return {"code": code, "err": err.getvalue().splitlines(), "uncaught": uncaught}
 
@@ -120,8 +136,12 @@ def status_of(run: Path) -> dict:
         status = json.loads((run / "status.json").read_text())
     except (OSError, ValueError) as err:
         return {"unreadable": str(err)}
-    return {"state": status.get("state"), "error": status.get("error"), "last_step": status.get("last_step"),
-            "lock": (run / "lock").exists()}
+    return {
+        "state": status.get("state"),
+        "error": status.get("error"),
+        "last_step": status.get("last_step"),
+        "lock": (run / "lock").exists(),
+    }
 
 
 def status_lines(root: Path) -> dict:
@@ -146,6 +166,7 @@ def hook(cls, name, when, action):
             fired.append(True)
             action()
         return real(self, arg, *a, **kw)
+
     setattr(cls, name, patched)
     try:
         yield fired
@@ -154,6 +175,7 @@ def hook(cls, name, when, action):
 
 
 # ---------------------------------------------------------------- scenarios
+
 
 def train_full(root: Path) -> dict:
     res = {}
@@ -196,10 +218,16 @@ def train_full(root: Path) -> dict:
     def fill_mid():
         before.update(snapshot(root / "b"))
         fill(root)
+
     with hook(RunWriter, "log_step", lambda row: row["step"] == 9, fill_mid) as fired:
         res["mid"] = run_cli(["train", "--out", root / "b", *TRAIN])
-    res["mid"].update(fired=bool(fired), status=status_of(root / "b"), lost=intact(before, root / "b"),
-                      steps=steps_of(root / "b"), status_cmd=status_lines(root))
+    res["mid"].update(
+        fired=bool(fired),
+        status=status_of(root / "b"),
+        lost=intact(before, root / "b"),
+        steps=steps_of(root / "b"),
+        status_cmd=status_lines(root),
+    )
     res["mid"]["checkpoints_load"] = sorted(load_run(root / "b").checkpoints)
     for epoch in res["mid"]["checkpoints_load"]:
         load_run(root / "b").load_checkpoint(epoch)
@@ -208,8 +236,11 @@ def train_full(root: Path) -> dict:
     res["resume_full"].update(status=status_of(root / "b"), lost=intact(before, root / "b"))
     free(root)
     res["resume"] = run_cli(["train", "--resume", root / "b"])
-    res["resume"].update(status=status_of(root / "b"), steps=steps_of(root / "b"),
-                         epochs=[int(e) for e in read_table(root / "b" / "epochs.csv")["epoch"]])
+    res["resume"].update(
+        status=status_of(root / "b"),
+        steps=steps_of(root / "b"),
+        epochs=[int(e) for e in read_table(root / "b" / "epochs.csv")["epoch"]],
+    )
     return res
 
 
@@ -236,7 +267,7 @@ sys.exit(cli.main(sys.argv[3:]))
 def train_readonly(root: Path) -> dict:
     res = {}
     with hook(RunWriter, "log_step", lambda row: row["step"] == 9, lambda: (_ for _ in ()).throw(KeyboardInterrupt)):
-        res["setup"] = run_cli(["train", "--out", root / "r", *TRAIN])      # an interrupted run to resume
+        res["setup"] = run_cli(["train", "--out", root / "r", *TRAIN])  # an interrupted run to resume
     before = snapshot(root / "r")
     remount(root, "ro")
     res["start"] = run_cli(["train", "--out", root / "new", *TRAIN])
@@ -246,12 +277,21 @@ def train_readonly(root: Path) -> dict:
     remount(root, "rw")
 
     # read-only in the middle of a resumed run, in a process that then exits for real
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(root), "11", "train", "--resume", str(root / "r")],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, str(root), "11", "train", "--resume", str(root / "r")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     remount(root, "rw")
-    res["mid"] = {"code": proc.returncode, "err": proc.stderr.splitlines(), "pid": None,
-                  "status": status_of(root / "r"), "lost": intact(before, root / "r"),
-                  "status_cmd": status_lines(root)}
+    res["mid"] = {
+        "code": proc.returncode,
+        "err": proc.stderr.splitlines(),
+        "pid": None,
+        "status": status_of(root / "r"),
+        "lost": intact(before, root / "r"),
+        "status_cmd": status_lines(root),
+    }
     with contextlib.suppress(OSError, ValueError):
         res["mid"]["pid"] = json.loads((root / "r" / "lock").read_text())["pid"]
     res["resume"] = run_cli(["train", "--resume", root / "r"])
@@ -263,8 +303,9 @@ def analysis(root: Path) -> dict:
     res = {}
     run = root / "run"
     res["setup"] = run_cli(["train", "--out", run, *TRAIN])
-    res["setup_sharpness"] = run_cli(["sharpness", run, "--n-samples", "32", "--probes", "2", "--max-iter", "5",
-                                      "--quiet"])
+    res["setup_sharpness"] = run_cli(
+        ["sharpness", run, "--n-samples", "32", "--probes", "2", "--max-iter", "5", "--quiet"]
+    )
     land = ["landscape", run, "--dim", "2", "--grid", "9", "--n-samples", "32", "--quiet", "--threads", "1"]
     sharp = ["sharpness", run, "--epoch", "0", "--n-samples", "32", "--probes", "2", "--max-iter", "5", "--quiet"]
     calls = {"surface": 0, "sharpness": 0}
@@ -277,14 +318,17 @@ def analysis(root: Path) -> dict:
     def measure(*a, **kw):
         calls["sharpness"] += 1
         return real_sharpness(*a, **kw)
+
     landscape_runs.compute_surface, sharpness_mod.sharpness = compute, measure
 
     def case(label, args):
         before, calls["surface"], calls["sharpness"] = snapshot(run), 0, 0
         res[label] = run_cli(args)
-        res[label].update(lost=intact(before, run), computed=dict(calls),
-                          landscapes=sorted(p.name for p in (run / "landscapes").iterdir())
-                          if (run / "landscapes").is_dir() else [])
+        res[label].update(
+            lost=intact(before, run),
+            computed=dict(calls),
+            landscapes=sorted(p.name for p in (run / "landscapes").iterdir()) if (run / "landscapes").is_dir() else [],
+        )
 
     fill(root)
     case("landscape_full", land + ["--name", "full"])
@@ -304,6 +348,7 @@ def analysis(root: Path) -> dict:
         if len(flushes) == 2:
             fill(root)
         return real_save(self, *a, **kw)
+
     surface_mod.Surface.save_values = save_values
     case("landscape_mid", land + ["--name", "mid"])
     surface_mod.Surface.save_values = real_save
@@ -316,6 +361,7 @@ def analysis(root: Path) -> dict:
         row = real_sharpness(*a, **kw)
         fill(root)
         return row
+
     sharpness_mod.sharpness = measure_then_fill
     case("sharpness_mid", sharp)
     sharpness_mod.sharpness = measure
@@ -327,8 +373,9 @@ def analysis(root: Path) -> dict:
     a = surface_mod.Surface.load(run / "landscapes" / "mid")
     b = surface_mod.Surface.load(run / "landscapes" / "reference")
     res["landscape_again"]["complete"] = a.complete
-    res["landscape_again"]["same_as_reference"] = bool(all(
-        torch.equal(torch.as_tensor(a[k]), torch.as_tensor(b[k])) for k in a.metrics))
+    res["landscape_again"]["same_as_reference"] = bool(
+        all(torch.equal(torch.as_tensor(a[k]), torch.as_tensor(b[k])) for k in a.metrics)
+    )
     case("sharpness_again", sharp)
     return res
 

@@ -4,6 +4,7 @@ Imports inside functions count: a cycle hidden in a function is still a cycle. T
 ARCHITECTURE.md draws; a module may import its own layer and those below. Run on another tree with
 ``python tests/test_architecture.py PATH`` (it printed 3 cycles for the tree before the restructure).
 """
+
 from __future__ import annotations
 
 import ast
@@ -58,7 +59,7 @@ def imports(root: Path) -> dict[str, set[str]]:
             else:
                 continue
             for target in targets:
-                while target and target not in mods:       # `import a.b.c` of a name inside a module
+                while target and target not in mods:  # `import a.b.c` of a name inside a module
                     target = target.rpartition(".")[0]
                 if target and target != mod:
                     edges[mod].add(target)
@@ -116,8 +117,9 @@ def layer(module: str) -> int:
 
 
 def upward(edges: dict[str, set[str]]) -> list[str]:
-    return sorted(f"{a} -> {b}" for a, targets in edges.items() for b in targets
-                  if b != "msam_lab" and layer(b) > layer(a))
+    return sorted(
+        f"{a} -> {b}" for a, targets in edges.items() for b in targets if b != "msam_lab" and layer(b) > layer(a)
+    )
 
 
 def test_the_package_has_no_import_cycles():

@@ -5,6 +5,7 @@ The quick mode swaps the paper's ResNet-18 encoders for msam_lab's small ``cnn``
 inputs, one repeat) so that it takes seconds on a loaded 2-core CPU; on the CPU peak memory is
 reported as ``n/a`` (the process's peak RSS goes to ``cpu_peak_rss_mib`` instead).
 """
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,14 @@ PRECISIONS = ("fp32", "bf16")
 def quick(tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu-bench")
     env = {k: v for k, v in os.environ.items() if k != "OUT"}
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu.py"), "--device", "cpu", "--quick",
-                           "--out", str(out)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "gpu.py"), "--device", "cpu", "--quick", "--out", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     return proc.stdout, json.loads((out / "gpu.json").read_text()), (out / "gpu.md").read_text()
 
@@ -39,8 +46,8 @@ def test_quick_table_has_every_row_and_column(quick):
         for precision in PRECISIONS:
             r = rows[(method, precision, False)]
             assert r["step_ms"] > 0 and r["gflop_per_step"] > 0 and r["tflops"] > 0
-            assert r["pct_of_ceiling"] > 0 and r["ceiling"] == precision       # no TF32 on the CPU
-            assert r["peak_mib"] is None                                      # n/a on the CPU
+            assert r["pct_of_ceiling"] > 0 and r["ceiling"] == precision  # no TF32 on the CPU
+            assert r["peak_mib"] is None  # n/a on the CPU
     for precision in PRECISIONS:
         assert rows[("joint", precision, True)]["step_ms"] > 0
     assert rows[("sam", "fp32", False)]["gflop_per_step"] > rows[("joint", "fp32", False)]["gflop_per_step"]
@@ -49,11 +56,19 @@ def test_quick_table_has_every_row_and_column(quick):
     assert set(land) == set(PRECISIONS)
     for r in land.values():
         assert r["grid"] == "3x3" and r["points"] == 9 and r["points_per_s"] > 0 and r["steady_points_per_s"] > 0
-        assert r["metrics"] == 10                      # loss/acc: fused, each modality alone, each removed
+        assert r["metrics"] == 10  # loss/acc: fused, each modality alone, each removed
     assert result["cpu_peak_rss_mib"] > 0
-    for table in (stdout, md):                         # the printed table and gpu.md are the same
-        for column in ("step ms (median)", "GFLOP/step", "TFLOP/s", "% of ceiling", "peak memory MiB",
-                       "points/s (compute_surface)", "points/s (steady)", "matmul ceiling"):
+    for table in (stdout, md):  # the printed table and gpu.md are the same
+        for column in (
+            "step ms (median)",
+            "GFLOP/step",
+            "TFLOP/s",
+            "% of ceiling",
+            "peak memory MiB",
+            "points/s (compute_surface)",
+            "points/s (steady)",
+            "matmul ceiling",
+        ):
             assert column in table
         for method in METHODS:
             for precision in PRECISIONS:
@@ -67,8 +82,9 @@ def test_quick_table_has_every_row_and_column(quick):
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 def test_gpu_sh_without_cuda_exits_with_one_line():
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "BENCH_PYTHON": sys.executable}
-    proc = subprocess.run(["bash", str(ROOT / "bench" / "gpu.sh")], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=60)
+    proc = subprocess.run(
+        ["bash", str(ROOT / "bench" / "gpu.sh")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode != 0
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "no CUDA device" in lines[0] and "--allow-cpu" in lines[0], proc.stderr

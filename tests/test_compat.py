@@ -1,4 +1,5 @@
 """Old module paths (before the layered layout) still import, as the same module, with one warning."""
+
 import importlib
 import json
 import subprocess
@@ -41,8 +42,35 @@ def test_a_name_that_never_existed_is_still_an_import_error():
 
 def test_old_names_cover_every_module_the_old_tree_had_at_top_level():
     # the modules of msam_lab/ before the restructure that are gone from the top level now
-    old_top = {"atomic", "checkpoint_io", "coalitions", "compare", "data_parallel", "encoders", "entry_points",
-               "forward_eval", "hessian", "interrupts", "launch", "metrics", "msam_optimizer", "nonfinite",
-               "precision", "progress", "resume", "rivals", "run_lock", "run_logger", "run_writer", "sam",
-               "schedules", "selection", "sharpness_timeline", "speed", "status", "sweep", "trainer"}
+    old_top = {
+        "atomic",
+        "checkpoint_io",
+        "coalitions",
+        "compare",
+        "data_parallel",
+        "encoders",
+        "entry_points",
+        "forward_eval",
+        "hessian",
+        "interrupts",
+        "launch",
+        "metrics",
+        "msam_optimizer",
+        "nonfinite",
+        "precision",
+        "progress",
+        "resume",
+        "rivals",
+        "run_lock",
+        "run_logger",
+        "run_writer",
+        "sam",
+        "schedules",
+        "selection",
+        "sharpness_timeline",
+        "speed",
+        "status",
+        "sweep",
+        "trainer",
+    }
     assert {f"msam_lab.{name}" for name in old_top} <= set(_compat.MOVED)

@@ -1,4 +1,5 @@
 """Shapley values against the axioms and against brute force over all orderings."""
+
 from __future__ import annotations
 
 import copy
@@ -59,8 +60,9 @@ def test_additive_game_gives_each_players_weight():
 
 def test_additivity_of_games():
     a, b = random_game(4, 2), random_game(4, 3)
-    np.testing.assert_allclose(shapley.exact_shapley(a + b),
-                               shapley.exact_shapley(a) + shapley.exact_shapley(b), atol=1e-12)
+    np.testing.assert_allclose(
+        shapley.exact_shapley(a + b), shapley.exact_shapley(a) + shapley.exact_shapley(b), atol=1e-12
+    )
 
 
 def test_vector_game_torch_matches_numpy_per_component():
@@ -72,7 +74,7 @@ def test_vector_game_torch_matches_numpy_per_component():
 
 
 def test_sampled_is_exact_on_additive_games_with_many_players():
-    n = 12     # beyond exact range: every ordering gives the same marginals in an additive game
+    n = 12  # beyond exact range: every ordering gives the same marginals in an additive game
     w = np.random.default_rng(0).normal(size=n)
     calls = []
 
@@ -82,7 +84,7 @@ def test_sampled_is_exact_on_additive_games_with_many_players():
 
     phi = shapley.sampled_shapley(value_fn, n, n_permutations=5, seed=0)
     np.testing.assert_allclose(phi, w, atol=1e-12)
-    assert len(calls) == 1        # all coalitions asked for in one batch
+    assert len(calls) == 1  # all coalitions asked for in one batch
 
 
 def test_sampled_converges_to_exact():
@@ -105,7 +107,7 @@ def test_exact_refuses_too_many_players():
 
 def test_clip_shares():
     np.testing.assert_allclose(shapley.shares([0.3, 0.1, -0.2]), [0.75, 0.25, 0.0])
-    np.testing.assert_allclose(shapley.shares([-0.1, 0.0]), [0.5, 0.5])      # nothing positive: uniform
+    np.testing.assert_allclose(shapley.shares([-0.1, 0.0]), [0.5, 0.5])  # nothing positive: uniform
 
 
 def test_shift_shares():
@@ -135,14 +137,15 @@ def test_softmax_shares_are_softmax_of_phi_over_t():
     phi, t = [0.3, 0.1, -0.2], 0.5
     e = [math.exp(0.6), math.exp(0.2), math.exp(-0.4)]
     np.testing.assert_allclose(shapley.shares(phi, "softmax", t), [x / sum(e) for x in e], rtol=1e-14)
-    np.testing.assert_allclose(shapley.shares(phi, "softmax"), shapley.shares(np.add(phi, 5.0), "softmax"),
-                               rtol=1e-14)                      # only differences of phi matter
+    np.testing.assert_allclose(
+        shapley.shares(phi, "softmax"), shapley.shares(np.add(phi, 5.0), "softmax"), rtol=1e-14
+    )  # only differences of phi matter
 
 
 def test_softmax_limits_are_the_argmax_and_the_uniform_shares():
     assert list(shapley.shares([0.1, 0.4, 0.2], "softmax", 1e-6)) == [0.0, 1.0, 0.0]
-    assert list(shapley.shares([0.4, 0.4, 0.1], "softmax", 1e-300)) == [0.5, 0.5, 0.0]     # ties share
-    assert list(shapley.shares([0.1, -0.9], "softmax", 5e-324)) == [1.0, 0.0]               # no overflow
+    assert list(shapley.shares([0.4, 0.4, 0.1], "softmax", 1e-300)) == [0.5, 0.5, 0.0]  # ties share
+    assert list(shapley.shares([0.1, -0.9], "softmax", 5e-324)) == [1.0, 0.0]  # no overflow
     np.testing.assert_allclose(shapley.shares([0.9, -0.5, 0.0], "softmax", 1e12), [1 / 3] * 3, atol=1e-12)
     # in between, a higher temperature flattens the shares
     sharp, flat = shapley.shares([0.3, 0.1], "softmax", 0.05), shapley.shares([0.3, 0.1], "softmax", 2.0)
@@ -167,8 +170,8 @@ def test_perturbed_modality_choices():
     assert [alt(0) for _ in range(7)] == [0, 1, 2, 0, 1, 2, 0]
     draws = [shapley.PerturbedModality("random", mods, seed=3) for _ in range(2)]
     seqs = [[p(0) for _ in range(300)] for p in draws]
-    assert seqs[0] == seqs[1]                                       # seeded
-    assert all(80 < seqs[0].count(m) < 120 for m in range(3))       # uniform: 100 expected, sd 8
+    assert seqs[0] == seqs[1]  # seeded
+    assert all(80 < seqs[0].count(m) < 120 for m in range(3))  # uniform: 100 expected, sd 8
     assert seqs[0] != [shapley.PerturbedModality("random", mods, seed=4)(0) for _ in range(300)]
 
 
@@ -182,8 +185,12 @@ def test_perturbed_modality_state_dict_resumes_the_sequence():
 
 
 def test_bad_perturbed_choices_name_the_fix():
-    for bad, words in [("fixed:z", "fixed:<one of a, b>"), ("fixed:", "names no modality"),
-                       ("dominant", "shapley, fixed:<modality>, random, alternate"), ("random:a", "random")]:
+    for bad, words in [
+        ("fixed:z", "fixed:<one of a, b>"),
+        ("fixed:", "names no modality"),
+        ("dominant", "shapley, fixed:<modality>, random, alternate"),
+        ("random:a", "random"),
+    ]:
         with pytest.raises(ValueError, match=re.escape(words)):
             shapley.PerturbedModality(bad, ("a", "b"))
 

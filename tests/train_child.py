@@ -1,10 +1,11 @@
-"""A real training process for the kill/resume tests (tests/test_resume.py); not a test module.
+"""A real training process for the kill/resume tests (tests/training/test_resume.py); not a test module.
 
     python tests/train_child.py train CONFIG_JSON OUT [PAUSE_AT]   # prints PAUSED at step PAUSE_AT, then waits
     python tests/train_child.py resume OUT
 
 One thread and deterministic algorithms, so a run and its resumed twin compute the same bits.
 """
+
 import json
 import sys
 import time
@@ -27,7 +28,7 @@ def main(argv):
     def on_step(row):
         if row["step"] == pause_at:
             print("PAUSED", flush=True)
-            time.sleep(600)           # the parent kills us here, in the middle of an epoch
+            time.sleep(600)  # the parent kills us here, in the middle of an epoch
 
     msam_lab.train(config, out=out, quiet=True, on_step=on_step)
     return 0

@@ -18,6 +18,7 @@ Every random draw comes from a generator of its own (seeded), never from torch's
 measurement in the middle of training does not change what training draws next. This module sits
 below the trainer and the analysis layer (msam_lab.landscape); both use it.
 """
+
 from __future__ import annotations
 
 import math
@@ -62,9 +63,13 @@ class HessianOperator:
         out = [torch.zeros_like(p) for p in self.params]
         if not self._live:
             return out
-        hv = torch.autograd.grad([self._grads[i] for i in self._live], self.params,
-                                 grad_outputs=[v[i].to(self._grads[i]) for i in self._live],
-                                 retain_graph=True, allow_unused=True)
+        hv = torch.autograd.grad(
+            [self._grads[i] for i in self._live],
+            self.params,
+            grad_outputs=[v[i].to(self._grads[i]) for i in self._live],
+            retain_graph=True,
+            allow_unused=True,
+        )
         return [h.detach() if h is not None else o for h, o in zip(hv, out)]
 
 
@@ -79,8 +84,14 @@ def _random_like(params: Sequence[torch.Tensor], gen: torch.Generator, kind: str
     return out
 
 
-def top_eigenvalues(hvp: Callable[[Vector], Vector], params: Sequence[torch.Tensor], k: int = 1,
-                    max_iter: int = 100, tol: float = 1e-3, seed: int = 0):
+def top_eigenvalues(
+    hvp: Callable[[Vector], Vector],
+    params: Sequence[torch.Tensor],
+    k: int = 1,
+    max_iter: int = 100,
+    tol: float = 1e-3,
+    seed: int = 0,
+):
     """The ``k`` Hessian eigenvalues of largest magnitude and their eigenvectors.
 
     Power iteration from a seeded Gaussian start, stopped when the Rayleigh
@@ -108,7 +119,7 @@ def top_eigenvalues(hvp: Callable[[Vector], Vector], params: Sequence[torch.Tens
             hv = deflate(hvp(v))
             new = _dot(v, hv)
             v, n = _normalize(hv)
-            if n == 0:                    # v is in the null space: eigenvalue 0
+            if n == 0:  # v is in the null space: eigenvalue 0
                 lam = 0.0
                 break
             if lam is not None and abs(new - lam) <= tol * max(abs(lam), 1e-12):
@@ -121,20 +132,25 @@ def top_eigenvalues(hvp: Callable[[Vector], Vector], params: Sequence[torch.Tens
     return values, vectors, iterations
 
 
-def hutchinson_trace(hvp: Callable[[Vector], Vector], params: Sequence[torch.Tensor], probes: int = 32,
-                     seed: int = 0) -> tuple[float, float, np.ndarray]:
+def hutchinson_trace(
+    hvp: Callable[[Vector], Vector], params: Sequence[torch.Tensor], probes: int = 32, seed: int = 0
+) -> tuple[float, float, np.ndarray]:
     """Hutchinson's estimate of tr H with ``probes`` Rademacher vectors: ``(mean, standard error, samples)``."""
     if probes < 1:
         raise ValueError(f"probes must be >= 1, got {probes}")
     gen = torch.Generator().manual_seed(int(seed))
-    samples = np.array([_dot(z, hvp(z)) for z in (_random_like(params, gen, "rademacher")
-                                                   for _ in range(probes))])
+    samples = np.array([_dot(z, hvp(z)) for z in (_random_like(params, gen, "rademacher") for _ in range(probes))])
     se = float(samples.std(ddof=1) / math.sqrt(probes)) if probes > 1 else float("nan")
     return float(samples.mean()), se, samples
 
 
-def epsilon_sharpness(loss_fn: Callable[[], torch.Tensor], params: Sequence[torch.Tensor], rho: float = 0.05,
-                      grad: Vector | None = None, loss: float | None = None) -> dict:
+def epsilon_sharpness(
+    loss_fn: Callable[[], torch.Tensor],
+    params: Sequence[torch.Tensor],
+    rho: float = 0.05,
+    grad: Vector | None = None,
+    loss: float | None = None,
+) -> dict:
     """L(θ + ρ·g/‖g‖) − L(θ), moving only ``params``; they are put back bit for bit afterwards.
 
     ``grad``/``loss`` at θ may be passed in when already known.
@@ -162,25 +178,35 @@ def epsilon_sharpness(loss_fn: Callable[[], torch.Tensor], params: Sequence[torc
 
 # ---------------------------------------------------------------- multimodal models
 
+
 def fused_loss_fn(model, data, batch_size: int | None = None) -> Callable[[], torch.Tensor]:
     """Mean cross-entropy of the fused logits over ``data`` (one graph over all batches)."""
-    data = in_memory(data)   # a StreamingData is read once, here: the loss is evaluated many times
+    data = in_memory(data)  # a StreamingData is read once, here: the loss is evaluated many times
     n = len(data)
     bs = n if not batch_size else int(batch_size)
-    batches = [({m: x[s:s + bs] for m, x in data.inputs.items()}, data.labels[s:s + bs])
-               for s in range(0, n, bs)]
+    batches = [({m: x[s : s + bs] for m, x in data.inputs.items()}, data.labels[s : s + bs]) for s in range(0, n, bs)]
 
     def loss_fn() -> torch.Tensor:
         total = 0
         for inputs, labels in batches:
             total = total + F.cross_entropy(model(inputs), labels, reduction="sum")
         return total / n
+
     return loss_fn
 
 
-def block_sharpness(model, loss_fn: Callable[[], torch.Tensor], params: Sequence[torch.Tensor], *,
-                    rho: float = 0.05, topk: int = 1, probes: int = 32, seed: int = 0, max_iter: int = 100,
-                    tol: float = 1e-3) -> dict:
+def block_sharpness(
+    model,
+    loss_fn: Callable[[], torch.Tensor],
+    params: Sequence[torch.Tensor],
+    *,
+    rho: float = 0.05,
+    topk: int = 1,
+    probes: int = 32,
+    seed: int = 0,
+    max_iter: int = 100,
+    tol: float = 1e-3,
+) -> dict:
     """Top-k eigenvalues, Hutchinson trace and ε-sharpness of the Hessian block of ``params`` (of ``model``).
 
     Only ``params`` require grad while it runs (the graph then holds the block alone); every
@@ -202,7 +228,8 @@ def double_backward_attention():
     """Attention through the math kernel: the fused CPU/flash kernels of
     ``F.scaled_dot_product_attention`` (``nn.MultiheadAttention``, ``nn.TransformerEncoderLayer``)
     have no double backward, which every Hessian-vector product needs."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: PLC0415 - torch loads only when this runs (the rest of the module is torch-free)
+
     return sdpa_kernel(SDPBackend.MATH)
 
 
@@ -222,6 +249,11 @@ def _block_sharpness(model, loss_fn, params, rho, topk, probes, seed, max_iter, 
         tr, se, _ = hutchinson_trace(H, params, probes, seed)
         row["trace"], row["trace_se"] = tr, se
     eps = epsilon_sharpness(loss_fn, params, rho, grad=H.grad, loss=H.loss)
-    row.update(rho=rho, eps_sharpness=eps["eps_sharpness"], perturbed_loss=eps["perturbed_loss"],
-               grad_norm=eps["grad_norm"], hvp_calls=H.calls)
+    row.update(
+        rho=rho,
+        eps_sharpness=eps["eps_sharpness"],
+        perturbed_loss=eps["perturbed_loss"],
+        grad_norm=eps["grad_norm"],
+        hvp_calls=H.calls,
+    )
     return row

@@ -17,6 +17,7 @@ The measurement runs in eval mode, draws only from generators of its own and giv
 back bitwise as it was (mode, values, BatchNorm statistics, ``requires_grad``), so a run
 with ``sharpness_every`` trains exactly as one without.
 """
+
 from __future__ import annotations
 
 from msam_lab.analysis.hessian import block_sharpness, fused_loss_fn
@@ -57,17 +58,30 @@ def measure(model, data, epoch: int, n_samples: int = 256, probes: int = 16) -> 
     """
     device = next(model.parameters()).device
     subset = train_eval_subset(data, n_samples, SUBSET_SEED).to(device)
-    settings = {"epoch": epoch, "split": SPLIT, "n_samples": len(subset), "subset_seed": SUBSET_SEED,
-                "seed": SEED, "topk": TOPK, "probes": probes}
+    settings = {
+        "epoch": epoch,
+        "split": SPLIT,
+        "n_samples": len(subset),
+        "subset_seed": SUBSET_SEED,
+        "seed": SEED,
+        "topk": TOPK,
+        "probes": probes,
+    }
     rows = []
     with eval_mode(model):
         loss_fn = fused_loss_fn(model, subset, BATCH_SIZE)
         for scope in scopes(model.modalities):
             prefix = _prefix(model, scope)
             params = [p for name, p in model.named_parameters() if name.startswith(prefix)]
-            rows.append({**settings, "scope": scope,
-                         **block_sharpness(model, loss_fn, params, rho=RHO, topk=TOPK, probes=probes,
-                                           seed=SEED, max_iter=MAX_ITER, tol=TOL)})
+            rows.append(
+                {
+                    **settings,
+                    "scope": scope,
+                    **block_sharpness(
+                        model, loss_fn, params, rho=RHO, topk=TOPK, probes=probes, seed=SEED, max_iter=MAX_ITER, tol=TOL
+                    ),
+                }
+            )
     return rows
 
 

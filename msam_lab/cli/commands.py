@@ -10,6 +10,7 @@ Every error ends in one line on stderr naming the problem and the fix, never a t
   OSErrors (a path that is not there) count as input: exit 2;
 - exit 130: interrupted (Ctrl-C, SIGTERM); the run is kept.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,7 +23,7 @@ from pathlib import Path
 
 # Only torch-free modules here (the standard library, errors, config's defaults, the lock's error):
 # `msam-lab --help` and `msam-lab status` import neither torch nor pandas for these
-# (tests/test_cli_startup.py). Each command imports what it runs inside its function.
+# (tests/cli/test_cli_startup.py). Each command imports what it runs inside its function.
 from msam_lab import faults
 from msam_lab.cli.landscape import add_parsers as add_landscape_parsers
 from msam_lab.cli.sweep import add_parser as add_sweep_parser
@@ -64,14 +65,23 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help=f"training seed (default {d.seed})")
     p.add_argument("--fusion", help=f"late_sum | late_concat | early (default {d.fusion})")
     p.add_argument("--device", help="auto (CUDA when present) | cpu | cuda | cuda:N")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="any config field, e.g. --set batch_size=32 --set data.audio_snr_db=-8")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any config field, e.g. --set batch_size=32 --set data.audio_snr_db=-8",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _overrides(args) -> list[str]:
-    named = [f"{k}={getattr(args, k)}" for k in ("dataset", "method", "rho", "epochs", "lr", "seed",
-                                                  "fusion", "device") if getattr(args, k) is not None]
+    named = [
+        f"{k}={getattr(args, k)}"
+        for k in ("dataset", "method", "rho", "epochs", "lr", "seed", "fusion", "device")
+        if getattr(args, k) is not None
+    ]
     return named + list(args.overrides)
 
 
@@ -102,8 +112,10 @@ def cmd_train(args) -> int:
     if args.resume:
         given = [f"--{k}" for k in ("config", "out") if getattr(args, k)] + (["an option"] if _overrides(args) else [])
         if given:
-            raise UsageError(f"--resume continues a run with its own config; drop {given[0]} "
-                             f"(start a new run with --out to change settings)")
+            raise UsageError(
+                f"--resume continues a run with its own config; drop {given[0]} "
+                f"(start a new run with --out to change settings)"
+            )
         run = train(resume=args.resume, quiet=args.quiet)
     else:
         run = train(args.config, out=args.out, quiet=args.quiet, overrides=_overrides(args))
@@ -132,8 +144,16 @@ def relaunch_under_torchrun(nproc: int, argv: list[str], args) -> int:
             skip = True
         elif not arg.startswith("--nproc="):
             rest.append(arg)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", "msam_lab", *rest]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "-m",
+        "msam_lab",
+        *rest,
+    ]
     # torchrun ends every rank when one fails and exits non-zero; its own report follows the rank's error
     return subprocess.call(cmd)
 
@@ -194,11 +214,14 @@ def cmd_data_check(args) -> int:
 
     if args.name not in CHECKABLE or is_plugin(args.name):
         if is_plugin(args.name):
-            raise UsageError(f"{args.name} is a plug-in dataset: its loader checks its own files when it "
-                             f"loads; layouts are checked for {', '.join(CHECKABLE)} (msam-lab data info {args.name})")
+            raise UsageError(
+                f"{args.name} is a plug-in dataset: its loader checks its own files when it "
+                f"loads; layouts are checked for {', '.join(CHECKABLE)} (msam-lab data info {args.name})"
+            )
         if args.name in dataset_names():
-            raise UsageError(f"{args.name} is generated, not read from files: nothing to check "
-                             f"(msam-lab data info {args.name})")
+            raise UsageError(
+                f"{args.name} is generated, not read from files: nothing to check (msam-lab data info {args.name})"
+            )
         raise UsageError(f"unknown dataset {args.name!r}; checkable: {', '.join(CHECKABLE)}")
     options = {}
     if args.fps is not None:
@@ -209,7 +232,7 @@ def cmd_data_check(args) -> int:
         options["fps"] = args.fps
     try:
         report = check(args.name, args.root, **options)
-    except ValueError as err:   # no such root
+    except ValueError as err:  # no such root
         raise UsageError(f"{err} (pass the dataset's folder as --root DIR)") from None
     if report.ok:
         print(f"{report.dataset} at {report.root}: OK")
@@ -219,8 +242,11 @@ def cmd_data_check(args) -> int:
     for problem in report.problems:
         print(problem)
     n = len(report.problems)
-    print(f"msam-lab: error: {report.dataset} at {report.root}: {n} problem{'s' if n != 1 else ''} "
-          f"(listed above); expected layout: {report.layout}", file=sys.stderr)
+    print(
+        f"msam-lab: error: {report.dataset} at {report.root}: {n} problem{'s' if n != 1 else ''} "
+        f"(listed above); expected layout: {report.layout}",
+        file=sys.stderr,
+    )
     return 2
 
 
@@ -228,7 +254,7 @@ def cmd_data_info(args) -> int:
     from msam_lab.datasets import dataset_names  # noqa: PLC0415 - loads plug-ins: not for --help
     from msam_lab.datasets.catalog import format_catalog  # noqa: PLC0415 - the catalogue: not for --help
 
-    known = dataset_names()      # built-ins and plug-ins
+    known = dataset_names()  # built-ins and plug-ins
     unknown = [n for n in args.names if n not in known]
     if unknown:
         raise UsageError(f"unknown dataset {unknown[0]!r}; choose one of: {', '.join(known)}")
@@ -244,25 +270,37 @@ def cmd_data_build_avmnist(args) -> int:
             raise UsageError(f"{flag} must be a positive integer, got {value}")
     for flag, folder in (("--mnist", args.mnist), ("--fsdd", args.fsdd)):
         if not Path(folder).expanduser().is_dir():
-            raise UsageError(f"{flag} {folder}: no such folder (pass the folder of the "
-                             f"{'MNIST IDX files' if flag == '--mnist' else 'FSDD .wav recordings'})")
+            raise UsageError(
+                f"{flag} {folder}: no such folder (pass the folder of the "
+                f"{'MNIST IDX files' if flag == '--mnist' else 'FSDD .wav recordings'})"
+            )
     try:
-        out = build_avmnist(Path(args.mnist).expanduser(), Path(args.fsdd).expanduser(), args.out,
-                            args.n_train, args.n_test, seed=args.seed, overwrite=args.overwrite)
+        out = build_avmnist(
+            Path(args.mnist).expanduser(),
+            Path(args.fsdd).expanduser(),
+            args.out,
+            args.n_train,
+            args.n_test,
+            seed=args.seed,
+            overwrite=args.overwrite,
+        )
     except FileExistsError:
-        raise UsageError(f"{args.out} already exists and is not empty; pass --overwrite to replace it "
-                         "or choose another --out") from None
-    except ValueError as err:   # bad or missing MNIST / FSDD files, too many samples asked
+        raise UsageError(
+            f"{args.out} already exists and is not empty; pass --overwrite to replace it or choose another --out"
+        ) from None
+    except ValueError as err:  # bad or missing MNIST / FSDD files, too many samples asked
         hint = " (lower --n-train / --n-test)" if "n_train + n_test" in str(err) else ""
         raise UsageError(f"{err}{hint}") from None
-    except OSError as err:      # output folder not writable, disk full: nothing was left behind
-        if err.errno in faults.ENVIRONMENT:     # the environment's fault: exit 1, as everywhere
+    except OSError as err:  # output folder not writable, disk full: nothing was left behind
+        if err.errno in faults.ENVIRONMENT:  # the environment's fault: exit 1, as everywhere
             err.add_note(f"nothing was left in {args.out}")
             raise
         raise UsageError(f"cannot write {args.out} ({err.strerror or err}); choose a writable --out") from None
     info = json.loads((out / "build_info.json").read_text())
-    print(f"wrote {out}: {info['n_train']} train / {info['n_test']} test samples, "
-          f"{info['pca_components']} PCA components ({info['pca_explained_variance']:.1%} of the variance)")
+    print(
+        f"wrote {out}: {info['n_train']} train / {info['n_test']} test samples, "
+        f"{info['pca_components']} PCA components ({info['pca_explained_variance']:.1%} of the variance)"
+    )
     print(f"check it: msam-lab data check av-mnist --root {out}")
     return 0
 
@@ -281,12 +319,21 @@ def _add_data_parsers(sub) -> None:
     p.add_argument("names", nargs="*", metavar="NAME", help="datasets (default: all)")
     p.set_defaults(func=cmd_data_info)
 
-    p = dsub.add_parser("build-avmnist", help="write a small real AV-MNIST from MNIST IDX files and FSDD "
-                        "recordings (MultiBench layout)")
-    p.add_argument("--mnist", required=True, metavar="DIR", help="folder of the MNIST *images-idx3-ubyte[.gz] "
-                   "and *labels-idx1-ubyte[.gz] files")
-    p.add_argument("--fsdd", required=True, metavar="DIR", help="folder of {digit}_{speaker}_{index}.wav "
-                   "recordings (Free Spoken Digit Dataset)")
+    p = dsub.add_parser(
+        "build-avmnist", help="write a small real AV-MNIST from MNIST IDX files and FSDD recordings (MultiBench layout)"
+    )
+    p.add_argument(
+        "--mnist",
+        required=True,
+        metavar="DIR",
+        help="folder of the MNIST *images-idx3-ubyte[.gz] and *labels-idx1-ubyte[.gz] files",
+    )
+    p.add_argument(
+        "--fsdd",
+        required=True,
+        metavar="DIR",
+        help="folder of {digit}_{speaker}_{index}.wav recordings (Free Spoken Digit Dataset)",
+    )
     p.add_argument("--out", required=True, metavar="DIR", help="folder to create (the loader's data.root)")
     p.add_argument("--n-train", type=int, default=2000, help="train samples (default 2000)")
     p.add_argument("--n-test", type=int, default=500, help="test samples (default 500)")
@@ -302,11 +349,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train one model and write its run directory")
     _train_args(p)
     p.add_argument("--out", help="run directory to create (default runs/<dataset>-<method>-s<seed>-<time>)")
-    p.add_argument("--resume", metavar="RUN", help="continue an interrupted or failed run from its last "
-                   "resume checkpoint (with the run's own config)")
-    p.add_argument("--nproc", type=int, default=1, metavar="N",
-                   help="data-parallel processes on this machine, started through torchrun (one per GPU; "
-                   "on the CPU gloo with one thread each); several nodes: torchrun itself (docs/scale.md)")
+    p.add_argument(
+        "--resume",
+        metavar="RUN",
+        help="continue an interrupted or failed run from its last resume checkpoint (with the run's own config)",
+    )
+    p.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        metavar="N",
+        help="data-parallel processes on this machine, started through torchrun (one per GPU; "
+        "on the CPU gloo with one thread each); several nodes: torchrun itself (docs/scale.md)",
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("compare", help="one table over finished runs")
@@ -319,8 +374,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("status", help="one line per run: state, progress, accuracy, dominance, heartbeat")
-    p.add_argument("paths", nargs="*", default=["runs"], metavar="RUN_OR_FOLDER",
-                   help="run directories or folders searched for runs (default runs/)")
+    p.add_argument(
+        "paths",
+        nargs="*",
+        default=["runs"],
+        metavar="RUN_OR_FOLDER",
+        help="run directories or folders searched for runs (default runs/)",
+    )
     p.set_defaults(func=cmd_status)
 
     _add_data_parsers(sub)
@@ -349,13 +409,15 @@ def main(argv=None) -> int:
     except (TrainingError, *_distributed_errors()) as err:
         print(f"msam-lab: error: {err}", file=sys.stderr)
         return 1
-    except OSError as err:        # the path, the cause, what was done about it
-        print(f"msam-lab: error: {'; '.join([faults.describe(err), *getattr(err, '__notes__', ())])}",
-              file=sys.stderr)
+    except OSError as err:  # the path, the cause, what was done about it
+        print(f"msam-lab: error: {'; '.join([faults.describe(err), *getattr(err, '__notes__', ())])}", file=sys.stderr)
         return 1 if err.errno in faults.ENVIRONMENT else 2
     except KeyboardInterrupt:
-        print("msam-lab: interrupted; the run is kept (`msam-lab train --resume RUN` continues a run, "
-              "a rerun of a sweep or landscape command resumes it)", file=sys.stderr)
+        print(
+            "msam-lab: interrupted; the run is kept (`msam-lab train --resume RUN` continues a run, "
+            "a rerun of a sweep or landscape command resumes it)",
+            file=sys.stderr,
+        )
         return 130
     finally:
         if joins:

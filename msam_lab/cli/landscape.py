@@ -8,6 +8,7 @@ Nothing heavy at module level: torch and pandas load when a command runs, not fo
 Under torchrun (``torchrun --nproc-per-node N -m msam_lab landscape|sharpness ...``) the ranks
 share the work and only rank 0 prints.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,16 +31,27 @@ def _int_or_all(text: str):
 
 def add_parsers(subparsers) -> None:
     """Add the ``landscape`` and ``sharpness`` subcommands to an argparse subparsers object."""
-    p = subparsers.add_parser("landscape", help="1-D/2-D loss surface of a run (all metrics, per modality)",
-                              description="Compute (or resume) a loss surface of a run around one checkpoint "
-                                          "and save it under RUN/landscapes/NAME/.")
+    p = subparsers.add_parser(
+        "landscape",
+        help="1-D/2-D loss surface of a run (all metrics, per modality)",
+        description="Compute (or resume) a loss surface of a run around one checkpoint "
+        "and save it under RUN/landscapes/NAME/.",
+    )
     p.add_argument("run", metavar="RUN", help="run directory")
     p.add_argument("--dim", type=int, choices=(1, 2), default=2, help="1 or 2 directions (default 2)")
     p.add_argument("--grid", type=int, default=21, help="points per axis, odd (default 21)")
-    p.add_argument("--span", type=float, default=1.0,
-                   help="coordinates in [-span, span] (pca: times the trajectory's extent) (default 1)")
-    p.add_argument("--directions", default="random", choices=("random", "pca", "between"),
-                   help="random (filter-normalised), pca (of the checkpoints), between (RUN -> --to)")
+    p.add_argument(
+        "--span",
+        type=float,
+        default=1.0,
+        help="coordinates in [-span, span] (pca: times the trajectory's extent) (default 1)",
+    )
+    p.add_argument(
+        "--directions",
+        default="random",
+        choices=("random", "pca", "between"),
+        help="random (filter-normalised), pca (of the checkpoints), between (RUN -> --to)",
+    )
     p.add_argument("--to", metavar="RUN2", help="end point run for --directions between")
     p.add_argument("--to-epoch", type=int, help="epoch of --to (default its last)")
     p.add_argument("--split", default="test", choices=("train", "test"), help="evaluation split (default test)")
@@ -60,26 +72,37 @@ def add_parsers(subparsers) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_landscape)
 
-    p = subparsers.add_parser("sharpness", help="Hessian top eigenvalues, trace and ε-sharpness of a run",
-                              description="Sharpness of a run's checkpoint(s), for the whole model and each "
-                                          "modality's encoder; rows are added to RUN/sharpness.csv. "
-                                          "--timeline: the rows sharpness_every writes during training "
-                                          "(each encoder and the fusion, on the train split, the run's "
-                                          "sharpness_samples and sharpness_probes), for every checkpoint.")
+    p = subparsers.add_parser(
+        "sharpness",
+        help="Hessian top eigenvalues, trace and ε-sharpness of a run",
+        description="Sharpness of a run's checkpoint(s), for the whole model and each "
+        "modality's encoder; rows are added to RUN/sharpness.csv. "
+        "--timeline: the rows sharpness_every writes during training "
+        "(each encoder and the fusion, on the train split, the run's "
+        "sharpness_samples and sharpness_probes), for every checkpoint.",
+    )
     p.add_argument("run", metavar="RUN", help="run directory")
-    p.add_argument("--timeline", action="store_true",
-                   help="every checkpoint, with sharpness_every's scopes and settings (flags below override)")
+    p.add_argument(
+        "--timeline",
+        action="store_true",
+        help="every checkpoint, with sharpness_every's scopes and settings (flags below override)",
+    )
     p.add_argument("--epoch", type=_int_or_all, help="epoch, or 'all' (default the last; --timeline: all)")
     p.add_argument("--rho", type=float, help="ε-sharpness radius (default 0.05)")
     p.add_argument("--topk", type=int, help="Hessian eigenvalues (default 1)")
     p.add_argument("--probes", type=int, help="Hutchinson probes (default 32; --timeline: sharpness_probes)")
-    p.add_argument("--split", choices=("train", "test"),
-                   help="evaluation split; train: without the validation hold-out (default test; --timeline: train)")
-    p.add_argument("--n-samples", type=int,
-                   help="evaluation subset size (default 512; --timeline: sharpness_samples)")
+    p.add_argument(
+        "--split",
+        choices=("train", "test"),
+        help="evaluation split; train: without the validation hold-out (default test; --timeline: train)",
+    )
+    p.add_argument("--n-samples", type=int, help="evaluation subset size (default 512; --timeline: sharpness_samples)")
     p.add_argument("--seed", type=int, help="probe seed (default 0)")
-    p.add_argument("--scope", action="append",
-                   help="model, fusion or a modality; repeat (default model + each modality; not with --timeline)")
+    p.add_argument(
+        "--scope",
+        action="append",
+        help="model, fusion or a modality; repeat (default model + each modality; not with --timeline)",
+    )
     p.add_argument("--max-iter", type=int, help="power iterations per eigenvalue (default 100)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=cmd_sharpness)
@@ -106,6 +129,7 @@ def flag_message(err: Exception, dests) -> str:
     between``; ``overwrite=True`` -> ``--overwrite``. Arguments the command has no flag for stay as
     they are (``checkpoint_every=1`` is a config key).
     """
+
     def mention(m: re.Match) -> str:
         flag = _flag(m.group(1), dests)
         if flag is None:
@@ -114,10 +138,10 @@ def flag_message(err: Exception, dests) -> str:
         return flag if value in ("", "True") else f"{flag} {value}"
 
     text = _MENTION.sub(mention, str(err))
-    argument = getattr(err, "argument", None)            # an OptionError's message starts with its argument
+    argument = getattr(err, "argument", None)  # an OptionError's message starts with its argument
     flag = _flag(argument, dests) if argument else None
     if flag and re.match(rf"{re.escape(argument)}\b(?!=)", text):
-        text = flag + text[len(argument):]
+        text = flag + text[len(argument) :]
     return text
 
 
@@ -144,15 +168,33 @@ def cmd_landscape(args) -> int:
                 bar = tqdm(total=total, initial=done - 1, unit="pt", leave=False, desc="landscape")
             bar.n = done
             bar.refresh()
+
     started = time.perf_counter()
     try:
         with _in_flags(args):
             options = landscape.LandscapeOptions(
-                dim=args.dim, grid=args.grid, span=args.span, directions=args.directions, to=args.to,
-                to_epoch=args.to_epoch, split=args.split, epoch=args.epoch, seed=args.seed,
-                n_samples=args.n_samples, subset_seed=args.subset_seed, workers=args.workers, threads=args.threads,
-                name=args.name, scope=args.scope, include_1d=args.include_1d, orthogonal=args.orthogonal,
-                per_modality=not args.fused_only, reuse=args.reuse, overwrite=args.overwrite, bf16=args.bf16)
+                dim=args.dim,
+                grid=args.grid,
+                span=args.span,
+                directions=args.directions,
+                to=args.to,
+                to_epoch=args.to_epoch,
+                split=args.split,
+                epoch=args.epoch,
+                seed=args.seed,
+                n_samples=args.n_samples,
+                subset_seed=args.subset_seed,
+                workers=args.workers,
+                threads=args.threads,
+                name=args.name,
+                scope=args.scope,
+                include_1d=args.include_1d,
+                orthogonal=args.orthogonal,
+                per_modality=not args.fused_only,
+                reuse=args.reuse,
+                overwrite=args.overwrite,
+                bf16=args.bf16,
+            )
             surface = landscape.landscape_for_run(args.run, options, progress=progress)
     finally:
         if bar is not None:
@@ -164,7 +206,7 @@ def cmd_landscape(args) -> int:
     print(f"landscape written to {surface.path} ({shape} points, {wall:.1f} s)")
     try:
         c = surface.center()
-    except ValueError:          # a reused grid without 0 on it
+    except ValueError:  # a reused grid without 0 on it
         return 0
     extras = "  ".join(f"{k}={v:.4f}" for k, v in c.items() if k not in ("loss", "acc"))
     print(f"centre: loss={c['loss']:.4f} acc={c['acc']:.4f}  {extras}".rstrip())
@@ -174,16 +216,29 @@ def cmd_landscape(args) -> int:
 def cmd_sharpness(args) -> int:
     from msam_lab import distributed, landscape  # noqa: PLC0415 - torch loads when the command runs, not for --help
 
-    progress = None if args.quiet or not distributed.is_main() else \
-        (lambda msg: print(f"sharpness: {msg}", file=sys.stderr))
+    progress = (
+        None if args.quiet or not distributed.is_main() else (lambda msg: print(f"sharpness: {msg}", file=sys.stderr))
+    )
     # flags left out take the options' defaults (--timeline: the run's settings)
-    given = {k: v for k, v in dict(rho=args.rho, topk=args.topk, probes=args.probes, split=args.split,
-                                   n_samples=args.n_samples, seed=args.seed, max_iter=args.max_iter).items()
-             if v is not None}
+    given = {
+        k: v
+        for k, v in dict(
+            rho=args.rho,
+            topk=args.topk,
+            probes=args.probes,
+            split=args.split,
+            n_samples=args.n_samples,
+            seed=args.seed,
+            max_iter=args.max_iter,
+        ).items()
+        if v is not None
+    }
     if args.timeline:
         if args.scope:
-            raise UsageError("--timeline measures each encoder and the fusion; drop --scope "
-                             "(or leave out --timeline to choose scopes)")
+            raise UsageError(
+                "--timeline measures each encoder and the fusion; drop --scope "
+                "(or leave out --timeline to choose scopes)"
+            )
         with _in_flags(args):
             options = landscape.TimelineOptions(epochs="all" if args.epoch is None else args.epoch, **given)
             table = landscape.timeline_for_run(args.run, options, progress=progress)
@@ -193,8 +248,9 @@ def cmd_sharpness(args) -> int:
             table = landscape.sharpness_for_run(args.run, options, progress=progress)
     if not distributed.is_main():
         return 0
-    cols = [c for c in ["epoch", "scope", "loss", "lambda_1", "trace", "trace_se", "eps_sharpness"]
-            if c in table.columns]
+    cols = [
+        c for c in ["epoch", "scope", "loss", "lambda_1", "trace", "trace_se", "eps_sharpness"] if c in table.columns
+    ]
     print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     print(f"rows added to {args.run.rstrip('/')}/{landscape.for_run.SHARPNESS_CSV}")
     return 0

@@ -1,4 +1,5 @@
 """``msam-lab sweep``: its arguments, and the command that runs ``experiments.sweep.run_sweep``."""
+
 from __future__ import annotations
 
 import math
@@ -46,15 +47,27 @@ def cmd_sweep(args) -> int:
     rhos = parse_rhos(args.rhos) if args.rhos is not None else None
     overrides = ([f"epochs={args.epochs}"] if args.epochs is not None else []) + list(args.overrides)
     if args.slurm and args.launcher != "slurm":
-        raise UsageError(f"--slurm options are for --launcher slurm (got --launcher {args.launcher}); "
-                         f"add --launcher slurm or drop them")
+        raise UsageError(
+            f"--slurm options are for --launcher slurm (got --launcher {args.launcher}); "
+            f"add --launcher slurm or drop them"
+        )
     if args.max_parallel is not None and args.launcher == "inline":
         raise UsageError("--max-parallel is for --launcher local or slurm (inline runs one cell at a time)")
     try:
-        table = run_sweep(methods, seeds, rhos, dataset=args.dataset, out=args.out, overrides=overrides,
-                          quiet=args.quiet, config=args.config, launcher=args.launcher, slurm=args.slurm,
-                          max_parallel=args.max_parallel)
-    except SweepError as err:               # a launched sweep's failed cells: tables of the rest, one line each
+        table = run_sweep(
+            methods,
+            seeds,
+            rhos,
+            dataset=args.dataset,
+            out=args.out,
+            overrides=overrides,
+            quiet=args.quiet,
+            config=args.config,
+            launcher=args.launcher,
+            slurm=args.slurm,
+            max_parallel=args.max_parallel,
+        )
+    except SweepError as err:  # a launched sweep's failed cells: tables of the rest, one line each
         if not err.table.empty:
             print()
             print(format_sweep(err.table))
@@ -70,27 +83,54 @@ def cmd_sweep(args) -> int:
 
 def add_parser(subparsers) -> None:
     """Add the ``sweep`` subcommand to ``msam-lab``'s subparsers."""
-    p = subparsers.add_parser("sweep", help="train methods x seeds (x rho), skip finished runs, "
-                                            "table of mean ± std over seeds")
-    p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
-                   help=f"comma-separated methods (default {','.join(DEFAULT_METHODS)})")
-    p.add_argument("--seeds", default=",".join(map(str, DEFAULT_SEEDS)),
-                   help="comma-separated training seeds (default 0,1,2)")
-    p.add_argument("--rho", dest="rhos", help="comma-separated radii for the methods that use rho "
-                                              "(sam, msam), e.g. 0.05,0.1; default: the config's rho")
+    p = subparsers.add_parser(
+        "sweep", help="train methods x seeds (x rho), skip finished runs, table of mean ± std over seeds"
+    )
+    p.add_argument(
+        "--methods",
+        default=",".join(DEFAULT_METHODS),
+        help=f"comma-separated methods (default {','.join(DEFAULT_METHODS)})",
+    )
+    p.add_argument(
+        "--seeds", default=",".join(map(str, DEFAULT_SEEDS)), help="comma-separated training seeds (default 0,1,2)"
+    )
+    p.add_argument(
+        "--rho",
+        dest="rhos",
+        help="comma-separated radii for the methods that use rho (sam, msam), e.g. 0.05,0.1; default: the config's rho",
+    )
     p.add_argument("--dataset", help="dataset name (default: the config's)")
     p.add_argument("--epochs", type=int, help="epochs per run")
     p.add_argument("--config", help="YAML file of config fields applied to every run")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="any config field for every run, e.g. --set batch_size=32")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any config field for every run, e.g. --set batch_size=32",
+    )
     p.add_argument("--out", default="runs/sweep", help="folder of the sweep (default runs/sweep)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
-    p.add_argument("--launcher", choices=("inline", "local", "slurm"), default="inline",
-                   help="where the cells run: inline (here, one after another; default), local (one "
-                        "submitit process per cell), slurm (one SLURM job per cell); docs/scale.md")
-    p.add_argument("--slurm", action="append", default=[], metavar="KEY=VALUE",
-                   help="a submitit/SLURM option for every job, e.g. --slurm partition=gpu "
-                        "--slurm timeout_min=240 --slurm gpus_per_node=1 (repeatable)")
-    p.add_argument("--max-parallel", type=int, metavar="N",
-                   help="jobs at once (local: default the CPU count; slurm: the job array's parallelism)")
+    p.add_argument(
+        "--launcher",
+        choices=("inline", "local", "slurm"),
+        default="inline",
+        help="where the cells run: inline (here, one after another; default), local (one "
+        "submitit process per cell), slurm (one SLURM job per cell); docs/scale.md",
+    )
+    p.add_argument(
+        "--slurm",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a submitit/SLURM option for every job, e.g. --slurm partition=gpu "
+        "--slurm timeout_min=240 --slurm gpus_per_node=1 (repeatable)",
+    )
+    p.add_argument(
+        "--max-parallel",
+        type=int,
+        metavar="N",
+        help="jobs at once (local: default the CPU count; slurm: the job array's parallelism)",
+    )
     p.set_defaults(func=cmd_sweep)

@@ -9,11 +9,11 @@ loader whose data may not fit in memory also has ``load_stream(cache_dir,
 (its decoded size, cheaply); :func:`load_for_training` picks the path. Options
 are validated here, once, so every loader gets complete, known keyword arguments.
 """
+
 from __future__ import annotations
 
 import importlib
 import numbers
-import os
 import reprlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -22,7 +22,7 @@ from msam_lab import paths
 from msam_lab.registry import Registry, check_callable, describe
 from msam_lab.yaml_text import read_number
 
-if TYPE_CHECKING:    # for the annotations; at run time the data classes load lazily (__getattr__ below)
+if TYPE_CHECKING:  # for the annotations; at run time the data classes load lazily (__getattr__ below)
     from msam_lab.datasets.base import Splits
 
 # name -> module path; modules are imported lazily so a missing optional
@@ -36,22 +36,36 @@ _REGISTRY = {
     "ur-funny": "msam_lab.datasets.urfunny",
 }
 
-DATASETS = tuple(_REGISTRY)     # the built-ins; dataset_names() adds the registered plug-ins
+DATASETS = tuple(_REGISTRY)  # the built-ins; dataset_names() adds the registered plug-ins
 
 
 class PluginDataset:
     """A registered loader in the shape of a loader module (``OPTIONS``, ``load``, optionally
     ``load_stream`` and ``estimate_bytes``), so every path below treats both alike."""
 
-    def __init__(self, name: str, loader: Callable, options: dict, stream_loader: Callable | None = None,
-                 estimator: Callable | None = None):
+    def __init__(
+        self,
+        name: str,
+        loader: Callable,
+        options: dict,
+        stream_loader: Callable | None = None,
+        estimator: Callable | None = None,
+    ):
         self.name, self.loader, self.options = name, loader, dict(options)
         self.stream_loader, self.estimator = stream_loader, estimator
 
-    def __eq__(self, other):   # the same functions (by identity) and option defaults
-        return (isinstance(other, PluginDataset) and (self.name, self.options) == (other.name, other.options)
-                and all(a is b for a, b in zip((self.loader, self.stream_loader, self.estimator),
-                                               (other.loader, other.stream_loader, other.estimator))))
+    def __eq__(self, other):  # the same functions (by identity) and option defaults
+        return (
+            isinstance(other, PluginDataset)
+            and (self.name, self.options) == (other.name, other.options)
+            and all(
+                a is b
+                for a, b in zip(
+                    (self.loader, self.stream_loader, self.estimator),
+                    (other.loader, other.stream_loader, other.estimator),
+                )
+            )
+        )
 
     __hash__ = None
 
@@ -59,7 +73,7 @@ class PluginDataset:
         return f"the plug-in loader {describe(self.loader)}"
 
     @property
-    def OPTIONS(self) -> dict:   # noqa: N802 - the loader modules' name for it
+    def OPTIONS(self) -> dict:  # noqa: N802 - the loader modules' name for it
         return dict(self.options)
 
     def load(self, cache_dir=None, **options) -> Splits:
@@ -70,8 +84,9 @@ class PluginDataset:
         # self.__dict__, not self.x: no recursion on a half-built instance (copy, pickle)
         fns = self.__dict__
         if attr == "load_stream" and fns.get("stream_loader") is not None:
-            return lambda cache_dir=None, **options: self._checked(fns["stream_loader"](cache_dir, **options),
-                                                                   "load_stream")
+            return lambda cache_dir=None, **options: self._checked(
+                fns["stream_loader"](cache_dir, **options), "load_stream"
+            )
         if attr == "estimate_bytes" and fns.get("estimator") is not None:
             return fns["estimator"]
         raise AttributeError(attr)
@@ -80,8 +95,10 @@ class PluginDataset:
         from msam_lab.datasets.base import Splits  # noqa: PLC0415 - torch loads with the data, not for `data info`
 
         if not isinstance(splits, Splits):
-            raise ValueError(f"dataset plug-in {self.name!r}: its {what} returned {type(splits).__name__}, "
-                             f"not msam_lab.datasets.Splits; return Splits(train, test, info)")
+            raise ValueError(
+                f"dataset plug-in {self.name!r}: its {what} returned {type(splits).__name__}, "
+                f"not msam_lab.datasets.Splits; return Splits(train, test, info)"
+            )
         return splits
 
 
@@ -99,9 +116,15 @@ def is_plugin(name: str) -> bool:
     return DATASET_REGISTRY.is_plugin(name)
 
 
-def register_dataset(name: str, loader: Callable, options: dict | None = None, *,
-                     load_stream: Callable | None = None, estimate_bytes: Callable | None = None,
-                     replace: bool = False) -> None:
+def register_dataset(
+    name: str,
+    loader: Callable,
+    options: dict | None = None,
+    *,
+    load_stream: Callable | None = None,
+    estimate_bytes: Callable | None = None,
+    replace: bool = False,
+) -> None:
     """Make ``loader(cache_dir, **options) -> Splits`` the dataset ``name``; ``options``: its option defaults.
 
     Optionally ``load_stream(cache_dir, **options) -> Splits`` of StreamingData and
@@ -115,10 +138,13 @@ def register_dataset(name: str, loader: Callable, options: dict | None = None, *
             check_callable("dataset", name, what, fn)
     options = {} if options is None else options
     if not isinstance(options, dict) or not all(isinstance(k, str) for k in options):
-        raise ValueError(f"dataset {name!r}: options must be a dict of option name -> default, "
-                         f"e.g. {{'n_samples': 300}}; got {type(options).__name__}")
-    DATASET_REGISTRY.register(name, PluginDataset(name, loader, dict(options), load_stream, estimate_bytes),
-                              replace=replace)
+        raise ValueError(
+            f"dataset {name!r}: options must be a dict of option name -> default, "
+            f"e.g. {{'n_samples': 300}}; got {type(options).__name__}"
+        )
+    DATASET_REGISTRY.register(
+        name, PluginDataset(name, loader, dict(options), load_stream, estimate_bytes), replace=replace
+    )
 
 
 def unregister_dataset(name: str) -> None:
@@ -153,8 +179,9 @@ def resolve_options(name: str, options: dict | None = None) -> dict:
     options = dict(options or {})
     unknown = sorted(set(options) - set(defaults))
     if unknown:
-        raise ValueError(f"dataset {name!r} has no option {unknown[0]!r}; "
-                         f"its options are: {', '.join(defaults) or '(none)'}")
+        raise ValueError(
+            f"dataset {name!r} has no option {unknown[0]!r}; its options are: {', '.join(defaults) or '(none)'}"
+        )
     defaults.update(options)
     if not isinstance(module, PluginDataset):
         _check_builtin_options(name, defaults, module.OPTIONS, getattr(module, "OPTION_RANGES", {}))
@@ -182,8 +209,11 @@ def _check_builtin_options(name: str, options: dict, declared: dict, ranges: dic
 
 def _check_range(name: str, key: str, value, low, high) -> None:
     """Numbers only (the loader names any other type); NaN fails every comparison, so the loader sees it."""
-    if isinstance(value, numbers.Real) and not isinstance(value, bool) and \
-            (value < low or high is not None and value > high):
+    if (
+        isinstance(value, numbers.Real)
+        and not isinstance(value, bool)
+        and (value < low or high is not None and value > high)
+    ):
         kind, shown = ("an integer", str) if isinstance(low, int) else ("a number", "{:g}".format)
         allowed = f"in {shown(low)}..{shown(high)}" if high is not None else f">= {shown(low)}"
         raise ValueError(f"{name}: option {key} must be {kind} {allowed}, got {reprlib.repr(value)}")
@@ -208,8 +238,9 @@ def estimate_bytes(name: str, options: dict | None = None) -> int | None:
     return int(module.estimate_bytes(**resolve_options(name, options)))
 
 
-def choose_data_path(name: str, options: dict | None = None, data_path: str = "auto",
-                     stream_above_mb: float = 1024.0) -> str:
+def choose_data_path(
+    name: str, options: dict | None = None, data_path: str = "auto", stream_above_mb: float = 1024.0
+) -> str:
     """``"memory"`` or ``"stream"``: what :func:`load_for_training` does for these arguments."""
     if data_path not in DATA_PATHS:
         raise ValueError(f"data_path must be one of {', '.join(DATA_PATHS)}, got {data_path!r}")
@@ -219,12 +250,18 @@ def choose_data_path(name: str, options: dict | None = None, data_path: str = "a
     if not hasattr(module, "load_stream") or not hasattr(module, "estimate_bytes"):
         return "memory"
     size = estimate_bytes(name, options)
-    return "stream" if size is not None and size > float(stream_above_mb) * 2 ** 20 else "memory"
+    return "stream" if size is not None and size > float(stream_above_mb) * 2**20 else "memory"
 
 
-def load_for_training(name: str, options: dict | None, device, data_path: str = "auto",
-                      stream_above_mb: float = 1024.0, num_workers: int = 2,
-                      cache_dir: str | Path | None = None) -> Splits:
+def load_for_training(
+    name: str,
+    options: dict | None,
+    device,
+    data_path: str = "auto",
+    stream_above_mb: float = 1024.0,
+    num_workers: int = 2,
+    cache_dir: str | Path | None = None,
+) -> Splits:
     """Dataset ``name`` with ``options`` (over its defaults), every split ready on ``device``.
 
     ``data_path`` chooses how the samples reach the device:
@@ -274,8 +311,9 @@ def _stream_from_memory(splits: Splits) -> Splits:
     from msam_lab.datasets.streaming import StreamingData  # noqa: PLC0415 - as above
 
     wrap = StreamingData.from_memory
-    return Splits(wrap(splits.train), wrap(splits.test), dict(splits.info),
-                  None if splits.val is None else wrap(splits.val))
+    return Splits(
+        wrap(splits.train), wrap(splits.test), dict(splits.info), None if splits.val is None else wrap(splits.val)
+    )
 
 
 def _configure(splits: Splits, device, num_workers: int) -> Splits:
@@ -283,14 +321,19 @@ def _configure(splits: Splits, device, num_workers: int) -> Splits:
 
     def one(d):
         return None if d is None else d.to(device).with_workers(num_workers)
+
     return Splits(one(splits.train), one(splits.test), dict(splits.info), one(splits.val))
 
 
 # The data classes load on first use (PEP 562): they import torch, which `msam-lab data info` and the
 # registry functions above do without.
-_DATA_CLASSES = {"Batch": "msam_lab.datasets.base", "MultimodalData": "msam_lab.datasets.base",
-                 "Splits": "msam_lab.datasets.base", "in_memory": "msam_lab.datasets.base",
-                 "StreamingData": "msam_lab.datasets.streaming"}
+_DATA_CLASSES = {
+    "Batch": "msam_lab.datasets.base",
+    "MultimodalData": "msam_lab.datasets.base",
+    "Splits": "msam_lab.datasets.base",
+    "in_memory": "msam_lab.datasets.base",
+    "StreamingData": "msam_lab.datasets.streaming",
+}
 
 
 def __getattr__(name: str):
@@ -301,7 +344,25 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'msam_lab.datasets' has no attribute {name!r}")
 
 
-__all__ = ["Batch", "MultimodalData", "Splits", "StreamingData", "DATASETS", "DATA_PATHS", "load_dataset",
-           "load_for_training", "choose_data_path", "estimate_bytes", "in_memory",
-           "dataset_options", "resolve_options", "default_cache_dir", "dataset_names", "is_plugin",
-           "register_dataset", "unregister_dataset", "PluginDataset", "DATASET_REGISTRY"]
+__all__ = [
+    "Batch",
+    "MultimodalData",
+    "Splits",
+    "StreamingData",
+    "DATASETS",
+    "DATA_PATHS",
+    "load_dataset",
+    "load_for_training",
+    "choose_data_path",
+    "estimate_bytes",
+    "in_memory",
+    "dataset_options",
+    "resolve_options",
+    "default_cache_dir",
+    "dataset_names",
+    "is_plugin",
+    "register_dataset",
+    "unregister_dataset",
+    "PluginDataset",
+    "DATASET_REGISTRY",
+]

@@ -35,6 +35,7 @@ jointly trained model the image wins the race and the audio branch stays weak.
 The generated arrays are cached as one ``.npz`` under ``cache_dir/av-digits``;
 its file name encodes all options and :data:`FORMAT_VERSION`.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -62,20 +63,26 @@ OPTION_RANGES = {"image_noise": (0.0, 1000.0), "audio_snr_db": (-100.0, 100.0), 
 # Bump when anything about the generated arrays changes, so stale caches are ignored.
 FORMAT_VERSION = 1
 
-SAMPLE_RATE = 8000            # Hz
-WINDOW_SAMPLES = 3200         # 0.4 s
-TONE_SECONDS = (0.15, 0.35)   # uniform tone duration
-JITTER = 0.03                 # each frequency times U(1 - JITTER, 1 + JITTER)
+SAMPLE_RATE = 8000  # Hz
+WINDOW_SAMPLES = 3200  # 0.4 s
+TONE_SECONDS = (0.15, 0.35)  # uniform tone duration
+JITTER = 0.03  # each frequency times U(1 - JITTER, 1 + JITTER)
 N_FFT = 128
 HOP = 64
-N_FREQ = 64                   # rfft bins kept (of 65)
-N_FRAMES = 48                 # frames kept (of 49)
+N_FREQ = 64  # rfft bins kept (of 65)
+N_FRAMES = 48  # frames kept (of 49)
 
 # digit -> (low Hz, high Hz), the telephone keypad.
 DTMF = {
-    1: (697, 1209), 2: (697, 1336), 3: (697, 1477),
-    4: (770, 1209), 5: (770, 1336), 6: (770, 1477),
-    7: (852, 1209), 8: (852, 1336), 9: (852, 1477),
+    1: (697, 1209),
+    2: (697, 1336),
+    3: (697, 1477),
+    4: (770, 1209),
+    5: (770, 1336),
+    6: (770, 1477),
+    7: (852, 1209),
+    8: (852, 1336),
+    9: (852, 1477),
     0: (941, 1336),
 }
 DTMF_TABLE = np.array([DTMF[d] for d in range(10)], dtype=np.float64)  # row = digit
@@ -84,6 +91,7 @@ CLASS_NAMES = [str(d) for d in range(10)]
 
 
 # --------------------------------------------------------------------------- audio
+
 
 def synthesize_tones(labels, rng: np.random.Generator, snr_db: float | None = 0.0) -> np.ndarray:
     """Raw DTMF waveforms, shape (N, 3200) float64 at 8 kHz, one per digit label.
@@ -97,21 +105,20 @@ def synthesize_tones(labels, rng: np.random.Generator, snr_db: float | None = 0.
     n = len(labels)
     lo_len = int(round(TONE_SECONDS[0] * SAMPLE_RATE))
     hi_len = int(round(TONE_SECONDS[1] * SAMPLE_RATE))
-    length = rng.integers(lo_len, hi_len + 1, size=n)                    # samples
+    length = rng.integers(lo_len, hi_len + 1, size=n)  # samples
     start = np.floor(rng.random(n) * (WINDOW_SAMPLES - length + 1)).astype(np.int64)
     phase = rng.uniform(0.0, 2.0 * np.pi, size=(n, 2))
     freq = DTMF_TABLE[labels] * rng.uniform(1.0 - JITTER, 1.0 + JITTER, size=(n, 2))
 
-    t = np.arange(WINDOW_SAMPLES, dtype=np.float64)                      # sample index
-    rel = t[None, :] - start[:, None]                                    # (N, T)
+    t = np.arange(WINDOW_SAMPLES, dtype=np.float64)  # sample index
+    rel = t[None, :] - start[:, None]  # (N, T)
     gate = (rel >= 0) & (rel < length[:, None])
-    omega = 2.0 * np.pi * freq / SAMPLE_RATE                             # rad / sample
-    wave = (np.sin(omega[:, 0:1] * rel + phase[:, 0:1])
-            + np.sin(omega[:, 1:2] * rel + phase[:, 1:2]))
+    omega = 2.0 * np.pi * freq / SAMPLE_RATE  # rad / sample
+    wave = np.sin(omega[:, 0:1] * rel + phase[:, 0:1]) + np.sin(omega[:, 1:2] * rel + phase[:, 1:2])
     wave *= gate
     if snr_db is None:
         return wave
-    signal_power = np.mean(wave ** 2, axis=1, keepdims=True)
+    signal_power = np.mean(wave**2, axis=1, keepdims=True)
     noise_std = np.sqrt(signal_power / 10.0 ** (float(snr_db) / 10.0))
     wave += noise_std * rng.standard_normal(wave.shape)
     return wave
@@ -125,12 +132,13 @@ def log_spectrogram(wave: np.ndarray) -> np.ndarray:
     """
     wave = np.asarray(wave, dtype=np.float64)
     frames = np.lib.stride_tricks.sliding_window_view(wave, N_FFT, axis=1)[:, ::HOP]
-    frames = frames[:, :N_FRAMES] * np.hanning(N_FFT + 1)[:-1]           # periodic Hann
-    spec = np.abs(np.fft.rfft(frames, axis=-1))[:, :, :N_FREQ]           # (N, frames, freq)
+    frames = frames[:, :N_FRAMES] * np.hanning(N_FFT + 1)[:-1]  # periodic Hann
+    spec = np.abs(np.fft.rfft(frames, axis=-1))[:, :, :N_FREQ]  # (N, frames, freq)
     return np.log1p(spec).transpose(0, 2, 1)
 
 
 # --------------------------------------------------------------------------- split
+
 
 def stratified_split(labels: np.ndarray, test_fraction: float, rng: np.random.Generator):
     """Sorted (train_idx, test_idx): round(test_fraction * n_c) of each class c to test."""
@@ -146,11 +154,12 @@ def stratified_split(labels: np.ndarray, test_fraction: float, rng: np.random.Ge
 
 # --------------------------------------------------------------------------- generate
 
+
 def _check_options(image_noise, audio_snr_db, test_fraction, seed) -> dict:
     def number(name, value):
         try:
             value = float(value)
-        except (TypeError, ValueError, OverflowError):   # OverflowError: an int beyond float range
+        except (TypeError, ValueError, OverflowError):  # OverflowError: an int beyond float range
             raise ValueError(f"av-digits option {name!r} must be a number, got {value!r}") from None
         if not math.isfinite(value):
             raise ValueError(f"av-digits option {name!r} must be finite, got {value!r}")
@@ -165,8 +174,7 @@ def _check_options(image_noise, audio_snr_db, test_fraction, seed) -> dict:
         raise ValueError(f"av-digits option 'test_fraction' must be in (0, 1), e.g. 0.2; got {test_fraction}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"av-digits option 'seed' must be a non-negative int, got {seed!r}")
-    return {"image_noise": image_noise, "audio_snr_db": audio_snr_db,
-            "test_fraction": test_fraction, "seed": int(seed)}
+    return {"image_noise": image_noise, "audio_snr_db": audio_snr_db, "test_fraction": test_fraction, "seed": int(seed)}
 
 
 def generate(image_noise, audio_snr_db, test_fraction, seed) -> dict[str, np.ndarray]:
@@ -177,7 +185,7 @@ def generate(image_noise, audio_snr_db, test_fraction, seed) -> dict[str, np.nda
     the first ``load`` in a process (``load_digits`` + writing the 22.6 MB cache
     file); a cache hit takes ~15 ms.
     """
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # noqa: PLC0415 - scikit-learn loads only when it is used
 
     opts = _check_options(image_noise, audio_snr_db, test_fraction, seed)
     digits = load_digits()
@@ -212,6 +220,7 @@ def generate(image_noise, audio_snr_db, test_fraction, seed) -> dict[str, np.nda
 
 # --------------------------------------------------------------------------- cache
 
+
 def cache_path(cache_dir, image_noise, audio_snr_db, test_fraction, seed) -> Path:
     """``cache_dir/av-digits/av-digits-v<FORMAT>-<hash of the sorted options>.npz``."""
     opts = _check_options(image_noise, audio_snr_db, test_fraction, seed)
@@ -220,8 +229,18 @@ def cache_path(cache_dir, image_noise, audio_snr_db, test_fraction, seed) -> Pat
     return Path(cache_dir) / NAME / f"{NAME}-v{FORMAT_VERSION}-{digest}.npz"
 
 
-_KEYS = ("x_train_image", "x_test_image", "x_train_audio", "x_test_audio",
-         "y_train", "y_test", "index_train", "index_test", "audio_mean", "audio_std")
+_KEYS = (
+    "x_train_image",
+    "x_test_image",
+    "x_train_audio",
+    "x_test_audio",
+    "y_train",
+    "y_test",
+    "index_train",
+    "index_test",
+    "audio_mean",
+    "audio_std",
+)
 
 
 def _read(path: Path) -> dict[str, np.ndarray] | None:
@@ -229,7 +248,7 @@ def _read(path: Path) -> dict[str, np.ndarray] | None:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in _KEYS}
     except (OSError, KeyError, ValueError, EOFError):
-        return None          # missing or unreadable: regenerate (and overwrite)
+        return None  # missing or unreadable: regenerate (and overwrite)
     return arrays
 
 
@@ -239,7 +258,7 @@ def _write(path: Path, arrays: dict[str, np.ndarray]) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
-        os.chmod(tmp, 0o644)         # mkstemp makes 0600; a shared data/ cache should be readable
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a shared data/ cache should be readable
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -250,6 +269,7 @@ def _write(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 
 # --------------------------------------------------------------------------- load
+
 
 def load(cache_dir, image_noise, audio_snr_db, test_fraction, seed) -> Splits:
     """av-digits as :class:`Splits`; generated once per option set, then read from the cache."""
@@ -266,16 +286,20 @@ def load(cache_dir, image_noise, audio_snr_db, test_fraction, seed) -> Splits:
             _write(path, arrays)
 
     def part(split):
-        inputs = {"image": torch.from_numpy(np.ascontiguousarray(arrays[f"x_{split}_image"])),
-                  "audio": torch.from_numpy(np.ascontiguousarray(arrays[f"x_{split}_audio"]))}
+        inputs = {
+            "image": torch.from_numpy(np.ascontiguousarray(arrays[f"x_{split}_image"])),
+            "audio": torch.from_numpy(np.ascontiguousarray(arrays[f"x_{split}_audio"])),
+        }
         labels = torch.from_numpy(arrays[f"y_{split}"].astype(np.int64))
         return MultimodalData(inputs, labels, num_classes=10)
 
     train, test = part("train"), part("test")
     info = {
         "name": NAME,
-        "description": ("sklearn's 1,797 real 8x8 handwritten digits paired with a synthetic "
-                        "DTMF keypad tone of the same digit (8 kHz, log-STFT 64x48)"),
+        "description": (
+            "sklearn's 1,797 real 8x8 handwritten digits paired with a synthetic "
+            "DTMF keypad tone of the same digit (8 kHz, log-STFT 64x48)"
+        ),
         "encoders": {"image": "mlp", "audio": "cnn"},
         "shapes": {m: tuple(x.shape[1:]) for m, x in train.inputs.items()},
         "options": dict(opts),

@@ -38,6 +38,7 @@ gives the decoded size from the list files and one spectrogram.
 The pickles are loaded by :mod:`msam_lab.datasets.safe_pickle` (numpy arrays and builtin containers
 only): a file made to run code is refused, not run.
 """
+
 from __future__ import annotations
 
 import csv
@@ -47,21 +48,43 @@ import torch
 
 from msam_lab.datasets import memmap_cache, safe_pickle
 from msam_lab.datasets.base import MultimodalData, Splits
-from msam_lab.datasets.files import check_positive_int, frames_array, is_plain_name, layout_error, load_frames, read_lines, require_file, require_root, subsample
+from msam_lab.datasets.files import (
+    check_positive_int,
+    frames_array,
+    is_plain_name,
+    layout_error,
+    load_frames,
+    read_lines,
+    require_file,
+    require_root,
+    subsample,
+)
 from msam_lab.datasets.memmap_cache import file_stamp
 from msam_lab.datasets.streaming import cached_split
 
 NAME = "ave"
 
-OPTIONS = {"root": None, "n_frames": 1, "image_size": 64, "audio_time_pool": 1,
-           "max_samples": None, "skip_missing": False}
+OPTIONS = {
+    "root": None,
+    "n_frames": 1,
+    "image_size": 64,
+    "audio_time_pool": 1,
+    "max_samples": None,
+    "skip_missing": False,
+}
 # checked by datasets.resolve_options before anything is read, as for crema-d
-OPTION_RANGES = {"n_frames": (1, 64), "image_size": (1, 1024), "audio_time_pool": (1, 100_000),
-                 "max_samples": (1, None)}
+OPTION_RANGES = {
+    "n_frames": (1, 64),
+    "image_size": (1, 1024),
+    "audio_time_pool": (1, 100_000),
+    "max_samples": (1, None),
+}
 
-LAYOUT = ("<root>/stat.txt (one class name per line), <root>/my_{train,test[,val]}.txt rows "
-          "class,video_id,..., <root>/audio_spec/<video_id>.pkl float32 (257,1004), "
-          "<root>/visual/<video_id>/frame_0000k.jpg (OGM-GE layout)")
+LAYOUT = (
+    "<root>/stat.txt (one class name per line), <root>/my_{train,test[,val]}.txt rows "
+    "class,video_id,..., <root>/audio_spec/<video_id>.pkl float32 (257,1004), "
+    "<root>/visual/<video_id>/frame_0000k.jpg (OGM-GE layout)"
+)
 
 
 def _unquote(line: str) -> list[str] | None:
@@ -97,13 +120,13 @@ def parse_row(line: str, classes: list[str], by_length: list[str] | None = None)
             name = None
     else:
         name = next((c for c in by_length if line.startswith(c + ",")), None)
-        rest = line[len(name) + 1:].split(",") if name is not None else []
+        rest = line[len(name) + 1 :].split(",") if name is not None else []
     if name is None:
         raise ValueError(f"row does not start with a class of stat.txt followed by a comma: {line!r}")
     video = rest[0].strip() if rest else ""
     if not video:
         raise ValueError("no video id after the class")
-    if not is_plain_name(video):   # "/x" made <root>/audio_spec/<video>.pkl an absolute path
+    if not is_plain_name(video):  # "/x" made <root>/audio_spec/<video>.pkl an absolute path
         raise ValueError(f"video id {video!r} is not a plain file name")
     return video, classes.index(name)
 
@@ -129,17 +152,18 @@ def read_spectrogram(path) -> np.ndarray:
         # part with a warning on stderr
         if raw.dtype.kind not in "biuf":
             raise TypeError(f"holds {raw.dtype} values, not numbers")
-        with np.errstate(over="ignore"):   # beyond float32 -> inf, reported below
+        with np.errstate(over="ignore"):  # beyond float32 -> inf, reported below
             spec = raw.astype(np.float32)
     except Exception as exc:  # noqa: BLE001
-        raise layout_error(NAME, f"cannot read {path} as a pickled array "
-                                 f"({type(exc).__name__}: {exc})", LAYOUT) from exc
-    if spec.ndim != 2 or spec.size == 0:   # an empty (0, T) map passed and broke the model later
-        raise layout_error(NAME, f"{path} holds an array of shape {spec.shape}, not a non-empty 2-D "
-                                 "spectrogram", LAYOUT)
-    if not np.all(np.isfinite(spec)):   # NaN/inf would train a NaN model with no hint at the file
-        raise layout_error(NAME, f"{path} holds NaN or infinite values (or values beyond float32)",
-                           LAYOUT)
+        raise layout_error(
+            NAME, f"cannot read {path} as a pickled array ({type(exc).__name__}: {exc})", LAYOUT
+        ) from exc
+    if spec.ndim != 2 or spec.size == 0:  # an empty (0, T) map passed and broke the model later
+        raise layout_error(
+            NAME, f"{path} holds an array of shape {spec.shape}, not a non-empty 2-D spectrogram", LAYOUT
+        )
+    if not np.all(np.isfinite(spec)):  # NaN/inf would train a NaN model with no hint at the file
+        raise layout_error(NAME, f"{path} holds NaN or infinite values (or values beyond float32)", LAYOUT)
     return spec
 
 
@@ -147,7 +171,7 @@ def _pool_time(spec: np.ndarray, k: int) -> np.ndarray:
     if k == 1:
         return spec
     t = spec.shape[1] // k
-    return spec[:, :t * k].reshape(spec.shape[0], t, k).mean(axis=2)
+    return spec[:, : t * k].reshape(spec.shape[0], t, k).mean(axis=2)
 
 
 def _split_names(root) -> tuple[str, ...]:
@@ -163,8 +187,9 @@ def _rows(root, split, classes, max_samples, skip_missing):
         raise layout_error(NAME, f"no rows in {path}", LAYOUT)
     skipped = 0
     if skip_missing:
-        kept = [(v, y) for v, y in rows if (root / "audio_spec" / f"{v}.pkl").is_file()
-                and (root / "visual" / v).is_dir()]
+        kept = [
+            (v, y) for v, y in rows if (root / "audio_spec" / f"{v}.pkl").is_file() and (root / "visual" / v).is_dir()
+        ]
         skipped, rows = len(rows) - len(kept), kept
         if not rows:
             raise layout_error(NAME, f"no video of {path} has both its .pkl and frames", LAYOUT)
@@ -176,8 +201,9 @@ def _first_spectrogram(root, rows, pool):
     spec_path = root / "audio_spec" / f"{rows[0][0]}.pkl"
     spec = read_spectrogram(spec_path)
     if spec.shape[1] < pool:
-        raise layout_error(NAME, f"{spec_path} has {spec.shape[1]} time frames, fewer "
-                                 f"than audio_time_pool={pool}", LAYOUT)
+        raise layout_error(
+            NAME, f"{spec_path} has {spec.shape[1]} time frames, fewer than audio_time_pool={pool}", LAYOUT
+        )
     return spec_path, spec.shape, (spec.shape[0], spec.shape[1] // pool)
 
 
@@ -187,8 +213,7 @@ def _fill(root, rows, first, n_frames, image_size, pool, audio, visual, labels) 
         spec_path = root / "audio_spec" / f"{video}.pkl"
         spec = read_spectrogram(spec_path)
         if spec.shape != first[1]:
-            raise layout_error(NAME, f"{spec_path} has shape {spec.shape} but {first[0]} has "
-                                     f"{first[1]}", LAYOUT)
+            raise layout_error(NAME, f"{spec_path} has shape {spec.shape} but {first[0]} has {first[1]}", LAYOUT)
         audio[i] = _pool_time(spec, pool)
         visual[i] = load_frames(root / "visual" / video, n_frames, image_size, NAME, LAYOUT)
         labels[i] = y
@@ -198,11 +223,14 @@ def _read_split(root, split, classes, n_frames, image_size, pool, max_samples, s
     rows, skipped = _rows(root, split, classes, max_samples, skip_missing)
     first = _first_spectrogram(root, rows, pool)
     audio = np.empty((len(rows),) + first[2], dtype=np.float32)
-    visual = frames_array(len(rows), n_frames, image_size, NAME)   # too large: one-line error
+    visual = frames_array(len(rows), n_frames, image_size, NAME)  # too large: one-line error
     labels = np.empty(len(rows), dtype=np.int64)
     _fill(root, rows, first, n_frames, image_size, pool, audio, visual, labels)
-    data = MultimodalData({"audio": torch.from_numpy(audio), "visual": torch.from_numpy(visual)},
-                          torch.from_numpy(labels), num_classes=len(classes))
+    data = MultimodalData(
+        {"audio": torch.from_numpy(audio), "visual": torch.from_numpy(visual)},
+        torch.from_numpy(labels),
+        num_classes=len(classes),
+    )
     return data, skipped
 
 
@@ -210,12 +238,21 @@ def _stream_split(cache_dir, root, split, classes, n_frames, image_size, pool, m
     rows, skipped = _rows(root, split, classes, max_samples, skip_missing)
     first = _first_spectrogram(root, rows, pool)
     shapes = {"audio": first[2], "visual": (3 * n_frames, image_size, image_size)}
-    signature = {"dataset": NAME, "root": str(root), "split": split, "classes": classes,
-                 "rows": memmap_cache.signature_key(rows),
-                 "options": {"n_frames": n_frames, "image_size": image_size, "audio_time_pool": pool,
-                             "max_samples": max_samples, "skip_missing": skip_missing},
-                 "sources": file_stamp(p for v, _ in rows
-                                       for p in (root / "audio_spec" / f"{v}.pkl", root / "visual" / v))}
+    signature = {
+        "dataset": NAME,
+        "root": str(root),
+        "split": split,
+        "classes": classes,
+        "rows": memmap_cache.signature_key(rows),
+        "options": {
+            "n_frames": n_frames,
+            "image_size": image_size,
+            "audio_time_pool": pool,
+            "max_samples": max_samples,
+            "skip_missing": skip_missing,
+        },
+        "sources": file_stamp(p for v, _ in rows for p in (root / "audio_spec" / f"{v}.pkl", root / "visual" / v)),
+    }
 
     def fill(arrays, labels):
         _fill(root, rows, first, n_frames, image_size, pool, arrays["audio"], arrays["visual"], labels)
@@ -235,17 +272,27 @@ def _assemble(root, classes, parts: dict, n_frames, image_size, pool, max_sample
     shapes = {s: tuple(d.sample_shapes["audio"]) for s, (d, _) in parts.items()}
     for split, shape in shapes.items():
         if shape != shapes["train"]:
-            raise layout_error(NAME, f"train spectrograms are {shapes['train']} but {split} ones {shape} "
-                                     f"(after pooling) in {root / 'audio_spec'}", LAYOUT)
+            raise layout_error(
+                NAME,
+                f"train spectrograms are {shapes['train']} but {split} ones {shape} "
+                f"(after pooling) in {root / 'audio_spec'}",
+                LAYOUT,
+            )
     info = {
         "name": NAME,
-        "description": (f"AVE: {len(classes)} audio-visual event classes; stored audio "
-                        "spectrograms and RGB video frames"),
+        "description": (
+            f"AVE: {len(classes)} audio-visual event classes; stored audio spectrograms and RGB video frames"
+        ),
         "encoders": {"audio": "cnn", "visual": "cnn"},
         "shapes": dict(parts["train"][0].sample_shapes),
-        "options": {"root": str(root), "n_frames": n_frames, "image_size": image_size,
-                    "audio_time_pool": pool, "max_samples": max_samples,
-                    "skip_missing": bool(skip_missing)},
+        "options": {
+            "root": str(root),
+            "n_frames": n_frames,
+            "image_size": image_size,
+            "audio_time_pool": pool,
+            "max_samples": max_samples,
+            "skip_missing": bool(skip_missing),
+        },
         "class_names": list(classes),
         "skipped": {s: skipped for s, (_, skipped) in parts.items()},
     }
@@ -253,8 +300,7 @@ def _assemble(root, classes, parts: dict, n_frames, image_size, pool, max_sample
     return Splits(parts["train"][0], parts["test"][0], info, val)
 
 
-def load(cache_dir, root, n_frames=1, image_size=64, audio_time_pool=1, max_samples=None,
-         skip_missing=False) -> Splits:
+def load(cache_dir, root, n_frames=1, image_size=64, audio_time_pool=1, max_samples=None, skip_missing=False) -> Splits:
     """AVE from ``root`` in the OGM-GE layout, decoded into memory (``cache_dir`` is unused)."""
     root, n_frames, image_size, pool = _check(root, n_frames, image_size, audio_time_pool)
     classes = read_classes(root / "stat.txt")
@@ -263,8 +309,9 @@ def load(cache_dir, root, n_frames=1, image_size=64, audio_time_pool=1, max_samp
     return _assemble(root, classes, parts, *args)
 
 
-def load_stream(cache_dir, root, n_frames=1, image_size=64, audio_time_pool=1, max_samples=None,
-                skip_missing=False) -> Splits:
+def load_stream(
+    cache_dir, root, n_frames=1, image_size=64, audio_time_pool=1, max_samples=None, skip_missing=False
+) -> Splits:
     """AVE decoded once into memory-mapped ``.npy`` files under ``cache_dir``, then read per batch.
 
     The same decoding as :func:`load` (``_fill``); see ``memmap_cache`` for the
@@ -277,16 +324,18 @@ def load_stream(cache_dir, root, n_frames=1, image_size=64, audio_time_pool=1, m
     return _assemble(root, classes, parts, *args)
 
 
-def estimate_bytes(root, n_frames=1, image_size=64, audio_time_pool=1, max_samples=None,
-                   skip_missing=False) -> int:
+def estimate_bytes(root, n_frames=1, image_size=64, audio_time_pool=1, max_samples=None, skip_missing=False) -> int:
     """Decoded float32 size of every split: row counts of the list files and the first spectrogram's shape."""
     root, n_frames, image_size, pool = _check(root, n_frames, image_size, audio_time_pool)
     classes = read_classes(root / "stat.txt")
-    counts = [len(subsample(len(rows), max_samples)) if rows else 0
-              for rows in (read_split_rows(root / f"my_{s}.txt", classes) for s in _split_names(root))]
+    counts = [
+        len(subsample(len(rows), max_samples)) if rows else 0
+        for rows in (read_split_rows(root / f"my_{s}.txt", classes) for s in _split_names(root))
+    ]
     rows = read_split_rows(root / "my_train.txt", classes)
-    first = next((root / "audio_spec" / f"{v}.pkl" for v, _ in rows
-                  if (root / "audio_spec" / f"{v}.pkl").is_file()), None)
-    spec_shape = read_spectrogram(first).shape if first is not None else (257, 1004)   # the published shape
+    first = next(
+        (root / "audio_spec" / f"{v}.pkl" for v, _ in rows if (root / "audio_spec" / f"{v}.pkl").is_file()), None
+    )
+    spec_shape = read_spectrogram(first).shape if first is not None else (257, 1004)  # the published shape
     per_sample = 4 * (spec_shape[0] * (spec_shape[1] // pool) + 3 * n_frames * image_size * image_size) + 8
     return sum(counts) * per_sample

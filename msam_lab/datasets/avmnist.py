@@ -34,6 +34,7 @@ command line::
 
     python -m msam_lab.datasets.avmnist build --out DIR --n-train 2000 --n-test 500
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,16 +50,28 @@ import numpy as np
 import torch
 
 from msam_lab.datasets.base import MultimodalData, Splits
-from msam_lab.datasets.files import check_positive_int, layout_error, load_npy, read_wav, require_dir, require_root, resample, stft_magnitude, subsample
+from msam_lab.datasets.files import (
+    check_positive_int,
+    layout_error,
+    load_npy,
+    read_wav,
+    require_dir,
+    require_root,
+    resample,
+    stft_magnitude,
+    subsample,
+)
 from msam_lab.datasets.streaming import NpyArray, StreamingData
 
 NAME = "av-mnist"
 
 OPTIONS = {"root": None, "audio_size": 112, "normalize": True, "max_samples": None}
 
-LAYOUT = ("<root>/image/{train,test}_data.npy (N,784) float, "
-          "<root>/audio/{train,test}_data.npy (N,112,112), "
-          "<root>/{train,test}_labels.npy (N,) digits 0-9 (MultiBench layout)")
+LAYOUT = (
+    "<root>/image/{train,test}_data.npy (N,784) float, "
+    "<root>/audio/{train,test}_data.npy (N,112,112), "
+    "<root>/{train,test}_labels.npy (N,) digits 0-9 (MultiBench layout)"
+)
 
 CLASS_NAMES = [str(d) for d in range(10)]
 AUDIO_SIDE = 112
@@ -67,10 +80,13 @@ _CHUNK = 4096  # samples converted at a time (bounds the float32 intermediate)
 
 # --------------------------------------------------------------------------- loader
 
+
 def _split_paths(root: Path, split: str) -> dict[str, Path]:
-    return {"image": root / "image" / f"{split}_data.npy",
-            "audio": root / "audio" / f"{split}_data.npy",
-            "labels": root / f"{split}_labels.npy"}
+    return {
+        "image": root / "image" / f"{split}_data.npy",
+        "audio": root / "audio" / f"{split}_data.npy",
+        "labels": root / f"{split}_labels.npy",
+    }
 
 
 def _check_split(root: Path, split: str, max_samples):
@@ -87,11 +103,9 @@ def _check_split(root: Path, split: str, max_samples):
 
     image, audio, labels = arrays["image"], arrays["audio"], arrays["labels"]
     if int(np.prod(image.shape[1:])) != 28 * 28:
-        raise layout_error(NAME, f"{paths['image']} has shape {image.shape}, "
-                                 "not 784 values per sample", LAYOUT)
+        raise layout_error(NAME, f"{paths['image']} has shape {image.shape}, not 784 values per sample", LAYOUT)
     if int(np.prod(audio.shape[1:])) != AUDIO_SIDE * AUDIO_SIDE:
-        raise layout_error(NAME, f"{paths['audio']} has shape {audio.shape}, "
-                                 "not 112x112 values per sample", LAYOUT)
+        raise layout_error(NAME, f"{paths['audio']} has shape {audio.shape}, not 112x112 values per sample", LAYOUT)
     if int(np.prod(labels.shape[1:])) != 1:
         raise layout_error(NAME, f"{paths['labels']} has shape {labels.shape}, not (N,)", LAYOUT)
     for key, array in arrays.items():
@@ -103,14 +117,20 @@ def _check_split(root: Path, split: str, max_samples):
 
     index = subsample(n, max_samples)
     y = np.asarray(labels[index]).reshape(-1)
-    if not np.issubdtype(y.dtype, np.number) or not np.all(np.isfinite(y)) or np.any(y != np.round(y)) or y.min() < 0 or y.max() > 9:
+    if (
+        not np.issubdtype(y.dtype, np.number)
+        or not np.all(np.isfinite(y))
+        or np.any(y != np.round(y))
+        or y.min() < 0
+        or y.max() > 9
+    ):
         raise layout_error(NAME, f"{paths['labels']} holds labels outside the digits 0-9", LAYOUT)
     return paths, arrays, index, torch.from_numpy(y.astype(np.int64))
 
 
 def image_rows(rows: np.ndarray, scale: float, path: str) -> np.ndarray:
     """Stored image rows (B, 784) -> float32 (B, 28, 28) / ``scale``: the one transform of both paths."""
-    with np.errstate(over="ignore"):   # float64 beyond float32 range -> inf, reported next
+    with np.errstate(over="ignore"):  # float64 beyond float32 range -> inf, reported next
         x = np.asarray(rows, dtype=np.float32).reshape(-1, 28, 28) / np.float32(scale)
     if not np.all(np.isfinite(x)):
         # NaN/inf features would train a NaN model with no hint at the file
@@ -122,7 +142,7 @@ def audio_rows(rows: np.ndarray, scale: float, audio_size: int, path: str) -> np
     """Stored spectrogram rows (B, 112, 112) -> float32 (B, audio_size, audio_size): scaled, average-pooled."""
     with np.errstate(over="ignore"):
         chunk = np.asarray(rows, dtype=np.float32).reshape(-1, AUDIO_SIDE, AUDIO_SIDE)
-    if not np.all(np.isfinite(chunk)):   # as for the images
+    if not np.all(np.isfinite(chunk)):  # as for the images
         raise layout_error(NAME, f"{path} holds NaN or infinite values (or values beyond float32)", LAYOUT)
     chunk = chunk / np.float32(scale)
     if audio_size != AUDIO_SIDE:
@@ -133,8 +153,10 @@ def audio_rows(rows: np.ndarray, scale: float, audio_size: int, path: str) -> np
 
 def _transforms(paths, audio_size: int, normalize: bool) -> dict:
     scale = 255.0 if normalize else 1.0
-    return {"image": partial(image_rows, scale=scale, path=str(paths["image"])),
-            "audio": partial(audio_rows, scale=scale, audio_size=audio_size, path=str(paths["audio"]))}
+    return {
+        "image": partial(image_rows, scale=scale, path=str(paths["image"])),
+        "audio": partial(audio_rows, scale=scale, audio_size=audio_size, path=str(paths["audio"])),
+    }
 
 
 def _read_split(root: Path, split: str, audio_size: int, normalize: bool, max_samples):
@@ -142,18 +164,24 @@ def _read_split(root: Path, split: str, audio_size: int, normalize: bool, max_sa
     transforms = _transforms(paths, audio_size, normalize)
     shapes = {"image": (28, 28), "audio": (audio_size, audio_size)}
     inputs = {m: torch.empty((len(index), *shapes[m]), dtype=torch.float32) for m in shapes}
-    for start in range(0, len(index), _CHUNK):   # chunks bound the float32 intermediate
-        rows = index[start:start + _CHUNK]
+    for start in range(0, len(index), _CHUNK):  # chunks bound the float32 intermediate
+        rows = index[start : start + _CHUNK]
         for m in shapes:
-            inputs[m][start:start + len(rows)] = torch.from_numpy(transforms[m](arrays[m][rows]))
+            inputs[m][start : start + len(rows)] = torch.from_numpy(transforms[m](arrays[m][rows]))
     return MultimodalData(inputs, labels, num_classes=10)
 
 
 def _stream_split(root: Path, split: str, audio_size: int, normalize: bool, max_samples):
     paths, arrays, index, labels = _check_split(root, split, max_samples)
     sources = {m: NpyArray(paths[m], arrays[m].shape, arrays[m].dtype) for m in ("image", "audio")}
-    return StreamingData(sources, labels, 10, transforms=_transforms(paths, audio_size, normalize),
-                         rows=index, sample_shapes={"image": (28, 28), "audio": (audio_size, audio_size)})
+    return StreamingData(
+        sources,
+        labels,
+        10,
+        transforms=_transforms(paths, audio_size, normalize),
+        rows=index,
+        sample_shapes={"image": (28, 28), "audio": (audio_size, audio_size)},
+    )
 
 
 def _check_options(audio_size):
@@ -166,13 +194,19 @@ def _check_options(audio_size):
 def _info(root, audio_size, normalize, max_samples) -> dict:
     return {
         "name": NAME,
-        "description": ("AV-MNIST (MultiBench): PCA-reduced MNIST digit images paired with "
-                        "112x112 spectrograms of Free Spoken Digit Dataset recordings of the "
-                        "same digit"),
+        "description": (
+            "AV-MNIST (MultiBench): PCA-reduced MNIST digit images paired with "
+            "112x112 spectrograms of Free Spoken Digit Dataset recordings of the "
+            "same digit"
+        ),
         "encoders": {"image": "cnn", "audio": "cnn"},
         "shapes": {"image": (28, 28), "audio": (audio_size, audio_size)},
-        "options": {"root": str(root), "audio_size": audio_size, "normalize": bool(normalize),
-                    "max_samples": max_samples},
+        "options": {
+            "root": str(root),
+            "audio_size": audio_size,
+            "normalize": bool(normalize),
+            "max_samples": max_samples,
+        },
         "class_names": list(CLASS_NAMES),
     }
 
@@ -218,10 +252,10 @@ MNIST_LAYOUT = "<mnist_dir>/*images-idx3-ubyte[.gz] and *labels-idx1-ubyte[.gz] 
 FSDD_LAYOUT = "<fsdd_dir>/{digit}_{speaker}_{index}.wav (Free Spoken Digit Dataset, 8 kHz)"
 
 FSDD_RATE = 8000
-FSDD_TEST_INDICES = range(0, 5)   # upstream split: recordings 0-4 test, 5-49 train
-STFT_N_FFT = 256                  # 129 bins of 31.25 Hz; the lowest 112 (0-3,468.75 Hz) kept
-STFT_HOP = 48                     # 6 ms; 112 frames span 0.67 s (~94 % of FSDD clips fit)
-FLOOR_DB = 80.0                   # dynamic range kept below each spectrogram's peak
+FSDD_TEST_INDICES = range(0, 5)  # upstream split: recordings 0-4 test, 5-49 train
+STFT_N_FFT = 256  # 129 bins of 31.25 Hz; the lowest 112 (0-3,468.75 Hz) kept
+STFT_HOP = 48  # 6 ms; 112 frames span 0.67 s (~94 % of FSDD clips fit)
+FLOOR_DB = 80.0  # dynamic range kept below each spectrogram's peak
 PCA_VARIANCE = 0.25
 
 
@@ -243,13 +277,14 @@ def _read_idx(path: Path, magic: int) -> np.ndarray:
     ndim = magic & 0xFF
     header = 4 + 4 * ndim
     if len(raw) < header or int.from_bytes(raw[:4], "big") != magic:
-        raise layout_error("av-mnist builder", f"{path} is not an IDX file with magic {magic}",
-                           MNIST_LAYOUT)
-    dims = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+        raise layout_error("av-mnist builder", f"{path} is not an IDX file with magic {magic}", MNIST_LAYOUT)
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     if len(raw) - header != int(np.prod(dims)):
-        raise layout_error("av-mnist builder", f"{path} holds {len(raw) - header} bytes of data, "
-                                               f"not {int(np.prod(dims))} for dims {dims}",
-                           MNIST_LAYOUT)
+        raise layout_error(
+            "av-mnist builder",
+            f"{path} holds {len(raw) - header} bytes of data, not {int(np.prod(dims))} for dims {dims}",
+            MNIST_LAYOUT,
+        )
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
 
 
@@ -259,8 +294,9 @@ def read_mnist(mnist_dir) -> tuple[np.ndarray, np.ndarray]:
     images = _read_idx(_find_one(mnist_dir, "*images-idx3-ubyte*"), 2051)
     labels = _read_idx(_find_one(mnist_dir, "*labels-idx1-ubyte*"), 2049)
     if len(images) != len(labels):
-        raise layout_error("av-mnist builder", f"{mnist_dir} has {len(images)} images "
-                                               f"but {len(labels)} labels", MNIST_LAYOUT)
+        raise layout_error(
+            "av-mnist builder", f"{mnist_dir} has {len(images)} images but {len(labels)} labels", MNIST_LAYOUT
+        )
     return images, labels
 
 
@@ -277,8 +313,9 @@ def fsdd_recordings(fsdd_dir) -> dict[str, dict[int, list[Path]]]:
     for split, by_digit in out.items():
         missing = [d for d in range(10) if not by_digit.get(d)]
         if missing:
-            raise layout_error("av-mnist builder", f"no {split} recordings of digit(s) "
-                                                   f"{missing} in {fsdd_dir}", FSDD_LAYOUT)
+            raise layout_error(
+                "av-mnist builder", f"no {split} recordings of digit(s) {missing} in {fsdd_dir}", FSDD_LAYOUT
+            )
     return out
 
 
@@ -315,13 +352,14 @@ def pca_projection(train_images: np.ndarray, variance: float = PCA_VARIANCE):
     x = np.asarray(train_images, dtype=np.float64).reshape(len(train_images), -1)
     mean = x.mean(axis=0)
     _, s, vt = np.linalg.svd(x - mean, full_matrices=False)
-    cumulative = np.cumsum(s ** 2) / np.sum(s ** 2)
+    cumulative = np.cumsum(s**2) / np.sum(s**2)
     k = int(np.searchsorted(cumulative, variance, side="left")) + 1
     return mean, vt[:k], cumulative
 
 
-def build_avmnist(mnist_dir, fsdd_dir, out_root, n_train: int, n_test: int, seed: int = 0,
-                  overwrite: bool = False) -> Path:
+def build_avmnist(
+    mnist_dir, fsdd_dir, out_root, n_train: int, n_test: int, seed: int = 0, overwrite: bool = False
+) -> Path:
     """Write a small real AV-MNIST in the MultiBench layout under ``out_root``.
 
     * Images: ``n_train + n_test`` distinct MNIST images drawn at random (``seed``)
@@ -349,12 +387,14 @@ def build_avmnist(mnist_dir, fsdd_dir, out_root, n_train: int, n_test: int, seed
 
     images, digits = read_mnist(mnist_dir)
     if n_train + n_test > len(images):
-        raise ValueError(f"av-mnist builder: n_train + n_test = {n_train + n_test} exceeds the "
-                         f"{len(images)} MNIST images in {mnist_dir}")
+        raise ValueError(
+            f"av-mnist builder: n_train + n_test = {n_train + n_test} exceeds the "
+            f"{len(images)} MNIST images in {mnist_dir}"
+        )
     recordings = fsdd_recordings(fsdd_dir)
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(images))
-    index = {"train": np.sort(order[:n_train]), "test": np.sort(order[n_train:n_train + n_test])}
+    index = {"train": np.sort(order[:n_train]), "test": np.sort(order[n_train : n_train + n_test])}
 
     mean, components, cumulative = pca_projection(images[index["train"]])
     k = len(components)
@@ -378,16 +418,27 @@ def build_avmnist(mnist_dir, fsdd_dir, out_root, n_train: int, n_test: int, seed
         chosen[split] = files
 
     build_info = {
-        "seed": seed, "n_train": n_train, "n_test": n_test,
-        "mnist_dir": str(Path(mnist_dir).resolve()), "fsdd_dir": str(Path(fsdd_dir).resolve()),
+        "seed": seed,
+        "n_train": n_train,
+        "n_test": n_test,
+        "mnist_dir": str(Path(mnist_dir).resolve()),
+        "fsdd_dir": str(Path(fsdd_dir).resolve()),
         "mnist_indices": {s: index[s].tolist() for s in index},
         "fsdd_files": chosen,
-        "pca_components": k, "pca_variance_target": PCA_VARIANCE,
+        "pca_components": k,
+        "pca_variance_target": PCA_VARIANCE,
         "pca_explained_variance": float(cumulative[k - 1]),
-        "spectrogram": {"sample_rate": FSDD_RATE, "n_fft": STFT_N_FFT, "hop": STFT_HOP,
-                        "window": "periodic hann", "centered": True,
-                        "frequency_bins": AUDIO_SIDE, "frames": AUDIO_SIDE,
-                        "floor_db": FLOOR_DB, "scaling": "per-spectrogram min-max to uint8"},
+        "spectrogram": {
+            "sample_rate": FSDD_RATE,
+            "n_fft": STFT_N_FFT,
+            "hop": STFT_HOP,
+            "window": "periodic hann",
+            "centered": True,
+            "frequency_bins": AUDIO_SIDE,
+            "frames": AUDIO_SIDE,
+            "floor_db": FLOOR_DB,
+            "scaling": "per-spectrogram min-max to uint8",
+        },
     }
 
     out_root.parent.mkdir(parents=True, exist_ok=True)
@@ -402,8 +453,7 @@ def build_avmnist(mnist_dir, fsdd_dir, out_root, n_train: int, n_test: int, seed
             np.save(tmp / rel, array)
         (tmp / "build_info.json").write_text(json.dumps(build_info, indent=1))
         if out_root.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out_root.name}.", suffix=".old",
-                                        dir=out_root.parent))
+            old = Path(tempfile.mkdtemp(prefix=f".{out_root.name}.", suffix=".old", dir=out_root.parent))
             os.replace(out_root, old / "data")
             os.replace(tmp, out_root)
             shutil.rmtree(old, ignore_errors=True)
@@ -416,8 +466,7 @@ def build_avmnist(mnist_dir, fsdd_dir, out_root, n_train: int, n_test: int, seed
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m msam_lab.datasets.avmnist",
-                                     description="AV-MNIST tools")
+    parser = argparse.ArgumentParser(prog="python -m msam_lab.datasets.avmnist", description="AV-MNIST tools")
     sub = parser.add_subparsers(dest="command", required=True)
     build = sub.add_parser("build", help="write a small real AV-MNIST in the MultiBench layout")
     build.add_argument("--out", required=True, help="output folder (the loader's root)")
@@ -425,19 +474,21 @@ def main(argv=None) -> int:
     build.add_argument("--n-test", type=int, required=True)
     build.add_argument("--seed", type=int, default=0)
     build.add_argument("--mnist-dir", default=os.path.join("..", "shared", "data", "mnist"))
-    build.add_argument("--fsdd-dir",
-                       default=os.path.join("..", "shared", "data", "fsdd", "recordings"))
+    build.add_argument("--fsdd-dir", default=os.path.join("..", "shared", "data", "fsdd", "recordings"))
     build.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
     try:
-        out = build_avmnist(args.mnist_dir, args.fsdd_dir, args.out, args.n_train, args.n_test,
-                            seed=args.seed, overwrite=args.overwrite)
+        out = build_avmnist(
+            args.mnist_dir, args.fsdd_dir, args.out, args.n_train, args.n_test, seed=args.seed, overwrite=args.overwrite
+        )
     except (ValueError, FileExistsError) as exc:
         parser.exit(2, f"error: {exc}\n")
     info = json.loads((out / "build_info.json").read_text())
-    print(f"wrote {out}: {args.n_train} train / {args.n_test} test samples, "
-          f"{info['pca_components']} PCA components "
-          f"({info['pca_explained_variance']:.1%} of the variance)")
+    print(
+        f"wrote {out}: {args.n_train} train / {args.n_test} test samples, "
+        f"{info['pca_components']} PCA components "
+        f"({info['pca_explained_variance']:.1%} of the variance)"
+    )
     return 0
 
 

@@ -9,6 +9,7 @@ duck-typed interface (``modalities``, ``num_classes``, ``labels``, ``len``,
 same batches for the same generator state.
 A batch is ``(inputs, labels)`` with ``inputs`` a dict modality -> tensor.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -52,22 +53,27 @@ class MultimodalData:
         return len(self.labels)
 
     def to(self, device) -> "MultimodalData":
-        return MultimodalData({m: x.to(device) for m, x in self.inputs.items()},
-                              self.labels.to(device), self.num_classes)
+        return MultimodalData(
+            {m: x.to(device) for m, x in self.inputs.items()}, self.labels.to(device), self.num_classes
+        )
 
     def subset(self, index) -> "MultimodalData":
         index = torch.as_tensor(index, device=self.device)
-        return MultimodalData({m: x[index] for m, x in self.inputs.items()},
-                              self.labels[index], self.num_classes)
+        return MultimodalData({m: x[index] for m, x in self.inputs.items()}, self.labels[index], self.num_classes)
 
     def select(self, index) -> "MultimodalData":
         """The samples ``index`` on the same path: here ``subset`` (``StreamingData.select`` stays streamed)."""
         return self.subset(index)
 
-    def batches(self, batch_size: int, shuffle: bool = False,
-                generator: torch.Generator | None = None,
-                drop_last: bool = False, start_batch: int = 0,
-                shard=None) -> Iterator[tuple[Batch, torch.Tensor]]:
+    def batches(
+        self,
+        batch_size: int,
+        shuffle: bool = False,
+        generator: torch.Generator | None = None,
+        drop_last: bool = False,
+        start_batch: int = 0,
+        shard=None,
+    ) -> Iterator[tuple[Batch, torch.Tensor]]:
         """Yield ``(inputs, labels)`` mini-batches by index.
 
         The permutation is drawn on the CPU from ``generator`` so that a seed
@@ -80,10 +86,10 @@ class MultimodalData:
         order = order.to(self.device)
         stop = n - n % batch_size if drop_last else n
         for start in range(start_batch * batch_size, stop, batch_size):
-            idx = order[start:start + batch_size]
+            idx = order[start : start + batch_size]
             if shard is not None:
                 idx = idx[shard_slice(shard, len(idx))]
-                if not len(idx):        # a batch smaller than the world: nothing for this rank
+                if not len(idx):  # a batch smaller than the world: nothing for this rank
                     continue
             yield {m: x[idx] for m, x in self.inputs.items()}, self.labels[idx]
 
@@ -97,10 +103,10 @@ def shard_slice(shard, n: int) -> slice:
 class Splits:
     """A dataset's train, test and (where it has one) validation parts plus a few facts about it."""
 
-    train: MultimodalData      # or a StreamingData: the same interface, read per batch
+    train: MultimodalData  # or a StreamingData: the same interface, read per batch
     test: MultimodalData
     info: dict = field(default_factory=dict)
-    val: MultimodalData | None = None      # the dataset's own validation split, or a hold-out of train
+    val: MultimodalData | None = None  # the dataset's own validation split, or a hold-out of train
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -111,8 +117,12 @@ class Splits:
         return self.train.num_classes
 
     def to(self, device) -> "Splits":
-        return Splits(self.train.to(device), self.test.to(device), dict(self.info),
-                      None if self.val is None else self.val.to(device))
+        return Splits(
+            self.train.to(device),
+            self.test.to(device),
+            dict(self.info),
+            None if self.val is None else self.val.to(device),
+        )
 
 
 def in_memory(data) -> MultimodalData:

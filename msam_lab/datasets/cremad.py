@@ -35,6 +35,7 @@ OGM-GE's loader does silently) instead of raising, and counts them in
 ``cache_dir`` (``memmap_cache``) and reads it per batch; :func:`estimate_bytes`
 gives the decoded size from the CSVs alone.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -42,14 +43,25 @@ import torch
 
 from msam_lab.datasets import memmap_cache
 from msam_lab.datasets.base import MultimodalData, Splits
-from msam_lab.datasets.files import check_positive_int, frames_array, is_plain_name, layout_error, load_frames, read_lines, read_wav, require_root, resample, stft_magnitude, subsample
+from msam_lab.datasets.files import (
+    check_positive_int,
+    frames_array,
+    is_plain_name,
+    layout_error,
+    load_frames,
+    read_lines,
+    read_wav,
+    require_root,
+    resample,
+    stft_magnitude,
+    subsample,
+)
 from msam_lab.datasets.memmap_cache import file_stamp
 from msam_lab.datasets.streaming import cached_split
 
 NAME = "crema-d"
 
-OPTIONS = {"root": None, "n_frames": 1, "image_size": 64, "fps": 1, "max_samples": None,
-           "skip_missing": False}
+OPTIONS = {"root": None, "n_frames": 1, "image_size": 64, "fps": 1, "max_samples": None, "skip_missing": False}
 # checked by datasets.resolve_options before anything is read: one clip's frames stay under 1 GiB
 # (3 x 64 x 1024 x 1024 float32) and every size product far inside numpy's int64 arithmetic
 OPTION_RANGES = {"n_frames": (1, 64), "image_size": (1, 1024), "fps": (1, 1000), "max_samples": (1, None)}
@@ -61,13 +73,15 @@ SAMPLE_RATE = 22050
 SECONDS = 3
 N_FFT = 512
 HOP = 353
-AUDIO_SHAPE = (N_FFT // 2 + 1, 1 + SAMPLE_RATE * SECONDS // HOP)   # (257, 188)
+AUDIO_SHAPE = (N_FFT // 2 + 1, 1 + SAMPLE_RATE * SECONDS // HOP)  # (257, 188)
 
 
 def _layout(fps: int = 1) -> str:
-    return ("<root>/{train,test}.csv rows clip_id,EMO with EMO in NEU HAP SAD FEA DIS ANG, "
-            f"<root>/Image-{fps:02d}-FPS/<clip_id>/NNNNN.jpg, <root>/AudioWAV/<clip_id>.wav "
-            "(OGM-GE layout)")
+    return (
+        "<root>/{train,test}.csv rows clip_id,EMO with EMO in NEU HAP SAD FEA DIS ANG, "
+        f"<root>/Image-{fps:02d}-FPS/<clip_id>/NNNNN.jpg, <root>/AudioWAV/<clip_id>.wav "
+        "(OGM-GE layout)"
+    )
 
 
 LAYOUT = _layout()
@@ -81,7 +95,7 @@ def parse_row(line: str) -> tuple[str, int]:
         raise ValueError(f"expected clip_id,EMO, got {line!r}")
     if fields[1] not in EMOTIONS:
         raise ValueError(f"unknown emotion {fields[1]!r}")
-    if not is_plain_name(fields[0]):   # "/x" made <root>/AudioWAV/<clip>.wav an absolute path
+    if not is_plain_name(fields[0]):  # "/x" made <root>/AudioWAV/<clip>.wav an absolute path
         raise ValueError(f"clip id {fields[0]!r} is not a plain file name")
     return fields[0], EMOTIONS.index(fields[1])
 
@@ -114,12 +128,10 @@ def _rows(root, split, fps, max_samples, skip_missing) -> tuple[list[tuple[str, 
         raise layout_error(NAME, f"no rows in {root / f'{split}.csv'}", layout)
     frames_root = root / f"Image-{fps:02d}-FPS"
     if skip_missing:
-        kept = [(c, y) for c, y in rows
-                if (root / "AudioWAV" / f"{c}.wav").is_file() and (frames_root / c).is_dir()]
+        kept = [(c, y) for c, y in rows if (root / "AudioWAV" / f"{c}.wav").is_file() and (frames_root / c).is_dir()]
         skipped, rows = len(rows) - len(kept), kept
         if not rows:
-            raise layout_error(NAME, f"no clip of {root / f'{split}.csv'} has both its WAV and "
-                                     "frame folder", layout)
+            raise layout_error(NAME, f"no clip of {root / f'{split}.csv'} has both its WAV and frame folder", layout)
     else:
         skipped = 0
     return [rows[i] for i in subsample(len(rows), max_samples)], skipped
@@ -142,22 +154,34 @@ def _fill(root, rows, fps, n_frames, image_size, audio, visual, labels) -> None:
 def _read_split(root, split, n_frames, image_size, fps, max_samples, skip_missing):
     rows, skipped = _rows(root, split, fps, max_samples, skip_missing)
     audio = np.empty((len(rows),) + AUDIO_SHAPE, dtype=np.float32)
-    visual = frames_array(len(rows), n_frames, image_size, NAME)   # too large: one-line error
+    visual = frames_array(len(rows), n_frames, image_size, NAME)  # too large: one-line error
     labels = np.empty(len(rows), dtype=np.int64)
     _fill(root, rows, fps, n_frames, image_size, audio, visual, labels)
-    data = MultimodalData({"audio": torch.from_numpy(audio), "visual": torch.from_numpy(visual)},
-                          torch.from_numpy(labels), num_classes=len(EMOTIONS))
+    data = MultimodalData(
+        {"audio": torch.from_numpy(audio), "visual": torch.from_numpy(visual)},
+        torch.from_numpy(labels),
+        num_classes=len(EMOTIONS),
+    )
     return data, skipped
 
 
 def _stream_split(cache_dir, root, split, n_frames, image_size, fps, max_samples, skip_missing):
     rows, skipped = _rows(root, split, fps, max_samples, skip_missing)
     shapes = {"audio": AUDIO_SHAPE, "visual": (3 * n_frames, image_size, image_size)}
-    signature = {"dataset": NAME, "root": str(root), "split": split,
-                 "rows": memmap_cache.signature_key(rows),
-                 "options": {"n_frames": n_frames, "image_size": image_size, "fps": fps,
-                             "max_samples": max_samples, "skip_missing": skip_missing},
-                 "sources": file_stamp(p for clip, _ in rows for p in _sources(root, fps, clip))}
+    signature = {
+        "dataset": NAME,
+        "root": str(root),
+        "split": split,
+        "rows": memmap_cache.signature_key(rows),
+        "options": {
+            "n_frames": n_frames,
+            "image_size": image_size,
+            "fps": fps,
+            "max_samples": max_samples,
+            "skip_missing": skip_missing,
+        },
+        "sources": file_stamp(p for clip, _ in rows for p in _sources(root, fps, clip)),
+    }
 
     def fill(arrays, labels):
         _fill(root, rows, fps, n_frames, image_size, arrays["audio"], arrays["visual"], labels)
@@ -169,12 +193,20 @@ def _stream_split(cache_dir, root, split, n_frames, image_size, fps, max_samples
 def _info(root, n_frames, image_size, fps, max_samples, skip_missing, skipped) -> dict:
     return {
         "name": NAME,
-        "description": ("CREMA-D: 91 actors speaking 12 sentences in 6 emotions; audio "
-                        "log-spectrogram (22.05 kHz, 3 s, STFT 512/353) and RGB face frames"),
+        "description": (
+            "CREMA-D: 91 actors speaking 12 sentences in 6 emotions; audio "
+            "log-spectrogram (22.05 kHz, 3 s, STFT 512/353) and RGB face frames"
+        ),
         "encoders": {"audio": "cnn", "visual": "cnn"},
         "shapes": {"audio": AUDIO_SHAPE, "visual": (3 * n_frames, image_size, image_size)},
-        "options": {"root": str(root), "n_frames": n_frames, "image_size": image_size,
-                    "fps": fps, "max_samples": max_samples, "skip_missing": bool(skip_missing)},
+        "options": {
+            "root": str(root),
+            "n_frames": n_frames,
+            "image_size": image_size,
+            "fps": fps,
+            "max_samples": max_samples,
+            "skip_missing": bool(skip_missing),
+        },
         "class_names": list(CLASS_NAMES),
         "skipped": skipped,
     }
@@ -187,8 +219,7 @@ def _check(root, n_frames, image_size, fps):
     return require_root(root, NAME, _layout(fps)), n_frames, image_size, fps
 
 
-def load(cache_dir, root, n_frames=1, image_size=64, fps=1, max_samples=None,
-         skip_missing=False) -> Splits:
+def load(cache_dir, root, n_frames=1, image_size=64, fps=1, max_samples=None, skip_missing=False) -> Splits:
     """CREMA-D from ``root`` in the OGM-GE layout, decoded into memory (``cache_dir`` is unused)."""
     root, n_frames, image_size, fps = _check(root, n_frames, image_size, fps)
     args = (n_frames, image_size, fps, max_samples, bool(skip_missing))
@@ -197,8 +228,7 @@ def load(cache_dir, root, n_frames=1, image_size=64, fps=1, max_samples=None,
     return Splits(train, test, _info(root, *args, {"train": s_train, "test": s_test}))
 
 
-def load_stream(cache_dir, root, n_frames=1, image_size=64, fps=1, max_samples=None,
-                skip_missing=False) -> Splits:
+def load_stream(cache_dir, root, n_frames=1, image_size=64, fps=1, max_samples=None, skip_missing=False) -> Splits:
     """CREMA-D decoded once into memory-mapped ``.npy`` files under ``cache_dir``, then read per batch.
 
     The same decoding as :func:`load` (``_fill``); see ``memmap_cache`` for the

@@ -10,6 +10,7 @@ The helpers here are the only place such checks are made, so all loaders say
 it the same way. Decoding helpers (WAV, JPEG frames, STFT) live here too
 because several loaders share them.
 """
+
 from __future__ import annotations
 
 import os
@@ -40,12 +41,13 @@ def require_root(root, dataset: str, layout: str) -> Path:
     """``root`` as a :class:`Path`; an error when it is ``None`` or does not exist."""
     if root is None or str(root) == "":
         raise layout_error(dataset, "no root given (--set data.root=<folder>, or root=... in Python)", layout)
-    if not isinstance(root, (str, os.PathLike)):   # --set data.root=123 made Path() raise TypeError
-        raise layout_error(dataset, f"option root must be a folder path, got {type(root).__name__} "
-                                    f"{str(root)[:60]!r}", layout)
+    if not isinstance(root, (str, os.PathLike)):  # --set data.root=123 made Path() raise TypeError
+        raise layout_error(
+            dataset, f"option root must be a folder path, got {type(root).__name__} {str(root)[:60]!r}", layout
+        )
     try:
         path = Path(root).expanduser().resolve()
-    except (OSError, ValueError, RuntimeError) as exc:   # embedded NUL, unknown ~user, symlink loop
+    except (OSError, ValueError, RuntimeError) as exc:  # embedded NUL, unknown ~user, symlink loop
         raise layout_error(dataset, f"bad root {str(root)[:200]!r} ({exc})", layout) from exc
     if not path.exists():
         raise layout_error(dataset, f"missing {path}", layout)
@@ -76,8 +78,7 @@ def load_npy(path, dataset: str, layout: str, mmap: bool = True) -> np.ndarray:
     try:
         return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except Exception as exc:  # noqa: BLE001 - any decoding failure is a bad file
-        raise layout_error(dataset, f"cannot read {path} as .npy ({type(exc).__name__}: {exc})",
-                           layout) from exc
+        raise layout_error(dataset, f"cannot read {path} as .npy ({type(exc).__name__}: {exc})", layout) from exc
 
 
 def read_lines(path, dataset: str, layout: str) -> list[tuple[int, str]]:
@@ -91,14 +92,14 @@ def read_lines(path, dataset: str, layout: str) -> list[tuple[int, str]]:
         text = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise layout_error(dataset, f"cannot decode {path} as UTF-8 ({exc})", layout) from exc
-    except OSError as exc:   # unreadable (permissions): the same one-line error as a bad file
+    except OSError as exc:  # unreadable (permissions): the same one-line error as a bad file
         raise layout_error(dataset, f"cannot read {path} ({exc.strerror or exc})", layout) from exc
     return [(i, line.strip()) for i, line in enumerate(text.splitlines(), start=1) if line.strip()]
 
 
 def read_wav(path, dataset: str, layout: str) -> tuple[int, np.ndarray]:
     """``(rate, samples)``: a WAV file as mono float64 in [-1, 1]."""
-    from scipy.io import wavfile
+    from scipy.io import wavfile  # noqa: PLC0415 - scipy loads only when this reader or view runs
 
     path = require_file(path, dataset, layout)
     try:
@@ -106,8 +107,7 @@ def read_wav(path, dataset: str, layout: str) -> tuple[int, np.ndarray]:
             warnings.simplefilter("ignore")  # unknown chunks etc.
             rate, data = wavfile.read(path)
     except Exception as exc:  # noqa: BLE001
-        raise layout_error(dataset, f"cannot read {path} as WAV ({type(exc).__name__}: {exc})",
-                           layout) from exc
+        raise layout_error(dataset, f"cannot read {path} as WAV ({type(exc).__name__}: {exc})", layout) from exc
     data = np.asarray(data)
     # rate 0 made resample() divide by zero; a corrupt header's huge rate (say 10^8 Hz) made
     # resample_poly design a filter of ~10^9 taps and exhaust memory. 384 kHz: hi-res audio.
@@ -135,7 +135,7 @@ def resample(x: np.ndarray, rate: int, target: int) -> np.ndarray:
     """Polyphase resampling of ``x`` from ``rate`` to ``target`` Hz."""
     if rate == target:
         return x
-    from scipy.signal import resample_poly
+    from scipy.signal import resample_poly  # noqa: PLC0415 - scipy loads only when this reader or view runs
 
     g = gcd(int(rate), int(target))
     return resample_poly(x, target // g, rate // g)
@@ -173,8 +173,7 @@ def subsample(n: int, max_samples) -> np.ndarray:
     """All of ``range(n)``, or ``max_samples`` evenly spaced indices of it."""
     if max_samples is None:
         return np.arange(n)
-    if isinstance(max_samples, bool) or not isinstance(max_samples, (int, np.integer)) \
-            or max_samples < 1:
+    if isinstance(max_samples, bool) or not isinstance(max_samples, (int, np.integer)) or max_samples < 1:
         raise ValueError(f"max_samples must be a positive integer or None, got {max_samples!r}")
     if max_samples >= n:
         return np.arange(n)
@@ -191,13 +190,12 @@ def load_frames(folder, n_frames: int, image_size: int, dataset: str, layout: st
     [0, 1] and stored channels-first; frames are stacked along the channel
     axis (frame 0's R, G, B, then frame 1's ...).
     """
-    from PIL import Image
+    from PIL import Image  # noqa: PLC0415 - Pillow loads only for image datasets
 
     folder = require_dir(folder, dataset, layout)
     try:
-        files = sorted((p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg")),
-                       key=_natural_key)
-    except OSError as exc:   # unreadable folder (permissions): one line, like a missing one
+        files = sorted((p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg")), key=_natural_key)
+    except OSError as exc:  # unreadable folder (permissions): one line, like a missing one
         raise layout_error(dataset, f"cannot list {folder} ({exc.strerror or exc})", layout) from exc
     if not files:
         raise layout_error(dataset, f"no .jpg frames in {folder}", layout)
@@ -208,9 +206,8 @@ def load_frames(folder, n_frames: int, image_size: int, dataset: str, layout: st
                 im = im.convert("RGB").resize((image_size, image_size), Image.BILINEAR)
                 pixels = np.asarray(im, dtype=np.float32) / 255.0
         except Exception as exc:  # noqa: BLE001
-            raise layout_error(dataset, f"cannot read image {files[i]} ({type(exc).__name__}: {exc})",
-                               layout) from exc
-        out[3 * k:3 * k + 3] = pixels.transpose(2, 0, 1)
+            raise layout_error(dataset, f"cannot read image {files[i]} ({type(exc).__name__}: {exc})", layout) from exc
+        out[3 * k : 3 * k + 3] = pixels.transpose(2, 0, 1)
     return out
 
 
@@ -224,10 +221,12 @@ def frames_array(n: int, n_frames: int, image_size: int, dataset: str) -> np.nda
     try:
         return np.empty(shape, dtype=np.float32)
     except (MemoryError, ValueError):
-        gib = float(np.prod(np.array(shape, dtype=np.float64))) * 4 / 2 ** 30
-        raise ValueError(f"{dataset}: {n} clips x {n_frames} frames at {image_size}x{image_size} need "
-                         f"{gib:.3g} GiB, more than this machine can hold; lower the options "
-                         "n_frames / image_size (or max_samples)") from None
+        gib = float(np.prod(np.array(shape, dtype=np.float64))) * 4 / 2**30
+        raise ValueError(
+            f"{dataset}: {n} clips x {n_frames} frames at {image_size}x{image_size} need "
+            f"{gib:.3g} GiB, more than this machine can hold; lower the options "
+            "n_frames / image_size (or max_samples)"
+        ) from None
 
 
 def check_positive_int(value, option: str, dataset: str) -> int:

@@ -18,6 +18,7 @@ takes by default (the middle one) is decoded; the others are only listed.
 One function per dataset, each ``check_<name>(root) -> LayoutReport``; a
 missing root is a one-line ``ValueError`` (from :func:`files.require_root`).
 """
+
 from __future__ import annotations
 
 import collections
@@ -27,9 +28,9 @@ from pathlib import Path
 import numpy as np
 
 from msam_lab.datasets import ave, avmnist, cremad, urfunny
-from msam_lab.datasets.files import _natural_key, is_plain_name, read_lines, read_wav, require_root, segment_centres
+from msam_lab.datasets.files import _natural_key, read_lines, read_wav, require_root, segment_centres
 
-_CHUNK_ROWS = 2048   # rows of a memory-mapped array scanned for NaN at a time
+_CHUNK_ROWS = 2048  # rows of a memory-mapped array scanned for NaN at a time
 
 
 @dataclass
@@ -51,7 +52,7 @@ class LayoutReport:
 
     dataset: str
     root: Path
-    layout: str                      # the loader's layout string
+    layout: str  # the loader's layout string
     problems: list[Problem] = field(default_factory=list)
     summary: list[str] = field(default_factory=list)
 
@@ -64,6 +65,7 @@ class LayoutReport:
 
 
 # --------------------------------------------------------------------------- helpers
+
 
 def _rel(path: Path, root: Path) -> str:
     try:
@@ -100,7 +102,7 @@ def _list_lines(report: LayoutReport, path: Path, expected: str) -> list[tuple[i
 
 def _check_frames(report: LayoutReport, folder: Path, listed: str, expected: str) -> int | None:
     """Frame count of a clip's frame folder (its middle frame decoded); ``None`` after a problem."""
-    from PIL import Image
+    from PIL import Image  # noqa: PLC0415 - Pillow loads only for image datasets
 
     rel = _rel(folder, report.root)
     if not folder.is_dir():
@@ -108,21 +110,21 @@ def _check_frames(report: LayoutReport, folder: Path, listed: str, expected: str
         report.add(f"{rel}/", f"{what} ({listed})", expected)
         return None
     try:
-        frames = sorted((p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg")),
-                        key=_natural_key)
+        frames = sorted((p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg")), key=_natural_key)
     except OSError as exc:
         report.add(f"{rel}/", f"cannot be listed ({exc.strerror or exc})", expected)
         return None
     if not frames:
         report.add(f"{rel}/", f"holds no .jpg frames ({listed})", expected)
         return None
-    middle = frames[int(segment_centres(len(frames), 1)[0])]   # the frame the loader takes by default
+    middle = frames[int(segment_centres(len(frames), 1)[0])]  # the frame the loader takes by default
     try:
         with Image.open(middle) as im:
             im.convert("RGB")
     except Exception as exc:  # noqa: BLE001 - any decoding failure is a bad frame
-        report.add(_rel(middle, report.root), f"cannot be decoded as an image ({type(exc).__name__}: {exc})",
-                   "a JPEG frame")
+        report.add(
+            _rel(middle, report.root), f"cannot be decoded as an image ({type(exc).__name__}: {exc})", "a JPEG frame"
+        )
         return None
     return len(frames)
 
@@ -146,7 +148,7 @@ def _nonfinite_rows(array) -> tuple[int, int | None]:
     count, first = 0, None
     for start in range(0, len(array), _CHUNK_ROWS):
         with np.errstate(over="ignore"):
-            chunk = np.asarray(array[start:start + _CHUNK_ROWS], dtype=np.float32)
+            chunk = np.asarray(array[start : start + _CHUNK_ROWS], dtype=np.float32)
         bad = ~np.isfinite(chunk.reshape(len(chunk), -1)).all(axis=1)
         if bad.any():
             count += int(bad.sum())
@@ -164,8 +166,10 @@ def _counts(labels, names) -> str:
 
 _AVMNIST_EXPECTED = {
     "image": ("(N, 784) numbers: PCA-reduced MNIST images, float", 28 * 28),
-    "audio": (f"(N, {avmnist.AUDIO_SIDE}, {avmnist.AUDIO_SIDE}) numbers: spectrograms, usually uint8",
-              avmnist.AUDIO_SIDE ** 2),
+    "audio": (
+        f"(N, {avmnist.AUDIO_SIDE}, {avmnist.AUDIO_SIDE}) numbers: spectrograms, usually uint8",
+        avmnist.AUDIO_SIDE**2,
+    ),
     "labels": ("(N,) digits 0-9, integers", 1),
 }
 
@@ -196,33 +200,44 @@ def check_avmnist(root) -> LayoutReport:
             n = len(arrays["labels"])
             for key in ("image", "audio"):
                 if len(arrays[key]) != n:
-                    report.add(_rel(paths[key], root), f"has {len(arrays[key])} samples but "
-                               f"{_rel(paths['labels'], root)} has {n}",
-                               "the same N in the three arrays of a split")
+                    report.add(
+                        _rel(paths[key], root),
+                        f"has {len(arrays[key])} samples but {_rel(paths['labels'], root)} has {n}",
+                        "the same N in the three arrays of a split",
+                    )
         if "labels" in arrays:
             y = np.asarray(arrays["labels"]).reshape(-1)
             with np.errstate(invalid="ignore"):
                 good = np.isfinite(y) & (y == np.round(y)) & (y >= 0) & (y <= 9)
             if not good.all():
                 i = int(np.flatnonzero(~good)[0])
-                report.add(_rel(paths["labels"], root), f"{int((~good).sum())} labels outside the digits "
-                           f"0-9 (first at index {i}: {y[i].item()!r})", "digits 0-9")
+                report.add(
+                    _rel(paths["labels"], root),
+                    f"{int((~good).sum())} labels outside the digits 0-9 (first at index {i}: {y[i].item()!r})",
+                    "digits 0-9",
+                )
                 arrays.pop("labels")
         for key in ("image", "audio"):
             if key in arrays:
                 count, first = _nonfinite_rows(arrays[key])
                 if count:
-                    report.add(_rel(paths[key], root), f"{_plural(count, 'sample')} hold NaN or infinite "
-                               f"values (first at index {first})", "finite numbers")
+                    report.add(
+                        _rel(paths[key], root),
+                        f"{_plural(count, 'sample')} hold NaN or infinite values (first at index {first})",
+                        "finite numbers",
+                    )
                     arrays.pop(key)
         if len(arrays) == 3:
             y = np.asarray(arrays["labels"]).reshape(-1).astype(np.int64)
             report.summary.append(
                 f"{split}: {len(y)} samples; image {tuple(arrays['image'].shape)} {arrays['image'].dtype}, "
                 f"audio {tuple(arrays['audio'].shape)} {arrays['audio'].dtype}; "
-                f"{len(np.unique(y))} of 10 digits present")
-    report.summary.append(f"loaded as: image (28, 28), audio ({avmnist.AUDIO_SIDE}, {avmnist.AUDIO_SIDE}) "
-                          "float32 (divided by 255); 10 classes")
+                f"{len(np.unique(y))} of 10 digits present"
+            )
+    report.summary.append(
+        f"loaded as: image (28, 28), audio ({avmnist.AUDIO_SIDE}, {avmnist.AUDIO_SIDE}) "
+        "float32 (divided by 255); 10 classes"
+    )
     return report
 
 
@@ -235,6 +250,7 @@ def _frames_ok(report: LayoutReport, folder: Path, listed: str, expected: str, c
 
 
 # --------------------------------------------------------------------------- crema-d
+
 
 def _read_rows(report, path: Path, list_expected: str, row_expected: str, parse) -> list | None:
     """``[(*parse(line), lineno)]`` of a list file, each bad row reported; ``parse`` is the loader's
@@ -264,13 +280,16 @@ def check_cremad(root, fps: int = 1) -> LayoutReport:
     frames_expected = f"a folder of NNNNN.jpg frames ({frames_dir.name}/<clip_id>/)"
     rows_by_split = {}
     for split in ("train", "test"):
-        rows = _read_rows(report, root / f"{split}.csv", f"a CSV of {row_expected} (no header)", row_expected,
-                          cremad.parse_row)
+        rows = _read_rows(
+            report, root / f"{split}.csv", f"a CSV of {row_expected} (no header)", row_expected, cremad.parse_row
+        )
         if rows is not None:
             rows_by_split[split] = rows
     folders_ok = True
-    for folder, expected in ((audio_dir, "a folder of <clip_id>.wav files"),
-                             (frames_dir, f"a folder of <clip_id>/NNNNN.jpg frame folders ({fps} fps)")):
+    for folder, expected in (
+        (audio_dir, "a folder of <clip_id>.wav files"),
+        (frames_dir, f"a folder of <clip_id>/NNNNN.jpg frame folders ({fps} fps)"),
+    ):
         if not folder.is_dir():
             n = sum(len(r) for r in rows_by_split.values())
             report.add(f"{folder.name}/", f"missing ({n} clips of the CSVs need it)", expected)
@@ -285,34 +304,45 @@ def check_cremad(root, fps: int = 1) -> LayoutReport:
             wav = audio_dir / f"{clip}.wav"
             ok = True
             if not wav.is_file():
-                report.add(_rel(wav, root), f"{'missing' if not wav.exists() else 'not a regular file'} "
-                           f"({listed})", wav_expected)
+                report.add(
+                    _rel(wav, root),
+                    f"{'missing' if not wav.exists() else 'not a regular file'} ({listed})",
+                    wav_expected,
+                )
                 ok = False
             else:
                 try:
                     rate, _ = read_wav(wav, cremad.NAME, layout)
                     rates[rate] += 1
                 except ValueError as exc:
-                    report.add(_rel(wav, root), f"{_reason(exc, cremad.NAME, layout, wav)} ({listed})",
-                               "a readable PCM or float WAV file")
+                    report.add(
+                        _rel(wav, root),
+                        f"{_reason(exc, cremad.NAME, layout, wav)} ({listed})",
+                        "a readable PCM or float WAV file",
+                    )
                     ok = False
             ok = _frames_ok(report, frames_dir / clip, listed, frames_expected, frame_counts) and ok
             bad += not ok
         labels = [y for _, y, _ in rows]
-        report.summary.append(f"{split}: {_plural(len(rows), 'clip')} ({_counts(labels, cremad.EMOTIONS)})"
-                              + (f", {bad} with a bad file" if bad else ""))
+        report.summary.append(
+            f"{split}: {_plural(len(rows), 'clip')} ({_counts(labels, cremad.EMOTIONS)})"
+            + (f", {bad} with a bad file" if bad else "")
+        )
     if rates:
         report.summary.append("WAV sample rates: " + ", ".join(f"{r} Hz x{n}" for r, n in sorted(rates.items())))
     if frame_counts:
         report.summary.append(f"frames per clip: {min(frame_counts)}-{max(frame_counts)}")
     n_frames, size = cremad.OPTIONS["n_frames"], cremad.OPTIONS["image_size"]
-    report.summary.append(f"loaded as: audio {cremad.AUDIO_SHAPE}, visual ({3 * n_frames}, {size}, {size}) "
-                          f"float32 (defaults n_frames={n_frames}, image_size={size}); "
-                          f"{len(cremad.EMOTIONS)} classes")
+    report.summary.append(
+        f"loaded as: audio {cremad.AUDIO_SHAPE}, visual ({3 * n_frames}, {size}, {size}) "
+        f"float32 (defaults n_frames={n_frames}, image_size={size}); "
+        f"{len(cremad.EMOTIONS)} classes"
+    )
     return report
 
 
 # --------------------------------------------------------------------------- ave
+
 
 def _ave_class_line(line: str) -> str:
     quoted = ave._unquote(line)
@@ -346,12 +376,19 @@ def check_ave(root) -> LayoutReport:
     # my_val.txt is optional: when it is there the loader reads it as the validation split
     splits = ("train", "test") + (("val",) if (root / "my_val.txt").is_file() else ())
     for split in splits:
-        rows = _read_rows(report, root / f"my_{split}.txt", row_expected, row_expected,
-                          lambda line: ave.parse_row(line, classes, by_length))
+        rows = _read_rows(
+            report,
+            root / f"my_{split}.txt",
+            row_expected,
+            row_expected,
+            lambda line: ave.parse_row(line, classes, by_length),
+        )
         if rows is not None:
             rows_by_split[split] = rows
-    for folder, expected in ((root / "audio_spec", "a folder of <video_id>.pkl spectrograms"),
-                             (root / "visual", "a folder of <video_id>/frame_0000k.jpg frame folders")):
+    for folder, expected in (
+        (root / "audio_spec", "a folder of <video_id>.pkl spectrograms"),
+        (root / "visual", "a folder of <video_id>/frame_0000k.jpg frame folders"),
+    ):
         if not folder.is_dir():
             n = sum(len(r) for r in rows_by_split.values())
             report.add(f"{folder.name}/", f"missing ({n} videos of the row files need it)", expected)
@@ -365,42 +402,53 @@ def check_ave(root) -> LayoutReport:
             spec = root / "audio_spec" / f"{video}.pkl"
             ok = True
             if not spec.is_file():
-                report.add(_rel(spec, root), f"{'missing' if not spec.exists() else 'not a regular file'} "
-                           f"({listed})", spec_expected)
+                report.add(
+                    _rel(spec, root),
+                    f"{'missing' if not spec.exists() else 'not a regular file'} ({listed})",
+                    spec_expected,
+                )
                 ok = False
             else:
                 try:
                     shapes[_rel(spec, root)] = ave.read_spectrogram(spec).shape
                 except ValueError as exc:
-                    report.add(_rel(spec, root), f"{_reason(exc, ave.NAME, ave.LAYOUT, spec)} ({listed})",
-                               spec_expected)
+                    report.add(
+                        _rel(spec, root), f"{_reason(exc, ave.NAME, ave.LAYOUT, spec)} ({listed})", spec_expected
+                    )
                     ok = False
             ok = _frames_ok(report, root / "visual" / video, listed, frames_expected, frame_counts) and ok
             bad += not ok
         labels = [y for _, y, _ in rows]
-        report.summary.append(f"{split}: {_plural(len(rows), 'video')} in {_plural(len(set(labels)), 'class')}"
-                              + (f", {bad} with a bad file" if bad else ""))
+        report.summary.append(
+            f"{split}: {_plural(len(rows), 'video')} in {_plural(len(set(labels)), 'class')}"
+            + (f", {bad} with a bad file" if bad else "")
+        )
     common = (257, 1004)
     if shapes:
         common, n_common = collections.Counter(shapes.values()).most_common(1)[0]
         for rel, shape in shapes.items():
             if shape != common:
-                report.add(rel, f"has shape {shape}", f"the shape of the other spectrograms, {common} "
-                           f"({n_common} files): all must agree")
+                report.add(
+                    rel,
+                    f"has shape {shape}",
+                    f"the shape of the other spectrograms, {common} ({n_common} files): all must agree",
+                )
         report.summary.append(f"spectrograms: {common}")
     if frame_counts:
         report.summary.append(f"frames per video: {min(frame_counts)}-{max(frame_counts)}")
     n_frames, size = ave.OPTIONS["n_frames"], ave.OPTIONS["image_size"]
-    report.summary.append(f"loaded as: audio {common}, visual "
-                          f"({3 * n_frames}, {size}, {size}) float32 (defaults); {len(classes)} classes "
-                          "(28 in the real set)")
+    report.summary.append(
+        f"loaded as: audio {common}, visual "
+        f"({3 * n_frames}, {size}, {size}) float32 (defaults); {len(classes)} classes "
+        "(28 in the real set)"
+    )
     return report
 
 
 # --------------------------------------------------------------------------- ur-funny
 
 UR_FUNNY_SPLITS = ("train", "valid", "test")
-_UR_FUNNY_FEATURES = {"text": 300, "audio": 81, "vision": 371}   # per step, in the published file
+_UR_FUNNY_FEATURES = {"text": 300, "audio": 81, "vision": 371}  # per step, in the published file
 
 
 def check_urfunny(root) -> LayoutReport:
@@ -411,14 +459,12 @@ def check_urfunny(root) -> LayoutReport:
     report = LayoutReport(urfunny.NAME, base, urfunny.LAYOUT)
     rel = _rel(path, base)
     if not path.is_file():
-        report.add(rel, "missing" if not path.exists() else "not a regular file",
-                   "MultiBench's pickled humor.pkl")
+        report.add(rel, "missing" if not path.exists() else "not a regular file", "MultiBench's pickled humor.pkl")
         return report
     try:
         data = urfunny._read_pickle(path)
     except ValueError as exc:
-        report.add(rel, _reason(exc, urfunny.NAME, urfunny.LAYOUT, path),
-                   "a pickled dict with train/valid/test")
+        report.add(rel, _reason(exc, urfunny.NAME, urfunny.LAYOUT, path), "a pickled dict with train/valid/test")
         return report
     shapes: dict[str, tuple] = {}
     for split in UR_FUNNY_SPLITS:
@@ -426,19 +472,21 @@ def check_urfunny(root) -> LayoutReport:
         part = data.get(split)
         if not isinstance(part, dict):
             hint = " (or train with --set data.use_valid_as=drop)" if split == "valid" else ""
-            report.add(where, "missing" if part is None else f"is a {type(part).__name__}, not a dict",
-                       f"a dict with vision, audio, text, labels{hint}")
+            report.add(
+                where,
+                "missing" if part is None else f"is a {type(part).__name__}, not a dict",
+                f"a dict with vision, audio, text, labels{hint}",
+            )
             continue
         arrays, n_problems = {}, len(report.problems)
         for key in urfunny.MODALITIES + ("labels",):
-            expected = (f"(N, 50, {_UR_FUNNY_FEATURES[key]}) numbers" if key != "labels"
-                        else "(N, 1) labels in {0, 1}")
+            expected = f"(N, 50, {_UR_FUNNY_FEATURES[key]}) numbers" if key != "labels" else "(N, 1) labels in {0, 1}"
             if key not in part:
                 report.add(f"{where}[{key!r}]", "missing", expected)
                 continue
             try:
                 raw = np.asarray(part[key])
-            except (TypeError, ValueError) as exc:   # ragged lists
+            except (TypeError, ValueError) as exc:  # ragged lists
                 report.add(f"{where}[{key!r}]", f"is not an array ({exc})", expected)
                 continue
             if raw.dtype.kind not in "biufO":
@@ -460,24 +508,33 @@ def check_urfunny(root) -> LayoutReport:
                 elif not np.all(np.isin(x.reshape(-1), (0.0, 1.0))):
                     bad = ~np.isin(x.reshape(-1), (0.0, 1.0))
                     i = int(np.flatnonzero(bad)[0])
-                    report.add(f"{where}[{key!r}]", f"{int(bad.sum())} labels other than 0 and 1 "
-                               f"(first at index {i}: {x.reshape(-1)[i].item()!r})", expected)
+                    report.add(
+                        f"{where}[{key!r}]",
+                        f"{int(bad.sum())} labels other than 0 and 1 (first at index {i}: {x.reshape(-1)[i].item()!r})",
+                        expected,
+                    )
         if "labels" in arrays:
             n = len(arrays["labels"])
             for key in urfunny.MODALITIES:
                 if key in arrays and len(arrays[key]) != n:
-                    report.add(f"{where}[{key!r}]", f"has {len(arrays[key])} samples but 'labels' has {n}",
-                               "the same N for every key of a split")
+                    report.add(
+                        f"{where}[{key!r}]",
+                        f"has {len(arrays[key])} samples but 'labels' has {n}",
+                        "the same N for every key of a split",
+                    )
         for key in urfunny.MODALITIES:
             if key in arrays:
                 shape = arrays[key].shape[1:]
                 if key in shapes and shape != shapes[key][0]:
-                    report.add(f"{where}[{key!r}]", f"has per-sample shape {shape} but "
-                               f"{shapes[key][1]} has {shapes[key][0]}", "the same shape in every split")
+                    report.add(
+                        f"{where}[{key!r}]",
+                        f"has per-sample shape {shape} but {shapes[key][1]} has {shapes[key][0]}",
+                        "the same shape in every split",
+                    )
                 shapes.setdefault(key, (shape, f"[{split!r}]"))
         if len(report.problems) > n_problems:
             continue
-        try:   # the loader's own cleaning: what it would keep and drop
+        try:  # the loader's own cleaning: what it would keep and drop
             inputs, labels, dropped = urfunny._clean_split(path, data, split)
         except ValueError as exc:
             report.add(rel, _reason(exc, urfunny.NAME, urfunny.LAYOUT, path), "the MultiBench layout")
@@ -485,10 +542,14 @@ def check_urfunny(root) -> LayoutReport:
         nonfinite = sum(int((~np.isfinite(arrays[m])).sum()) for m in urfunny.MODALITIES)
         report.summary.append(
             f"{split}: {len(labels)} samples ({int(labels.sum())} humorous), {dropped} all-zero-text dropped"
-            + (f", {nonfinite} NaN/inf values set to 0" if nonfinite else ""))
+            + (f", {nonfinite} NaN/inf values set to 0" if nonfinite else "")
+        )
     if shapes:
-        report.summary.append("loaded as: " + ", ".join(f"{m} {shapes[m][0]}" for m in urfunny.MODALITIES
-                                                      if m in shapes) + " float32; 2 classes")
+        report.summary.append(
+            "loaded as: "
+            + ", ".join(f"{m} {shapes[m][0]}" for m in urfunny.MODALITIES if m in shapes)
+            + " float32; 2 classes"
+        )
     return report
 
 
@@ -504,5 +565,4 @@ def check(name: str, root, **options) -> LayoutReport:
     return CHECKS[name](root, **options)
 
 
-__all__ = ["Problem", "LayoutReport", "CHECKS", "check", "check_avmnist", "check_cremad", "check_ave",
-           "check_urfunny"]
+__all__ = ["Problem", "LayoutReport", "CHECKS", "check", "check_avmnist", "check_cremad", "check_ave", "check_urfunny"]

@@ -18,6 +18,7 @@ cache (and is removed when the build fails inside Python). Old caches are not
 deleted automatically; removing a folder under ``stream-cache/`` is always safe
 when nothing is reading it.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -63,13 +64,16 @@ def read_cache(folder: Path, signature: dict) -> dict | None:
         manifest = json.loads((folder / MANIFEST).read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT \
-            or manifest.get("signature_sha1") != signature_key(signature):
+    if (
+        not isinstance(manifest, dict)
+        or manifest.get("format") != FORMAT
+        or manifest.get("signature_sha1") != signature_key(signature)
+    ):
         return None
     for name, spec in {**manifest.get("arrays", {}), LABELS: manifest.get("labels")}.items():
         if not isinstance(spec, dict):
             return None
-        try:   # the header alone: shape and dtype must be what the manifest says
+        try:  # the header alone: shape and dtype must be what the manifest says
             arr = np.load(folder / f"{name}.npy", mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError):
             return None
@@ -83,9 +87,15 @@ def open_arrays(folder: Path, manifest: dict) -> dict[str, Path]:
     return {name: folder / f"{name}.npy" for name in [*manifest["arrays"], LABELS]}
 
 
-def build(cache_dir, dataset: str, split: str, signature: dict, n: int,
-          shapes: dict[str, tuple[int, ...]], fill: Callable[[dict[str, np.ndarray], np.ndarray], dict | None],
-          ) -> tuple[Path, dict]:
+def build(
+    cache_dir,
+    dataset: str,
+    split: str,
+    signature: dict,
+    n: int,
+    shapes: dict[str, tuple[int, ...]],
+    fill: Callable[[dict[str, np.ndarray], np.ndarray], dict | None],
+) -> tuple[Path, dict]:
     """Return ``(folder, manifest)`` of the cache for ``signature``, building it first if needed.
 
     ``fill(arrays, labels)`` writes every sample into the float32 memmaps
@@ -101,23 +111,30 @@ def build(cache_dir, dataset: str, split: str, signature: dict, n: int,
     try:
         umask = os.umask(0)
         os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)   # mkdtemp makes it private; a cache should not be
-        arrays = {m: np.lib.format.open_memmap(tmp / f"{m}.npy", mode="w+", dtype=np.float32,
-                                               shape=(n, *shape)) for m, shape in shapes.items()}
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; a cache should not be
+        arrays = {
+            m: np.lib.format.open_memmap(tmp / f"{m}.npy", mode="w+", dtype=np.float32, shape=(n, *shape))
+            for m, shape in shapes.items()
+        }
         labels = np.lib.format.open_memmap(tmp / f"{LABELS}.npy", mode="w+", dtype=np.int64, shape=(n,))
         extra = fill(arrays, labels) or {}
         for a in (*arrays.values(), labels):
             a.flush()
         manifest = {
-            "format": FORMAT, "dataset": dataset, "split": split, "n": int(n),
-            "signature_sha1": signature_key(signature), "signature": signature,
+            "format": FORMAT,
+            "dataset": dataset,
+            "split": split,
+            "n": int(n),
+            "signature_sha1": signature_key(signature),
+            "signature": signature,
             "arrays": {m: {"shape": [n, *map(int, s)], "dtype": "float32"} for m, s in shapes.items()},
-            "labels": {"shape": [n], "dtype": "int64"}, "extra": extra,
+            "labels": {"shape": [n], "dtype": "int64"},
+            "extra": extra,
         }
-        del arrays, labels   # close the maps before the rename
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, default=str))   # last: marks it complete
+        del arrays, labels  # close the maps before the rename
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, default=str))  # last: marks it complete
         if folder.exists() and read_cache(folder, signature) is None:
-            shutil.rmtree(folder)   # a broken cache under the same name (a manifest damaged by hand, say)
+            shutil.rmtree(folder)  # a broken cache under the same name (a manifest damaged by hand, say)
         try:
             os.replace(tmp, folder)
         except OSError:

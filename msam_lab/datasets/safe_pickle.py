@@ -7,6 +7,7 @@ numpy 1.x's and 2.x's module names, pickle protocols 0-5, Python 2 files) and bu
 Anything else -- ``os.system``, a class whose ``__reduce__`` runs code -- stops the load with
 ``pickle.UnpicklingError`` naming the global, before it is called.
 """
+
 from __future__ import annotations
 
 import builtins
@@ -17,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-_RECONSTRUCT = np.zeros(1).__reduce__()[0]                  # numpy.{_core,core}.multiarray._reconstruct
-_SCALAR = np.float32(0).__reduce__()[0]                     # numpy.{_core,core}.multiarray.scalar
-_FROMBUFFER = np.zeros(1).__reduce_ex__(5)[0]               # numpy.{_core,core}.numeric._frombuffer
+_RECONSTRUCT = np.zeros(1).__reduce__()[0]  # numpy.{_core,core}.multiarray._reconstruct
+_SCALAR = np.float32(0).__reduce__()[0]  # numpy.{_core,core}.multiarray.scalar
+_FROMBUFFER = np.zeros(1).__reduce_ex__(5)[0]  # numpy.{_core,core}.numeric._frombuffer
 
 
 def _encode(text, encoding="utf-8", errors="strict"):
@@ -50,8 +51,10 @@ class RestrictedUnpickler(pickle.Unpickler):
         try:
             return ALLOWED[(module, name)]
         except KeyError:
-            raise pickle.UnpicklingError(f"refused to load {module}.{name}: only numpy arrays, dtypes, scalars "
-                                         f"and builtin containers are unpickled (the file could run code)") from None
+            raise pickle.UnpicklingError(
+                f"refused to load {module}.{name}: only numpy arrays, dtypes, scalars "
+                f"and builtin containers are unpickled (the file could run code)"
+            ) from None
 
 
 def load(path):

@@ -25,6 +25,7 @@ subsets the code takes (the train-evaluation subset, the landscape and
 sharpness subsets) are small, seeded and evaluated many times, so reading them
 once beats streaming them every pass.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -35,6 +36,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from msam_lab.datasets.base import Batch, MultimodalData, shard_slice
+from msam_lab.datasets.memmap_cache import LABELS
 
 Transform = Callable[[np.ndarray], np.ndarray]
 
@@ -133,9 +135,17 @@ class StreamingData:
     read in the main process).
     """
 
-    def __init__(self, sources: Mapping[str, object], labels, num_classes: int,
-                 transforms: Mapping[str, Transform] | None = None, rows=None, device="cpu",
-                 num_workers: int = 2, sample_shapes: Mapping[str, tuple] | None = None):
+    def __init__(
+        self,
+        sources: Mapping[str, object],
+        labels,
+        num_classes: int,
+        transforms: Mapping[str, Transform] | None = None,
+        rows=None,
+        device="cpu",
+        num_workers: int = 2,
+        sample_shapes: Mapping[str, tuple] | None = None,
+    ):
         if not sources:
             raise ValueError("StreamingData needs at least one modality")
         self.sources = dict(sources)
@@ -162,8 +172,14 @@ class StreamingData:
     def from_memory(cls, data: MultimodalData, num_workers: int = 2) -> "StreamingData":
         """Stream an in-memory ``MultimodalData`` (its tensors kept on the CPU, batches on its device)."""
         cpu = data.to("cpu")
-        return cls(dict(cpu.inputs), cpu.labels, data.num_classes, device=data.device,
-                   num_workers=num_workers, sample_shapes=data.sample_shapes)
+        return cls(
+            dict(cpu.inputs),
+            cpu.labels,
+            data.num_classes,
+            device=data.device,
+            num_workers=num_workers,
+            sample_shapes=data.sample_shapes,
+        )
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -189,9 +205,16 @@ class StreamingData:
         return len(self.labels)
 
     def _copy(self, **changes) -> "StreamingData":
-        kw = dict(sources=self.sources, labels=self.labels, num_classes=self.num_classes,
-                  transforms=self.transforms, rows=self.rows, device=self._device,
-                  num_workers=self.num_workers, sample_shapes=self._shapes)
+        kw = dict(
+            sources=self.sources,
+            labels=self.labels,
+            num_classes=self.num_classes,
+            transforms=self.transforms,
+            rows=self.rows,
+            device=self._device,
+            num_workers=self.num_workers,
+            sample_shapes=self._shapes,
+        )
         kw.update(changes)
         return StreamingData(**kw)
 
@@ -215,10 +238,16 @@ class StreamingData:
         rows = index.numpy() if self.rows is None else self.rows[index.numpy()]
         return self._copy(labels=self.labels[index].clone(), rows=rows)
 
-    def batches(self, batch_size: int, shuffle: bool = False,
-                generator: torch.Generator | None = None,
-                drop_last: bool = False, start_batch: int = 0,
-                num_workers: int | None = None, shard=None) -> Iterator[tuple[Batch, torch.Tensor]]:
+    def batches(
+        self,
+        batch_size: int,
+        shuffle: bool = False,
+        generator: torch.Generator | None = None,
+        drop_last: bool = False,
+        start_batch: int = 0,
+        num_workers: int | None = None,
+        shard=None,
+    ) -> Iterator[tuple[Batch, torch.Tensor]]:
         """Yield ``(inputs, labels)`` mini-batches on ``self.device``, exactly those of ``MultimodalData.batches``.
 
         The permutation is drawn from ``generator`` on the CPU when iteration
@@ -229,7 +258,7 @@ class StreamingData:
         n = len(self)
         order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
         stop = n - n % batch_size if drop_last else n
-        plan = [order[s:s + batch_size] for s in range(start_batch * batch_size, stop, batch_size)]
+        plan = [order[s : s + batch_size] for s in range(start_batch * batch_size, stop, batch_size)]
         if shard is not None:
             plan = [part for part in (idx[shard_slice(shard, len(idx))] for idx in plan) if len(part)]
         plan = [idx.tolist() for idx in plan]
@@ -238,33 +267,38 @@ class StreamingData:
         workers = self.num_workers if num_workers is None else int(num_workers)
         cuda = self._device.type == "cuda"
         loader = DataLoader(
-            _BatchDataset(self), batch_size=None, sampler=plan,
-            num_workers=min(workers, len(plan)), pin_memory=cuda,
+            _BatchDataset(self),
+            batch_size=None,
+            sampler=plan,
+            num_workers=min(workers, len(plan)),
+            pin_memory=cuda,
             # a private generator: the DataLoader seeds its workers from it, and with None it would
             # draw from torch's global RNG and change what training draws after it
             generator=torch.Generator().manual_seed(0),
-            prefetch_factor=2 if workers else None, persistent_workers=False)
+            prefetch_factor=2 if workers else None,
+            persistent_workers=False,
+        )
         try:
             for inputs, labels in loader:
                 if self._device.type != "cpu":
                     inputs = {m: x.to(self._device, non_blocking=cuda) for m, x in inputs.items()}
                     labels = labels.to(self._device, non_blocking=cuda)
                 yield inputs, labels
-        except ValueError as err:   # a loader's one-line file error, raised in a worker
+        except ValueError as err:  # a loader's one-line file error, raised in a worker
             raise ValueError(_worker_message(err)) from None
 
     def __repr__(self) -> str:
-        return (f"StreamingData({len(self)} samples, modalities {list(self.modalities)}, "
-                f"device {self._device}, num_workers {self.num_workers})")
+        return (
+            f"StreamingData({len(self)} samples, modalities {list(self.modalities)}, "
+            f"device {self._device}, num_workers {self.num_workers})"
+        )
 
 
 def cached_split(folder, manifest: dict, num_classes: int, num_workers: int = 2) -> StreamingData:
     """A split of a ``memmap_cache`` folder as StreamingData (labels read whole: they are small)."""
-    from msam_lab.datasets.memmap_cache import LABELS
 
     folder = Path(folder)
-    sources = {m: NpyArray(folder / f"{m}.npy", spec["shape"], spec["dtype"])
-               for m, spec in manifest["arrays"].items()}
+    sources = {m: NpyArray(folder / f"{m}.npy", spec["shape"], spec["dtype"]) for m, spec in manifest["arrays"].items()}
     labels = torch.from_numpy(np.load(folder / f"{LABELS}.npy", allow_pickle=False).astype(np.int64))
     shapes = {m: tuple(spec["shape"][1:]) for m, spec in manifest["arrays"].items()}
     return StreamingData(sources, labels, num_classes, num_workers=num_workers, sample_shapes=shapes)

@@ -12,6 +12,7 @@ one child stream per modality (its means and its noise), so modality m's data do
 not change when other modalities are added or re-weighted. Generation is
 instant, so nothing is cached.
 """
+
 from __future__ import annotations
 
 import math
@@ -25,17 +26,30 @@ from msam_lab.datasets.base import MultimodalData, Splits
 
 NAME = "synthetic"
 
-OPTIONS = {"n_modalities": 3, "informativeness": None, "n_classes": 4, "n_features": 16,
-           "n_samples": 1200, "test_fraction": 0.25, "seed": 0}
+OPTIONS = {
+    "n_modalities": 3,
+    "informativeness": None,
+    "n_classes": 4,
+    "n_features": 16,
+    "n_samples": 1200,
+    "test_fraction": 0.25,
+    "seed": 0,
+}
 # checked by datasets.resolve_options: n_modalities=10**7 hung, n_features=2**63 failed inside numpy
 # without naming the option; informativeness far above 1e6 overflowed the float32 features
-OPTION_RANGES = {"n_modalities": (1, 64), "n_classes": (2, 100_000), "n_features": (1, 100_000),
-                 "n_samples": (1, 10_000_000), "seed": (0, None), "informativeness": (0.0, 1e6)}
+OPTION_RANGES = {
+    "n_modalities": (1, 64),
+    "n_classes": (2, 100_000),
+    "n_features": (1, 100_000),
+    "n_samples": (1, 10_000_000),
+    "seed": (0, None),
+    "informativeness": (0.0, 1e6),
+}
 
 
 def default_informativeness(n_modalities: int) -> list[float]:
     """3.0, 1.5, 0.75, ... (halving): modality m0 dominates, the last is weakest."""
-    return [3.0 * 0.5 ** m for m in range(n_modalities)]
+    return [3.0 * 0.5**m for m in range(n_modalities)]
 
 
 def _int(name, value, minimum, hint=""):
@@ -46,39 +60,47 @@ def _int(name, value, minimum, hint=""):
     return int(value)
 
 
-def _check_options(n_modalities, informativeness, n_classes, n_features, n_samples,
-                   test_fraction, seed) -> dict:
+def _check_options(n_modalities, informativeness, n_classes, n_features, n_samples, test_fraction, seed) -> dict:
     n_modalities = _int("n_modalities", n_modalities, 1)
     n_classes = _int("n_classes", n_classes, 2)
     n_features = _int("n_features", n_features, 1)
     seed = _int("seed", seed, 0)
-    n_samples = _int("n_samples", n_samples, 2 * n_classes,
-                     f" (at least 2 per class so both splits see every class; n_classes={n_classes})")
+    n_samples = _int(
+        "n_samples",
+        n_samples,
+        2 * n_classes,
+        f" (at least 2 per class so both splits see every class; n_classes={n_classes})",
+    )
     try:
         test_fraction = float(test_fraction)
-    except (TypeError, ValueError, OverflowError):   # OverflowError: an int beyond float range
-        raise ValueError(f"synthetic option 'test_fraction' must be a number in (0, 1), "
-                         f"got {test_fraction!r}") from None
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an int beyond float range
+        raise ValueError(
+            f"synthetic option 'test_fraction' must be a number in (0, 1), got {test_fraction!r}"
+        ) from None
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"synthetic option 'test_fraction' must be in (0, 1), e.g. 0.25; got {test_fraction}")
 
     if informativeness is None:
         informativeness = default_informativeness(n_modalities)
     elif isinstance(informativeness, numbers.Real) and not isinstance(informativeness, bool):
-        informativeness = [informativeness] * n_modalities   # converted and checked below
+        informativeness = [informativeness] * n_modalities  # converted and checked below
     elif isinstance(informativeness, (list, tuple, np.ndarray)):
         informativeness = list(informativeness)
         if len(informativeness) != n_modalities:
-            raise ValueError(f"synthetic option 'informativeness' has {len(informativeness)} values but "
-                             f"n_modalities={n_modalities}; give one per modality, a single number, or None")
+            raise ValueError(
+                f"synthetic option 'informativeness' has {len(informativeness)} values but "
+                f"n_modalities={n_modalities}; give one per modality, a single number, or None"
+            )
     else:
-        raise ValueError(f"synthetic option 'informativeness' must be None, a number, or a list of "
-                         f"{n_modalities} numbers; got {informativeness!r}")
+        raise ValueError(
+            f"synthetic option 'informativeness' must be None, a number, or a list of "
+            f"{n_modalities} numbers; got {informativeness!r}"
+        )
     checked = []
     for m, v in enumerate(informativeness):
         try:
             finite = not isinstance(v, bool) and isinstance(v, numbers.Real) and math.isfinite(float(v))
-        except OverflowError:   # an int beyond float range escaped as a traceback
+        except OverflowError:  # an int beyond float range escaped as a traceback
             finite = False
         if not finite:
             raise ValueError(f"synthetic option 'informativeness'[{m}] must be a finite number, got {v!r}")
@@ -86,19 +108,25 @@ def _check_options(n_modalities, informativeness, n_classes, n_features, n_sampl
             raise ValueError(f"synthetic option 'informativeness'[{m}] must be >= 0, got {v}")
         checked.append(float(v))
 
-    return {"n_modalities": n_modalities, "informativeness": checked, "n_classes": n_classes,
-            "n_features": n_features, "n_samples": n_samples, "test_fraction": test_fraction,
-            "seed": seed}
+    return {
+        "n_modalities": n_modalities,
+        "informativeness": checked,
+        "n_classes": n_classes,
+        "n_features": n_features,
+        "n_samples": n_samples,
+        "test_fraction": test_fraction,
+        "seed": seed,
+    }
 
 
-def generate(n_modalities, informativeness, n_classes, n_features, n_samples, test_fraction,
-             seed) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray, dict]:
+def generate(
+    n_modalities, informativeness, n_classes, n_features, n_samples, test_fraction, seed
+) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray, dict]:
     """(features per modality (N, n_features) float32, labels, train_idx, test_idx, resolved options)."""
-    opts = _check_options(n_modalities, informativeness, n_classes, n_features, n_samples,
-                          test_fraction, seed)
+    opts = _check_options(n_modalities, informativeness, n_classes, n_features, n_samples, test_fraction, seed)
     split_ss, data_ss = np.random.SeedSequence(opts["seed"]).spawn(2)
     n, d, k = opts["n_samples"], opts["n_features"], opts["n_classes"]
-    labels = np.arange(n, dtype=np.int64) % k          # balanced; order is irrelevant
+    labels = np.arange(n, dtype=np.int64) % k  # balanced; order is irrelevant
 
     features = {}
     for m, (ss, scale) in enumerate(zip(data_ss.spawn(opts["n_modalities"]), opts["informativeness"])):
@@ -112,9 +140,11 @@ def generate(n_modalities, informativeness, n_classes, n_features, n_samples, te
     per_class_test = np.bincount(labels[test], minlength=k)
     per_class_all = np.bincount(labels, minlength=k)
     if per_class_test.min() == 0 or (per_class_all - per_class_test).min() == 0:
-        raise ValueError(f"synthetic option 'test_fraction'={opts['test_fraction']} leaves a class with no "
-                         f"{'test' if per_class_test.min() == 0 else 'train'} samples at n_samples={n}; "
-                         f"raise n_samples or move test_fraction towards 0.5")
+        raise ValueError(
+            f"synthetic option 'test_fraction'={opts['test_fraction']} leaves a class with no "
+            f"{'test' if per_class_test.min() == 0 else 'train'} samples at n_samples={n}; "
+            f"raise n_samples or move test_fraction towards 0.5"
+        )
     return features, labels, train, test, opts
 
 
@@ -127,10 +157,12 @@ def load(cache_dir=None, **options) -> Splits:
     options = {**{m: OPTIONS[m] for m in missing}, **options}
     try:
         features, labels, train, test, opts = generate(**options)
-    except MemoryError:   # e.g. n_features=10**11: numpy's MemoryError escaped as a traceback
-        raise ValueError(f"synthetic options n_samples={options['n_samples']}, n_features="
-                         f"{options['n_features']}, n_modalities={options['n_modalities']} need more memory "
-                         "than this machine has; lower them") from None
+    except MemoryError:  # e.g. n_features=10**11: numpy's MemoryError escaped as a traceback
+        raise ValueError(
+            f"synthetic options n_samples={options['n_samples']}, n_features="
+            f"{options['n_features']}, n_modalities={options['n_modalities']} need more memory "
+            "than this machine has; lower them"
+        ) from None
     k = opts["n_classes"]
 
     def part(index):
@@ -140,8 +172,10 @@ def load(cache_dir=None, **options) -> Splits:
     train_data, test_data = part(train), part(test)
     info = {
         "name": NAME,
-        "description": (f"{opts['n_modalities']}-modality Gaussian class clusters, {k} classes, "
-                        f"informativeness {opts['informativeness']} (class-mean norm / noise std)"),
+        "description": (
+            f"{opts['n_modalities']}-modality Gaussian class clusters, {k} classes, "
+            f"informativeness {opts['informativeness']} (class-mean norm / noise std)"
+        ),
         "encoders": {m: "mlp" for m in features},
         "shapes": {m: tuple(x.shape[1:]) for m, x in train_data.inputs.items()},
         "options": opts,

@@ -30,6 +30,7 @@ scalars and builtin containers only, so a file made to run code is refused, not 
 :func:`load_stream` writes the cleaned splits once to a memory-mapped cache
 under ``cache_dir`` (a pickle cannot be mapped) and reads them per batch.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -47,9 +48,11 @@ NAME = "ur-funny"
 
 OPTIONS = {"root": None, "use_valid_as": "val", "max_samples": None}
 
-LAYOUT = ("<root>/humor.pkl, a pickled dict with train/valid/test, each a dict with "
-          "vision (N,50,371), audio (N,50,81), text (N,50,300), labels (N,1) in {0,1} "
-          "(MultiBench layout)")
+LAYOUT = (
+    "<root>/humor.pkl, a pickled dict with train/valid/test, each a dict with "
+    "vision (N,50,371), audio (N,50,81), text (N,50,300), labels (N,1) in {0,1} "
+    "(MultiBench layout)"
+)
 
 MODALITIES = ("text", "audio", "vision")
 CLASS_NAMES = ["not humorous", "humorous"]
@@ -59,10 +62,9 @@ VALID_USES = ("val", "drop", "train", "test")
 def _read_pickle(path: Path) -> dict:
     path = require_file(path, NAME, LAYOUT)
     try:
-        data = safe_pickle.load(path)          # a Python 2 file is read as latin-1
+        data = safe_pickle.load(path)  # a Python 2 file is read as latin-1
     except Exception as exc:  # noqa: BLE001
-        raise layout_error(NAME, f"cannot unpickle {path} ({type(exc).__name__}: {exc})",
-                           LAYOUT) from exc
+        raise layout_error(NAME, f"cannot unpickle {path} ({type(exc).__name__}: {exc})", LAYOUT) from exc
     if not isinstance(data, dict):
         raise layout_error(NAME, f"{path} holds a {type(data).__name__}, not a dict", LAYOUT)
     return data
@@ -83,31 +85,27 @@ def _clean_split(path: Path, data: dict, split: str) -> tuple[dict[str, np.ndarr
             # numbers only: complex lost its imaginary part with a warning on stderr
             if raw.dtype.kind not in "biufO":
                 raise TypeError(f"{raw.dtype} values")
-            with np.errstate(over="ignore", invalid="ignore"):   # beyond float32 -> inf, zeroed below
+            with np.errstate(over="ignore", invalid="ignore"):  # beyond float32 -> inf, zeroed below
                 arrays[key] = raw.astype(np.float64 if key == "labels" else np.float32)
         except (TypeError, ValueError) as exc:
-            raise layout_error(NAME, f"{path} [{split!r}][{key!r}] is not numeric ({exc})",
-                               LAYOUT) from exc
-    if arrays["labels"].ndim == 0:   # len() of a scalar raised TypeError (a traceback)
-        raise layout_error(NAME, f"{path} [{split!r}]['labels'] is a single number, not (N, 1)",
-                           LAYOUT)
+            raise layout_error(NAME, f"{path} [{split!r}][{key!r}] is not numeric ({exc})", LAYOUT) from exc
+    if arrays["labels"].ndim == 0:  # len() of a scalar raised TypeError (a traceback)
+        raise layout_error(NAME, f"{path} [{split!r}]['labels'] is a single number, not (N, 1)", LAYOUT)
     n = len(arrays["labels"])
     for key in MODALITIES:
         x = arrays[key]
-        if x.ndim != 3 or 0 in x.shape[1:]:   # (N, 50, 0) loaded and broke the model later
-            raise layout_error(NAME, f"{path} [{split!r}][{key!r}] has shape {x.shape}, "
-                                     "not (N, steps, features)", LAYOUT)
+        if x.ndim != 3 or 0 in x.shape[1:]:  # (N, 50, 0) loaded and broke the model later
+            raise layout_error(
+                NAME, f"{path} [{split!r}][{key!r}] has shape {x.shape}, not (N, steps, features)", LAYOUT
+            )
         if len(x) != n:
-            raise layout_error(NAME, f"{path} [{split!r}]: {key!r} has {len(x)} samples but "
-                                     f"'labels' has {n}", LAYOUT)
+            raise layout_error(NAME, f"{path} [{split!r}]: {key!r} has {len(x)} samples but 'labels' has {n}", LAYOUT)
     labels = arrays.pop("labels")
     if labels.size != n or (n and labels.ndim > 1 and labels.shape[0] != n):
-        raise layout_error(NAME, f"{path} [{split!r}]['labels'] has shape {labels.shape}, "
-                                 "not (N, 1)", LAYOUT)
+        raise layout_error(NAME, f"{path} [{split!r}]['labels'] has shape {labels.shape}, not (N, 1)", LAYOUT)
     labels = labels.reshape(-1)
     if not np.all(np.isin(labels, (0.0, 1.0))):
-        raise layout_error(NAME, f"{path} [{split!r}]['labels'] holds values other than 0 and 1",
-                           LAYOUT)
+        raise layout_error(NAME, f"{path} [{split!r}]['labels'] holds values other than 0 and 1", LAYOUT)
     inputs = {k: np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0) for k, x in arrays.items()}
     keep = np.any(inputs["text"].reshape(n, -1) != 0, axis=1)
     inputs = {k: x[keep] for k, x in inputs.items()}
@@ -116,18 +114,18 @@ def _clean_split(path: Path, data: dict, split: str) -> tuple[dict[str, np.ndarr
 
 def _to_data(path, inputs, labels, max_samples, what) -> MultimodalData:
     if len(labels) == 0:
-        raise layout_error(NAME, f"{path}: no {what} samples left after dropping all-zero text",
-                           LAYOUT)
+        raise layout_error(NAME, f"{path}: no {what} samples left after dropping all-zero text", LAYOUT)
     index = subsample(len(labels), max_samples)
-    return MultimodalData({m: torch.from_numpy(np.ascontiguousarray(inputs[m][index]))
-                           for m in MODALITIES},
-                          torch.from_numpy(labels[index]), num_classes=2)
+    return MultimodalData(
+        {m: torch.from_numpy(np.ascontiguousarray(inputs[m][index])) for m in MODALITIES},
+        torch.from_numpy(labels[index]),
+        num_classes=2,
+    )
 
 
 def _check_use(use_valid_as) -> str:
     if use_valid_as not in VALID_USES:
-        raise ValueError(f"{NAME}: option use_valid_as must be one of {', '.join(VALID_USES)}, "
-                         f"got {use_valid_as!r}")
+        raise ValueError(f"{NAME}: option use_valid_as must be one of {', '.join(VALID_USES)}, got {use_valid_as!r}")
     return use_valid_as
 
 
@@ -146,8 +144,11 @@ def _read_parts(path: Path, use_valid_as: str, max_samples) -> tuple[dict[str, M
     for split, (inputs, _, _) in cleaned.items():
         for m in MODALITIES:
             if inputs[m].shape[1:] != shapes[m]:
-                raise layout_error(NAME, f"{path} [{split!r}][{m!r}] has per-sample shape "
-                                         f"{inputs[m].shape[1:]} but train has {shapes[m]}", LAYOUT)
+                raise layout_error(
+                    NAME,
+                    f"{path} [{split!r}][{m!r}] has per-sample shape {inputs[m].shape[1:]} but train has {shapes[m]}",
+                    LAYOUT,
+                )
 
     parts = {"train": cleaned["train"][:2], "test": cleaned["test"][:2]}
     if use_valid_as == "val":
@@ -155,8 +156,10 @@ def _read_parts(path: Path, use_valid_as: str, max_samples) -> tuple[dict[str, M
     elif use_valid_as == "train":
         valid_inputs, valid_labels, _ = cleaned["valid"]
         train_inputs, train_labels = parts["train"]
-        parts["train"] = ({m: np.concatenate([train_inputs[m], valid_inputs[m]]) for m in MODALITIES},
-                          np.concatenate([train_labels, valid_labels]))
+        parts["train"] = (
+            {m: np.concatenate([train_inputs[m], valid_inputs[m]]) for m in MODALITIES},
+            np.concatenate([train_labels, valid_labels]),
+        )
     elif use_valid_as == "test":
         parts["test"] = cleaned["valid"][:2]
     data = {s: _to_data(path, inputs, labels, max_samples, s) for s, (inputs, labels) in parts.items()}
@@ -166,8 +169,10 @@ def _read_parts(path: Path, use_valid_as: str, max_samples) -> tuple[dict[str, M
 def _info(root, use_valid_as, max_samples, shapes, dropped) -> dict:
     return {
         "name": NAME,
-        "description": ("UR-Funny (MultiBench): TED-talk punchline humour detection from "
-                        "GloVe text, COVAREP audio and OpenFace video features, 50 steps"),
+        "description": (
+            "UR-Funny (MultiBench): TED-talk punchline humour detection from "
+            "GloVe text, COVAREP audio and OpenFace video features, 50 steps"
+        ),
         "encoders": {m: "mlp" for m in MODALITIES},
         "shapes": {m: tuple(s) for m, s in shapes.items()},
         "options": {"root": str(root), "use_valid_as": use_valid_as, "max_samples": max_samples},
@@ -181,8 +186,7 @@ def load(cache_dir, root, use_valid_as="val", max_samples=None) -> Splits:
     use_valid_as = _check_use(use_valid_as)
     path = _pickle_path(root)
     parts, dropped = _read_parts(path, use_valid_as, max_samples)
-    info = _info(require_root(root, NAME, LAYOUT), use_valid_as, max_samples,
-                 parts["train"].sample_shapes, dropped)
+    info = _info(require_root(root, NAME, LAYOUT), use_valid_as, max_samples, parts["train"].sample_shapes, dropped)
     return Splits(parts["train"], parts["test"], info, parts.get("val"))
 
 
@@ -196,23 +200,38 @@ def load_stream(cache_dir, root, use_valid_as="val", max_samples=None) -> Splits
     use_valid_as = _check_use(use_valid_as)
     path = _pickle_path(root)
     names = ("train", "test", "val") if use_valid_as == "val" else ("train", "test")
-    signature = {s: {"dataset": NAME, "split": s, "path": str(path), "source": file_stamp([path]),
-                     "options": {"use_valid_as": use_valid_as, "max_samples": max_samples}} for s in names}
-    found = {s: memmap_cache.read_cache(memmap_cache.cache_folder(cache_dir, NAME, s, signature[s]), signature[s])
-             for s in names}
+    signature = {
+        s: {
+            "dataset": NAME,
+            "split": s,
+            "path": str(path),
+            "source": file_stamp([path]),
+            "options": {"use_valid_as": use_valid_as, "max_samples": max_samples},
+        }
+        for s in names
+    }
+    found = {
+        s: memmap_cache.read_cache(memmap_cache.cache_folder(cache_dir, NAME, s, signature[s]), signature[s])
+        for s in names
+    }
     parts = dropped = None
     if any(m is None for m in found.values()):
         parts, dropped = _read_parts(path, use_valid_as, max_samples)
     out = {}
     for s in names:
+
         def fill(arrays, labels, s=s):
             for m in MODALITIES:
                 arrays[m][:] = parts[s].inputs[m].numpy()
             labels[:] = parts[s].labels.numpy()
             return {"dropped": dropped}
+
         n = len(parts[s]) if parts is not None else found[s]["n"]
-        shapes = parts[s].sample_shapes if parts is not None else \
-            {m: tuple(found[s]["arrays"][m]["shape"][1:]) for m in MODALITIES}
+        shapes = (
+            parts[s].sample_shapes
+            if parts is not None
+            else {m: tuple(found[s]["arrays"][m]["shape"][1:]) for m in MODALITIES}
+        )
         folder, manifest = memmap_cache.build(cache_dir, NAME, s, signature[s], n, shapes, fill)
         out[s] = cached_split(folder, manifest, 2)
         dropped = dropped if dropped is not None else manifest["extra"]["dropped"]

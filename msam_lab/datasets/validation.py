@@ -14,6 +14,7 @@ validation samples (0 for none). The test split is never touched.
 Only ``len(data)``, ``data.labels`` and ``data.select(index)`` are used, so in-memory and streaming
 data split alike; ``select`` keeps a streaming split streaming (``subset`` would read it into memory).
 """
+
 from __future__ import annotations
 
 import math
@@ -28,8 +29,9 @@ KINDS = ("dataset", "holdout", "none")
 def holdout_size(n: int, val_fraction: float) -> int:
     """Samples held out of ``n`` for ``val_fraction`` > 0: round(fraction·n), at least 1, leaving ≥ 1 to train."""
     if n < 2:
-        raise ValueError(f"a train split of {n} sample(s) is too small to hold out a validation split; "
-                         f"set val_fraction=0")
+        raise ValueError(
+            f"a train split of {n} sample(s) is too small to hold out a validation split; set val_fraction=0"
+        )
     return min(max(1, round(val_fraction * n)), n - 1)
 
 
@@ -41,12 +43,12 @@ def _stratified_pick(labels: torch.Tensor, perm: torch.Tensor, k: int) -> torch.
     if labels.ndim != 1 or labels.is_floating_point() or labels.is_complex() or len(labels) == 0:
         return None
     labels_perm = labels[perm]
-    classes, counts = torch.unique(labels, return_counts=True)       # sorted classes
+    classes, counts = torch.unique(labels, return_counts=True)  # sorted classes
     n = len(labels)
     exact = [k * int(c) / n for c in counts]
     quota = [math.floor(q) for q in exact]
     by_remainder = sorted(range(len(classes)), key=lambda i: (-(exact[i] - quota[i]), i))
-    for i in by_remainder[:k - sum(quota)]:
+    for i in by_remainder[: k - sum(quota)]:
         quota[i] += 1
     picked = [perm[labels_perm == c][:q] for c, q in zip(classes.tolist(), quota) if q > 0]
     return torch.cat(picked) if picked else perm[:0]
@@ -83,7 +85,7 @@ def with_validation(splits: Splits, val_fraction: float, seed: int) -> Splits:
         index = holdout_index(train.labels, val_fraction, seed)
         keep = torch.ones(len(train), dtype=torch.bool)
         keep[index] = False
-        rest = torch.nonzero(keep).flatten()                          # sorted
+        rest = torch.nonzero(keep).flatten()  # sorted
         val, train = train.select(index), train.select(rest)
         info["val_fraction"] = float(val_fraction)
     else:

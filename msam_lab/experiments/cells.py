@@ -4,6 +4,7 @@
 failed one from its last resume point, or trains it. The inline sweep (sweep.py) and each submitit job
 (launch.py) call it, so the decision lives here only.
 """
+
 from __future__ import annotations
 
 import json
@@ -58,8 +59,10 @@ def check_existing(cell: Cell, allow_running: bool = False) -> None:
     wanted = _normalised(cell.config.to_dict())
     for key in sorted(set(stored) | set(wanted)):
         if stored.get(key) != wanted.get(key):
-            raise ConfigError(f"{cell.path} holds a {state} run with {key}={stored.get(key)!r}, but the sweep "
-                              f"asks for {key}={wanted.get(key)!r}; use another --out or delete that run")
+            raise ConfigError(
+                f"{cell.path} holds a {state} run with {key}={stored.get(key)!r}, but the sweep "
+                f"asks for {key}={wanted.get(key)!r}; use another --out or delete that run"
+            )
 
 
 def describe(cell: Cell) -> str:
@@ -86,7 +89,7 @@ def complete_cell(cell: Cell, quiet: bool = False, label: str | None = None) -> 
     if action == "reuse":
         if not quiet:
             print(f"{label}: finished run found at {cell.path}, reusing it")
-    elif action == "resume":           # interrupted or failed: continue it, don't start again
+    elif action == "resume":  # interrupted or failed: continue it, don't start again
         if not quiet:
             print(f"{label}: {run_state(cell.path)} run found at {cell.path}, resuming it")
         train(resume=cell.path, quiet=quiet)
@@ -94,6 +97,6 @@ def complete_cell(cell: Cell, quiet: bool = False, label: str | None = None) -> 
         if not quiet:
             print(f"{label}: training {cell.config.epochs} epochs on {cell.config.dataset} -> {cell.path}")
         train(cell.config, out=cell.path, quiet=quiet)
-    else:                              # the trainer's lock says why (pid, host)
+    else:  # the trainer's lock says why (pid, host)
         raise ConfigError(f"{cell.path} is being trained by another process; wait for it or use another --out")
     return action

@@ -4,7 +4,8 @@ on SLURM: one job per cell, submitted as one job array). docs/scale.md, "Sweeps 
 
 Each job runs ``sweep.complete_cell``, the decision the inline sweep makes: reuse a finished run,
 resume an interrupted or failed one from ``checkpoints/resume.pt``, or train it. Submitit keeps its
-pickles and logs under ``<out>/.submitit/`` (``<job id>_0_log.out``, ``.err``). Running the same sweep again is resumable:
+pickles and logs under ``<out>/.submitit/`` (``<job id>_0_log.out``, ``.err``). Running the same sweep again is
+resumable:
 
 * a finished cell is reused and gets no job (a sweep with every cell finished submits nothing);
 * an interrupted or failed cell gets a job that resumes it;
@@ -22,6 +23,7 @@ names, one line each, those that did not. msam_lab keeps no job database: jobs s
 earlier submission are unknown to a rerun (``scancel`` them first; a duplicate that starts after
 its cell finished returns at once).
 """
+
 from __future__ import annotations
 
 import os
@@ -35,24 +37,24 @@ import torch
 from submitit.helpers import Checkpointable, DelayedSubmission
 
 from msam_lab.config import ConfigError
+from msam_lab.experiments.cells import Cell, cell_action, complete_cell, describe
 from msam_lab.runs.lock import STALE_AFTER
 from msam_lab.runs.reader import is_run, is_run_dir, read_status
-from msam_lab.experiments.cells import Cell, cell_action, complete_cell, describe
 
 LAUNCHERS = ("inline", "local", "slurm")
-LOG_DIR = ".submitit"                     # under the sweep's out: submitit's pickles and job logs
-LOCAL_TIMEOUT_MIN = 7 * 24 * 60           # submitit's local default is 2 minutes; a local cell may take days
-POLL_S = {"local": 0.5, "slurm": 30.0}    # how often the parent looks at its jobs (SLURM: don't hammer sacct)
+LOG_DIR = ".submitit"  # under the sweep's out: submitit's pickles and job logs
+LOCAL_TIMEOUT_MIN = 7 * 24 * 60  # submitit's local default is 2 minutes; a local cell may take days
+POLL_S = {"local": 0.5, "slurm": 30.0}  # how often the parent looks at its jobs (SLURM: don't hammer sacct)
 DEFAULT_JOB_NAME = "msam-sweep"
 
 # The option names submitit accepts: its shared keys (translated for each cluster: timeout_min ->
 # --time, mem_gb -> --mem, ...) and the SlurmExecutor's own (the sbatch flags it knows). A shared
 # key is passed as it is, a SLURM-only one as slurm_<key>, as AutoExecutor wants.
 GENERIC = submitit.AutoExecutor._typed_parameters()
-LIST_KEYS = ("setup", "teardown", "srun_args")                      # repeated --slurm setup=... accumulate
-NOT_KEY_VALUE = ("additional_parameters",)                           # a dict: not one KEY=VALUE
+LIST_KEYS = ("setup", "teardown", "srun_args")  # repeated --slurm setup=... accumulate
+NOT_KEY_VALUE = ("additional_parameters",)  # a dict: not one KEY=VALUE
 SLURM_KEYS = sorted(set(submitit.SlurmExecutor._valid_parameters()) - set(GENERIC) - set(NOT_KEY_VALUE))
-CONSTRUCTOR_KEYS = {"max_num_timeout": int}                          # SlurmExecutor(…, max_num_timeout=3)
+CONSTRUCTOR_KEYS = {"max_num_timeout": int}  # SlurmExecutor(…, max_num_timeout=3)
 ACCEPTED = sorted(set(GENERIC) | set(SLURM_KEYS) | set(CONSTRUCTOR_KEYS))
 
 
@@ -78,8 +80,9 @@ def _typed(key: str, text: str, kind):
         try:
             return kind(text)
         except ValueError:
-            raise ConfigError(f"--slurm {key}={text}: {key} takes {'an integer' if kind is int else 'a number'}") \
-                from None
+            raise ConfigError(
+                f"--slurm {key}={text}: {key} takes {'an integer' if kind is int else 'a number'}"
+            ) from None
     return text
 
 
@@ -124,28 +127,36 @@ def plan_launch(launcher: str, slurm=(), max_parallel: int | None = None) -> Lau
     if launcher not in LAUNCHERS:
         raise ConfigError(f"unknown launcher {launcher!r}; choose from: {', '.join(LAUNCHERS)}")
     if launcher == "inline":
-        raise ConfigError("the inline launcher runs in msam_lab.experiments.sweep.run_sweep; launch is for local and slurm")
+        raise ConfigError(
+            "the inline launcher runs in msam_lab.experiments.sweep.run_sweep; launch is for local and slurm"
+        )
     if isinstance(slurm, str):
         slurm = [slurm]
     if slurm and launcher != "slurm":
-        raise ConfigError(f"--slurm options are for --launcher slurm (got --launcher {launcher}); "
-                          f"add --launcher slurm or drop them")
-    if max_parallel is not None and (isinstance(max_parallel, bool) or not isinstance(max_parallel, int)
-                                     or max_parallel < 1):
+        raise ConfigError(
+            f"--slurm options are for --launcher slurm (got --launcher {launcher}); add --launcher slurm or drop them"
+        )
+    if max_parallel is not None and (
+        isinstance(max_parallel, bool) or not isinstance(max_parallel, int) or max_parallel < 1
+    ):
         raise ConfigError(f"--max-parallel must be a positive integer, got {max_parallel!r}")
     if launcher == "local":
         return LaunchPlan("local", max_parallel=max_parallel)
     parameters, constructor = parse_slurm_options(slurm)
     if "timeout_min" not in parameters and "slurm_time" not in parameters:
-        raise ConfigError("--launcher slurm needs each job's time limit: --slurm timeout_min=MINUTES "
-                          "(submitit's default is 5 minutes)")
+        raise ConfigError(
+            "--launcher slurm needs each job's time limit: --slurm timeout_min=MINUTES "
+            "(submitit's default is 5 minutes)"
+        )
     if max_parallel is not None:
         if "slurm_array_parallelism" in parameters:
             raise ConfigError("--max-parallel and --slurm array_parallelism say the same thing; pass one")
         parameters["slurm_array_parallelism"] = max_parallel
     if submitit.SlurmExecutor.affinity() <= 0:
-        raise ConfigError("--launcher slurm: no SLURM here (srun is not on PATH); run the sweep on the "
-                          "cluster's login node, or use --launcher local")
+        raise ConfigError(
+            "--launcher slurm: no SLURM here (srun is not on PATH); run the sweep on the "
+            "cluster's login node, or use --launcher local"
+        )
     return LaunchPlan("slurm", parameters, constructor)
 
 
@@ -159,7 +170,7 @@ def build_executor(plan: LaunchPlan, out) -> submitit.AutoExecutor:
             executor.update_parameters(timeout_min=LOCAL_TIMEOUT_MIN)
         else:
             executor.update_parameters(**{"name": DEFAULT_JOB_NAME, **plan.parameters})
-    except (ValueError, NameError) as err:      # submitit's own check of a value (e.g. a bad mem)
+    except (ValueError, NameError) as err:  # submitit's own check of a value (e.g. a bad mem)
         raise ConfigError(f"--slurm: {str(err).splitlines()[0]}") from None
     return executor
 
@@ -215,7 +226,7 @@ def _failure(cell: Cell, job, label: str) -> str | None:
     status = read_status(cell.path) if is_run_dir(cell.path) else {"state": "not started"}
     error = job.exception()
     if status.get("state") == "failed" and status.get("error"):
-        why = status["error"]                    # the trainer's own one line (non-finite loss, ...)
+        why = status["error"]  # the trainer's own one line (non-finite loss, ...)
     elif error is not None:
         why = _trace_line(error)
     else:
@@ -234,8 +245,10 @@ def run_cells(cells: list[Cell], plan: LaunchPlan, out, quiet: bool = False) -> 
         if action == "reuse":
             say(f"{labels[i]}: finished run found at {cell.path}, reusing it")
         elif action == "running":
-            say(f"{labels[i]}: being trained by {_owner(cell.path)} (an earlier submission?); "
-                f"no second job, waiting for it")
+            say(
+                f"{labels[i]}: being trained by {_owner(cell.path)} (an earlier submission?); "
+                f"no second job, waiting for it"
+            )
             watched.append(i)
         else:
             todo.append(i)
@@ -254,10 +267,11 @@ def run_cells(cells: list[Cell], plan: LaunchPlan, out, quiet: bool = False) -> 
             batch, todo = todo[:free], todo[free:]
             if batch:
                 executor = executor or build_executor(plan, out)
-                actions = [cell_action(cells[i].path) for i in batch]       # train or resume
-                with executor.batch():     # SLURM: one job array
-                    submitted = [executor.submit(job_fn, replace(cells[i], path=cells[i].path.absolute()))
-                                 for i in batch]
+                actions = [cell_action(cells[i].path) for i in batch]  # train or resume
+                with executor.batch():  # SLURM: one job array
+                    submitted = [
+                        executor.submit(job_fn, replace(cells[i], path=cells[i].path.absolute())) for i in batch
+                    ]
                 for i, action, job in zip(batch, actions, submitted):
                     jobs[i] = job
                     say(f"{labels[i]}: job {job.job_id} submitted ({action} -> {cells[i].path})")
@@ -274,15 +288,17 @@ def run_cells(cells: list[Cell], plan: LaunchPlan, out, quiet: bool = False) -> 
                 if is_run(cells[i].path):
                     say(f"{labels[i]}: finished by its other trainer")
                 else:
-                    say(f"{labels[i]}: its trainer stopped ({read_status(cells[i].path)['state']}); "
-                        f"a job resumes it")
+                    say(f"{labels[i]}: its trainer stopped ({read_status(cells[i].path)['state']}); a job resumes it")
                     todo.append(i)
     except BaseException:
-        if plan.launcher == "local":            # local jobs are this process's children: stop them with it
+        if plan.launcher == "local":  # local jobs are this process's children: stop them with it
             for job in jobs.values():
                 job.cancel(check=False)
         elif jobs:
-            print(f"msam-lab: {len(jobs)} SLURM job(s) keep running; run the same sweep again to collect "
-                  f"them, or scancel them", flush=True)
+            print(
+                f"msam-lab: {len(jobs)} SLURM job(s) keep running; run the same sweep again to collect "
+                f"them, or scancel them",
+                flush=True,
+            )
         raise
     return [failed[i] for i in sorted(failed)]

@@ -17,6 +17,7 @@ retrained, so a second call costs only reading them; changing a setting trains n
 only each method's own published knobs differ (``method_overrides``: MASAM's ρ = 0.3, MIE's stage
 lengths shortened to fit the epochs). This module sits above ``sweep``/``runs`` (nothing below imports it).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -24,7 +25,10 @@ from pathlib import Path
 import pandas as pd
 
 from msam_lab import paths
-from msam_lab.training.setup import config_hash
+from msam_lab.analysis.sharpness_timeline import SHARPNESS_CSV
+from msam_lab.datasets import load_dataset
+from msam_lab.experiments.sweep import run_dir, run_sweep
+from msam_lab.training.setup import config_hash, resolve
 
 RHO_GRID = (0.01, 0.05, 0.1, 0.2, 0.5)
 RIVALS = ("joint", "sam", "masam", "mie", "msam")
@@ -33,8 +37,7 @@ SHARPNESS_METHODS = ("joint", "sam", "masam", "msam")
 ABLATION_ARMS = ("shapley", "fixed", "random", "alternate")
 
 
-ARM_LABELS = {"shapley": "Shapley-dominant (M-SAM)", "random": "random per step",
-              "alternate": "alternating per step"}
+ARM_LABELS = {"shapley": "Shapley-dominant (M-SAM)", "random": "random per step", "alternate": "alternating per step"}
 
 
 def arm_label(arm: str) -> str:
@@ -71,8 +74,13 @@ def rival_settings(quick: bool | None = None) -> dict:
         rho_methods=["sam", "msam"],
         ablation_variant="params",
         ablation_arms=list(ABLATION_ARMS),
-        sharpness=dict(methods=list(SHARPNESS_METHODS), seeds=[0], every=1 if quick else 2,
-                       samples=32 if quick else 128, probes=2 if quick else 8),
+        sharpness=dict(
+            methods=list(SHARPNESS_METHODS),
+            seeds=[0],
+            every=1 if quick else 2,
+            samples=32 if quick else 128,
+            probes=2 if quick else 8,
+        ),
     )
 
 
@@ -101,10 +109,16 @@ def _groups(methods, s: dict) -> list[tuple[list[str], dict]]:
 
 
 def _sweep(section, methods, s, config, seeds=None, rhos=None, quiet=True) -> pd.DataFrame:
-    from msam_lab.experiments.sweep import run_sweep
+
     tag = section + "-" + "+".join(methods)
-    return run_sweep(list(methods), seeds=list(s["seeds"] if seeds is None else seeds), rhos=rhos,
-                     config=config, out=sweep_dir(tag, config), quiet=quiet)
+    return run_sweep(
+        list(methods),
+        seeds=list(s["seeds"] if seeds is None else seeds),
+        rhos=rhos,
+        config=config,
+        out=sweep_dir(tag, config),
+        quiet=quiet,
+    )
 
 
 def _ordered(table: pd.DataFrame, methods) -> pd.DataFrame:
@@ -150,8 +164,7 @@ def ablation_arms(s: dict, modalities=None) -> list[str]:
 
 def dataset_modalities(data: dict) -> list[str]:
     """The modalities of ``data`` (``{"dataset": ..., "data": {...}}``), in the dataset's order."""
-    from msam_lab.training.setup import resolve
-    from msam_lab.datasets import load_dataset
+
     cfg = resolve(dict(data))
     return list(load_dataset(cfg.dataset, **cfg.data).modalities)
 
@@ -176,15 +189,29 @@ def ablation_table(s: dict | None = None, arms=None, quiet: bool = True) -> pd.D
     return pd.concat(rows, ignore_index=True)
 
 
-TIMELINE_COLUMNS = ("method", "seed", "epoch", "scope", "block", "lambda_1", "trace", "trace_se",
-                    "eps_sharpness", "loss", "n_parameters", "n_samples", "probes", "run")
+TIMELINE_COLUMNS = (
+    "method",
+    "seed",
+    "epoch",
+    "scope",
+    "block",
+    "lambda_1",
+    "trace",
+    "trace_se",
+    "eps_sharpness",
+    "loss",
+    "n_parameters",
+    "n_samples",
+    "probes",
+    "run",
+)
 
 
 def read_timeline(runs: dict) -> pd.DataFrame:
     """``{(method, seed): run dir}`` -> the long table of their ``sharpness.csv`` rows: columns
     ``TIMELINE_COLUMNS`` (``block``: ``encoder`` or ``fusion``), sorted by method, seed, epoch, scope.
     A run without sharpness.csv is an error (trained without ``sharpness_every``)."""
-    from msam_lab.analysis.sharpness_timeline import SHARPNESS_CSV
+
     frames = []
     for (method, seed), path in runs.items():
         csv = Path(path) / SHARPNESS_CSV
@@ -192,9 +219,12 @@ def read_timeline(runs: dict) -> pd.DataFrame:
             raise FileNotFoundError(f"{csv} is missing: {path} was trained without sharpness_every")
         df = pd.read_csv(csv)
         df = df[df["split"] == "train"] if "split" in df else df
-        df = df.assign(method=method, seed=int(seed), run=str(path),
-                       block=["fusion" if sc == "fusion" else "model" if sc == "model" else "encoder"
-                              for sc in df["scope"]])
+        df = df.assign(
+            method=method,
+            seed=int(seed),
+            run=str(path),
+            block=["fusion" if sc == "fusion" else "model" if sc == "model" else "encoder" for sc in df["scope"]],
+        )
         frames.append(df)
     out = pd.concat(frames, ignore_index=True)
     cols = [c for c in TIMELINE_COLUMNS if c in out]
@@ -209,12 +239,13 @@ def sharpness_timeline(s: dict | None = None, methods=None, quiet: bool = True) 
     λ_max and the Hutchinson trace of each encoder block and the fusion over epochs, read from each
     run's sharpness.csv (``read_timeline``). Besides ``sharpness_*`` they are the comparison's runs,
     so they train exactly like its seeds (the measurement leaves no trace)."""
-    from msam_lab.experiments.sweep import run_dir
+
     s = rival_settings() if s is None else s
     sh = s["sharpness"]
     methods = list(sh["methods"] if methods is None else methods)
-    fields = dict(sharpness_every=int(sh["every"]), sharpness_samples=int(sh["samples"]),
-                  sharpness_probes=int(sh["probes"]))
+    fields = dict(
+        sharpness_every=int(sh["every"]), sharpness_samples=int(sh["samples"]), sharpness_probes=int(sh["probes"])
+    )
     paths = {}
     for group, _ in _groups(methods, s):
         cfg = base_config(s, group[0], **fields)
@@ -229,5 +260,9 @@ def sharpness_timeline(s: dict | None = None, methods=None, quiet: bool = True) 
 def all_tables(s: dict | None = None, quiet: bool = True) -> dict:
     """The four results of ``s``: ``{"rivals", "rho", "ablation", "sharpness"}`` (trained or reused)."""
     s = rival_settings() if s is None else s
-    return {"rivals": rivals_table(s, quiet=quiet), "rho": rho_table(s, quiet=quiet),
-            "ablation": ablation_table(s, quiet=quiet), "sharpness": sharpness_timeline(s, quiet=quiet)}
+    return {
+        "rivals": rivals_table(s, quiet=quiet),
+        "rho": rho_table(s, quiet=quiet),
+        "ablation": ablation_table(s, quiet=quiet),
+        "sharpness": sharpness_timeline(s, quiet=quiet),
+    }

@@ -19,13 +19,12 @@ an interrupted sweep resumes by calling it again. That decision is ``complete_ce
 function every launcher calls: ``launcher="inline"`` (default) runs the cells here one after
 another, ``"local"`` and ``"slurm"`` one submitit job per cell (msam_lab.experiments.launch, docs/scale.md).
 """
+
 from __future__ import annotations
 
 import json
 import math
 import numbers
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,15 +32,14 @@ import pandas as pd
 
 from msam_lab.config import ConfigError
 from msam_lab.datasets import load_dataset
-from msam_lab.experiments.cells import (Cell, check_existing, complete_cell, describe, run_dir,
-                                        uses_rho)
+from msam_lab.experiments.cells import Cell, check_existing, complete_cell, describe, run_dir, uses_rho
 from msam_lab.methods import method_class, method_names
 from msam_lab.runs import atomic, migrate
 from msam_lab.runs.reader import is_run, load_run, summary_number
 from msam_lab.runs.selection import BEST, LAST, labelled, selection_summary
 from msam_lab.training import setup
 
-DEFAULT_METHODS = ("joint", "sam", "msam", "ogm_ge", "agm", "cggm", "reconboost")   # msam-lab sweep shows them too
+DEFAULT_METHODS = ("joint", "sam", "msam", "ogm_ge", "agm", "cggm", "reconboost")  # msam-lab sweep shows them too
 DEFAULT_SEEDS = (0, 1, 2)
 RUNS_FILE = "sweep.csv"
 SUMMARY_FILE = "sweep_summary.csv"
@@ -69,21 +67,28 @@ def _as_list(value):
 def _check_lists(methods, seeds, rhos):
     if not isinstance(methods, list) or not methods or not all(isinstance(m, str) for m in methods):
         raise ConfigError(f"methods must be a non-empty list of method names, got {methods!r}")
-    known = method_names()       # built-ins and plug-ins
+    known = method_names()  # built-ins and plug-ins
     unknown = [m for m in methods if m not in known]
     if unknown:
         raise ConfigError(f"unknown method {unknown[0]!r} in the sweep; choose from: {', '.join(known)}")
     if len(set(methods)) != len(methods):
         raise ConfigError(f"methods lists a method twice: {', '.join(methods)}")
-    if (not isinstance(seeds, list) or not seeds
-            or not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) and s >= 0 for s in seeds)):
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) and s >= 0 for s in seeds)
+    ):
         raise ConfigError(f"seeds must be a non-empty list of integers >= 0, e.g. [0, 1, 2]; got {seeds!r}")
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"seeds lists a seed twice: {list(seeds)}")
     if rhos is not None:
-        if (not isinstance(rhos, list) or not rhos or not all(
-                isinstance(r, numbers.Real) and not isinstance(r, bool) and math.isfinite(r) and r >= 0
-                for r in rhos)):
+        if (
+            not isinstance(rhos, list)
+            or not rhos
+            or not all(
+                isinstance(r, numbers.Real) and not isinstance(r, bool) and math.isfinite(r) and r >= 0 for r in rhos
+            )
+        ):
             raise ConfigError(f"rhos must be None or a non-empty list of numbers >= 0, got {rhos!r}")
         if len(set(rhos)) != len(rhos):
             raise ConfigError(f"rhos lists a value twice: {list(rhos)}")
@@ -104,8 +109,9 @@ def _check_modalities(cells: list[Cell]) -> None:
         check(cfg, cache[key])
 
 
-def plan_sweep(methods, seeds, rhos=None, dataset=None, out="runs/sweep", overrides=(),
-               config=None, allow_running=False) -> list[Cell]:
+def plan_sweep(
+    methods, seeds, rhos=None, dataset=None, out="runs/sweep", overrides=(), config=None, allow_running=False
+) -> list[Cell]:
     """Resolve and check every cell of the grid (raises ConfigError); trains nothing.
     ``allow_running``: a cell whose run is still training passes (see ``cells.check_existing``)."""
     methods, seeds = _as_list(methods), _as_list(seeds)
@@ -114,7 +120,7 @@ def plan_sweep(methods, seeds, rhos=None, dataset=None, out="runs/sweep", overri
     base = ([f"dataset={dataset}"] if dataset else []) + list(overrides)
     cells = []
     for method in methods:
-        for rho in ([float(r) for r in rhos] if rhos is not None and uses_rho(method) else [None]):
+        for rho in [float(r) for r in rhos] if rhos is not None and uses_rho(method) else [None]:
             for seed in seeds:
                 axes = [f"method={method}", f"seed={int(seed)}"] + ([f"rho={rho!r}"] if rho is not None else [])
                 cfg = setup.resolve(config, base + axes)
@@ -125,15 +131,15 @@ def plan_sweep(methods, seeds, rhos=None, dataset=None, out="runs/sweep", overri
     return cells
 
 
-AT_BEST, AT_LAST = "_at_best", migrate.AT_LAST     # column suffixes: test numbers at the best-val / last epoch
+AT_BEST, AT_LAST = "_at_best", migrate.AT_LAST  # column suffixes: test numbers at the best-val / last epoch
 
 
 def _at_label(col: str) -> str:
     """``acc_m0_at_best`` -> ``acc_m0 (best val)``, ``tau_last`` -> ``tau (last)`` (for printed headers)."""
     if col.endswith(AT_BEST):
-        return labelled(col[:-len(AT_BEST)], BEST)
+        return labelled(col[: -len(AT_BEST)], BEST)
     if col.endswith(AT_LAST):
-        return labelled(col[:-len(AT_LAST)], LAST)
+        return labelled(col[: -len(AT_LAST)], LAST)
     return col
 
 
@@ -151,15 +157,29 @@ def _row(cell: Cell) -> dict:
     without validation) and at the last epoch (``<metric>_last``), ``best_epoch``, ``best_val_acc``."""
     run = load_run(cell.path)
     sel = selection_summary(run.epochs)
-    row = {"method": cell.method, "rho": cell.config.rho if uses_rho(cell.method) else np.nan,
-           "seed": cell.seed, "best_epoch": _num(sel["best_epoch"]), "best_val_acc": _num(sel["best_val_acc"])}
-    keys = [("acc", "test_acc")] + [(f"acc_{m}", f"test_acc_{m}") for m in run.modalities] + \
-        [(f"acc_only_{m}", f"test_acc_only_{m}") for m in run.modalities] + [("tau", "tau")]
+    row = {
+        "method": cell.method,
+        "rho": cell.config.rho if uses_rho(cell.method) else np.nan,
+        "seed": cell.seed,
+        "best_epoch": _num(sel["best_epoch"]),
+        "best_val_acc": _num(sel["best_val_acc"]),
+    }
+    keys = (
+        [("acc", "test_acc")]
+        + [(f"acc_{m}", f"test_acc_{m}") for m in run.modalities]
+        + [(f"acc_only_{m}", f"test_acc_only_{m}") for m in run.modalities]
+        + [("tau", "tau")]
+    )
     for col, key in keys:
         row[col + AT_BEST] = _num(sel.get(key + AT_BEST))
         row[col + AT_LAST] = _num(sel.get(key + AT_LAST, summary_number(run, key, np.nan)))
-    row.update({"switches": _num(summary_number(run, "dominance_switches")),
-                "wall_s": _num(summary_number(run, "wall_time")), "run": str(cell.path)})
+    row.update(
+        {
+            "switches": _num(summary_number(run, "dominance_switches")),
+            "wall_s": _num(summary_number(run, "wall_time")),
+            "run": str(cell.path),
+        }
+    )
     return row
 
 
@@ -198,14 +218,26 @@ def format_sweep(table: pd.DataFrame) -> str:
     metrics = [c[:-5] for c in table.columns if c.endswith("_mean")]
     for col in metrics:
         digits = 1 if col == "best_epoch" else 3
-        shown[_at_label(col)] = ["-" if pd.isna(m) else f"{m:.{digits}f} ± {s:.{digits}f}" if not pd.isna(s)
-                                 else f"{m:.{digits}f}"
-                                 for m, s in zip(table[f"{col}_mean"], table[f"{col}_std"])]
+        shown[_at_label(col)] = [
+            "-" if pd.isna(m) else f"{m:.{digits}f} ± {s:.{digits}f}" if not pd.isna(s) else f"{m:.{digits}f}"
+            for m, s in zip(table[f"{col}_mean"], table[f"{col}_std"])
+        ]
     return shown.to_string(index=False)
 
 
-def run_sweep(methods, seeds, rhos=None, dataset=None, out="runs/sweep", overrides=(), quiet=False,
-              config=None, launcher="inline", slurm=(), max_parallel=None) -> pd.DataFrame:
+def run_sweep(
+    methods,
+    seeds,
+    rhos=None,
+    dataset=None,
+    out="runs/sweep",
+    overrides=(),
+    quiet=False,
+    config=None,
+    launcher="inline",
+    slurm=(),
+    max_parallel=None,
+) -> pd.DataFrame:
     """Train every (method, seed[, rho]) cell not finished yet; return mean ± std over seeds.
 
     ``rhos`` applies to methods that use ρ (sam, msam) only; the others get one run per seed.
@@ -223,17 +255,18 @@ def run_sweep(methods, seeds, rhos=None, dataset=None, out="runs/sweep", overrid
     """
     if launcher == "inline":
         if slurm or max_parallel is not None:
-            raise ConfigError("slurm options and max_parallel are for launcher='local' or 'slurm'; drop them "
-                              "or pick a launcher")
+            raise ConfigError(
+                "slurm options and max_parallel are for launcher='local' or 'slurm'; drop them or pick a launcher"
+            )
         cells = plan_sweep(methods, seeds, rhos, dataset, out, overrides, config)
         for i, cell in enumerate(cells, 1):
             complete_cell(cell, quiet, label=f"[{i}/{len(cells)}] {describe(cell)}")
         failed = []
     else:
         # submitit (and its pickling machinery) only when a sweep is launched
-        from msam_lab.experiments import launch  # noqa: PLC0415
+        from msam_lab.experiments import launch  # noqa: PLC0415 - submitit loads only when a sweep is launched
 
-        plan = launch.plan_launch(launcher, slurm, max_parallel)        # bad options fail before the grid
+        plan = launch.plan_launch(launcher, slurm, max_parallel)  # bad options fail before the grid
         cells = plan_sweep(methods, seeds, rhos, dataset, out, overrides, config, allow_running=True)
         failed = launch.run_cells(cells, plan, out, quiet=quiet)
     table = _write_tables([cell for cell in cells if is_run(cell.path)], out)
@@ -244,7 +277,7 @@ def run_sweep(methods, seeds, rhos=None, dataset=None, out="runs/sweep", overrid
 
 def _write_tables(cells: list[Cell], out) -> pd.DataFrame:
     """sweep.csv and sweep_summary.csv over the finished ``cells``; the summary is returned."""
-    if not cells:                   # nothing finished (every job failed): no tables to write
+    if not cells:  # nothing finished (every job failed): no tables to write
         return pd.DataFrame()
     runs = pd.DataFrame([_row(cell) for cell in cells])
     table = summarise(runs)

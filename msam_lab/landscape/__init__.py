@@ -13,6 +13,7 @@ Modules: ``options`` (LandscapeOptions, SharpnessOptions, TimelineOptions, Surfa
 resume), ``parallel`` (workers), ``sharpness``, ``for_run`` (a saved run's surfaces and sharpness).
 See docs/landscapes.md.
 """
+
 from msam_lab.landscape.directions import (
     PCADirections,
     between,
@@ -47,11 +48,39 @@ from msam_lab.landscape.surface import compute_surface
 from msam_lab.runs.surfaces import Surface, generalization_gap
 
 __all__ = [
-    "ForwardEvaluation", "PCADirections", "between", "filter_normalize", "orthogonalize", "pca_directions", "project",
-    "random_direction", "random_directions", "scope_parameters",
-    "WorkerPool", "landscape_for_run", "list_landscapes", "load_landscape", "sharpness_for_run", "timeline_for_run",
-    "LandscapeOptions", "OptionError", "SharpnessOptions", "SurfaceOptions", "TimelineOptions",
-    "epsilon_sharpness", "hutchinson_trace", "sharpness", "sharpness_table", "top_eigenvalues",
-    "preserved", "PointEvaluator", "Surface", "compute_surface", "eval_subset", "evaluate_points",
-    "generalization_gap", "grid", "metric_names",
+    "ForwardEvaluation",
+    "PCADirections",
+    "between",
+    "filter_normalize",
+    "orthogonalize",
+    "pca_directions",
+    "project",
+    "random_direction",
+    "random_directions",
+    "scope_parameters",
+    "WorkerPool",
+    "landscape_for_run",
+    "list_landscapes",
+    "load_landscape",
+    "sharpness_for_run",
+    "timeline_for_run",
+    "LandscapeOptions",
+    "OptionError",
+    "SharpnessOptions",
+    "SurfaceOptions",
+    "TimelineOptions",
+    "epsilon_sharpness",
+    "hutchinson_trace",
+    "sharpness",
+    "sharpness_table",
+    "top_eigenvalues",
+    "preserved",
+    "PointEvaluator",
+    "Surface",
+    "compute_surface",
+    "eval_subset",
+    "evaluate_points",
+    "generalization_gap",
+    "grid",
+    "metric_names",
 ]

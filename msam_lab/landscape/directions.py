@@ -24,6 +24,7 @@ A direction covers only the parameters of its *scope*: ``"model"`` (all),
 path of the model. Parameters outside the scope are not in the dict and are
 never moved.
 """
+
 from __future__ import annotations
 
 import zlib
@@ -41,6 +42,7 @@ EPS = 1e-10
 
 # ---------------------------------------------------------------- scopes
 
+
 def scope_prefix(model: nn.Module, scope: str = "model") -> str:
     """The parameter-name prefix of ``scope`` ('' for the whole model). Raises ValueError."""
     if scope in ("model", "all", ""):
@@ -56,8 +58,10 @@ def scope_prefix(model: nn.Module, scope: str = "model") -> str:
             choices += list(encoders)
         if hasattr(model, "fusion"):
             choices.append("fusion")
-        raise ValueError(f"unknown scope {scope!r}; choose one of: {', '.join(choices)} "
-                         "(or a submodule path such as encoders.<modality>)") from None
+        raise ValueError(
+            f"unknown scope {scope!r}; choose one of: {', '.join(choices)} "
+            "(or a submodule path such as encoders.<modality>)"
+        ) from None
     return scope.rstrip(".") + "."
 
 
@@ -73,11 +77,11 @@ def scope_parameters(model: nn.Module, scope: str = "model") -> dict[str, nn.Par
 def _float_tensors(state: Mapping[str, torch.Tensor] | nn.Module, names=None) -> dict[str, torch.Tensor]:
     if isinstance(state, nn.Module):
         state = dict(state.named_parameters())
-    return {n: t.detach() for n, t in state.items()
-            if (names is None or n in names) and torch.is_floating_point(t)}
+    return {n: t.detach() for n, t in state.items() if (names is None or n in names) and torch.is_floating_point(t)}
 
 
 # ---------------------------------------------------------------- vector algebra on dicts
+
 
 def dot(a: Direction, b: Direction) -> float:
     """Σ_name <a[name], b[name]> over the names of ``a`` (in float64)."""
@@ -90,15 +94,14 @@ def norm(a: Direction) -> float:
 
 def flatten(d: Direction, names: Iterable[str] | None = None) -> np.ndarray:
     names = list(d) if names is None else list(names)
-    return np.concatenate([d[n].detach().cpu().double().reshape(-1).numpy() for n in names]) \
-        if names else np.zeros(0)
+    return np.concatenate([d[n].detach().cpu().double().reshape(-1).numpy() for n in names]) if names else np.zeros(0)
 
 
 def unflatten(vector: np.ndarray, like: Mapping[str, torch.Tensor]) -> Direction:
     out, start = {}, 0
     for n, t in like.items():
         k = t.numel()
-        out[n] = torch.as_tensor(vector[start:start + k]).reshape(t.shape).to(t.dtype)
+        out[n] = torch.as_tensor(vector[start : start + k]).reshape(t.shape).to(t.dtype)
         start += k
     if start != len(vector):
         raise ValueError(f"vector of length {len(vector)} does not fit parameters of total size {start}")
@@ -110,14 +113,16 @@ def check_compatible(direction: Mapping[str, torch.Tensor], model: nn.Module) ->
     params = dict(model.named_parameters())
     for n, d in direction.items():
         if n not in params:
-            raise ValueError(f"direction entry {n!r} names no parameter of the model "
-                             "(different architecture?)")
+            raise ValueError(f"direction entry {n!r} names no parameter of the model (different architecture?)")
         if tuple(d.shape) != tuple(params[n].shape):
-            raise ValueError(f"direction entry {n!r} has shape {tuple(d.shape)} but the model's parameter "
-                             f"has {tuple(params[n].shape)} (different architecture?)")
+            raise ValueError(
+                f"direction entry {n!r} has shape {tuple(d.shape)} but the model's parameter "
+                f"has {tuple(params[n].shape)} (different architecture?)"
+            )
 
 
 # ---------------------------------------------------------------- random, filter-normalised
+
 
 def stable_seed(seed: int, name: str, index: int = 0) -> int:
     """A generator seed from (seed, direction index, parameter name); stable across runs and platforms."""
@@ -129,13 +134,13 @@ def gaussian(params: Mapping[str, torch.Tensor], seed: int = 0, index: int = 0) 
     out = {}
     for name, p in params.items():
         g = torch.Generator().manual_seed(stable_seed(seed, name, index))
-        out[name] = torch.randn(tuple(p.shape), generator=g, dtype=torch.float32).to(
-            device=p.device, dtype=p.dtype)
+        out[name] = torch.randn(tuple(p.shape), generator=g, dtype=torch.float32).to(device=p.device, dtype=p.dtype)
     return out
 
 
-def filter_normalize(direction: Direction, reference: Mapping[str, torch.Tensor],
-                     include_1d: bool = False) -> Direction:
+def filter_normalize(
+    direction: Direction, reference: Mapping[str, torch.Tensor], include_1d: bool = False
+) -> Direction:
     """Rescale each filter of ``direction`` to the norm of the same filter of ``reference``.
 
     Parameters with fewer than 2 dims are zeroed, or with ``include_1d``
@@ -164,8 +169,14 @@ def orthogonalize(d2: Direction, d1: Direction, keep_norm: bool = True) -> Direc
     return out
 
 
-def random_direction(model: nn.Module, seed: int = 0, index: int = 0, scope: str = "model",
-                     include_1d: bool = False, normalization: str | None = "filter") -> Direction:
+def random_direction(
+    model: nn.Module,
+    seed: int = 0,
+    index: int = 0,
+    scope: str = "model",
+    include_1d: bool = False,
+    normalization: str | None = "filter",
+) -> Direction:
     """One random direction over ``scope``; ``normalization='filter'`` (Li et al.) or None (raw Gaussian)."""
     params = scope_parameters(model, scope)
     d = gaussian(params, seed, index)
@@ -176,9 +187,15 @@ def random_direction(model: nn.Module, seed: int = 0, index: int = 0, scope: str
     raise ValueError(f"unknown normalization {normalization!r}; choose 'filter' or None")
 
 
-def random_directions(model: nn.Module, n: int = 2, seed: int = 0, scope: str = "model",
-                      include_1d: bool = False, orthogonal: bool = False,
-                      normalization: str | None = "filter") -> list[Direction]:
+def random_directions(
+    model: nn.Module,
+    n: int = 2,
+    seed: int = 0,
+    scope: str = "model",
+    include_1d: bool = False,
+    orthogonal: bool = False,
+    normalization: str | None = "filter",
+) -> list[Direction]:
     """``n`` random directions (indices 0..n−1); ``orthogonal`` Gram-Schmidts the later ones."""
     dirs = [random_direction(model, seed, k, scope, include_1d, normalization) for k in range(n)]
     if orthogonal:
@@ -190,8 +207,13 @@ def random_directions(model: nn.Module, n: int = 2, seed: int = 0, scope: str = 
 
 # ---------------------------------------------------------------- between two points
 
-def between(start: nn.Module | Mapping[str, torch.Tensor], end: nn.Module | Mapping[str, torch.Tensor],
-            names: Iterable[str] | None = None, include_1d: bool = True) -> Direction:
+
+def between(
+    start: nn.Module | Mapping[str, torch.Tensor],
+    end: nn.Module | Mapping[str, torch.Tensor],
+    names: Iterable[str] | None = None,
+    include_1d: bool = True,
+) -> Direction:
     """θ_end − θ_start over ``names`` (default: every floating parameter of ``start``).
 
     ``start``/``end`` are models or state dicts of the same architecture.
@@ -207,8 +229,10 @@ def between(start: nn.Module | Mapping[str, torch.Tensor], end: nn.Module | Mapp
         raise ValueError(f"the end point has no parameter {missing[0]!r} (different architecture?)")
     for n in a:
         if a[n].shape != b[n].shape:
-            raise ValueError(f"parameter {n!r} has shape {tuple(a[n].shape)} at the start but "
-                             f"{tuple(b[n].shape)} at the end (different architecture?)")
+            raise ValueError(
+                f"parameter {n!r} has shape {tuple(a[n].shape)} at the start but "
+                f"{tuple(b[n].shape)} at the end (different architecture?)"
+            )
     out = {n: (b[n].to(a[n]) - a[n]) for n in a}
     if not include_1d:
         out = {n: (t if t.dim() > 1 else torch.zeros_like(t)) for n, t in out.items()}
@@ -216,6 +240,7 @@ def between(start: nn.Module | Mapping[str, torch.Tensor], end: nn.Module | Mapp
 
 
 # ---------------------------------------------------------------- PCA of a trajectory
+
 
 @dataclass
 class PCADirections:
@@ -232,9 +257,13 @@ class PCADirections:
     epochs: list[int]
 
 
-def pca_directions(states: Mapping[int, Mapping[str, torch.Tensor]], names: Iterable[str],
-                   n_components: int = 2, final: int | None = None,
-                   include_1d: bool = False) -> PCADirections:
+def pca_directions(
+    states: Mapping[int, Mapping[str, torch.Tensor]],
+    names: Iterable[str],
+    n_components: int = 2,
+    final: int | None = None,
+    include_1d: bool = False,
+) -> PCADirections:
     """PCA (scikit-learn, centred) of the rows flatten(θ_e − θ_final), e ≠ final.
 
     ``states``: epoch -> state dict (e.g. every checkpoint of a run);
@@ -242,7 +271,7 @@ def pca_directions(states: Mapping[int, Mapping[str, torch.Tensor]], names: Iter
     epoch (default the last). 1-D parameters are left out (zero in the
     directions) unless ``include_1d``.
     """
-    from sklearn.decomposition import PCA
+    from sklearn.decomposition import PCA  # noqa: PLC0415 - scikit-learn loads only when it is used
 
     epochs = sorted(states)
     final = epochs[-1] if final is None else final
@@ -253,8 +282,10 @@ def pca_directions(states: Mapping[int, Mapping[str, torch.Tensor]], names: Iter
     used = [n for n in names if include_1d or ref[n].dim() > 1]
     others = [e for e in epochs if e != final]
     if len(others) < n_components:
-        raise ValueError(f"{n_components} PCA directions need at least {n_components + 1} checkpoints, "
-                         f"found {len(epochs)}; train with --set checkpoint_every=1")
+        raise ValueError(
+            f"{n_components} PCA directions need at least {n_components + 1} checkpoints, "
+            f"found {len(epochs)}; train with --set checkpoint_every=1"
+        )
     ref_flat = flatten(ref, used)
     rows = np.stack([flatten(_float_tensors(states[e], set(used)), used) - ref_flat for e in others])
     pca = PCA(n_components=n_components, svd_solver="full").fit(rows)
@@ -268,11 +299,12 @@ def pca_directions(states: Mapping[int, Mapping[str, torch.Tensor]], names: Iter
     return PCADirections(dirs, np.asarray(pca.explained_variance_ratio_, dtype=float), projection, epochs)
 
 
-def project(points: Iterable[Mapping[str, torch.Tensor]], origin: Mapping[str, torch.Tensor],
-            directions: list[Direction]) -> np.ndarray:
+def project(
+    points: Iterable[Mapping[str, torch.Tensor]], origin: Mapping[str, torch.Tensor], directions: list[Direction]
+) -> np.ndarray:
     """Coordinates of ``points`` in the plane ``origin + span(directions)`` (least squares)."""
     names = list(directions[0])
-    D = np.stack([flatten(d, names) for d in directions], axis=1)         # (P, k)
+    D = np.stack([flatten(d, names) for d in directions], axis=1)  # (P, k)
     o = flatten(_float_tensors(origin, set(names)), names)
     X = np.stack([flatten(_float_tensors(p, set(names)), names) - o for p in points], axis=1)
     coef, *_ = np.linalg.lstsq(D, X, rcond=None)

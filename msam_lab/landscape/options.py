@@ -11,6 +11,7 @@ Each check raises ``OptionError`` (a ``ConfigError``), one line naming the argum
 ``OptionError.argument`` says which argument is wrong, so the command line can name its flag
 instead (msam_lab/cli/landscape.py). Imports nothing heavy: no torch, no numpy.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -33,7 +34,7 @@ class OptionError(ConfigError):
         super().__init__(message)
         self.argument = argument
 
-    def __reduce__(self):           # picklable (errors cross process and rank boundaries)
+    def __reduce__(self):  # picklable (errors cross process and rank boundaries)
         return type(self), (self.argument, str(self))
 
 
@@ -52,7 +53,7 @@ def _integer(argument: str, value, low: int | None = None, *, none: bool = False
 def _real(argument: str, value, *, above: float | None = None, at_least: float | None = None) -> None:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise OptionError(argument, f"{argument} must be a number, got {value!r}")
-    if above is not None and not value > above:             # NaN fails too
+    if above is not None and not value > above:  # NaN fails too
         raise OptionError(argument, f"{argument} must be > {above:g}, got {value}")
     if at_least is not None and not value >= at_least:
         raise OptionError(argument, f"{argument} must be >= {at_least:g}, got {value}")
@@ -99,7 +100,7 @@ class _Options:
             raise TypeError(f"options must be a {cls.__name__}, got {type(options).__name__}")
         return dataclasses.replace(options, **overrides) if overrides else options
 
-    def _set(self, name: str, value: Any) -> None:          # normalise a field of a frozen dataclass
+    def _set(self, name: str, value: Any) -> None:  # normalise a field of a frozen dataclass
         object.__setattr__(self, name, value)
 
 
@@ -117,6 +118,7 @@ class SurfaceOptions(_Options):
     ``threads``: torch threads in this process (default torch's). ``autocast_dtype``: e.g. ``torch.bfloat16``
     for the forward passes. ``overwrite``: replace a saved surface computed with other settings.
     """
+
     per_modality: bool = True
     n_samples: int | None = 512
     subset_seed: int = 0
@@ -132,13 +134,16 @@ class SurfaceOptions(_Options):
     def __post_init__(self):
         _check_evaluation(self)
         if self.channels_last not in (True, False, "auto"):
-            raise OptionError("channels_last", f"channels_last must be True, False or 'auto', "
-                                               f"got {self.channels_last!r}")
+            raise OptionError(
+                "channels_last", f"channels_last must be True, False or 'auto', got {self.channels_last!r}"
+            )
         if isinstance(self.devices, (list, tuple)):
             self._set("devices", tuple(str(d) for d in self.devices) or None)
         elif self.devices not in (None, "cpu", "cuda"):
-            raise OptionError("devices", f"devices must be None, 'cpu', 'cuda' or a list such as "
-                                         f"['cuda:0', 'cuda:1'], got {self.devices!r}")
+            raise OptionError(
+                "devices",
+                f"devices must be None, 'cpu', 'cuda' or a list such as ['cuda:0', 'cuda:1'], got {self.devices!r}",
+            )
 
 
 @dataclass(frozen=True)
@@ -154,6 +159,7 @@ class LandscapeOptions(_Options):
     ``name``: the folder under ``<run>/landscapes/`` (None: made of the settings). ``bf16``: forward
     passes under bfloat16 autocast. The evaluation fields are ``SurfaceOptions``'.
     """
+
     dim: int = 2
     grid: int = 21
     span: float = 1.0
@@ -183,8 +189,9 @@ class LandscapeOptions(_Options):
             raise OptionError("dim", f"dim must be 1 or 2, got {self.dim!r}")
         _integer("grid", self.grid)
         if self.grid < 3 or self.grid % 2 == 0:
-            raise OptionError("grid", f"grid must be an odd integer >= 3 so 0 is on the grid, got {self.grid} "
-                                      "(e.g. 21)")
+            raise OptionError(
+                "grid", f"grid must be an odd integer >= 3 so 0 is on the grid, got {self.grid} (e.g. 21)"
+            )
         _real("span", self.span, above=0)
         _choice("directions", self.directions, DIRECTION_KINDS)
         _integer("to_epoch", self.to_epoch, 0, none=True)
@@ -192,8 +199,9 @@ class LandscapeOptions(_Options):
         _integer("epoch", self.epoch, 0, none=True)
         _integer("seed", self.seed)
         if not isinstance(self.scope, str) or not self.scope:
-            raise OptionError("scope", f"scope must be model, fusion, a modality or a submodule path, "
-                                       f"got {self.scope!r}")
+            raise OptionError(
+                "scope", f"scope must be model, fusion, a modality or a submodule path, got {self.scope!r}"
+            )
         _flag("include_1d", self.include_1d)
         _flag("orthogonal", self.orthogonal)
         if self.name is not None:
@@ -215,6 +223,7 @@ class SharpnessOptions(_Options):
     0 skips either. ``split``: ``train`` is the train split without the run's validation hold-out.
     ``n_samples``: a subset seeded by ``subset_seed`` (None: the whole split).
     """
+
     epochs: Any = None
     rho: float = 0.05
     topk: int = 1
@@ -230,12 +239,17 @@ class SharpnessOptions(_Options):
     def __post_init__(self):
         epochs = self.epochs
         if isinstance(epochs, (list, tuple, range)) and all(
-                isinstance(e, numbers.Integral) and not isinstance(e, bool) and e >= 0 for e in epochs):
+            isinstance(e, numbers.Integral) and not isinstance(e, bool) and e >= 0 for e in epochs
+        ):
             self._set("epochs", tuple(int(e) for e in epochs))
-        elif not (epochs is None or epochs == "all" or
-                  (isinstance(epochs, numbers.Integral) and not isinstance(epochs, bool) and epochs >= 0)):
-            raise OptionError("epochs", f"epochs must be None (the last), an epoch, a list of epochs or 'all', "
-                                        f"got {epochs!r}")
+        elif not (
+            epochs is None
+            or epochs == "all"
+            or (isinstance(epochs, numbers.Integral) and not isinstance(epochs, bool) and epochs >= 0)
+        ):
+            raise OptionError(
+                "epochs", f"epochs must be None (the last), an epoch, a list of epochs or 'all', got {epochs!r}"
+            )
         _real("rho", self.rho, at_least=0)
         _integer("topk", self.topk, 0)
         _integer("probes", self.probes, 0)
@@ -248,8 +262,9 @@ class SharpnessOptions(_Options):
             if isinstance(scopes, (list, tuple)) and all(isinstance(s, str) and s for s in scopes):
                 self._set("scopes", tuple(scopes))
             else:
-                raise OptionError("scopes", f"scopes must be None or a list of names (model, fusion, a "
-                                            f"modality), got {self.scopes!r}")
+                raise OptionError(
+                    "scopes", f"scopes must be None or a list of names (model, fusion, a modality), got {self.scopes!r}"
+                )
         _integer("max_iter", self.max_iter, 1)
         _real("tol", self.tol, above=0)
 
@@ -262,6 +277,7 @@ class TimelineOptions(_Options):
     training-time one (msam_lab.analysis.sharpness_timeline); one given replaces it, checked as
     ``SharpnessOptions`` checks it. ``epochs``: as ``SharpnessOptions`` (default every checkpoint).
     """
+
     epochs: Any = "all"
     n_samples: int | None = None
     probes: int | None = None

@@ -13,6 +13,7 @@ Processes are started with ``spawn``: safe with threads and CUDA, the same on
 every OS. A script that uses workers must guard its entry point with
 ``if __name__ == "__main__":``.
 """
+
 from __future__ import annotations
 
 import concurrent.futures as cf
@@ -52,14 +53,17 @@ def _evaluate_chunk(job_path: str, job_id: str, skeleton: torch.nn.Module, point
         device = _WORKER["device"]
         model = skeleton.to_empty(device=device)
         with torch.no_grad():
-            for name, tensor in [*model.named_parameters(remove_duplicate=False),
-                                 *model.named_buffers(remove_duplicate=False)]:
+            for name, tensor in [
+                *model.named_parameters(remove_duplicate=False),
+                *model.named_buffers(remove_duplicate=False),
+            ]:
                 tensor.copy_(job["tensors"][name])
-        prepare_for_evaluation(model, job["channels_last"])     # a private copy: nothing to restore
+        prepare_for_evaluation(model, job["channels_last"])  # a private copy: nothing to restore
         data = MultimodalData(job["inputs"], job["labels"], job["num_classes"]).to(device)
         dtype = None if job["autocast_dtype"] is None else getattr(torch, job["autocast_dtype"])
-        _WORKER["evaluator"] = PointEvaluator(model, data, job["directions"], job["per_modality"],
-                                              job["batch_size"], dtype)
+        _WORKER["evaluator"] = PointEvaluator(
+            model, data, job["directions"], job["per_modality"], job["batch_size"], dtype
+        )
         _WORKER["job_id"] = job_id
     ev = _WORKER["evaluator"]
     return np.stack([ev(p) for p in points])
@@ -94,8 +98,9 @@ class WorkerPool:
             for d in self.devices:
                 queue.put(d)
         self._dir = tempfile.TemporaryDirectory(prefix="msam-landscape-")
-        self.executor = cf.ProcessPoolExecutor(max_workers=self.n_workers, mp_context=ctx,
-                                               initializer=_init_worker, initargs=(queue, int(threads)))
+        self.executor = cf.ProcessPoolExecutor(
+            max_workers=self.n_workers, mp_context=ctx, initializer=_init_worker, initargs=(queue, int(threads))
+        )
 
     def warm(self) -> "WorkerPool":
         """Start every process now (otherwise they start with the first surface)."""
@@ -103,27 +108,49 @@ class WorkerPool:
         del pids
         return self
 
-    def run(self, model, data, directions: Sequence[dict], all_points: np.ndarray, pending: np.ndarray,
-            store: Callable[[np.ndarray, np.ndarray], None], *, per_modality: bool = True,
-            batch_size: int | None = 32, channels_last="auto", autocast_dtype=None, chunk: int = 16) -> None:
+    def run(
+        self,
+        model,
+        data,
+        directions: Sequence[dict],
+        all_points: np.ndarray,
+        pending: np.ndarray,
+        store: Callable[[np.ndarray, np.ndarray], None],
+        *,
+        per_modality: bool = True,
+        batch_size: int | None = 32,
+        channels_last="auto",
+        autocast_dtype=None,
+        chunk: int = 16,
+    ) -> None:
         """Evaluate ``all_points[pending]``; ``store(indices, rows)`` is called as chunks finish."""
-        clone = copy.deepcopy(model).cpu()           # never touches ``model`` itself
+        clone = copy.deepcopy(model).cpu()  # never touches ``model`` itself
         for p in clone.parameters():
             p.grad = None
         # every parameter and buffer (non-persistent ones too) by name; the structure travels as a skeleton
-        tensors = {n: t.detach().clone() for n, t in [*clone.named_parameters(remove_duplicate=False),
-                                                    *clone.named_buffers(remove_duplicate=False)]}
+        tensors = {
+            n: t.detach().clone()
+            for n, t in [*clone.named_parameters(remove_duplicate=False), *clone.named_buffers(remove_duplicate=False)]
+        }
         skeleton = clone.to("meta")
         data = data.to("cpu")
         job_id = uuid.uuid4().hex
         path = os.path.join(self._dir.name, f"{job_id}.pt")
-        torch.save({"tensors": tensors, "inputs": dict(data.inputs), "labels": data.labels,
-                    "num_classes": int(data.num_classes),
-                    "directions": [{n: t.detach().cpu() for n, t in d.items()} for d in directions],
-                    "per_modality": per_modality, "batch_size": batch_size, "channels_last": channels_last,
-                    "autocast_dtype": None if autocast_dtype is None else str(autocast_dtype).split(".")[-1]},
-                   path)
-        chunks = [pending[i:i + chunk] for i in range(0, len(pending), chunk)]
+        torch.save(
+            {
+                "tensors": tensors,
+                "inputs": dict(data.inputs),
+                "labels": data.labels,
+                "num_classes": int(data.num_classes),
+                "directions": [{n: t.detach().cpu() for n, t in d.items()} for d in directions],
+                "per_modality": per_modality,
+                "batch_size": batch_size,
+                "channels_last": channels_last,
+                "autocast_dtype": None if autocast_dtype is None else str(autocast_dtype).split(".")[-1],
+            },
+            path,
+        )
+        chunks = [pending[i : i + chunk] for i in range(0, len(pending), chunk)]
         futures = {self.executor.submit(_evaluate_chunk, path, job_id, skeleton, all_points[c]): c for c in chunks}
         try:
             for fut in cf.as_completed(futures):
@@ -150,8 +177,19 @@ class WorkerPool:
         return False
 
 
-def evaluate_parallel(model, data, directions, all_points, pending, store, *, workers: int = 2, devices=None,
-                      pool: WorkerPool | None = None, **kw) -> None:
+def evaluate_parallel(
+    model,
+    data,
+    directions,
+    all_points,
+    pending,
+    store,
+    *,
+    workers: int = 2,
+    devices=None,
+    pool: WorkerPool | None = None,
+    **kw,
+) -> None:
     """``pool.run`` on the given pool, or on a pool started (and closed) for this call."""
     if pool is not None:
         pool.run(model, data, directions, all_points, pending, store, **kw)

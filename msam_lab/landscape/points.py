@@ -6,38 +6,25 @@ Each encoder runs once on the real inputs and once on a single all-zero sample; 
 runs, for all needed coalitions stacked in one batch (``coalitions.coalition_logits``). Also here: the
 grid, the seeded evaluation subset, the metric names and the fingerprints a saved surface is resumed by.
 """
+
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
-import json
-import math
-import time
-import zipfile
-import zlib
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from msam_lab.runs import atomic
-from msam_lab import distributed
-from msam_lab.models.coalitions import coalition_logits
 from msam_lab.datasets.base import in_memory
-from msam_lab.runs.surfaces import (DIRECTIONS, FORMAT_VERSION, META, RESUME_KEYS, Surface,
-                                     generalization_gap, write_lock)
 from msam_lab.landscape.directions import Direction, check_compatible
 from msam_lab.landscape.state import preserved
-
-
+from msam_lab.models.coalitions import coalition_logits
 
 # ---------------------------------------------------------------- grids, subsets, metrics
+
 
 def grid(n: int = 21, span: float = 1.0) -> np.ndarray:
     """``n`` evenly spaced coordinates in [−span, span]; ``n`` must be odd so 0 is on the grid."""
@@ -110,6 +97,7 @@ def directions_fingerprint(directions: Sequence[Direction]) -> str:
 
 # ---------------------------------------------------------------- one point
 
+
 def prepare_for_evaluation(model: nn.Module, channels_last="auto") -> None:
     """Eval mode; channels-last weights for convolutional models (much faster on CPU).
 
@@ -132,8 +120,16 @@ class PointEvaluator:
     CPU than one 512-sample NCHW batch).
     """
 
-    def __init__(self, model, data, directions: Sequence[Direction], per_modality: bool = True,
-                 batch_size: int | None = 32, autocast_dtype: torch.dtype | None = None, evaluation=None):
+    def __init__(
+        self,
+        model,
+        data,
+        directions: Sequence[Direction],
+        per_modality: bool = True,
+        batch_size: int | None = 32,
+        autocast_dtype: torch.dtype | None = None,
+        evaluation=None,
+    ):
         for d in directions:
             check_compatible(d, model)
         self.model = model
@@ -143,7 +139,7 @@ class PointEvaluator:
         device = next(model.parameters()).device
         self.params = [params[n] for n in names]
         self.theta0 = [params[n].detach().clone(memory_format=torch.preserve_format) for n in names]
-        self.dirs = []          # per parameter: [(k, tensor)] for the non-zero directions only
+        self.dirs = []  # per parameter: [(k, tensor)] for the non-zero directions only
         for n, p in zip(names, self.params):
             entries = []
             for k, d in enumerate(directions):
@@ -154,7 +150,7 @@ class PointEvaluator:
             self.dirs.append(entries)
         self.device = device
         self.autocast_dtype = autocast_dtype
-        self.evaluation = evaluation        # a ForwardEvaluation: any model, through the caller's forward
+        self.evaluation = evaluation  # a ForwardEvaluation: any model, through the caller's forward
         if evaluation is not None:
             self.names, self.n = evaluation.names, evaluation.n
             return
@@ -162,11 +158,12 @@ class PointEvaluator:
         self.masks, rows = coalition_plan(self.modalities, per_modality)
         self.rows = [r for _, r in rows]
         self.names = metric_names(self.modalities, per_modality)
-        data = in_memory(data.to(device))   # a StreamingData is read once, here (pass a subset)
+        data = in_memory(data.to(device))  # a StreamingData is read once, here (pass a subset)
         n = len(data)
         bs = n if not batch_size else int(batch_size)
-        self.batches = [({m: x[s:s + bs] for m, x in data.inputs.items()}, data.labels[s:s + bs])
-                        for s in range(0, n, bs)]
+        self.batches = [
+            ({m: x[s : s + bs] for m, x in data.inputs.items()}, data.labels[s : s + bs]) for s in range(0, n, bs)
+        ]
         self.n = n
 
     @torch.no_grad()
@@ -185,8 +182,11 @@ class PointEvaluator:
     def evaluate(self) -> np.ndarray:
         """Every metric (``self.names`` order) at the current parameters."""
         model = self.model
-        ctx = (torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype
-               else contextlib.nullcontext())
+        ctx = (
+            torch.autocast(self.device.type, dtype=self.autocast_dtype)
+            if self.autocast_dtype
+            else contextlib.nullcontext()
+        )
         if self.evaluation is not None:
             with ctx:
                 return self.evaluation(model)
@@ -203,8 +203,7 @@ class PointEvaluator:
                 k, n, c = logits.shape
                 if logits.dtype in (torch.float16, torch.bfloat16):
                     logits = logits.float()
-                loss = F.cross_entropy(logits.reshape(k * n, c), labels.repeat(k),
-                                       reduction="none").view(k, n).sum(1)
+                loss = F.cross_entropy(logits.reshape(k * n, c), labels.repeat(k), reduction="none").view(k, n).sum(1)
                 correct = (logits.argmax(-1) == labels).sum(1)
                 totals[:, 0] += loss.double()
                 totals[:, 1] += correct.double()
@@ -216,12 +215,17 @@ class PointEvaluator:
         return self.evaluate()
 
 
-def evaluate_points(model, data, directions: Sequence[Direction], points, per_modality: bool = True,
-                    batch_size: int | None = 32, channels_last="auto") -> tuple[list[str], np.ndarray]:
+def evaluate_points(
+    model,
+    data,
+    directions: Sequence[Direction],
+    points,
+    per_modality: bool = True,
+    batch_size: int | None = 32,
+    channels_last="auto",
+) -> tuple[list[str], np.ndarray]:
     """Metric names and values (P, n_metrics) at explicit ``points`` (P, n_dirs); model left untouched."""
     with preserved(model):
         prepare_for_evaluation(model, channels_last)
         ev = PointEvaluator(model, data, directions, per_modality, batch_size)
         return ev.names, np.stack([ev(p) for p in points]) if len(points) else np.zeros((0, len(ev.names)))
-
-

@@ -10,6 +10,7 @@ block of those parameters and ε moves only them. ``sharpness`` evaluates a
 ``MultimodalModel`` on a fixed seeded subset of a split, in eval mode, and
 leaves the model exactly as it found it.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -27,13 +28,34 @@ from msam_lab.landscape.directions import scope_parameters
 from msam_lab.landscape.points import eval_subset
 from msam_lab.landscape.state import preserved
 
-__all__ = ["HessianOperator", "Vector", "block_sharpness", "epsilon_sharpness", "fused_loss_fn",
-           "hutchinson_trace", "top_eigenvalues", "sharpness", "sharpness_table"]
+__all__ = [
+    "HessianOperator",
+    "Vector",
+    "block_sharpness",
+    "epsilon_sharpness",
+    "fused_loss_fn",
+    "hutchinson_trace",
+    "top_eigenvalues",
+    "sharpness",
+    "sharpness_table",
+]
 
 
-def sharpness(model, data, scope: str = "model", rho: float = 0.05, topk: int = 1, probes: int = 32,
-              seed: int = 0, max_iter: int = 100, tol: float = 1e-3, batch_size: int | None = 64,
-              n_samples: int | None = None, subset_seed: int = 0, evaluation=None) -> dict:
+def sharpness(
+    model,
+    data,
+    scope: str = "model",
+    rho: float = 0.05,
+    topk: int = 1,
+    probes: int = 32,
+    seed: int = 0,
+    max_iter: int = 100,
+    tol: float = 1e-3,
+    batch_size: int | None = 64,
+    n_samples: int | None = None,
+    subset_seed: int = 0,
+    evaluation=None,
+) -> dict:
     """Top-k eigenvalues, Hutchinson trace and ε-sharpness of the fused loss on ``data``, for ``scope``.
 
     ``data`` (a ``MultimodalData`` or ``StreamingData``) is used whole unless
@@ -55,8 +77,12 @@ def sharpness(model, data, scope: str = "model", rho: float = 0.05, topk: int = 
             if n_samples is not None:
                 data, _ = eval_subset(data, n_samples, subset_seed)
             loss_fn = fused_loss_fn(model, data.to(device), batch_size)
-        row = {"scope": scope, **block_sharpness(model, loss_fn, params, rho=rho, topk=topk, probes=probes,
-                                                 seed=seed, max_iter=max_iter, tol=tol)}
+        row = {
+            "scope": scope,
+            **block_sharpness(
+                model, loss_fn, params, rho=rho, topk=topk, probes=probes, seed=seed, max_iter=max_iter, tol=tol
+            ),
+        }
     return row
 
 

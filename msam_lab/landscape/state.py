@@ -13,6 +13,7 @@ weights, switch to eval mode, toggle ``requires_grad``, convert to
 channels-last. It may not change shapes or dtypes of the model's tensors
 (those are put back too, by re-seating the saved copy).
 """
+
 from __future__ import annotations
 
 import torch
@@ -25,11 +26,15 @@ def _clone(t: torch.Tensor) -> torch.Tensor:
 
 def _restore_values(live: torch.Tensor, saved: torch.Tensor) -> None:
     """Put ``saved``'s values (and layout) back into ``live`` without replacing the object."""
-    same_layout = (live.shape == saved.shape and live.dtype == saved.dtype
-                   and live.device == saved.device and live.stride() == saved.stride())
+    same_layout = (
+        live.shape == saved.shape
+        and live.dtype == saved.dtype
+        and live.device == saved.device
+        and live.stride() == saved.stride()
+    )
     if same_layout:
         live.data.copy_(saved)
-    else:                       # e.g. converted to channels-last inside the block
+    else:  # e.g. converted to channels-last inside the block
         live.data = saved
 
 
@@ -48,8 +53,9 @@ class preserved:
                     self._params.append((module, name, None, None, None, None, None))
                     continue
                 grad = p.grad
-                self._params.append((module, name, p, _clone(p), p.requires_grad,
-                                     grad, None if grad is None else _clone(grad)))
+                self._params.append(
+                    (module, name, p, _clone(p), p.requires_grad, grad, None if grad is None else _clone(grad))
+                )
             for name, b in module._buffers.items():
                 self._buffers.append((module, name, b, None if b is None else _clone(b)))
         return self.model
@@ -73,4 +79,3 @@ class preserved:
             module.training = training
         self._params = self._buffers = self._modes = None
         return False
-

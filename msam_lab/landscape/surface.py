@@ -26,6 +26,7 @@ Files, in the surface's folder (``<run>/landscapes/<name>/`` from the CLI)::
                      subset_index
     directions.npz   <k>:<parameter name> -> direction k's tensor
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -58,19 +59,42 @@ from msam_lab.landscape.state import preserved
 from msam_lab.runs.surfaces import FORMAT_VERSION, META, RESUME_KEYS, Surface, generalization_gap
 
 # the names this module held before points.py and runs/surfaces.py took them over: still importable here
-__all__ = ["FORMAT_VERSION", "PointEvaluator", "Surface", "SurfaceOptions", "coalition_plan", "compute_surface",
-           "directions_fingerprint", "eval_subset", "evaluate_points", "fingerprint", "generalization_gap", "grid",
-           "metric_names", "model_fingerprint", "prepare_for_evaluation"]
-
+__all__ = [
+    "FORMAT_VERSION",
+    "PointEvaluator",
+    "Surface",
+    "SurfaceOptions",
+    "coalition_plan",
+    "compute_surface",
+    "directions_fingerprint",
+    "eval_subset",
+    "evaluate_points",
+    "fingerprint",
+    "generalization_gap",
+    "grid",
+    "metric_names",
+    "model_fingerprint",
+    "prepare_for_evaluation",
+]
 
 
 # ---------------------------------------------------------------- the result
 
 
-
-def compute_surface(model, data, directions: Sequence[Direction], coords: Sequence[np.ndarray],
-                    options: SurfaceOptions | None = None, *, path=None, pool=None, meta: dict | None = None,
-                    progress: Callable[[int, int], None] | None = None, evaluation=None, **overrides) -> Surface:
+def compute_surface(
+    model,
+    data,
+    directions: Sequence[Direction],
+    coords: Sequence[np.ndarray],
+    options: SurfaceOptions | None = None,
+    *,
+    path=None,
+    pool=None,
+    meta: dict | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    evaluation=None,
+    **overrides,
+) -> Surface:
     """Evaluate ``model`` on the grid ``coords`` (one array per direction) around its current θ₀.
 
     ``options``: a ``SurfaceOptions`` (how to evaluate: subset, batches, workers, ...); keywords
@@ -93,23 +117,34 @@ def compute_surface(model, data, directions: Sequence[Direction], coords: Sequen
     The model is left bitwise as it was.
     """
     o = SurfaceOptions.build(options, **overrides)
-    per_modality, n_samples, batch_size, workers, devices = (o.per_modality, o.n_samples, o.batch_size,
-                                                             o.workers, o.devices)
+    per_modality, n_samples, batch_size, workers, devices = (
+        o.per_modality,
+        o.n_samples,
+        o.batch_size,
+        o.workers,
+        o.devices,
+    )
     directions = [dict(d) for d in directions]
     coords = [np.asarray(c, dtype=float).reshape(-1) for c in coords]
     if not 1 <= len(coords) <= 2 or len(coords) != len(directions):
-        raise ValueError(f"give 1 or 2 directions and one coordinate array per direction; "
-                         f"got {len(directions)} directions and {len(coords)} coordinate arrays")
+        raise ValueError(
+            f"give 1 or 2 directions and one coordinate array per direction; "
+            f"got {len(directions)} directions and {len(coords)} coordinate arrays"
+        )
     world = distributed.world_size()
     if world > 1 and (workers != 1 or devices or pool is not None):
-        raise ValueError(f"under torchrun the {world} ranks share the grid: use workers=1 and no devices or "
-                         "pool (start one rank per core or GPU instead)")
+        raise ValueError(
+            f"under torchrun the {world} ranks share the grid: use workers=1 and no devices or "
+            "pool (start one rank per core or GPU instead)"
+        )
     for d in directions:
         check_compatible(d, model)
     if evaluation is not None:
         if workers != 1 or devices or pool is not None:
-            raise ValueError("a ForwardEvaluation runs in this process (your forward need not be importable "
-                             "by workers): use workers=1")
+            raise ValueError(
+                "a ForwardEvaluation runs in this process (your forward need not be importable "
+                "by workers): use workers=1"
+            )
         device = next(model.parameters()).device
         subset, index, n_samples = None, np.arange(evaluation.to(device).n), None
         names, modalities, per_modality = evaluation.names, evaluation.modalities, evaluation.per_modality
@@ -118,15 +153,23 @@ def compute_surface(model, data, directions: Sequence[Direction], coords: Sequen
         names, modalities = metric_names(tuple(model.modalities), per_modality), tuple(model.modalities)
     shape = tuple(len(c) for c in coords)
     info = {
-        "format_version": FORMAT_VERSION, "dim": len(coords), "shape": list(shape), "metrics": names,
-        "modalities": list(modalities), "per_modality": per_modality,
-        "n_samples": int(len(index)), "n_samples_requested": n_samples, "subset_seed": int(o.subset_seed),
-        "model_sha1": model_fingerprint(model), "directions_sha1": directions_fingerprint(directions),
+        "format_version": FORMAT_VERSION,
+        "dim": len(coords),
+        "shape": list(shape),
+        "metrics": names,
+        "modalities": list(modalities),
+        "per_modality": per_modality,
+        "n_samples": int(len(index)),
+        "n_samples_requested": n_samples,
+        "subset_seed": int(o.subset_seed),
+        "model_sha1": model_fingerprint(model),
+        "directions_sha1": directions_fingerprint(directions),
         "direction_norms": [float(sum(t.double().pow(2).sum() for t in d.values()) ** 0.5) for d in directions],
         "parameters": sorted({n for d in directions for n in d}),
-        "batch_size": batch_size, "torch": torch.__version__,
+        "batch_size": batch_size,
+        "torch": torch.__version__,
         "autocast_dtype": None if o.autocast_dtype is None else str(o.autocast_dtype),
-        "batches_sha1": None if evaluation is None else evaluation.sha1,     # a ForwardEvaluation's data
+        "batches_sha1": None if evaluation is None else evaluation.sha1,  # a ForwardEvaluation's data
     }
     info.update(meta or {})
     info.setdefault("split", None)
@@ -140,8 +183,11 @@ def compute_surface(model, data, directions: Sequence[Direction], coords: Sequen
             if len(old.coords) != len(coords) or any(not np.array_equal(a, b) for a, b in zip(old.coords, coords)):
                 diffs.insert(0, "grid")
             if diffs:
-                raise OptionError("path", f"path {path} already holds a surface computed with other settings "
-                                          f"({', '.join(diffs)} differ); choose another path= or pass overwrite=True")
+                raise OptionError(
+                    "path",
+                    f"path {path} already holds a surface computed with other settings "
+                    f"({', '.join(diffs)} differ); choose another path= or pass overwrite=True",
+                )
             surface = old
             surface.meta.update({k: v for k, v in info.items() if k not in surface.meta})
     if world > 1 and path is not None:
@@ -153,13 +199,14 @@ def compute_surface(model, data, directions: Sequence[Direction], coords: Sequen
     if surface is None:
         info["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         info["seconds"] = 0.0
-        surface = Surface(coords, {k: np.full(shape, np.nan) for k in names}, np.zeros(shape, dtype=bool),
-                          directions, info, index)
+        surface = Surface(
+            coords, {k: np.full(shape, np.nan) for k in names}, np.zeros(shape, dtype=bool), directions, info, index
+        )
         if path is not None:
             if distributed.is_main():
                 surface.save(path)
             else:
-                surface.path = path         # rank 0 writes the files; this rank only keeps the values
+                surface.path = path  # rank 0 writes the files; this rank only keeps the values
 
     all_points = surface.points()
     pending = np.flatnonzero(~surface.done.reshape(-1))
@@ -200,8 +247,9 @@ def compute_surface(model, data, directions: Sequence[Direction], coords: Sequen
             try:
                 with preserved(model):
                     prepare_for_evaluation(model, o.channels_last)
-                    ev = PointEvaluator(model, subset, directions, per_modality, batch_size, o.autocast_dtype,
-                                        evaluation)
+                    ev = PointEvaluator(
+                        model, subset, directions, per_modality, batch_size, o.autocast_dtype, evaluation
+                    )
                     if world == 1:
                         for i in pending:
                             store([i], ev(all_points[i])[None])
@@ -212,12 +260,25 @@ def compute_surface(model, data, directions: Sequence[Direction], coords: Sequen
         else:
             n_workers = pool.n_workers if pool is not None else len(resolve_devices(devices) or [0] * workers)
             chunk = max(1, min(o.flush_every, math.ceil(len(pending) / (4 * n_workers))))
-            evaluate_parallel(model, subset, directions, all_points, pending, store, workers=workers,
-                              devices=devices, pool=pool, per_modality=per_modality, batch_size=batch_size,
-                              channels_last=o.channels_last, autocast_dtype=o.autocast_dtype, chunk=chunk)
+            evaluate_parallel(
+                model,
+                subset,
+                directions,
+                all_points,
+                pending,
+                store,
+                workers=workers,
+                devices=devices,
+                pool=pool,
+                per_modality=per_modality,
+                batch_size=batch_size,
+                channels_last=o.channels_last,
+                autocast_dtype=o.autocast_dtype,
+                chunk=chunk,
+            )
     finally:
         flush()
-    distributed.barrier()       # rank 0's files are whole before any rank returns (and may read them)
+    distributed.barrier()  # rank 0's files are whole before any rank returns (and may read them)
     return surface
 
 
@@ -232,7 +293,7 @@ def _evaluate_sharded(ev: PointEvaluator, points: np.ndarray, pending: np.ndarra
     world, r = distributed.world_size(), distributed.rank()
     step = per_rank * world
     for start in range(0, len(pending), step):
-        block = pending[start:start + step]
+        block = pending[start : start + step]
         mine = [(int(i), ev(points[i])) for i in block[r::world]]
         got = sorted((pair for part in distributed.gather_objects(mine) for pair in part), key=lambda p: p[0])
         for i, v in got:

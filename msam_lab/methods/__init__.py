@@ -1,7 +1,7 @@
 """Training methods, one interface: ``Method(model, config).step(inputs, labels) -> record``."""
+
 from __future__ import annotations
 
-from msam_lab.registry import Registry, shown
 from msam_lab.methods.agm import AGM
 from msam_lab.methods.base import Method, Observation
 from msam_lab.methods.cggm import CGGM
@@ -13,6 +13,7 @@ from msam_lab.methods.ogm_ge import OGMGE
 from msam_lab.methods.reconboost import ReconBoost
 from msam_lab.methods.sam import SAMMethod
 from msam_lab.methods.unimodal import Unimodal
+from msam_lab.registry import Registry, shown
 
 METHODS: dict[str, type[Method]] = {
     "joint": Joint,
@@ -26,13 +27,14 @@ METHODS: dict[str, type[Method]] = {
     "mie": MIE,
     "unimodal": Unimodal,
 }
-METHOD_NAMES = tuple(METHODS)     # the built-ins; method_names() adds the registered plug-ins
+METHOD_NAMES = tuple(METHODS)  # the built-ins; method_names() adds the registered plug-ins
 
 
 def _check_method_class(name: str, cls) -> None:
     if not (isinstance(cls, type) and issubclass(cls, Method)):
-        raise ValueError(f"method {name!r}: register a subclass of msam_lab.methods.Method (e.g. of Joint), "
-                         f"got {shown(cls)}")
+        raise ValueError(
+            f"method {name!r}: register a subclass of msam_lab.methods.Method (e.g. of Joint), got {shown(cls)}"
+        )
 
 
 # name -> Method subclass; a built-in's entry is its class, so registering that class again is a no-op
@@ -68,5 +70,16 @@ def build_method(model, config) -> Method:
     return method_class(config.method)(model, config)
 
 
-__all__ = ["Method", "Observation", "METHODS", "METHOD_NAMES", "build_method", "validate_method_config",
-           "method_names", "method_class", "register_method", "unregister_method", "METHOD_REGISTRY"]
+__all__ = [
+    "Method",
+    "Observation",
+    "METHODS",
+    "METHOD_NAMES",
+    "build_method",
+    "validate_method_config",
+    "method_names",
+    "method_class",
+    "register_method",
+    "unregister_method",
+    "METHOD_REGISTRY",
+]

@@ -36,6 +36,7 @@ models; for mode-dependent models they come from eval mode, as in the code). The
 occasional gradient-norm clipping (when a head weight's gradient exceeds 1 or 5) is not
 reproduced.
 """
+
 from __future__ import annotations
 
 import math
@@ -58,11 +59,11 @@ SCORE_FLOOR = 1e-8
 
 @dataclass
 class AGMOptions(MethodOptions):
-    agm_alpha: float = 1.0                  # AGM α (code default)
-    agm_start_epoch: int = 0                # modulation window, 0-based and inclusive (code: 0..20)
+    agm_alpha: float = 1.0  # AGM α (code default)
+    agm_start_epoch: int = 0  # modulation window, 0-based and inclusive (code: 0..20)
     agm_end_epoch: int = 20
-    agm_momentum: float = 0.0               # 0: running score = mean of past batches (code); >0: EMA
-    agm_clip: float = 7.0                   # cap on η_m − r_m inside exp (3-modality code: 7)
+    agm_momentum: float = 0.0  # 0: running score = mean of past batches (code); >0: EMA
+    agm_clip: float = 7.0  # cap on η_m − r_m inside exp (3-modality code: 7)
 
 
 def agm_scores(per_modality_logits, labels) -> np.ndarray:
@@ -105,8 +106,9 @@ class AGM(Method):
         if o.agm_alpha < 0:
             raise ConfigError(f"agm_alpha must be >= 0, got {o.agm_alpha}")
         if not 0.0 <= o.agm_momentum < 1.0:
-            raise ConfigError(f"agm_momentum must be in [0, 1) (0: running mean as in the AGM code), "
-                              f"got {o.agm_momentum}")
+            raise ConfigError(
+                f"agm_momentum must be in [0, 1) (0: running mean as in the AGM code), got {o.agm_momentum}"
+            )
         if o.agm_clip <= 0:
             raise ConfigError(f"agm_clip must be > 0, got {o.agm_clip}")
         check_window(o, "agm")
@@ -115,8 +117,10 @@ class AGM(Method):
     def validate_modalities(cls, config, modalities) -> None:
         check_min_modalities(cls.name, modalities)
         if len(modalities) > shapley.EXACT_MAX:
-            raise ConfigError(f"agm decomposes the logits exactly over all 2^M coalitions and supports at most "
-                              f"{shapley.EXACT_MAX} modalities; this dataset has {len(modalities)}")
+            raise ConfigError(
+                f"agm decomposes the logits exactly over all 2^M coalitions and supports at most "
+                f"{shapley.EXACT_MAX} modalities; this dataset has {len(modalities)}"
+            )
 
     def active(self) -> bool:
         epoch = getattr(self, "epoch", 0)
@@ -133,8 +137,9 @@ class AGM(Method):
     def decomposed(self, features) -> torch.Tensor:
         """(M, B, C) Shapley-decomposed logits, with gradient."""
         n_mod = len(self.model.modalities)
-        logits = coalitions.coalition_logits(self.model, features, absent_features(self.model),
-                                             shapley.all_masks(n_mod))
+        logits = coalitions.coalition_logits(
+            self.model, features, absent_features(self.model), shapley.all_masks(n_mod)
+        )
         return coalitions.decomposed_logits(logits)
 
     def step(self, inputs, labels):
@@ -143,7 +148,7 @@ class AGM(Method):
         features = model.encode(inputs)
         obs = self.observe(inputs, labels, features)
         per_modality = self.decomposed(features).unbind(0)
-        scores = distributed.mean_over_ranks(agm_scores(per_modality, labels), len(labels))   # the global batch's
+        scores = distributed.mean_over_ranks(agm_scores(per_modality, labels), len(labels))  # the global batch's
         if self.active():
             coef = agm_coefficients(scores, self.running, o.agm_alpha, o.agm_clip)
         else:

@@ -6,6 +6,7 @@ Shapley observation of the batch (accuracy of each modality coalition at the
 pre-step weights), so dominance can be compared across methods; M-SAM uses it
 to decide, the others only log it.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -26,14 +27,14 @@ from msam_lab.optim.precision import Precision
 
 @dataclass
 class Observation:
-    phi: np.ndarray        # Shapley values (M,)
-    share: np.ndarray      # shares (M,), sum to one
-    dominant: int          # index of the dominant modality
+    phi: np.ndarray  # Shapley values (M,)
+    share: np.ndarray  # shares (M,), sum to one
+    dominant: int  # index of the dominant modality
 
 
 class Method:
     name = "base"
-    OPTIONS = None      # the method's own options dataclass (msam_lab.methods.options), None: no options
+    OPTIONS = None  # the method's own options dataclass (msam_lab.methods.options), None: no options
 
     def __init__(self, model: MultimodalModel, config: Config):
         self.validate_modalities(config, model.modalities)
@@ -41,8 +42,8 @@ class Method:
         self.config = config
         self._previous_dominant: int | None = None
         self.precision = Precision(config.precision, next(model.parameters()).device)
-        self.lr_factor = 1.0                  # the schedule's factor for this epoch (set_lr_factor)
-        self.batch_samples = 0                # this rank's samples in the current step (train_step)
+        self.lr_factor = 1.0  # the schedule's factor for this epoch (set_lr_factor)
+        self.batch_samples = 0  # this rank's samples in the current step (train_step)
         self.optimizer = self.make_base_optimizer(model.parameters())
 
     def make_base_optimizer(self, params) -> torch.optim.Optimizer:
@@ -74,7 +75,7 @@ class Method:
 
     def train_step(self, inputs: Batch, labels: torch.Tensor) -> dict:
         """``step`` under the configured precision: forwards autocast, the fp16 scale updated after."""
-        self.batch_samples = len(labels)      # the weight of this rank's shard in every reduction
+        self.batch_samples = len(labels)  # the weight of this rank's shard in every reduction
         with self.precision.autocast():
             row = self.step(inputs, labels)
         overflow = self.precision.end_step()
@@ -84,8 +85,11 @@ class Method:
         raise NotImplementedError
 
     def state_dict(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict(), "previous_dominant": self._previous_dominant,
-                "precision": self.precision.state_dict()}
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "previous_dominant": self._previous_dominant,
+            "precision": self.precision.state_dict(),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
@@ -133,10 +137,21 @@ class Method:
             masks = [shapley.mask_of([m for m, name in enumerate(names) if name in p]) for p in presents]
             return coalitions.model_coalition_logits(model, inputs, masks, features)
 
-        rec = msam.observe(None, labels, names, loss_fn=None, share_rule=c.share_rule, tie_rule=c.tie_rule,
-                           shapley_value=c.shapley_value, exact_max=c.shapley_exact_max,
-                           n_permutations=c.shapley_permutations, seed=c.seed, previous=self._previous_dominant,
-                           share_temperature=c.share_temperature, coalitions=logits)
+        rec = msam.observe(
+            None,
+            labels,
+            names,
+            loss_fn=None,
+            share_rule=c.share_rule,
+            tie_rule=c.tie_rule,
+            shapley_value=c.shapley_value,
+            exact_max=c.shapley_exact_max,
+            n_permutations=c.shapley_permutations,
+            seed=c.seed,
+            previous=self._previous_dominant,
+            share_temperature=c.share_temperature,
+            coalitions=logits,
+        )
         d = names.index(rec.dominant)
         if c.dist_debug:
             distributed.check_same(int(d), "the dominant modality")
@@ -159,8 +174,11 @@ class Method:
 
     def per_modality(self, **columns) -> dict:
         """``coef=[...]`` -> ``{"coef_image": ..., "coef_audio": ...}`` for the step table."""
-        return {f"{key}_{name}": float(values[m])
-                for key, values in columns.items() for m, name in enumerate(self.model.modalities)}
+        return {
+            f"{key}_{name}": float(values[m])
+            for key, values in columns.items()
+            for m, name in enumerate(self.model.modalities)
+        }
 
     def record(self, loss: torch.Tensor, obs: Observation, **extra) -> dict:
         """The step row; ``loss`` is the global batch's mean under data parallelism."""

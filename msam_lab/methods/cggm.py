@@ -61,6 +61,7 @@ the encoders and never adds any. ``cggm_guard=false`` is the code's
 rule; a larger ``cggm_bound`` keeps more of its boosts above 1. The code also clips
 gradients for all of its baselines; we clip only here.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -81,13 +82,13 @@ from msam_lab.optim import base as optim
 
 @dataclass
 class CGGMOptions(MethodOptions):
-    cggm_rho: float = 1.3                   # CGGM ρ: encoder m's grads scaled by ρ·B_m
-    cggm_lambda: float = 0.2                # λ of the direction term L_gm
-    cggm_cls_lr: float | None = None        # aux classifiers' lr; None: lr/2 (code's cls_lr/lr)
-    cggm_clip: float = 0.8                  # grad-norm clip after modulation (code: 0.8; 0 = off)
-    cggm_eps: float = 1e-8                  # added to Σ diff in B_m
-    cggm_guard: bool = True                 # clip B_m to [0, cggm_bound] (ours; false: the code's unbounded B)
-    cggm_bound: float = 1.0                 # guard's upper bound: B's range when all diffs share a sign
+    cggm_rho: float = 1.3  # CGGM ρ: encoder m's grads scaled by ρ·B_m
+    cggm_lambda: float = 0.2  # λ of the direction term L_gm
+    cggm_cls_lr: float | None = None  # aux classifiers' lr; None: lr/2 (code's cls_lr/lr)
+    cggm_clip: float = 0.8  # grad-norm clip after modulation (code: 0.8; 0 = off)
+    cggm_eps: float = 1e-8  # added to Σ diff in B_m
+    cggm_guard: bool = True  # clip B_m to [0, cggm_bound] (ours; false: the code's unbounded B)
+    cggm_bound: float = 1.0  # guard's upper bound: B's range when all diffs share a sign
 
 
 def cggm_coefficients(acc_prev, acc_now, eps: float = 1e-8, bound: float | None = None) -> np.ndarray:
@@ -155,7 +156,7 @@ class CGGM(Method):
         cls_lr = config.lr / 2 if o.cggm_cls_lr is None else o.cggm_cls_lr
         self.aux_optimizer = optim.make_optimizer(self.aux.parameters(), config, cls_lr)
         self.acc_prev = np.zeros(len(model.modalities))
-        self.pending: dict | None = None      # B and weight snapshots for next step's L_gm
+        self.pending: dict | None = None  # B and weight snapshots for next step's L_gm
 
     @classmethod
     def validate_config(cls, config) -> None:
@@ -178,8 +179,7 @@ class CGGM(Method):
     def direction_loss(self, coef, aux_weights, fusion_weights) -> torch.Tensor:
         """L_gm = (Σ|B| − Σ B_m·cos(w_aux_m, w_fus_m)) / M (differentiable in ``fusion_weights``)."""
         n_mod = len(coef)
-        cos = [F.cosine_similarity(a.reshape(-1), w.reshape(-1), dim=0)
-               for a, w in zip(aux_weights, fusion_weights)]
+        cos = [F.cosine_similarity(a.reshape(-1), w.reshape(-1), dim=0) for a, w in zip(aux_weights, fusion_weights)]
         return (float(np.abs(coef).sum()) - sum(float(b) * c for b, c in zip(coef, cos))) / n_mod
 
     def add_direction_grad(self) -> float:
@@ -203,19 +203,21 @@ class CGGM(Method):
     def step(self, inputs, labels):
         model, c = self.model, self.options
         features, obs, loss = self.fused_backward(inputs, labels)
-        self.precision.unscale(self.optimizer)    # fp16: the direction term and the scaling below are unscaled
+        self.precision.unscale(self.optimizer)  # fp16: the direction term and the scaling below are unscaled
         l_gm_prev = self.add_direction_grad()
 
         self.aux_optimizer.zero_grad(set_to_none=True)
         aux_logits = [head(f.detach()) for head, f in zip(self.aux, features)]
         self.backward(sum(F.cross_entropy(z, labels) for z in aux_logits))
         acc_now = np.array([float((z.detach().argmax(1) == labels).float().mean()) for z in aux_logits])
-        acc_now = distributed.mean_over_ranks(acc_now, len(labels))      # data parallel: the global batch's
+        acc_now = distributed.mean_over_ranks(acc_now, len(labels))  # data parallel: the global batch's
         coef = cggm_coefficients(self.acc_prev, acc_now, c.cggm_eps, c.cggm_bound if c.cggm_guard else None)
         self.acc_prev = acc_now
-        self.pending = {"coef": coef.tolist(),
-                        "aux": [h.out_layer.weight.detach().clone() for h in self.aux],
-                        "fusion": [w[:, cols].detach().clone() for w, cols in self.targets]}
+        self.pending = {
+            "coef": coef.tolist(),
+            "aux": [h.out_layer.weight.detach().clone() for h in self.aux],
+            "fusion": [w[:, cols].detach().clone() for w, cols in self.targets],
+        }
 
         with torch.no_grad():
             for m, name in enumerate(model.modalities):
@@ -233,9 +235,13 @@ class CGGM(Method):
         return super().optimizers() + [self.aux_optimizer]
 
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "aux": self.aux.state_dict(),
-                "aux_optimizer": self.aux_optimizer.state_dict(),
-                "acc_prev": self.acc_prev.tolist(), "pending": self.pending}
+        return {
+            **super().state_dict(),
+            "aux": self.aux.state_dict(),
+            "aux_optimizer": self.aux_optimizer.state_dict(),
+            "acc_prev": self.acc_prev.tolist(),
+            "pending": self.pending,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)

@@ -1,4 +1,5 @@
 """Joint training: cross-entropy on the fused output, one base-optimizer step."""
+
 from __future__ import annotations
 
 from msam_lab.methods.base import Method

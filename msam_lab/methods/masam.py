@@ -25,6 +25,7 @@ default) perturbs every encoder, each block normalised on its own (‖ε_m‖ = 
 ``aps_scores`` and ``mdps_perturbation`` are pure functions of per-modality lists of
 gradient tensors, so they work on any model's parameter groups.
 """
+
 from __future__ import annotations
 
 import typing
@@ -48,10 +49,10 @@ MODES = typing.get_args(Mode)
 
 @dataclass
 class MASAMOptions(MethodOptions):
-    masam_mode: Mode = "paper"              # paper | code (the released code's quirks); ρ is the shared `rho`
-    masam_beta: float = 0.9                 # EMA β of each unimodal loss (code: --momentum 0.9)
-    masam_w: float = 0.5                    # APS weight of the loss decay D vs alignment S (--score_weight)
-    masam_aps: bool | None = None           # APS picks one encoder; false: perturb all; None: paper on, code off
+    masam_mode: Mode = "paper"  # paper | code (the released code's quirks); ρ is the shared `rho`
+    masam_beta: float = 0.9  # EMA β of each unimodal loss (code: --momentum 0.9)
+    masam_w: float = 0.5  # APS weight of the loss decay D vs alignment S (--score_weight)
+    masam_aps: bool | None = None  # APS picks one encoder; false: perturb all; None: paper on, code off
 
 
 # -- the rules, model-agnostic -------------------------------------------------------
@@ -77,8 +78,9 @@ def tensor_cosine(u: torch.Tensor, a: torch.Tensor) -> float:
 
 def alignment(u, a) -> np.ndarray:
     """S_m: per modality, the mean over its tensors of cos(u_p, a_p) (0 for an empty block)."""
-    return np.array([float(np.mean([tensor_cosine(up, ap) for up, ap in zip(um, am)])) if um else 0.0
-                     for um, am in zip(u, a)])
+    return np.array(
+        [float(np.mean([tensor_cosine(up, ap) for up, ap in zip(um, am)])) if um else 0.0 for um, am in zip(u, a)]
+    )
 
 
 def loss_decay(losses, state: dict | None, beta: float) -> tuple[np.ndarray, dict]:
@@ -95,8 +97,7 @@ def loss_decay(losses, state: dict | None, beta: float) -> tuple[np.ndarray, dic
     return decay, {"ema": ema.tolist(), "last": losses.tolist()}
 
 
-def aps_scores(u, a, losses, state: dict | None = None, beta: float = 0.9,
-               w: float = 0.5) -> tuple[np.ndarray, dict]:
+def aps_scores(u, a, losses, state: dict | None = None, beta: float = 0.9, w: float = 0.5) -> tuple[np.ndarray, dict]:
     """APS_m = w·D_m + (1−w)·S_m for every modality; the dominant one is ``argmax``.
 
     ``u[m]``/``a[m]``: the gradients of L_m / of L_mm for the tensors of modality m's encoder
@@ -127,8 +128,7 @@ def mdps_kappa(u, a, mode: str = "paper") -> float:
     if mode == "code":
         cos = tensor_cosine(u[-1], a[-1])
     else:
-        cos = _cos(sum(_dot(x, y) for x, y in zip(u, a)), sum(_dot(x, x) for x in u),
-                   sum(_dot(y, y) for y in a))
+        cos = _cos(sum(_dot(x, y) for x, y in zip(u, a)), sum(_dot(x, x) for x in u), sum(_dot(y, y) for y in a))
     return cos if cos > 0 else 1.0
 
 
@@ -173,8 +173,7 @@ class MASAM(SAMMethod):
         self.aps_state: dict | None = None
 
     def make_base_optimizer(self, params):
-        return optim.make_optimizer([{"params": list(params)}, {"params": list(self.aux.parameters())}],
-                                    self.config)
+        return optim.make_optimizer([{"params": list(params)}, {"params": list(self.aux.parameters())}], self.config)
 
     @classmethod
     def validate_config(cls, config) -> None:
@@ -192,8 +191,10 @@ class MASAM(SAMMethod):
     def validate_modalities(cls, config, modalities) -> None:
         check_min_modalities(cls.name, modalities)
         if MASAMOptions.of(config).masam_mode == "code" and len(modalities) != 2:
-            raise ConfigError(f"masam_mode=code follows the released code, which runs two modalities; this "
-                              f"dataset has {len(modalities)} ({', '.join(modalities)}); use masam_mode=paper")
+            raise ConfigError(
+                f"masam_mode=code follows the released code, which runs two modalities; this "
+                f"dataset has {len(modalities)} ({', '.join(modalities)}); use masam_mode=paper"
+            )
 
     def uses_aps(self) -> bool:
         aps = self.options.masam_aps
@@ -213,11 +214,12 @@ class MASAM(SAMMethod):
         aux = list(self.aux.parameters())
         self.optimizer.zero_grad(set_to_none=True)
         # L_m reaches only encoder m (and head m), so ∇ of Σ_m L_m on encoder m's block is u = ∇L_m
-        uni = torch.autograd.grad(self.precision.scale(sum(aux_losses)), encoder + aux,
-                                  retain_graph=True, allow_unused=True)
-        self.backward(loss_mm)                       # p.grad = a on the encoders
+        uni = torch.autograd.grad(
+            self.precision.scale(sum(aux_losses)), encoder + aux, retain_graph=True, allow_unused=True
+        )
+        self.backward(loss_mm)  # p.grad = a on the encoders
         multi = [None if p.grad is None else p.grad.clone() for p in encoder]
-        add_to_grads(encoder + aux, uni)             # p.grad = ∇L(θ) everywhere
+        add_to_grads(encoder + aux, uni)  # p.grad = ∇L(θ) everywhere
         # per block only the tensors both losses reach (fp16: all scaled alike, the rules are scale-free)
         grads = dict(zip(encoder, zip(uni, multi)))
         kept = [[p for p in b if grads[p][0] is not None and grads[p][1] is not None] for b in blocks]
@@ -244,32 +246,42 @@ class MASAM(SAMMethod):
                 for p, e in zip(blocks[m], mdps_perturbation(u[m], a[m], c.rho, o.masam_mode)):
                     saved.append((p, p.detach().clone()))
                     p.add_(e.to(p.dtype))
-        torch.clear_autocast_cache()                 # the perturbed forward must not reuse cached copies of θ
+        torch.clear_autocast_cache()  # the perturbed forward must not reuse cached copies of θ
 
         def perturbed_loss():
             features = model.encode(inputs)
             return self.loss(model.fuse(features), labels) + sum(
-                self.loss(head(f), labels) for head, f in zip(self.aux, features))
+                self.loss(head(f), labels) for head, f in zip(self.aux, features)
+            )
 
         self.optimizer.zero_grad(set_to_none=True)
-        self.perturbed_backward(perturbed_loss)      # BN statistics kept as bn_policy says
+        self.perturbed_backward(perturbed_loss)  # BN statistics kept as bn_policy says
 
         with torch.no_grad():
             for p, old in saved:
-                p.copy_(old)                         # θ back bit for bit
+                p.copy_(old)  # θ back bit for bit
             for p, g in zip(heads, clean_heads):
-                p.grad = g                           # heads: the clean ∇L(θ)
+                p.grad = g  # heads: the clean ∇L(θ)
         torch.clear_autocast_cache()
         self.update()
 
         names = model.modalities
         # both choices are computed here: does M-SAM's Shapley-dominant modality agree with MASAM's APS?
-        return self.record(loss_mm, obs, aps_dominant=names[d], aps_agrees=int(d == obs.dominant),
-                           kappa=float(np.mean([kappas[m] for m in perturbed])),
-                           loss_total=float(loss_mm.detach()) + sum(aux_losses),
-                           **self.per_modality(aps=scores, decay=self.aps_state["decay"],
-                                               align=self.aps_state["align"], kappa=kappas,
-                                               aux_loss=aux_losses))
+        return self.record(
+            loss_mm,
+            obs,
+            aps_dominant=names[d],
+            aps_agrees=int(d == obs.dominant),
+            kappa=float(np.mean([kappas[m] for m in perturbed])),
+            loss_total=float(loss_mm.detach()) + sum(aux_losses),
+            **self.per_modality(
+                aps=scores,
+                decay=self.aps_state["decay"],
+                align=self.aps_state["align"],
+                kappa=kappas,
+                aux_loss=aux_losses,
+            ),
+        )
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "aux": self.aux.state_dict(), "aps_state": self.aps_state}

@@ -50,6 +50,7 @@ Also differing from the code: one ρ for encoder and head (the code has ``noise_
 ``noise_ratio_cls``, both 1e-10); a zero-norm gradient tensor gets ε = 0 (the code divides by
 zero); the code's per-stage StepLR(40, 0.1) is the run's lr schedule here.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -71,14 +72,14 @@ from msam_lab.optim import schedules
 @dataclass
 class MIEOptions(MethodOptions):
     mie_stage_epochs: list = field(default_factory=lambda: [25, 50])  # epochs of stage s (cycled; code CREMA-D)
-    mie_stage_steps: int = 0                # > 0: every stage lasts this many steps instead (ours, short runs)
-    mie_order: list = field(default_factory=list)   # stage order of modalities; []: dataset order (code: audio first)
-    mie_mixup_alpha: float = 1.0            # λ ~ Beta(α, α); 0: no mixup (code mixup_alpha 1.0)
-    mie_rho: float = 1e-10                  # per-tensor step ρ·g/‖g‖ (code noise_ratio; nil in float32)
-    mie_restore: bool = False               # undo ε before the update (code: never undone)
-    mie_ori_weight: float = 0.7             # weight of the mixup loss (code 1 − flat_ratio)
-    mie_flat_weight: float = 0.3            # weight of the flat loss (code flat_ratio 0.3)
-    mie_temperature: float = 0.4            # T in exp(−T·(λ−λmin)/(λmax−λmin)) (code temperature1)
+    mie_stage_steps: int = 0  # > 0: every stage lasts this many steps instead (ours, short runs)
+    mie_order: list = field(default_factory=list)  # stage order of modalities; []: dataset order (code: audio first)
+    mie_mixup_alpha: float = 1.0  # λ ~ Beta(α, α); 0: no mixup (code mixup_alpha 1.0)
+    mie_rho: float = 1e-10  # per-tensor step ρ·g/‖g‖ (code noise_ratio; nil in float32)
+    mie_restore: bool = False  # undo ε before the update (code: never undone)
+    mie_ori_weight: float = 0.7  # weight of the mixup loss (code 1 − flat_ratio)
+    mie_flat_weight: float = 0.3  # weight of the flat loss (code flat_ratio 0.3)
+    mie_temperature: float = 0.4  # T in exp(−T·(λ−λmin)/(λmax−λmin)) (code temperature1)
 
 
 def mixup_draw(rng: np.random.Generator, n: int, alpha: float) -> tuple[float, np.ndarray]:
@@ -89,7 +90,7 @@ def mixup_draw(rng: np.random.Generator, n: int, alpha: float) -> tuple[float, n
 
 def soft_projection(cov: torch.Tensor, temperature: float) -> torch.Tensor:
     """P = V·diag(exp(−T·(λ−λ_min)/(λ_max−λ_min)))·Vᵀ from the SVD of ``cov`` (identity if λ is flat)."""
-    c = cov.detach().to("cpu", torch.float64)       # small (d×d); SVD in double on the CPU everywhere
+    c = cov.detach().to("cpu", torch.float64)  # small (d×d); SVD in double on the CPU everywhere
     _, s, vh = torch.linalg.svd(c)
     spread = s.max() - s.min()
     if not spread > 0:
@@ -110,8 +111,11 @@ def mean_softmax_logits(model, inputs) -> torch.Tensor:
 
 
 def _positive_ints(value) -> bool:
-    return (isinstance(value, list) and len(value) > 0
-            and all(isinstance(v, int) and not isinstance(v, bool) and 0 < v < 2 ** 63 for v in value))
+    return (
+        isinstance(value, list)
+        and len(value) > 0
+        and all(isinstance(v, int) and not isinstance(v, bool) and 0 < v < 2**63 for v in value)
+    )
 
 
 class MIE(Method):
@@ -126,7 +130,7 @@ class MIE(Method):
         names = list(model.modalities)
         self.order = [names.index(m) for m in (self.options.mie_order or names)]
         with torch.no_grad():
-            for head in model.fusion.heads:          # silent until its stage (module doc)
+            for head in model.fusion.heads:  # silent until its stage (module doc)
                 for p in last_linear(head).parameters():
                     p.zero_()
         self.rng = np.random.default_rng(config.seed)
@@ -134,7 +138,7 @@ class MIE(Method):
         self.epoch = 0
         self.stage: int | None = None
         self.stage_optimizer: torch.optim.Optimizer | None = None
-        self.cov: dict[int, torch.Tensor] = {}          # this stage's modality, by index in linears(a)
+        self.cov: dict[int, torch.Tensor] = {}  # this stage's modality, by index in linears(a)
         self.projections: dict[int, torch.Tensor] = {}  # the previous stage's modality, same keys
 
     @classmethod
@@ -145,8 +149,10 @@ class MIE(Method):
         if c.mie_stage_steps < 0:
             raise ConfigError(f"mie_stage_steps must be >= 0, got {c.mie_stage_steps}")
         if not _positive_ints(c.mie_stage_epochs):
-            raise ConfigError(f"mie_stage_epochs must be a non-empty list of positive epoch counts, "
-                              f"e.g. [25, 50]; got {c.mie_stage_epochs!r}")
+            raise ConfigError(
+                f"mie_stage_epochs must be a non-empty list of positive epoch counts, "
+                f"e.g. [25, 50]; got {c.mie_stage_epochs!r}"
+            )
         for name in ("mie_rho", "mie_mixup_alpha", "mie_temperature"):
             if getattr(c, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(c, name)}")
@@ -194,7 +200,7 @@ class MIE(Method):
 
     def _stage_optimizer(self, stage: int) -> torch.optim.Optimizer:
         opt = optim.make_optimizer(self.learner_parameters(self.active_modality(stage)), self.config)
-        schedules.set_lr_factor(opt, self.lr_factor)     # a stage that starts mid-run takes the schedule's lr
+        schedules.set_lr_factor(opt, self.lr_factor)  # a stage that starts mid-run takes the schedule's lr
         return opt
 
     def _enter(self, stage: int) -> None:
@@ -210,12 +216,14 @@ class MIE(Method):
     @torch.no_grad()
     def accumulate_covariance(self, m: int, x: torch.Tensor) -> None:
         """Add x̄ᵀx̄ of each Linear layer's input (eval mode, clean batch ``x`` of modality m)."""
+
         def hook(k):
             def add(module, args, output):
                 a = args[0].detach().float()
                 mean = a.reshape(-1, a.shape[-1]).mean(0, keepdim=True)
                 cov = mean.t() @ mean
                 self.cov[k] = cov if k not in self.cov else self.cov[k] + cov
+
             return add
 
         handles = [layer.register_forward_hook(hook(k)) for k, layer in enumerate(self.linears(m))]
@@ -237,7 +245,7 @@ class MIE(Method):
             if p.grad is None:
                 continue
             norm = p.grad.norm()
-            if torch.isfinite(norm) and norm > 0:       # fp16 overflow or a dead tensor: no step
+            if torch.isfinite(norm) and norm > 0:  # fp16 overflow or a dead tensor: no step
                 eps[id(p)] = rho * p.grad / norm
         return eps
 
@@ -260,7 +268,7 @@ class MIE(Method):
         a = self.active_modality(stage)
         name = model.modalities[a]
         encoder, head = model.encoders[name], model.fusion.heads[a]
-        obs = self.observe(inputs, labels)           # eval-mode, clean inputs, pre-step weights
+        obs = self.observe(inputs, labels)  # eval-mode, clean inputs, pre-step weights
         if collect:
             self.accumulate_covariance(a, inputs[name])
 
@@ -275,7 +283,7 @@ class MIE(Method):
         params = self.learner_parameters(a)
         self.stage_optimizer.zero_grad(set_to_none=True)
         model.zero_grad(set_to_none=True)
-        self.backward(loss_ori, retain_graph=True)     # g = ∇L_ori: the perturbation's direction
+        self.backward(loss_ori, retain_graph=True)  # g = ∇L_ori: the perturbation's direction
         eps = self.perturbation(params)
         perturbed = {n: p + eps[id(p)] if id(p) in eps else p for n, p in head.named_parameters()}
         loss_flat = self.loss(torch.func.functional_call(head, perturbed, (features,)), labels)
@@ -283,10 +291,10 @@ class MIE(Method):
             for p in params:
                 if p.grad is not None:
                     p.grad.mul_(c.mie_ori_weight)
-        self.backward(c.mie_flat_weight * loss_flat)   # accumulates: w_ori·∇L_ori + w_flat·∇L_flat
+        self.backward(c.mie_flat_weight * loss_flat)  # accumulates: w_ori·∇L_ori + w_flat·∇L_flat
         if stage > 0:
             self.project(a, self.active_modality(stage - 1))
-        if not c.mie_restore:                          # the code leaves θ+ε and steps from there
+        if not c.mie_restore:  # the code leaves θ+ε and steps from there
             with torch.no_grad():
                 for p in params:
                     if id(p) in eps:
@@ -294,16 +302,28 @@ class MIE(Method):
         self.update(self.stage_optimizer)
         self.steps_done += 1
         loss = c.mie_ori_weight * loss_ori.detach() + c.mie_flat_weight * loss_flat.detach()
-        return self.record(loss, obs, stage=stage, active=name, lambda_mix=lam,
-                           loss_ori=float(loss_ori.detach()), loss_flat=float(loss_flat.detach()))
+        return self.record(
+            loss,
+            obs,
+            stage=stage,
+            active=name,
+            lambda_mix=lam,
+            loss_ori=float(loss_ori.detach()),
+            loss_flat=float(loss_flat.detach()),
+        )
 
     # -- state ---------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "rng": self.rng.bit_generator.state, "steps_done": self.steps_done,
-                "epoch": self.epoch, "stage": self.stage,
-                "stage_optimizer": None if self.stage_optimizer is None else self.stage_optimizer.state_dict(),
-                "cov": {k: v.clone() for k, v in self.cov.items()},
-                "projections": {k: v.clone() for k, v in self.projections.items()}}
+        return {
+            **super().state_dict(),
+            "rng": self.rng.bit_generator.state,
+            "steps_done": self.steps_done,
+            "epoch": self.epoch,
+            "stage": self.stage,
+            "stage_optimizer": None if self.stage_optimizer is None else self.stage_optimizer.state_dict(),
+            "cov": {k: v.clone() for k, v in self.cov.items()},
+            "projections": {k: v.clone() for k, v in self.projections.items()},
+        }
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
@@ -311,7 +331,7 @@ class MIE(Method):
         self.steps_done = int(state["steps_done"])
         self.epoch = int(state["epoch"])
         self.stage = state["stage"]
-        device = next(self.model.parameters()).device    # a resume point is loaded onto the CPU
+        device = next(self.model.parameters()).device  # a resume point is loaded onto the CPU
         self.cov = {int(k): v.to(device) for k, v in state["cov"].items()}
         self.projections = {int(k): v.to(device) for k, v in state["projections"].items()}
         self.stage_optimizer = None

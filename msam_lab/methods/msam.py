@@ -7,6 +7,7 @@ forwards (each encoder once, the coalitions through the fusion), its observation
 choice; refused with ``default``, whose ε names no modality). The step table keeps the Shapley-dominant
 modality (``dominant``) beside the perturbed one (``perturbed``) and the amount of SAM (``rho_share``).
 """
+
 from __future__ import annotations
 
 import torch
@@ -26,9 +27,20 @@ class MSAM(SAMMethod):
     def make_base_optimizer(self, params):
         c, model = self.config, self.model
         base, kwargs = optim.base_optimizer(c)
-        self.sam = MSAMOptimizer(params, base, modalities=model.modalities, model=model, rho=c.rho,
-                                 adaptive=c.adaptive, variant=c.msam_variant, dominant=c.msam_dominant, seed=c.seed,
-                                 bn_policy=c.bn_policy, precision=self.precision, **kwargs)
+        self.sam = MSAMOptimizer(
+            params,
+            base,
+            modalities=model.modalities,
+            model=model,
+            rho=c.rho,
+            adaptive=c.adaptive,
+            variant=c.msam_variant,
+            dominant=c.msam_dominant,
+            seed=c.seed,
+            bn_policy=c.bn_policy,
+            precision=self.precision,
+            **kwargs,
+        )
         return self.sam.base_optimizer
 
     @property
@@ -39,11 +51,14 @@ class MSAM(SAMMethod):
     def validate_config(cls, config) -> None:
         kind = config.msam_dominant.partition(":")[0]
         if kind not in ("shapley", "fixed", "random", "alternate"):
-            raise ConfigError(f"msam_dominant must be one of {', '.join(shapley.DOMINANT_CHOICES)}, "
-                              f"got {config.msam_dominant!r}")
+            raise ConfigError(
+                f"msam_dominant must be one of {', '.join(shapley.DOMINANT_CHOICES)}, got {config.msam_dominant!r}"
+            )
         if kind != "shapley" and config.msam_variant == "default":
-            raise ConfigError(f"msam_dominant={config.msam_dominant} changes nothing with msam_variant=default "
-                              "(its ε names no modality); set msam_variant=params or unimodal")
+            raise ConfigError(
+                f"msam_dominant={config.msam_dominant} changes nothing with msam_variant=default "
+                "(its ε names no modality); set msam_variant=params or unimodal"
+            )
 
     @classmethod
     def validate_modalities(cls, config, modalities) -> None:
@@ -79,9 +94,9 @@ class MSAM(SAMMethod):
             def perturbed_loss():
                 return opt.dominant_loss(model(inputs), labels, self.loss)
 
-        self.ascend()                             # ε from ∇L_d(θ); params: the perturbed encoder only
+        self.ascend()  # ε from ∇L_d(θ); params: the perturbed encoder only
         self.perturbed_backward(perturbed_loss)
-        opt.restore()                             # θ back, ∇L_s(θ) added
+        opt.restore()  # θ back, ∇L_s(θ) added
         self.update()
         return self.record(loss, obs, perturbed=model.modalities[split.perturbed], rho_share=split.v)
 
@@ -90,5 +105,5 @@ class MSAM(SAMMethod):
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
-        if "perturbed" in state:            # checkpoints from before the ablation: a fresh choice
+        if "perturbed" in state:  # checkpoints from before the ablation: a fresh choice
             self.perturbed.load_state_dict(state["perturbed"])

@@ -32,6 +32,7 @@ we modulate every parameter of the encoder (our MLP encoders have no convolution
 the literal rule would do nothing). At an exact tie of the scores the code slows
 audio (its "else" branch), we slow nobody.
 """
+
 from __future__ import annotations
 
 import math
@@ -62,23 +63,26 @@ def ogm_coefficients(scores, alpha: float) -> np.ndarray:
 
 @dataclass
 class OGMGEOptions(MethodOptions):
-    ogm_alpha: float = 0.1                  # OGM-GE α (README default; 0.8 suggested for CREMA-D)
-    ogm_start_epoch: int = 0                # modulation window, 0-based and inclusive (code: 0..50)
+    ogm_alpha: float = 0.1  # OGM-GE α (README default; 0.8 suggested for CREMA-D)
+    ogm_start_epoch: int = 0  # modulation window, 0-based and inclusive (code: 0..50)
     ogm_end_epoch: int = 50
-    ogm_noise: bool = True                  # GE: add N(0, std(grad)) to the modulated grads
+    ogm_noise: bool = True  # GE: add N(0, std(grad)) to the modulated grads
 
 
 def check_window(options, prefix: str) -> None:
     start, end = getattr(options, f"{prefix}_start_epoch"), getattr(options, f"{prefix}_end_epoch")
     if start < 0 or end < start:
-        raise ConfigError(f"{prefix}_start_epoch/{prefix}_end_epoch must satisfy 0 <= start <= end, "
-                          f"got {start} and {end}")
+        raise ConfigError(
+            f"{prefix}_start_epoch/{prefix}_end_epoch must satisfy 0 <= start <= end, got {start} and {end}"
+        )
 
 
 def check_min_modalities(name: str, modalities, minimum: int = 2) -> None:
     if len(modalities) < minimum:
-        raise ConfigError(f"{name} balances modalities and needs at least {minimum}; this dataset has "
-                          f"{len(modalities)} ({', '.join(modalities)}); use method=joint")
+        raise ConfigError(
+            f"{name} balances modalities and needs at least {minimum}; this dataset has "
+            f"{len(modalities)} ({', '.join(modalities)}); use method=joint"
+        )
 
 
 def check_stage_order(field: str, order, modalities=None) -> None:
@@ -86,8 +90,7 @@ def check_stage_order(field: str, order, modalities=None) -> None:
     if not all(isinstance(m, str) for m in order) or len(set(order)) != len(order):
         raise ConfigError(f"{field} must be a list of distinct modality names, got {order!r}")
     if modalities is not None and order and sorted(order) != sorted(modalities):
-        raise ConfigError(f"{field} must list each modality once: {', '.join(modalities)}; "
-                          f"got {', '.join(order)}")
+        raise ConfigError(f"{field} must list each modality once: {', '.join(modalities)}; got {', '.join(order)}")
 
 
 class OGMGE(Method):
@@ -120,7 +123,7 @@ class OGMGE(Method):
         for logits in unimodal_logits(self.model, [f.detach() for f in features]):
             p = F.softmax(logits, dim=1).gather(1, labels[:, None]).sum()
             out.append(float(p))
-        return distributed.sum_over_ranks(out)      # data parallel: the global batch's sums
+        return distributed.sum_over_ranks(out)  # data parallel: the global batch's sums
 
     @torch.no_grad()
     def modulate(self, coef) -> None:

@@ -7,6 +7,7 @@ of old runs read unchanged. ``msam_lab.config`` keeps those keys in ``Config.met
 knowing them; ``msam_lab.training.setup.resolve`` checks them here against the chosen method
 (:func:`resolve`) and stores its complete options; the method reads them as ``self.options``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -39,8 +40,13 @@ def options_class(method_cls) -> type[MethodOptions] | None:
     return method_cls.OPTIONS
 
 
-def resolve(method: str, options_cls: type[MethodOptions] | None, values: dict, others: typing.Iterable[str],
-            shared: typing.Iterable[str]) -> dict:
+def resolve(
+    method: str,
+    options_cls: type[MethodOptions] | None,
+    values: dict,
+    others: typing.Iterable[str],
+    shared: typing.Iterable[str],
+) -> dict:
     """``values`` (flat keys) checked against ``options_cls``: type and choices per field, defaults filled.
 
     Keys of ``others`` (the options of the other methods) are dropped: a base config may set every

@@ -42,6 +42,7 @@ Deliberate differences: early fusion has no per-modality learners and is rejecte
 code's "GA" term is MSE between two detached softmaxes, which has no gradient, so it is
 left out. The code's learning-rate decay every 30 stages is not reproduced.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -64,15 +65,15 @@ LATE_FUSIONS = ("late_sum", "late_concat")
 
 @dataclass
 class ReconBoostOptions(MethodOptions):
-    recon_stage_epochs: int = 4             # epochs the active learner trains
-    recon_correct_epochs: int = 4           # then epochs of joint ensemble correction
-    recon_stage_steps: int = 0              # > 0: count both phases in steps instead of epochs
+    recon_stage_epochs: int = 4  # epochs the active learner trains
+    recon_correct_epochs: int = 4  # then epochs of joint ensemble correction
+    recon_stage_steps: int = 0  # > 0: count both phases in steps instead of epochs
     recon_correct_steps: int = 0
-    recon_weight1: float = 5.0              # boosting loss weights (code: 5 and 1)
+    recon_weight1: float = 5.0  # boosting loss weights (code: 5 and 1)
     recon_weight2: float = 1.0
-    recon_boost_rate: float = 1.0           # initial learnable ensemble scale β
-    recon_lr: float | None = None           # lr of both phases; None: lr (code: 0.01)
-    recon_order: list = field(default_factory=list)   # stage order of modalities; []: dataset order
+    recon_boost_rate: float = 1.0  # initial learnable ensemble scale β
+    recon_lr: float | None = None  # lr of both phases; None: lr (code: 0.01)
+    recon_order: list = field(default_factory=list)  # stage order of modalities; []: dataset order
 
 
 class ReconBoost(Method):
@@ -96,7 +97,7 @@ class ReconBoost(Method):
                 # but the output bias's is 0) and the run would never learn
                 for p in last_linear(head).parameters():
                     p.zero_()
-        self.ensemble: list[int] = []        # modality indices, in the order they (re)joined
+        self.ensemble: list[int] = []  # modality indices, in the order they (re)joined
         self.steps_done = 0
         self.epoch = 0
         self.phase_key: tuple[int, int] | None = None
@@ -105,8 +106,9 @@ class ReconBoost(Method):
     @classmethod
     def validate_config(cls, config) -> None:
         if config.fusion not in LATE_FUSIONS:
-            raise ConfigError(f"reconboost needs per-modality learners; use fusion=late_sum or late_concat "
-                              f"(got {config.fusion})")
+            raise ConfigError(
+                f"reconboost needs per-modality learners; use fusion=late_sum or late_concat (got {config.fusion})"
+            )
         o = ReconBoostOptions.of(config)
         if o.recon_stage_steps < 0 or o.recon_correct_steps < 0:
             raise ConfigError("recon_stage_steps and recon_correct_steps must be >= 0")
@@ -157,7 +159,7 @@ class ReconBoost(Method):
         c = self.config
         lr = c.lr if self.options.recon_lr is None else self.options.recon_lr
         opt = optim.make_optimizer(params, c, lr)
-        schedules.set_lr_factor(opt, self.lr_factor)   # a phase that starts mid-run takes the schedule's lr
+        schedules.set_lr_factor(opt, self.lr_factor)  # a phase that starts mid-run takes the schedule's lr
         return opt
 
     def _phase_params(self, key) -> list[nn.Parameter]:
@@ -222,15 +224,21 @@ class ReconBoost(Method):
         self.backward(loss)
         self.update(self.phase_optimizer)
         self.steps_done += 1
-        return self.record(loss, obs, active=active, stage=stage, phase=phase,
-                           boost_rate=float(self.boost_rate.detach()))
+        return self.record(
+            loss, obs, active=active, stage=stage, phase=phase, boost_rate=float(self.boost_rate.detach())
+        )
 
     # -- state ---------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "boost_rate": self.boost_rate.detach().clone(),
-                "ensemble": list(self.ensemble), "steps_done": self.steps_done, "epoch": self.epoch,
-                "phase_key": self.phase_key,
-                "phase_optimizer": None if self.phase_optimizer is None else self.phase_optimizer.state_dict()}
+        return {
+            **super().state_dict(),
+            "boost_rate": self.boost_rate.detach().clone(),
+            "ensemble": list(self.ensemble),
+            "steps_done": self.steps_done,
+            "epoch": self.epoch,
+            "phase_key": self.phase_key,
+            "phase_optimizer": None if self.phase_optimizer is None else self.phase_optimizer.state_dict(),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)

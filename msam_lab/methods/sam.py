@@ -1,13 +1,14 @@
 """SAM (Foret et al. 2021): descend with the gradient taken at θ + ρ·g/‖g‖."""
+
 from __future__ import annotations
 
 import torch
 
 from msam_lab import distributed
-from msam_lab.optim import base as optim
-from msam_lab.models.multimodal import running_stats_kept
-from msam_lab.optim.sam import SAM
 from msam_lab.methods.base import Method
+from msam_lab.models.multimodal import running_stats_kept
+from msam_lab.optim import base as optim
+from msam_lab.optim.sam import SAM
 
 
 class SAMMethod(Method):
@@ -27,8 +28,7 @@ class SAMMethod(Method):
         the one-process ε of the global batch, at the price of a second all-reduce per update.
         """
         if self.config.sam_epsilon == "global":
-            distributed.average_gradients([p for g in self.sam.param_groups for p in g["params"]],
-                                          self.batch_samples)
+            distributed.average_gradients([p for g in self.sam.param_groups for p in g["params"]], self.batch_samples)
         self.sam.first_step(zero_grad=True, only=only)
 
     def perturbed_backward(self, loss_fn) -> torch.Tensor:

@@ -18,6 +18,7 @@ values are exactly 0 (``modality`` is dominant whenever its own value is positiv
 (cross-entropy of the fused output, base optimizer); the other encoders' later layers
 and heads still receive gradient, as constant bias-like paths.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -57,7 +58,7 @@ def _blind(encoder: nn.Module, shape, device) -> bool:
 
 @dataclass
 class UnimodalOptions(MethodOptions):
-    modality: str = ""                      # the one modality trained
+    modality: str = ""  # the one modality trained
 
 
 def _zero_input_hook(module, args):
@@ -90,7 +91,9 @@ class Unimodal(Method):
     def validate_modalities(cls, config, modalities) -> None:
         modality = UnimodalOptions.of(config).modality
         if modality not in modalities:
-            raise ConfigError(f"modality {modality!r} is not in this dataset; "
-                              f"choose one of: {', '.join(modalities)} (--set modality=NAME)")
+            raise ConfigError(
+                f"modality {modality!r} is not in this dataset; "
+                f"choose one of: {', '.join(modalities)} (--set modality=NAME)"
+            )
 
-    step = Joint.step          # the update is joint training's; only the other encoders are blinded
+    step = Joint.step  # the update is joint training's; only the other encoders are blinded

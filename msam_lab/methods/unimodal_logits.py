@@ -6,8 +6,8 @@ Per fusion:
 - ``late_concat`` (``ConcatFusion``) with a linear head: modality m's block of the head
   weight times its features plus ``bias / M`` (OGM-GE's convention, which halves the bias
   for two modalities);
-- ``early``, a concat fusion with an MLP head (``head_hidden``), any other fusion: the fused logits with only m present, the other
-  modalities zeroed at the input (their encoders' all-zero features).
+- ``early``, a concat fusion with an MLP head (``head_hidden``), any other fusion: the fused logits
+  with only m present, the other modalities zeroed at the input (their encoders' all-zero features).
 
 For both linear late fusions the M outputs sum exactly to the fused logits. Everything is
 differentiable with respect to ``features`` and the head parameters; the zero features
@@ -16,6 +16,7 @@ of the generic path are computed without gradient, in eval mode, unless passed i
 (These are not AGM's Shapley-decomposed logits, which ``coalitions.decomposed_logits``
 gives; for late fusion the two coincide up to how the bias is shared.)
 """
+
 from __future__ import annotations
 
 import torch
@@ -36,18 +37,19 @@ def eval_zero_features(model: MultimodalModel) -> list[torch.Tensor]:
         model.train(was_training)
 
 
-def unimodal_logits(model: MultimodalModel, features: list[torch.Tensor],
-                    zero_features: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
+def unimodal_logits(
+    model: MultimodalModel, features: list[torch.Tensor], zero_features: list[torch.Tensor] | None = None
+) -> list[torch.Tensor]:
     """List of M tensors (B, C): modality m's logits, by the rule of the model's fusion (module doc)."""
     fusion = model.fusion
     n_mod = len(features)
     if isinstance(fusion, SumFusion):
         return [head(f) for head, f in zip(fusion.heads, features)]
-    if isinstance(fusion, ConcatFusion) and isinstance(fusion.head, nn.Linear):   # blocks exist only then
+    if isinstance(fusion, ConcatFusion) and isinstance(fusion.head, nn.Linear):  # blocks exist only then
         weight, bias = fusion.head.weight, fusion.head.bias
         out, start = [], 0
         for f in features:
-            block = weight[:, start:start + f.shape[1]]
+            block = weight[:, start : start + f.shape[1]]
             start += f.shape[1]
             logits = f @ block.t()
             out.append(logits if bias is None else logits + bias / n_mod)

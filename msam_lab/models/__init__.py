@@ -13,5 +13,14 @@ from msam_lab.models.multimodal import (
     unregister_encoder,
 )
 
-__all__ = ["ConcatFusion", "EarlyFusion", "MultimodalModel", "SumFusion", "build_model", "encoder_names",
-           "eval_mode", "register_encoder", "unregister_encoder"]
+__all__ = [
+    "ConcatFusion",
+    "EarlyFusion",
+    "MultimodalModel",
+    "SumFusion",
+    "build_model",
+    "encoder_names",
+    "eval_mode",
+    "register_encoder",
+    "unregister_encoder",
+]

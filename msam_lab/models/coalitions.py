@@ -4,8 +4,9 @@ The fast path runs each encoder once on the real inputs and once on a single
 all-zero sample, then runs only the fusion for every coalition, all coalitions
 stacked into one batch. It equals the naive path (zeroed inputs through the
 whole network) whenever the encoders are in eval mode or have no BatchNorm or
-dropout; ``tests/test_coalitions.py`` checks that.
+dropout; ``tests/models/test_coalitions.py`` checks that.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -24,8 +25,9 @@ def present_of(mask: int, modalities) -> frozenset:
     return frozenset(name for m, name in enumerate(modalities) if mask >> m & 1)
 
 
-def coalition_logits(model: MultimodalModel, features: list[torch.Tensor],
-                     zero_features: list[torch.Tensor], masks) -> torch.Tensor:
+def coalition_logits(
+    model: MultimodalModel, features: list[torch.Tensor], zero_features: list[torch.Tensor], masks
+) -> torch.Tensor:
     """Logits (K, B, C) of coalitions ``masks`` from precomputed features."""
     return model.fuse_coalitions(features, zero_features, [int(k) for k in masks])
 
@@ -55,8 +57,8 @@ def decomposed_logits(all_coalition_logits: torch.Tensor) -> torch.Tensor:
 class CoalitionStats:
     """Per-coalition accuracy and mean loss on one batch or data set."""
 
-    accuracy: np.ndarray   # (2^M,)
-    loss: np.ndarray       # (2^M,)
+    accuracy: np.ndarray  # (2^M,)
+    loss: np.ndarray  # (2^M,)
 
 
 @torch.no_grad()
@@ -97,14 +99,15 @@ def coalition_totals(logit_batches, loss_fn=None, decompose: bool = False):
     """
     totals, parts, n = None, None, 0
     for logits, labels in logit_batches:
-        batch = torch.stack([coalition_losses(logits, labels, loss_fn, total=True),
-                             (logits.argmax(-1) == labels).sum(1).double()])
+        batch = torch.stack(
+            [coalition_losses(logits, labels, loss_fn, total=True), (logits.argmax(-1) == labels).sum(1).double()]
+        )
         totals = batch if totals is None else totals + batch
         if decompose:
             right = (decomposed_logits(logits).argmax(-1) == labels).sum(1).double()
             parts = right if parts is None else parts + right
         n += len(labels)
-    if n == 0:                     # an empty shard under data parallelism: the caller decides
+    if n == 0:  # an empty shard under data parallelism: the caller decides
         return None, None, 0, None
     totals = totals.cpu().numpy()
     return totals[0], totals[1], n, None if parts is None else parts.cpu().numpy()
@@ -126,8 +129,9 @@ def game_summary(names, accuracy, loss, phi, share, parts=None) -> dict:
 
 
 @torch.no_grad()
-def model_coalition_logits(model: MultimodalModel, inputs: Batch, masks,
-                           features: list[torch.Tensor] | None = None) -> torch.Tensor:
+def model_coalition_logits(
+    model: MultimodalModel, inputs: Batch, masks, features: list[torch.Tensor] | None = None
+) -> torch.Tensor:
     """Logits (K, B, C) of coalitions ``masks``, eval mode, each encoder once (every mode restored after).
 
     ``features`` from a training forward are reused (detached) when the model is mode-invariant.
@@ -138,23 +142,28 @@ def model_coalition_logits(model: MultimodalModel, inputs: Batch, masks,
         # train mode computes the same function: reuse the features, skip the mode switches
         return coalition_logits(model, [f.detach() for f in features], model.zero_features(), masks)
     feats, zeros = eval_features(model, inputs)
-    with eval_mode(model):   # the fusion part too (an early-fusion trunk may hold BatchNorm)
+    with eval_mode(model):  # the fusion part too (an early-fusion trunk may hold BatchNorm)
         return coalition_logits(model, feats, zeros, masks)
 
 
 @torch.no_grad()
-def batch_coalition_stats(model: MultimodalModel, inputs: Batch, labels: torch.Tensor,
-                          features: list[torch.Tensor] | None = None,
-                          masks=None) -> CoalitionStats:
+def batch_coalition_stats(
+    model: MultimodalModel, inputs: Batch, labels: torch.Tensor, features: list[torch.Tensor] | None = None, masks=None
+) -> CoalitionStats:
     """Accuracy and loss of every coalition in ``masks`` (default all) on one batch (see
     ``model_coalition_logits`` for ``features``)."""
     masks = shapley.all_masks(len(model.modalities)) if masks is None else masks
     return coalition_stats(model_coalition_logits(model, inputs, masks, features), labels)
 
 
-def modality_shapley(stats_fn, n_modalities: int, value: str = "accuracy",
-                     exact_max: int = shapley.EXACT_MAX, n_permutations: int = 64,
-                     seed: int = 0) -> np.ndarray:
+def modality_shapley(
+    stats_fn,
+    n_modalities: int,
+    value: str = "accuracy",
+    exact_max: int = shapley.EXACT_MAX,
+    n_permutations: int = 64,
+    seed: int = 0,
+) -> np.ndarray:
     """Shapley values of the game S -> Acc(S) (or -loss(S)).
 
     ``stats_fn(masks) -> CoalitionStats`` evaluates a list of masks. Exact up

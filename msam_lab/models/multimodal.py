@@ -20,31 +20,35 @@ Every head is ``Linear(d, C)`` by default; ``head_hidden=[w1, ...]`` makes it an
 MLP ``Linear(d, w1), ReLU, ..., Linear(wk, C)`` (AGM's AV-MNIST: late_concat with
 [100], early maxout with [128]).
 """
+
 from __future__ import annotations
 
 import inspect
 import math
+import reprlib
 import typing
 from contextlib import contextmanager
 
 import torch
 from torch import nn
 
-import reprlib
-
 from msam_lab import config
-from msam_lab.models import paper_encoders
 from msam_lab.datasets import Batch
+from msam_lab.models import paper_encoders
 from msam_lab.registry import Registry, check_callable, describe, shown
 
 FUSIONS = typing.get_args(config.Fusion)
 ENCODERS = ("mlp", "cnn", "linear", "resnet18", "resnet18_audio", "resnet18_visual", "transformer")  # built-ins
 FUSION_TRUNKS = typing.get_args(config.FusionTrunk)
-MAXOUT_WIDTHS = (2048, 1024)     # AGM's MaxOut-MLP trunk: first and second hidden widths (DESIGN §8)
+MAXOUT_WIDTHS = (2048, 1024)  # AGM's MaxOut-MLP trunk: first and second hidden widths (DESIGN §8)
 MAXOUT_DROPOUT = 0.3
 # kind -> the encoder_options it takes (name -> rule, see encoders.check_options)
-ENCODER_OPTIONS = {"mlp": {"hidden": "positive int"}, "cnn": {"width": "positive int"}, "linear": {},
-                   **paper_encoders.PAPER_OPTIONS}
+ENCODER_OPTIONS = {
+    "mlp": {"hidden": "positive int"},
+    "cnn": {"width": "positive int"},
+    "linear": {},
+    **paper_encoders.PAPER_OPTIONS,
+}
 
 
 class MLPEncoder(nn.Module):
@@ -53,8 +57,8 @@ class MLPEncoder(nn.Module):
     def __init__(self, in_shape, out_dim: int, hidden: int = 128):
         super().__init__()
         self.net = nn.Sequential(
-            nn.Flatten(), nn.Linear(math.prod(in_shape), hidden), nn.ReLU(),
-            nn.Linear(hidden, out_dim), nn.ReLU())
+            nn.Flatten(), nn.Linear(math.prod(in_shape), hidden), nn.ReLU(), nn.Linear(hidden, out_dim), nn.ReLU()
+        )
 
     def forward(self, x):
         return self.net(x)
@@ -72,10 +76,17 @@ class CNNEncoder(nn.Module):
         channels = in_shape[0] if len(in_shape) == 3 else 1
         self.net = nn.Sequential(
             # pool before ReLU: the same function (ReLU is monotone), a quarter of the ReLU work
-            nn.Conv2d(channels, width, 3, padding=1), nn.MaxPool2d(2), nn.ReLU(),
-            nn.Conv2d(width, 2 * width, 3, padding=1), nn.MaxPool2d(2), nn.ReLU(),
-            nn.AdaptiveAvgPool2d(pool), nn.Flatten(),
-            nn.Linear(2 * width * pool[0] * pool[1], out_dim), nn.ReLU())
+            nn.Conv2d(channels, width, 3, padding=1),
+            nn.MaxPool2d(2),
+            nn.ReLU(),
+            nn.Conv2d(width, 2 * width, 3, padding=1),
+            nn.MaxPool2d(2),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(pool),
+            nn.Flatten(),
+            nn.Linear(2 * width * pool[0] * pool[1], out_dim),
+            nn.ReLU(),
+        )
 
     def forward(self, x):
         return self.net(x.unsqueeze(1) if x.dim() == 3 else x)
@@ -157,8 +168,7 @@ class EarlyFusion(nn.Module):
 class MultimodalModel(nn.Module):
     """``fusion([encoders[m](inputs[m]) for m in modalities])``."""
 
-    def __init__(self, encoders: dict[str, nn.Module], fusion: nn.Module,
-                 input_shapes: dict[str, tuple]):
+    def __init__(self, encoders: dict[str, nn.Module], fusion: nn.Module, input_shapes: dict[str, tuple]):
         super().__init__()
         self.modalities = tuple(encoders)
         self.encoders = nn.ModuleDict(encoders)
@@ -178,14 +188,17 @@ class MultimodalModel(nn.Module):
         feature every sample gets when its modality is absent.
         """
         p = next(self.parameters())
-        return [self.encoders[m](torch.zeros((1, *self.input_shapes[m]), device=p.device, dtype=p.dtype))
-                for m in self.modalities]
+        return [
+            self.encoders[m](torch.zeros((1, *self.input_shapes[m]), device=p.device, dtype=p.dtype))
+            for m in self.modalities
+        ]
 
     def fuse(self, features: list[torch.Tensor]) -> torch.Tensor:
         return self.fusion(features)
 
-    def fuse_coalitions(self, features: list[torch.Tensor], zero_features: list[torch.Tensor],
-                        masks: list[int]) -> torch.Tensor:
+    def fuse_coalitions(
+        self, features: list[torch.Tensor], zero_features: list[torch.Tensor], masks: list[int]
+    ) -> torch.Tensor:
         """Logits (K, B, C) of coalitions ``masks`` (bit m set: modality m present).
 
         An absent modality contributes its zero feature. All coalitions go
@@ -199,18 +212,25 @@ class MultimodalModel(nn.Module):
         n = features[0].shape[0]
         if isinstance(self.fusion, SumFusion):
             heads = self.fusion.heads
-            real = torch.stack([h(f) for h, f in zip(heads, features)])                     # (M, B, C)
+            real = torch.stack([h(f) for h, f in zip(heads, features)])  # (M, B, C)
             zero = torch.stack([h(z) for h, z in zip(heads, zero_features)]).expand_as(real)
-            present = torch.tensor([[k >> m & 1 for m in range(len(features))] for k in masks],
-                                   dtype=real.dtype, device=real.device)                   # (K, M)
-            return (torch.einsum("km,mbc->kbc", present, real)
-                    + torch.einsum("km,mbc->kbc", 1 - present, zero))
+            present = torch.tensor(
+                [[k >> m & 1 for m in range(len(features))] for k in masks], dtype=real.dtype, device=real.device
+            )  # (K, M)
+            return torch.einsum("km,mbc->kbc", present, real) + torch.einsum("km,mbc->kbc", 1 - present, zero)
         if self.fusion.training and not getattr(self, "fusion_mode_invariant", True):
-            return torch.stack([self.fuse([f if k >> m & 1 else z.expand_as(f)
-                                           for m, (f, z) in enumerate(zip(features, zero_features))])
-                                for k in masks])
-        stacked = [torch.cat([f if k >> m & 1 else z.expand_as(f) for k in masks], dim=0)
-                   for m, (f, z) in enumerate(zip(features, zero_features))]
+            return torch.stack(
+                [
+                    self.fuse(
+                        [f if k >> m & 1 else z.expand_as(f) for m, (f, z) in enumerate(zip(features, zero_features))]
+                    )
+                    for k in masks
+                ]
+            )
+        stacked = [
+            torch.cat([f if k >> m & 1 else z.expand_as(f) for k in masks], dim=0)
+            for m, (f, z) in enumerate(zip(features, zero_features))
+        ]
         return self.fuse(stacked).view(len(masks), n, -1)
 
     def forward(self, inputs: Batch, present=None) -> torch.Tensor:
@@ -261,8 +281,11 @@ def channels_last_on_cpu(model: nn.Module):
 
 def is_mode_invariant(model: nn.Module) -> bool:
     """True when train and eval mode compute the same function (no BatchNorm, no dropout)."""
-    mode_dependent = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd,
-                      nn.modules.instancenorm._InstanceNorm)
+    mode_dependent = (
+        nn.modules.batchnorm._BatchNorm,
+        nn.modules.dropout._DropoutNd,
+        nn.modules.instancenorm._InstanceNorm,
+    )
     return not any(isinstance(m, mode_dependent) for m in model.modules())
 
 
@@ -273,7 +296,7 @@ def absent_features(model) -> list[torch.Tensor]:
     BatchNorm raises on it), and eval mode is what an absent modality means at test time."""
     if is_mode_invariant(model) or not model.training:
         return model.zero_features()
-    with eval_mode(model):          # every submodule gets its own mode back (a frozen encoder stays frozen)
+    with eval_mode(model):  # every submodule gets its own mode back (a frozen encoder stays frozen)
         return model.zero_features()
 
 
@@ -290,9 +313,12 @@ def has_batchnorm(model: nn.Module) -> bool:
 # -- encoder plug-ins: name -> factory(in_shape, out_dim, hidden, **options) -> nn.Module ----------
 
 # a built-in's entry is its kind (build_encoder dispatches on it); a plug-in's, its factory
-ENCODER_REGISTRY = Registry("encoder", {kind: kind for kind in ENCODERS},
-                            label=lambda name, kind: f"the built-in {name} encoder",
-                            check=lambda name, factory: check_callable("encoder", name, "factory", factory))
+ENCODER_REGISTRY = Registry(
+    "encoder",
+    {kind: kind for kind in ENCODERS},
+    label=lambda name, kind: f"the built-in {name} encoder",
+    check=lambda name, factory: check_callable("encoder", name, "factory", factory),
+)
 
 
 def encoder_names() -> tuple[str, ...]:
@@ -319,7 +345,7 @@ def _plugin_options(name: str, factory) -> dict[str, str] | None:
     """The option names a factory takes (rule "any": the factory checks values), None for ``**options``."""
     try:
         params = list(inspect.signature(factory).parameters.values())[3:]
-    except (TypeError, ValueError):      # a builtin without a signature: let it check its own options
+    except (TypeError, ValueError):  # a builtin without a signature: let it check its own options
         return None
     if any(p.kind is p.VAR_KEYWORD for p in params):
         return None
@@ -330,16 +356,20 @@ def _build_plugin_encoder(kind: str, in_shape, out_dim: int, hidden: int, option
     factory = ENCODER_REGISTRY.get(kind)
     module = factory(tuple(in_shape), out_dim, hidden, **options)
     if not isinstance(module, nn.Module):
-        raise ValueError(f"encoder plug-in {kind!r} ({describe(factory)}) returned {type(module).__name__}, "
-                         "not a torch.nn.Module; return the encoder module")
+        raise ValueError(
+            f"encoder plug-in {kind!r} ({describe(factory)}) returned {type(module).__name__}, "
+            "not a torch.nn.Module; return the encoder module"
+        )
     # one tiny forward now, so a wrong feature size is this one line, not a shape error mid-training;
     # eval mode and a forked RNG: the model and the run's random stream are left as they were
     with torch.no_grad(), eval_mode(module), torch.random.fork_rng(devices=[]):
         out = module(torch.zeros((2, *in_shape)))
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, out_dim):
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ValueError(f"encoder plug-in {kind!r} maps a batch of shape {(2, *in_shape)} to {got}; it must "
-                         f"give (batch, out_dim) = {(2, out_dim)} features (out_dim is feature_dim)")
+        raise ValueError(
+            f"encoder plug-in {kind!r} maps a batch of shape {(2, *in_shape)} to {got}; it must "
+            f"give (batch, out_dim) = {(2, out_dim)} features (out_dim is feature_dim)"
+        )
     return module
 
 
@@ -349,7 +379,7 @@ def check_encoder_options(kind: str, options, where: str | None = None) -> dict:
     A one-line ValueError names the valid options (or says the kind takes none). A plug-in's
     options are the keyword parameters of its factory (values are the factory's to check).
     """
-    entry = ENCODER_REGISTRY.get(kind)      # an unknown kind: one line listing the choices
+    entry = ENCODER_REGISTRY.get(kind)  # an unknown kind: one line listing the choices
     if ENCODER_REGISTRY.is_plugin(kind):
         valid = _plugin_options(kind, entry)
         if valid is None:
@@ -374,11 +404,15 @@ def build_encoder(kind: str, in_shape, out_dim: int, hidden: int, options=None) 
         return MLPEncoder(in_shape, out_dim, options.get("hidden", hidden))
     if kind == "cnn":
         if len(in_shape) not in (2, 3):
-            raise ValueError(f"a cnn encoder needs (H,W) or (C,H,W) inputs, got shape {tuple(in_shape)}; "
-                             "use encoder=mlp for this modality")
-        if min(in_shape[-2:]) < 4:     # two 2x2 max-pools: a smaller map pools to nothing
-            raise ValueError(f"a cnn encoder needs inputs of at least 4x4, got shape {tuple(in_shape)}; "
-                             "use encoder=mlp for this modality or larger inputs")
+            raise ValueError(
+                f"a cnn encoder needs (H,W) or (C,H,W) inputs, got shape {tuple(in_shape)}; "
+                "use encoder=mlp for this modality"
+            )
+        if min(in_shape[-2:]) < 4:  # two 2x2 max-pools: a smaller map pools to nothing
+            raise ValueError(
+                f"a cnn encoder needs inputs of at least 4x4, got shape {tuple(in_shape)}; "
+                "use encoder=mlp for this modality or larger inputs"
+            )
         return CNNEncoder(in_shape, out_dim, **options)
     if kind == "linear":
         return LinearStem(in_shape, out_dim)
@@ -406,10 +440,17 @@ def check_head_hidden(widths) -> list[int]:
     return widths
 
 
-def build_model(input_shapes: dict[str, tuple], num_classes: int, fusion: str = "late_sum",
-                encoders: dict[str, str] | None = None, feature_dim: int = 64,
-                hidden_dim: int = 128, encoder_options: dict[str, dict] | None = None,
-                fusion_trunk: str = "mlp", head_hidden=()) -> MultimodalModel:
+def build_model(
+    input_shapes: dict[str, tuple],
+    num_classes: int,
+    fusion: str = "late_sum",
+    encoders: dict[str, str] | None = None,
+    feature_dim: int = 64,
+    hidden_dim: int = 128,
+    encoder_options: dict[str, dict] | None = None,
+    fusion_trunk: str = "mlp",
+    head_hidden=(),
+) -> MultimodalModel:
     """Build a model for modalities with per-sample ``input_shapes``.
 
     ``encoders`` maps modality -> encoder kind (``ENCODERS``: mlp, cnn, linear, resnet18*,
@@ -431,22 +472,28 @@ def build_model(input_shapes: dict[str, tuple], num_classes: int, fusion: str = 
     if fusion_trunk not in FUSION_TRUNKS:
         raise ValueError(f"unknown fusion_trunk {fusion_trunk!r}; choose one of: {', '.join(FUSION_TRUNKS)}")
     if fusion_trunk != "mlp" and fusion != "early":
-        raise ValueError(f"fusion_trunk={fusion_trunk} applies to early fusion only; this model is {fusion} "
-                         f"(set fusion=early or fusion_trunk=mlp)")
+        raise ValueError(
+            f"fusion_trunk={fusion_trunk} applies to early fusion only; this model is {fusion} "
+            f"(set fusion=early or fusion_trunk=mlp)"
+        )
     head_hidden = check_head_hidden(head_hidden or ())
     encoders = dict(encoders or {})
     encoder_options = dict(encoder_options or {})
     unknown = [m for m in encoder_options if m not in input_shapes]
     if unknown:
-        raise ValueError(f"encoder_options names modality {unknown[0]!r}, which the data does not have "
-                         f"(modalities: {', '.join(input_shapes)})")
+        raise ValueError(
+            f"encoder_options names modality {unknown[0]!r}, which the data does not have "
+            f"(modalities: {', '.join(input_shapes)})"
+        )
     default = "linear" if fusion == "early" else "mlp"
     kinds = {m: encoders.get(m, default) for m in input_shapes}
-    options = {m: check_encoder_options(kinds[m], encoder_options.get(m),
-                                        f"encoder_options.{m} (encoder {kinds[m]})")
-               for m in input_shapes}
-    modules = {m: build_encoder(kinds[m], shape, feature_dim, hidden_dim, options[m])
-               for m, shape in input_shapes.items()}
+    options = {
+        m: check_encoder_options(kinds[m], encoder_options.get(m), f"encoder_options.{m} (encoder {kinds[m]})")
+        for m in input_shapes
+    }
+    modules = {
+        m: build_encoder(kinds[m], shape, feature_dim, hidden_dim, options[m]) for m, shape in input_shapes.items()
+    }
     dims = [feature_dim] * len(modules)
     if fusion == "late_sum":
         head = SumFusion(dims, num_classes, head_hidden)
@@ -465,8 +512,7 @@ class running_stats_kept:
     """
 
     def __init__(self, model: nn.Module, enabled: bool = True):
-        self.norms = [m for m in model.modules()
-                      if isinstance(m, nn.modules.batchnorm._BatchNorm)] if enabled else []
+        self.norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)] if enabled else []
 
     def __enter__(self):
         self.saved = [{k: v.clone() for k, v in m.named_buffers(recurse=False)} for m in self.norms]
@@ -480,8 +526,17 @@ class running_stats_kept:
         return False
 
 
-SPEC_KEYS = ("input_shapes", "num_classes", "fusion", "encoders", "feature_dim", "hidden_dim",
-             "encoder_options", "fusion_trunk", "head_hidden")
+SPEC_KEYS = (
+    "input_shapes",
+    "num_classes",
+    "fusion",
+    "encoders",
+    "feature_dim",
+    "hidden_dim",
+    "encoder_options",
+    "fusion_trunk",
+    "head_hidden",
+)
 
 
 def model_from_spec(spec: dict) -> MultimodalModel:
@@ -504,8 +559,14 @@ def model_from_spec(spec: dict) -> MultimodalModel:
     An old run's spec (before the last three keys existed) is brought to this form first by
     ``msam_lab.runs.migrate.model_spec``; here a missing key of the three takes its default.
     """
-    return build_model({m: tuple(s) for m, s in spec["input_shapes"].items()}, spec["num_classes"],
-                       spec["fusion"], spec["encoders"], spec["feature_dim"], spec["hidden_dim"],
-                       encoder_options=spec.get("encoder_options") or {},
-                       fusion_trunk=spec.get("fusion_trunk", "mlp"),
-                       head_hidden=spec.get("head_hidden") or ())
+    return build_model(
+        {m: tuple(s) for m, s in spec["input_shapes"].items()},
+        spec["num_classes"],
+        spec["fusion"],
+        spec["encoders"],
+        spec["feature_dim"],
+        spec["hidden_dim"],
+        encoder_options=spec.get("encoder_options") or {},
+        fusion_trunk=spec.get("fusion_trunk", "mlp"),
+        head_hidden=spec.get("head_hidden") or (),
+    )

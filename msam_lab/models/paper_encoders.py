@@ -26,6 +26,7 @@ Every ResNet gives the 512-d globally pooled features; when ``out_dim`` is not 5
 final ``Linear(512, out_dim)`` projects them (so the default ``feature_dim=64`` works;
 the paper protocol is ``feature_dim=512``, where no projection is added).
 """
+
 from __future__ import annotations
 
 import torch
@@ -46,8 +47,7 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(c_out)
         self.relu = nn.ReLU(inplace=True)
         if stride != 1 or c_in != c_out:
-            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False),
-                                          nn.BatchNorm2d(c_out))
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out))
         else:
             self.shortcut = nn.Identity()
 
@@ -70,8 +70,10 @@ class ResNet18Trunk(nn.Module):
         super().__init__()
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, STAGE_WIDTHS[0], 7, stride=2, padding=3, bias=False),
-            nn.BatchNorm2d(STAGE_WIDTHS[0]), nn.ReLU(inplace=True),
-            nn.MaxPool2d(3, stride=2, padding=1))
+            nn.BatchNorm2d(STAGE_WIDTHS[0]),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, stride=2, padding=1),
+        )
         stages, c_in = [], STAGE_WIDTHS[0]
         for i, width in enumerate(STAGE_WIDTHS):
             stride = 1 if i == 0 else 2
@@ -136,16 +138,18 @@ class ResNet18FrameEncoder(nn.Module):
         elif len(in_shape) == 3 and in_shape[0] % channels == 0:
             self.frames, self.channels = in_shape[0] // channels, channels
         else:
-            raise ValueError(f"a resnet18_visual encoder needs (T,C,H,W) frames or ({channels}*T,H,W) "
-                             f"stacked frames, got shape {in_shape}")
+            raise ValueError(
+                f"a resnet18_visual encoder needs (T,C,H,W) frames or ({channels}*T,H,W) "
+                f"stacked frames, got shape {in_shape}"
+            )
         self.trunk = ResNet18Trunk(self.channels)
         self.proj = _projection(out_dim)
 
     def forward(self, x):
         n = x.shape[0]
         frames = x.reshape(n * self.frames, self.channels, *x.shape[-2:])
-        maps = self.trunk(frames)                                   # (N*T, 512, h, w)
-        maps = maps.view(n, self.frames, *maps.shape[1:])           # (N, T, 512, h, w)
+        maps = self.trunk(frames)  # (N*T, 512, h, w)
+        maps = maps.view(n, self.frames, *maps.shape[1:])  # (N, T, 512, h, w)
         return self.proj(maps.mean(dim=(1, 3, 4)))
 
 
@@ -164,8 +168,17 @@ class TransformerEncoder(nn.Module):
     fixed feature vector.
     """
 
-    def __init__(self, in_shape, out_dim: int, dim: int = 64, heads: int = 4, layers: int = 2,
-                 ff: int | None = None, dropout: float = 0.1, mask_padding: bool = True):
+    def __init__(
+        self,
+        in_shape,
+        out_dim: int,
+        dim: int = 64,
+        heads: int = 4,
+        layers: int = 2,
+        ff: int | None = None,
+        dropout: float = 0.1,
+        mask_padding: bool = True,
+    ):
         super().__init__()
         in_shape = tuple(in_shape)
         if len(in_shape) != 2:
@@ -184,10 +197,10 @@ class TransformerEncoder(nn.Module):
         n, t, _ = x.shape
         steps = torch.arange(t, device=x.device)
         if self.mask_padding:
-            zero_row = (x == 0).all(dim=-1)                          # (N, T)
-            n_pad = zero_row.int().cumprod(dim=1).sum(dim=1)         # leading zero rows
+            zero_row = (x == 0).all(dim=-1)  # (N, T)
+            n_pad = zero_row.int().cumprod(dim=1).sum(dim=1)  # leading zero rows
             n_pad = torch.where(n_pad == t, torch.zeros_like(n_pad), n_pad)
-            pad = steps[None, :] < n_pad[:, None]                    # (N, T) True: padding
+            pad = steps[None, :] < n_pad[:, None]  # (N, T) True: padding
             positions = (steps[None, :] - n_pad[:, None]).clamp(min=0)
         else:
             pad = torch.zeros(n, t, dtype=torch.bool, device=x.device)
@@ -223,18 +236,33 @@ class MaxOutMLP(nn.Module):
     with dropout 0.3). Without it: MaxOut, Dropout (if any), MaxOut.
     """
 
-    def __init__(self, in_dim: int, hidden: int = 2048, second: int = 1024, pieces: int = 2,
-                 out_dim: int | None = None, dropout: float = 0.0, batchnorm: bool = False):
+    def __init__(
+        self,
+        in_dim: int,
+        hidden: int = 2048,
+        second: int = 1024,
+        pieces: int = 2,
+        out_dim: int | None = None,
+        dropout: float = 0.0,
+        batchnorm: bool = False,
+    ):
         super().__init__()
         if batchnorm:
             self.net = nn.Sequential(
-                nn.BatchNorm1d(in_dim, eps=1e-4), MaxOut(in_dim, hidden, pieces),
-                nn.BatchNorm1d(hidden), nn.Dropout(dropout),
-                MaxOut(hidden, second, pieces), nn.BatchNorm1d(second), nn.Dropout(dropout))
+                nn.BatchNorm1d(in_dim, eps=1e-4),
+                MaxOut(in_dim, hidden, pieces),
+                nn.BatchNorm1d(hidden),
+                nn.Dropout(dropout),
+                MaxOut(hidden, second, pieces),
+                nn.BatchNorm1d(second),
+                nn.Dropout(dropout),
+            )
         else:
             self.net = nn.Sequential(
-                MaxOut(in_dim, hidden, pieces), nn.Dropout(dropout) if dropout else nn.Identity(),
-                MaxOut(hidden, second, pieces))
+                MaxOut(in_dim, hidden, pieces),
+                nn.Dropout(dropout) if dropout else nn.Identity(),
+                MaxOut(hidden, second, pieces),
+            )
         self.out_features = out_dim if out_dim is not None else second
         self.out = nn.Linear(second, out_dim) if out_dim is not None else nn.Identity()
 
@@ -255,14 +283,20 @@ OPTION_CHECKS = {
     "positive int": _positive_int,
     "number in [0, 1)": _probability,
     "true or false": lambda v: isinstance(v, bool),
-    "any": lambda v: True,             # a plug-in encoder's option: its factory checks the value
+    "any": lambda v: True,  # a plug-in encoder's option: its factory checks the value
 }
 PAPER_OPTIONS = {
     "resnet18": {},
     "resnet18_audio": {},
     "resnet18_visual": {"channels": "positive int"},
-    "transformer": {"dim": "positive int", "heads": "positive int", "layers": "positive int",
-                    "ff": "positive int", "dropout": "number in [0, 1)", "mask_padding": "true or false"},
+    "transformer": {
+        "dim": "positive int",
+        "heads": "positive int",
+        "layers": "positive int",
+        "ff": "positive int",
+        "dropout": "number in [0, 1)",
+        "mask_padding": "true or false",
+    },
 }
 
 
@@ -301,8 +335,9 @@ def build_paper_encoder(kind: str, in_shape, out_dim: int, options=None) -> nn.M
         return ResNet18Encoder(in_shape, out_dim)
     if kind == "resnet18_audio":
         if not (len(in_shape) == 2 or (len(in_shape) == 3 and in_shape[0] == 1)):
-            raise ValueError(f"a resnet18_audio encoder needs one-channel (H,W) or (1,H,W) inputs, "
-                             f"got shape {in_shape}")
+            raise ValueError(
+                f"a resnet18_audio encoder needs one-channel (H,W) or (1,H,W) inputs, got shape {in_shape}"
+            )
         return ResNet18Encoder(in_shape, out_dim)
     if kind == "resnet18_visual":
         return ResNet18FrameEncoder(in_shape, out_dim, **options)
@@ -316,6 +351,17 @@ def parameter_count(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-__all__ = ["BasicBlock", "ResNet18Trunk", "ResNet18Encoder", "ResNet18FrameEncoder",
-           "TransformerEncoder", "MaxOut", "MaxOutMLP", "build_paper_encoder", "check_options",
-           "KINDS", "PAPER_OPTIONS", "parameter_count"]
+__all__ = [
+    "BasicBlock",
+    "ResNet18Trunk",
+    "ResNet18Encoder",
+    "ResNet18FrameEncoder",
+    "TransformerEncoder",
+    "MaxOut",
+    "MaxOutMLP",
+    "build_paper_encoder",
+    "check_options",
+    "KINDS",
+    "PAPER_OPTIONS",
+    "parameter_count",
+]

@@ -8,6 +8,7 @@ so ``optimizer: adamw`` changes all of them at once. Clipping has two rules:
   some gradient entry of the output layer leaves [−T, T] (T = 1, UR-Funny 5), and does this
   only for AGM or early fusion; which runs get it is the config's choice here.
 """
+
 from __future__ import annotations
 
 import torch
@@ -22,7 +23,7 @@ def base_optimizer(config, lr: float | None = None) -> tuple[type[torch.optim.Op
     lr = config.lr if lr is None else lr
     if config.optimizer == "sgd":
         return torch.optim.SGD, {"lr": lr, "momentum": config.momentum, "weight_decay": config.weight_decay}
-    if config.optimizer == "adamw":   # momentum is SGD's; AdamW keeps its default betas (AGM's code too)
+    if config.optimizer == "adamw":  # momentum is SGD's; AdamW keeps its default betas (AGM's code too)
         return torch.optim.AdamW, {"lr": lr, "weight_decay": config.weight_decay}
     raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {config.optimizer!r}")
 

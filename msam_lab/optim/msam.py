@@ -41,10 +41,11 @@ the wrapper) and call ``step(forward, labels)`` on every rank: the first pass, f
 ``model.no_sync()`` (ε follows each rank's shard, as in SAM under DDP), the coalition accuracies are
 all-reduced before the Shapley values (every rank picks the same dominant modality and shares), and
 the plain part ∇L_s(θ) is put into ``p.grad`` before the perturbed backward, so that DDP's one
-all-reduce of that backward averages the whole update gradient (tests/test_distributed.py).
+all-reduce of that backward averages the whole update gradient (tests/training/test_distributed.py).
 Not supported: ``shapley_batch`` (pass a smaller batch to ``forward`` yourself), and gradient clipping
 inside ``step`` (clip in ``base_optimizer`` or a hook if you need it).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -66,11 +67,12 @@ VARIANTS = ("default", "unimodal", "params")
 @dataclass
 class ShapleyRecord:
     """One batch's Shapley observation: values, shares and the dominant modality (by name)."""
-    loss: float                   # the fused loss at θ (nan for ``observe``, which takes no loss pass)
+
+    loss: float  # the fused loss at θ (nan for ``observe``, which takes no loss pass)
     dominant: str
     shares: dict[str, float]
     shapley: dict[str, float]
-    overflow: bool = False        # fp16: the GradScaler met inf/NaN gradients and skipped this update
+    overflow: bool = False  # fp16: the GradScaler met inf/NaN gradients and skipped this update
     perturbed: str | None = None  # the modality that got ε (``step`` only; the dominant one unless dominant= says)
 
 
@@ -104,10 +106,22 @@ def fused_dominant_loss(logits, labels, v_d: float, loss_fn=F.cross_entropy) -> 
 
 
 # -- the observation ----------------------------------------------------------------------------------
-def observe(forward, labels: torch.Tensor, modalities, model=None, loss_fn=F.cross_entropy,
-            share_rule: str = "clip", tie_rule: str = "lowest", shapley_value: str = "accuracy",
-            exact_max: int = shapley.EXACT_MAX, n_permutations: int = 64, seed: int = 0,
-            previous: int | None = None, share_temperature: float = 1.0, coalitions=None) -> ShapleyRecord:
+def observe(
+    forward,
+    labels: torch.Tensor,
+    modalities,
+    model=None,
+    loss_fn=F.cross_entropy,
+    share_rule: str = "clip",
+    tie_rule: str = "lowest",
+    shapley_value: str = "accuracy",
+    exact_max: int = shapley.EXACT_MAX,
+    n_permutations: int = 64,
+    seed: int = 0,
+    previous: int | None = None,
+    share_temperature: float = 1.0,
+    coalitions=None,
+) -> ShapleyRecord:
     """The Shapley record of one batch from ``forward(present)`` alone (no update, no grad).
 
     ``model``: put in eval mode for the coalition passes and restored after (None: left as it is).
@@ -127,8 +141,10 @@ def observe(forward, labels: torch.Tensor, modalities, model=None, loss_fn=F.cro
         presents = [present_of(int(mask), names) for mask in masks]
         logits = coalitions(presents) if coalitions is not None else torch.stack([forward(p) for p in presents])
         if logits.shape[:2] != (len(presents), len(labels)):
-            raise ValueError(f"coalitions(presents) must return logits of shape (K, B, C) = ({len(presents)}, "
-                             f"{len(labels)}, C), got {tuple(logits.shape)}")
+            raise ValueError(
+                f"coalitions(presents) must return logits of shape (K, B, C) = ({len(presents)}, "
+                f"{len(labels)}, C), got {tuple(logits.shape)}"
+            )
         local = coalition_stats(logits, labels, loss_fn)
         # data parallel: the global batch's, so that every rank picks the same dominant modality
         both = distributed.mean_over_ranks(np.stack([local.accuracy, local.loss]), len(labels))
@@ -145,13 +161,13 @@ def observe(forward, labels: torch.Tensor, modalities, model=None, loss_fn=F.cro
             model.train(was_training)
     share = shapley.shares(phi, share_rule, share_temperature, alone)
     d = shapley.dominant(share, tie_rule, previous)
-    return ShapleyRecord(float("nan"), names[d], dict(zip(names, map(float, share))),
-                         dict(zip(names, map(float, phi))))
+    return ShapleyRecord(float("nan"), names[d], dict(zip(names, map(float, share))), dict(zip(names, map(float, phi))))
 
 
 @dataclass
 class Split:
     """One batch's split of the loss: the modality ε follows, and the shares (its and d's swapped)."""
+
     perturbed: int
     shares: np.ndarray
 
@@ -165,17 +181,35 @@ class Split:
 class MSAM(SAM):
     """SAM applied to the dominant modality's share of the loss (see the module docstring)."""
 
-    def __init__(self, params, base_optimizer=torch.optim.SGD, modalities=(), model=None, rho: float = 0.05,
-                 adaptive: bool = False, variant: str = "default", share_rule: str = "clip",
-                 tie_rule: str = "lowest", shapley_value: str = "accuracy", exact_max: int = shapley.EXACT_MAX,
-                 n_permutations: int = 64, seed: int = 0, bn_policy: str = "restore",
-                 modality_parameters: dict | None = None, precision: str | Precision = "fp32",
-                 share_temperature: float = 1.0, dominant: str = "shapley", **kwargs):
+    def __init__(
+        self,
+        params,
+        base_optimizer=torch.optim.SGD,
+        modalities=(),
+        model=None,
+        rho: float = 0.05,
+        adaptive: bool = False,
+        variant: str = "default",
+        share_rule: str = "clip",
+        tie_rule: str = "lowest",
+        shapley_value: str = "accuracy",
+        exact_max: int = shapley.EXACT_MAX,
+        n_permutations: int = 64,
+        seed: int = 0,
+        bn_policy: str = "restore",
+        modality_parameters: dict | None = None,
+        precision: str | Precision = "fp32",
+        share_temperature: float = 1.0,
+        dominant: str = "shapley",
+        **kwargs,
+    ):
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
         if share_rule not in shapley.SHARE_RULES or tie_rule not in shapley.TIE_RULES:
-            raise ValueError(f"share_rule must be one of {', '.join(shapley.SHARE_RULES)} and tie_rule one of "
-                             f"{', '.join(shapley.TIE_RULES)}; got {share_rule!r}, {tie_rule!r}")
+            raise ValueError(
+                f"share_rule must be one of {', '.join(shapley.SHARE_RULES)} and tie_rule one of "
+                f"{', '.join(shapley.TIE_RULES)}; got {share_rule!r}, {tie_rule!r}"
+            )
         if shapley_value not in ("accuracy", "loss"):
             raise ValueError(f"shapley_value must be accuracy or loss, got {shapley_value!r}")
         if not share_temperature > 0:
@@ -188,22 +222,34 @@ class MSAM(SAM):
             raise ValueError("MSAM needs modalities=(...): the names forward(present) understands")
         self.perturbed = shapley.PerturbedModality(dominant, self.modalities, seed)
         if dominant != "shapley" and variant == "default":
-            raise ValueError(f"dominant={dominant!r} changes nothing with variant='default' (its ε names no "
-                             "modality); use variant='params' or 'unimodal'")
+            raise ValueError(
+                f"dominant={dominant!r} changes nothing with variant='default' (its ε names no "
+                "modality); use variant='params' or 'unimodal'"
+            )
         self.model = model
         if variant == "params":
-            inner = getattr(model, "module", model)           # a DDP wrapper's model
+            inner = getattr(model, "module", model)  # a DDP wrapper's model
             if modality_parameters is None and inner is not None and hasattr(inner, "encoder_parameters"):
                 modality_parameters = {m: inner.encoder_parameters(m) for m in self.modalities}
             if modality_parameters is None:
-                raise ValueError("variant='params' needs modality_parameters={modality: [parameters]} "
-                                 "(or a msam_lab MultimodalModel as model)")
+                raise ValueError(
+                    "variant='params' needs modality_parameters={modality: [parameters]} "
+                    "(or a msam_lab MultimodalModel as model)"
+                )
         self.modality_parameters = modality_parameters
-        self.options = dict(variant=variant, share_rule=share_rule, tie_rule=tie_rule,
-                            shapley_value=shapley_value, exact_max=exact_max, n_permutations=n_permutations,
-                            seed=seed, bn_policy=bn_policy, share_temperature=share_temperature)
+        self.options = dict(
+            variant=variant,
+            share_rule=share_rule,
+            tie_rule=tie_rule,
+            shapley_value=shapley_value,
+            exact_max=exact_max,
+            n_permutations=n_permutations,
+            seed=seed,
+            bn_policy=bn_policy,
+            share_temperature=share_temperature,
+        )
         self.previous_dominant: int | None = None
-        self.split: Split | None = None              # this batch's, set by observe (or choose)
+        self.split: Split | None = None  # this batch's, set by observe (or choose)
         device = next((p.device for g in self.param_groups for p in g["params"]), torch.device("cpu"))
         # the trainer passes its own Precision: one GradScaler for every backward of the step
         self.precision = precision if isinstance(precision, Precision) else Precision(precision, device)
@@ -216,9 +262,22 @@ class MSAM(SAM):
         """The batch's Shapley record (module-level ``observe`` with this optimizer's options); it also
         chooses the batch's split (``choose``: the ablation's draw included) and sets ``rec.perturbed``."""
         o = self.options
-        rec = observe(forward, labels, self.modalities, self.model, loss_fn, o["share_rule"], o["tie_rule"],
-                      o["shapley_value"], o["exact_max"], o["n_permutations"], o["seed"], self.previous_dominant,
-                      o["share_temperature"], coalitions)
+        rec = observe(
+            forward,
+            labels,
+            self.modalities,
+            self.model,
+            loss_fn,
+            o["share_rule"],
+            o["tie_rule"],
+            o["shapley_value"],
+            o["exact_max"],
+            o["n_permutations"],
+            o["seed"],
+            self.previous_dominant,
+            o["share_temperature"],
+            coalitions,
+        )
         d = self.modalities.index(rec.dominant)
         self.previous_dominant = d
         split = self.choose([rec.shares[m] for m in self.modalities], d)
@@ -260,8 +319,11 @@ class MSAM(SAM):
             raise TypeError("backward takes the pair split_losses(...) with variant='unimodal', else the fused loss")
         if unimodal:
             l_d, l_s = loss
-            plain = (torch.autograd.grad(scale(l_s), params, retain_graph=True, allow_unused=True)
-                     if torch.is_tensor(l_s) else [None] * len(params))
+            plain = (
+                torch.autograd.grad(scale(l_s), params, retain_graph=True, allow_unused=True)
+                if torch.is_tensor(l_s)
+                else [None] * len(params)
+            )
             scale(l_d).backward()
         else:
             scale(loss).backward()
@@ -276,7 +338,7 @@ class MSAM(SAM):
     def first_step(self, zero_grad: bool = False, only=None):
         """θ <- θ + ε from ``p.grad`` (∇L_d's direction); variant ``params``: only the perturbed modality's
         parameters move (``only`` overrides). The old weights are kept per parameter for ``restore``."""
-        split = self._need_split()              # without it there is no plain part: the step would be SAM's
+        split = self._need_split()  # without it there is no plain part: the step would be SAM's
         if only is None and self.options["variant"] == "params":
             only = self.modality_parameters[self.modalities[split.perturbed]]
         super().first_step(zero_grad=zero_grad, only=only)
@@ -299,7 +361,7 @@ class MSAM(SAM):
         self.restore()
         self.precision.unscale(self.base_optimizer)
         self.precision.step(self.base_optimizer)
-        self.split = None                            # the next batch observes again
+        self.split = None  # the next batch observes again
         if zero_grad:
             self.zero_grad()
 
@@ -332,7 +394,7 @@ class MSAM(SAM):
         full = frozenset(self.modalities)
         ddp = isinstance(self.model, torch.nn.parallel.DistributedDataParallel)
         self.zero_grad(set_to_none=True)
-        with self.model.no_sync() if ddp else contextlib.nullcontext():     # the first pass stays on this rank
+        with self.model.no_sync() if ddp else contextlib.nullcontext():  # the first pass stays on this rank
             if self.options["variant"] == "unimodal":
                 # the graph of every coalition first (train mode), then the eval-mode observation
                 output = coalition_logits(forward, self.modalities)
@@ -348,18 +410,23 @@ class MSAM(SAM):
                 self.backward(loss)
         self.first_step(zero_grad=True)
         if ddp:
-            self.add_plain()   # before the synchronised backward: DDP averages the sum
-        keep = self.options["bn_policy"] == "restore"     # BN statistics move once per step, as in SAM
+            self.add_plain()  # before the synchronised backward: DDP averages the sum
+        keep = self.options["bn_policy"] == "restore"  # BN statistics move once per step, as in SAM
         with running_stats_kept(self.model, keep) if self.model is not None else contextlib.nullcontext():
-            again = (coalition_logits(forward, self.modalities) if self.options["variant"] == "unimodal"
-                     else forward(full))
+            again = (
+                coalition_logits(forward, self.modalities) if self.options["variant"] == "unimodal" else forward(full)
+            )
             self.precision.scale(self.dominant_loss(again, labels, loss_fn)).backward()
         self.second_step()
         return rec, loss
 
     def state_dict(self):
-        return {**super().state_dict(), "previous_dominant": self.previous_dominant,
-                "precision": self.precision.state_dict(), "perturbed": self.perturbed.state_dict()}
+        return {
+            **super().state_dict(),
+            "previous_dominant": self.previous_dominant,
+            "precision": self.precision.state_dict(),
+            "perturbed": self.perturbed.state_dict(),
+        }
 
     def load_state_dict(self, state_dict):
         state_dict = dict(state_dict)

@@ -13,6 +13,7 @@ SAM's perturbation divides by the gradient norm, so the scale cancels in ε; its
 computed outside autocast, in the parameters' fp32 (msam_lab/sam.py). Parameters, gradients and
 optimizer states stay fp32 in every mode.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -54,7 +55,7 @@ class Precision:
             self._unscaled.add(id(optimizer))
 
     def step(self, optimizer) -> None:
-        with torch.autocast(self.device_type, enabled=False):   # the update itself runs in fp32
+        with torch.autocast(self.device_type, enabled=False):  # the update itself runs in fp32
             if self.scaler is None:
                 optimizer.step()
             else:

@@ -5,6 +5,7 @@ gradients, ``second_step`` restores θ exactly and lets the base optimizer step
 with the gradients computed at θ+ε. ``restore`` is exposed on its own so that
 M-SAM can mix gradients between the two.
 """
+
 from __future__ import annotations
 
 import torch
@@ -30,8 +31,7 @@ def _no_autocast(param_groups):
 
 
 class SAM(torch.optim.Optimizer):
-    def __init__(self, params, base_optimizer=torch.optim.SGD, rho: float = 0.05,
-                 adaptive: bool = False, **kwargs):
+    def __init__(self, params, base_optimizer=torch.optim.SGD, rho: float = 0.05, adaptive: bool = False, **kwargs):
         if rho < 0:
             raise ValueError(f"rho must be >= 0, got {rho}")
         defaults = dict(rho=rho, adaptive=adaptive, **kwargs)
@@ -48,9 +48,12 @@ class SAM(torch.optim.Optimizer):
     def grad_norm(self, only=None) -> torch.Tensor:
         """Global L2 norm of the (adaptively scaled) gradients of all, or ``only``, parameters."""
         # .float(): ε and its norm stay fp32 even if a caller keeps low-precision gradients
-        norms = [self._scaled(p, g).float().norm(p=2)
-                 for g in self.param_groups for p in g["params"]
-                 if p.grad is not None and (only is None or p in only)]
+        norms = [
+            self._scaled(p, g).float().norm(p=2)
+            for g in self.param_groups
+            for p in g["params"]
+            if p.grad is not None and (only is None or p in only)
+        ]
         if not norms:
             return torch.zeros(())
         return torch.norm(torch.stack(norms), p=2)
@@ -86,7 +89,7 @@ class SAM(torch.optim.Optimizer):
             for p in group["params"]:
                 if "old_p" in self.state[p]:
                     p.data.copy_(self.state[p].pop("old_p"))
-        torch.clear_autocast_cache()          # as in first_step: no forward may see cached copies of θ+ε
+        torch.clear_autocast_cache()  # as in first_step: no forward may see cached copies of θ+ε
 
     @torch.no_grad()
     def second_step(self, zero_grad: bool = False):

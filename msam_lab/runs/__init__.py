@@ -7,8 +7,14 @@ and ``reader`` imports torch (models, checkpoints), which ``msam-lab status`` do
 
 import importlib
 
-_PUBLIC = {"Run": "msam_lab.runs.reader", "load_run": "msam_lab.runs.reader", "find_runs": "msam_lab.runs.layout",
-           "is_run": "msam_lab.runs.layout", "is_run_dir": "msam_lab.runs.layout", "read_table": "msam_lab.runs.layout"}
+_PUBLIC = {
+    "Run": "msam_lab.runs.reader",
+    "load_run": "msam_lab.runs.reader",
+    "find_runs": "msam_lab.runs.layout",
+    "is_run": "msam_lab.runs.layout",
+    "is_run_dir": "msam_lab.runs.layout",
+    "read_table": "msam_lab.runs.layout",
+}
 __all__ = ["Run", "find_runs", "is_run", "is_run_dir", "load_run", "read_table"]
 
 

@@ -10,6 +10,7 @@ Also here: ``locked`` (an exclusive ``fcntl.flock`` on a sidecar file, for read-
 updates of a file several processes share) and the full-disk fallback for small files rewritten
 often (``padded`` + ``overwrite_in_place``: status.json stays writable when the disk is full).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -23,14 +24,14 @@ from pathlib import Path
 
 from msam_lab.faults import named
 
-BLOCK = 4096                  # status.json is padded to a multiple of this: the room an in-place rewrite has
+BLOCK = 4096  # status.json is padded to a multiple of this: the room an in-place rewrite has
 
 
 def _fsync_dir(folder: Path) -> None:
     # The rename itself lives in the directory entry; fsync the folder so it survives a crash too.
     try:
         fd = os.open(folder, os.O_RDONLY)
-    except OSError:          # some filesystems do not allow opening a directory
+    except OSError:  # some filesystems do not allow opening a directory
         return
     try:
         os.fsync(fd)
@@ -43,7 +44,7 @@ def _fsync_dir(folder: Path) -> None:
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
 
 
 def unique_temp(path: Path) -> tuple[int, Path]:
@@ -52,7 +53,7 @@ def unique_temp(path: Path) -> tuple[int, Path]:
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(6)}")
         try:
             return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666), tmp
-        except FileExistsError:      # 48 random bits taken: draw again
+        except FileExistsError:  # 48 random bits taken: draw again
             continue
 
 
@@ -131,12 +132,12 @@ def locked(lock_path):
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
-        os.close(fd)                 # closing the descriptor releases the lock
+        os.close(fd)  # closing the descriptor releases the lock
 
 
 def torch_save(path, obj) -> Path:
     """``torch.save`` through a buffer, so a checkpoint is replaced atomically like any other file."""
-    import torch     # deferred: the rest of this module is imported by code that needs no torch
+    import torch  # noqa: PLC0415 - torch loads only when this runs (the rest of the module is torch-free)
 
     buffer = io.BytesIO()
     torch.save(obj, buffer)

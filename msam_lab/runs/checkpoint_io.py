@@ -15,6 +15,7 @@ job's output), so nothing read from one may execute code:
   there (files of the older code have none). A mismatch, a truncated or unreadable file, anything
   that is not a regular file: ``RunFileError``, one line naming the file and what is wrong.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -41,14 +42,31 @@ _HEX = re.compile(r"[0-9a-f]{64}")
 # the array rebuilder, the array and dtype classes, and the uint32 dtype's class. torch's weights_only
 # unpickler already allows ``_codecs.encode`` (the array's raw bytes under pickle protocol 2).
 _RECONSTRUCT = np.zeros(1).__reduce__()[0]
-LEGACY_NUMPY_GLOBALS = [_RECONSTRUCT, (_RECONSTRUCT, "numpy.core.multiarray._reconstruct"),
-                        np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+LEGACY_NUMPY_GLOBALS = [
+    _RECONSTRUCT,
+    (_RECONSTRUCT, "numpy.core.multiarray._reconstruct"),
+    np.ndarray,
+    np.dtype,
+    type(np.dtype(np.uint32)),
+]
 
 # What torch.load raises on bytes that are not a checkpoint (truncated, garbage, flipped bits):
 # the zip reader's RuntimeError, the unpickler's UnpicklingError / EOFError, and the errors of
 # rebuilding tensors or containers from inconsistent records.
-_LOAD_ERRORS = (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, KeyError, TypeError, IndexError,
-                AttributeError, OverflowError, MemoryError, zipfile.BadZipFile, NotImplementedError)
+_LOAD_ERRORS = (
+    pickle.UnpicklingError,
+    RuntimeError,
+    EOFError,
+    ValueError,
+    KeyError,
+    TypeError,
+    IndexError,
+    AttributeError,
+    OverflowError,
+    MemoryError,
+    zipfile.BadZipFile,
+    NotImplementedError,
+)
 
 
 def sidecar(path) -> Path:
@@ -100,7 +118,7 @@ def rotate(path, previous) -> None:
     try:
         digest = expected_digest(path)
     except RunFileError:
-        digest = None                       # an unreadable checksum is not carried over
+        digest = None  # an unreadable checksum is not carried over
     sidecar(previous).unlink(missing_ok=True)
     os.replace(path, previous)
     if digest is not None:
@@ -127,7 +145,7 @@ def check_plain(obj, where: str = "value") -> None:
     strings, None and dicts / lists / tuples / sets of them (a numpy array or an object would be refused)."""
     if type(obj) in _PLAIN or isinstance(obj, _TORCH):
         return
-    if type(obj) is set:                      # a frozenset is refused by weights_only loading
+    if type(obj) is set:  # a frozenset is refused by weights_only loading
         obj = list(obj)
     if isinstance(obj, dict):
         for k, v in obj.items():
@@ -138,8 +156,10 @@ def check_plain(obj, where: str = "value") -> None:
         for i, v in enumerate(obj):
             check_plain(v, f"{where}[{i}]")
         return
-    raise TypeError(f"{where} is a {type(obj).__name__}: a checkpoint holds tensors, numbers, strings and "
-                    f"dicts / lists of them (convert it, e.g. torch.as_tensor(array) or .tolist())")
+    raise TypeError(
+        f"{where} is a {type(obj).__name__}: a checkpoint holds tensors, numbers, strings and "
+        f"dicts / lists of them (convert it, e.g. torch.as_tensor(array) or .tolist())"
+    )
 
 
 def _reason(err: Exception) -> str:
@@ -147,8 +167,10 @@ def _reason(err: Exception) -> str:
     text = str(err)
     glob = re.search(r"GLOBAL ([\w.]+)", text)
     if glob:
-        return (f"it asks for {glob.group(1)}, which could run code; only tensors, numbers, strings and "
-                f"containers are loaded")
+        return (
+            f"it asks for {glob.group(1)}, which could run code; only tensors, numbers, strings and "
+            f"containers are loaded"
+        )
     found = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return (found.group(1).strip() if found else lines[0] if lines else type(err).__name__)[:200]
@@ -170,15 +192,16 @@ def load(path, map_location="cpu"):
     data = read_regular(path)
     expected = expected_digest(path)
     if expected is not None and sha256(data) != expected:
-        raise RunFileError(f"{path}: damaged (its SHA-256 differs from the one in {sidecar(path).name}, "
-                           f"written with it)")
+        raise RunFileError(
+            f"{path}: damaged (its SHA-256 differs from the one in {sidecar(path).name}, written with it)"
+        )
     try:
         try:
             obj = _torch_load(data, map_location, legacy=False)
         except pickle.UnpicklingError as first:
             if "GLOBAL numpy" not in str(first):
                 raise
-            obj = _torch_load(data, map_location, legacy=True)     # a file of the older code
+            obj = _torch_load(data, map_location, legacy=True)  # a file of the older code
     except _LOAD_ERRORS as err:
         raise RunFileError(f"{path}: not a checkpoint that can be loaded safely ({_reason(err)})") from None
     return _convert_legacy(obj)
@@ -186,22 +209,33 @@ def load(path, map_location="cpu"):
 
 # ---------------------------------------------------------------- RNG states as plain values
 
+
 def numpy_state(state=None) -> dict:
     """numpy's global RNG state as plain values: ``bit_generator`` (str), ``key`` (an int64 tensor of
     the MT19937 key's uint32 words), ``pos``, ``has_gauss`` (ints) and ``cached_gaussian`` (float).
 
     ``state``: a ``np.random.get_state()`` tuple (the older files' format); default the current one."""
     name, key, pos, has_gauss, cached = np.random.get_state(legacy=True) if state is None else state
-    return {"bit_generator": str(name), "key": torch.from_numpy(np.asarray(key, dtype=np.int64).copy()),
-            "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+    return {
+        "bit_generator": str(name),
+        "key": torch.from_numpy(np.asarray(key, dtype=np.int64).copy()),
+        "pos": int(pos),
+        "has_gauss": int(has_gauss),
+        "cached_gaussian": float(cached),
+    }
 
 
 def set_numpy_state(state) -> None:
     """Restore numpy's global RNG from ``numpy_state``'s dict (or a ``get_state()`` tuple)."""
     if isinstance(state, dict):
         key = np.asarray(state["key"].numpy() if torch.is_tensor(state["key"]) else state["key"]).astype(np.uint32)
-        state = (state["bit_generator"], key, int(state["pos"]), int(state["has_gauss"]),
-                 float(state["cached_gaussian"]))
+        state = (
+            state["bit_generator"],
+            key,
+            int(state["pos"]),
+            int(state["has_gauss"]),
+            float(state["cached_gaussian"]),
+        )
     np.random.set_state(state)
 
 
@@ -212,5 +246,5 @@ def _convert_legacy(obj):
         try:
             rng["numpy"] = numpy_state(rng["numpy"])
         except (TypeError, ValueError):
-            pass                      # left as it is: set_rng_state reports it, naming the file's run
+            pass  # left as it is: set_rng_state reports it, naming the file's run
     return obj

@@ -5,6 +5,7 @@ Test numbers appear twice, each labelled in its header: at the epoch of best val
 without a validation split (or written before validation existed) has only the last-epoch numbers:
 its ``best_epoch`` and ``(best val)`` cells are empty (NA / NaN), which is not an error.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -46,8 +47,12 @@ def compare_runs(runs) -> pd.DataFrame:
         for key in keys:
             row[labelled(key, BEST)] = _num(sel.get(f"{key}_at_best"))
             row[labelled(key, LAST)] = _num(sel.get(f"{key}_last"))
-        row.update({"switches": _num(summary_number(run, "dominance_switches")),
-                    "wall_s": _num(summary_number(run, "wall_time"))})
+        row.update(
+            {
+                "switches": _num(summary_number(run, "dominance_switches")),
+                "wall_s": _num(summary_number(run, "wall_time")),
+            }
+        )
         rows.append(row)
     df = pd.DataFrame(rows)
     if "best_epoch" in df:

@@ -7,6 +7,7 @@ every name here, so ``from msam_lab.runs.reader import read_status`` keeps worki
 Nothing read here executes code: a file that is not a regular file, too large, not JSON or not a
 CSV table is a ``RunFileError`` naming it.
 """
+
 from __future__ import annotations
 
 import io
@@ -25,9 +26,9 @@ from msam_lab.runs.lock import read_lock
 
 STATUS, SUMMARY, CONFIG, MODEL = "status.json", "summary.json", "config.json", "model.json"
 STEPS, EPOCHS, CHECKPOINTS, RESUME = "steps.csv", "epochs.csv", "checkpoints", "resume.pt"
-PREVIOUS_RESUME = "resume.prev.pt"     # the resume point before resume.pt: what a damaged one falls back to
+PREVIOUS_RESUME = "resume.prev.pt"  # the resume point before resume.pt: what a damaged one falls back to
 STATES = ("running", "finished", "failed", "interrupted")
-LOGGED = "logged"          # model.json "kind" of a run written by msam_lab.RunLogger
+LOGGED = "logged"  # model.json "kind" of a run written by msam_lab.RunLogger
 
 
 class RunFileError(ConfigError):
@@ -63,7 +64,7 @@ def read_regular(path, limit: int | None = None) -> bytes:
         os.close(fd)
 
 
-JSON_LIMIT = 16 * 2 ** 20           # bytes: a status, config, model or summary file is a few kB
+JSON_LIMIT = 16 * 2**20  # bytes: a status, config, model or summary file is a few kB
 
 
 def read_json(path) -> dict:
@@ -117,8 +118,12 @@ _STATUS_TYPES = {
     "error": (lambda v: v is None or isinstance(v, str), "a string"),
     "skipped_batches": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
     "resumed": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
-    "resume_point": (lambda v: v is None or (isinstance(v, dict) and all(
-        _is_int(v.get(k)) and v.get(k) >= 0 for k in ("step", "epoch"))), "{step, epoch} (integers >= 0)"),
+    "resume_point": (
+        lambda v: (
+            v is None or (isinstance(v, dict) and all(_is_int(v.get(k)) and v.get(k) >= 0 for k in ("step", "epoch")))
+        ),
+        "{step, epoch} (integers >= 0)",
+    ),
 }
 
 
@@ -145,11 +150,11 @@ def read_status(path) -> dict:
     """
     path = Path(path)
     if not (path / STATUS).exists() and not (path / STATUS).is_symlink():
-        if is_run(path):          # a run written before status.json existed
+        if is_run(path):  # a run written before status.json existed
             return {"state": "finished"}
         raise FileNotFoundError(f"no run directory at {path} (no {STATUS}); train one with `msam-lab train`")
     status = _check_status(path / STATUS, read_json(path / STATUS))
-    status.pop("stale_lock", None)      # computed, never stored; older writers stored it back on a resume
+    status.pop("stale_lock", None)  # computed, never stored; older writers stored it back on a resume
     if status.get("state") == "running":
         lock = read_lock(path)
         if lock is None or not lock.alive(status.get("heartbeat_unix")):
@@ -172,19 +177,22 @@ def complete_lines(path: Path) -> str:
     try:
         text = read_regular(path).decode("utf-8")
     except UnicodeDecodeError as err:
-        raise RunFileError(f"{path}: not a text table (bytes that are not UTF-8 at offset {err.start}; damaged)") \
-            from None
+        raise RunFileError(
+            f"{path}: not a text table (bytes that are not UTF-8 at offset {err.start}; damaged)"
+        ) from None
     if "\0" in text:
         raise RunFileError(f"{path}: not a text table (NUL bytes; damaged)")
-    return text if text.endswith("\n") else text[:text.rfind("\n") + 1]
+    return text if text.endswith("\n") else text[: text.rfind("\n") + 1]
 
 
 # Columns that hold numbers wherever they appear (the readers compute with them); the others (dominant,
 # perturbed, scope, split, a RunLogger's own columns) may hold text.
-_NUMERIC = re.compile(r"(step|epoch|loss|lr|wall_time|skipped|overflow|tau(_loss)?|n_samples|seed|subset_seed|"
-                      r"topk|probes|rho|lambda_\d+|trace(_se)?|eps_sharpness|"
-                      r"((train|test|val)_)?(acc|loss|share|shapley)(_.+)?)")
-_REQUIRED = {STEPS: "step", EPOCHS: "epoch", "sharpness.csv": "epoch"}     # the column each table is keyed by
+_NUMERIC = re.compile(
+    r"(step|epoch|loss|lr|wall_time|skipped|overflow|tau(_loss)?|n_samples|seed|subset_seed|"
+    r"topk|probes|rho|lambda_\d+|trace(_se)?|eps_sharpness|"
+    r"((train|test|val)_)?(acc|loss|share|shapley)(_.+)?)"
+)
+_REQUIRED = {STEPS: "step", EPOCHS: "epoch", "sharpness.csv": "epoch"}  # the column each table is keyed by
 
 
 def read_table(path: Path) -> pd.DataFrame:
@@ -221,8 +229,9 @@ def read_table(path: Path) -> pd.DataFrame:
         for column in counters:
             bad = [v for v in cells[column] if not _counter(v, empty_ok=column == "skipped")]
             if bad:
-                raise RunFileError(f"{path}: column {column!r} must hold whole numbers >= 0, got {_short(bad[0])} "
-                                   f"(damaged)")
+                raise RunFileError(
+                    f"{path}: column {column!r} must hold whole numbers >= 0, got {_short(bad[0])} (damaged)"
+                )
     return table
 
 
@@ -239,6 +248,11 @@ def find_runs(paths) -> list[Path]:
             found.append(p)
         elif p.is_dir():
             found.extend(sorted(q.parent for q in p.rglob(STATUS) if not q.parent.name.startswith(".")))
-            found.extend(sorted(q.parent for q in p.rglob(SUMMARY)
-                                if not (q.parent / STATUS).exists() and not q.parent.name.startswith(".")))
+            found.extend(
+                sorted(
+                    q.parent
+                    for q in p.rglob(SUMMARY)
+                    if not (q.parent / STATUS).exists() and not q.parent.name.startswith(".")
+                )
+            )
     return list(dict.fromkeys(found))

@@ -11,6 +11,7 @@ file is still the one at ``lock`` and that its owner is still gone, and renames 
 it before letting go. A rival waiting on the same flock then finds another file at ``lock`` (or
 a live owner) and gives up: of several trainers resuming one killed run, exactly one gets it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -27,8 +28,8 @@ from msam_lab.faults import named
 from msam_lab.runs.atomic import unique_temp, write_bytes
 
 LOCK = "lock"
-STALE_AFTER = 300.0       # seconds without a heartbeat before another host's lock counts as stale
-BEING_WRITTEN = 2.0       # seconds an unreadable lock may be one still being written (a file system without links)
+STALE_AFTER = 300.0  # seconds without a heartbeat before another host's lock counts as stale
+BEING_WRITTEN = 2.0  # seconds an unreadable lock may be one still being written (a file system without links)
 TAKEOVER_TRIES = 100
 
 
@@ -43,7 +44,7 @@ def pid_alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:      # exists, owned by someone else
+    except PermissionError:  # exists, owned by someone else
         return True
     return True
 
@@ -73,7 +74,7 @@ def _parse(text: str) -> LockInfo:
     try:
         data = json.loads(text)
         return LockInfo(int(data["pid"]), str(data["host"]), float(data["since"]))
-    except (ValueError, KeyError, TypeError):   # a lock torn by a crash while it was written: stale
+    except (ValueError, KeyError, TypeError):  # a lock torn by a crash while it was written: stale
         return LockInfo(-1, "unknown", 0.0)
 
 
@@ -83,7 +84,7 @@ def read_lock(run_dir) -> LockInfo | None:
         return _parse(path.read_text())
     except FileNotFoundError:
         return None
-    except (OSError, UnicodeDecodeError):       # not a readable file (a folder, garbage bytes): stale
+    except (OSError, UnicodeDecodeError):  # not a readable file (a folder, garbage bytes): stale
         return LockInfo(-1, "unknown", 0.0)
 
 
@@ -136,7 +137,7 @@ class RunLock:
             os.fsync(fd)
         except OSError:
             os.close(fd)
-            self.path.unlink(missing_ok=True)     # never leave an empty lock behind (a full disk)
+            self.path.unlink(missing_ok=True)  # never leave an empty lock behind (a full disk)
             raise
         os.close(fd)
         self.held = True
@@ -148,7 +149,7 @@ class RunLock:
         for _ in range(TAKEOVER_TRIES):
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
-            except FileNotFoundError:           # released meanwhile
+            except FileNotFoundError:  # released meanwhile
                 if self._create():
                     return None
                 continue
@@ -172,14 +173,16 @@ class RunLock:
         except FileNotFoundError:
             return None
         if (opened.st_dev, opened.st_ino) != (current.st_dev, current.st_ino):
-            return None                         # a rival replaced it while we waited for the flock
+            return None  # a rival replaced it while we waited for the flock
         owner = _parse(os.pread(fd, 1 << 16, 0).decode(errors="replace"))
         if owner.alive(heartbeat):
-            raise RunLockedError(f"run {self.path.parent} is being trained by {owner.describe()}; "
-                                 f"wait for it to finish or stop that process first")
+            raise RunLockedError(
+                f"run {self.path.parent} is being trained by {owner.describe()}; "
+                f"wait for it to finish or stop that process first"
+            )
         if owner.pid < 0 and time.time() - opened.st_mtime < BEING_WRITTEN:
             raise RunLockedError(f"run {self.path.parent} was just taken by another trainer")
-        write_bytes(self.path, _content())      # renamed over the stale file while we hold its flock
+        write_bytes(self.path, _content())  # renamed over the stale file while we hold its flock
         self.held = True
         return owner
 

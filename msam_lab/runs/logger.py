@@ -15,6 +15,7 @@ modalities and ``scopes`` (modality -> submodule path, for per-encoder sharpness
 lives in your code, so landscapes and sharpness take a model factory and your forward
 (``msam_lab.landscape.landscape_for_run(run, model_factory=..., forward=..., batches=...)``).
 """
+
 from __future__ import annotations
 
 import json
@@ -26,13 +27,13 @@ from datetime import datetime, timezone
 
 import torch
 
-from msam_lab.runs import checkpoint_io
 from msam_lab import faults
 from msam_lab.config import ConfigError
 from msam_lab.optim.msam import ShapleyRecord
-from msam_lab.runs.writer import RunWriter
+from msam_lab.runs import checkpoint_io
 from msam_lab.runs.reader import EPOCHS, LOGGED, STEPS, is_run_dir, read_table, run_state
 from msam_lab.runs.selection import table_summary
+from msam_lab.runs.writer import RunWriter
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
@@ -41,8 +42,10 @@ def _plain(config: dict) -> dict:
     try:
         return json.loads(json.dumps(config))
     except (TypeError, ValueError, RecursionError) as err:
-        raise ConfigError(f"RunLogger config must hold plain values (numbers, strings, lists, dicts): "
-                          f"{str(err).splitlines()[0][:200]}") from None
+        raise ConfigError(
+            f"RunLogger config must hold plain values (numbers, strings, lists, dicts): "
+            f"{str(err).splitlines()[0][:200]}"
+        ) from None
 
 
 class RunLogger:
@@ -56,14 +59,30 @@ class RunLogger:
     deleted and started afresh; a finished or running one is never touched.
     """
 
-    def __init__(self, out, modalities, config: dict | None = None, *, method: str = "custom",
-                 dataset: str = "custom", seed: int = 0, epochs: int | None = None, scopes: dict | None = None,
-                 flush_every: float = 1.0, restart: bool = False):
+    def __init__(
+        self,
+        out,
+        modalities,
+        config: dict | None = None,
+        *,
+        method: str = "custom",
+        dataset: str = "custom",
+        seed: int = 0,
+        epochs: int | None = None,
+        scopes: dict | None = None,
+        flush_every: float = 1.0,
+        restart: bool = False,
+    ):
         names = tuple(modalities) if not isinstance(modalities, str) else (modalities,)
-        if not names or len(set(names)) != len(names) or not all(isinstance(m, str) and _NAME.fullmatch(m)
-                                                                 for m in names):
-            raise ConfigError(f"modalities must be distinct plain names (letters, digits, _ . -), e.g. "
-                              f"('image', 'audio'); got {names!r}")
+        if (
+            not names
+            or len(set(names)) != len(names)
+            or not all(isinstance(m, str) and _NAME.fullmatch(m) for m in names)
+        ):
+            raise ConfigError(
+                f"modalities must be distinct plain names (letters, digits, _ . -), e.g. "
+                f"('image', 'audio'); got {names!r}"
+            )
         for label, value in (("method", method), ("dataset", dataset)):
             if not isinstance(value, str) or not _NAME.fullmatch(value):
                 raise ConfigError(f"{label} must be a plain name (letters, digits, _ . -), got {value!r}")
@@ -74,22 +93,25 @@ class RunLogger:
         scopes = dict(scopes or {})
         unknown = sorted(set(scopes) - set(names))
         if unknown or not all(isinstance(v, str) and v for v in scopes.values()):
-            raise ConfigError(f"scopes maps a modality to its encoder's submodule path, e.g. "
-                              f"{{'{names[0]}': 'encoders.{names[0]}'}}; got {scopes!r}")
+            raise ConfigError(
+                f"scopes maps a modality to its encoder's submodule path, e.g. "
+                f"{{'{names[0]}': 'encoders.{names[0]}'}}; got {scopes!r}"
+            )
         self.modalities = names
         user = _plain(config or {})
         reserved = sorted({"method", "dataset", "seed", "epochs"} & set(user))
         if reserved:
-            raise ConfigError(f"config key {reserved[0]!r} is a RunLogger argument; pass "
-                              f"RunLogger(..., {reserved[0]}=...) instead")
+            raise ConfigError(
+                f"config key {reserved[0]!r} is a RunLogger argument; pass RunLogger(..., {reserved[0]}=...) instead"
+            )
         self.config = {**user, "method": method, "dataset": dataset, "seed": seed, "epochs": epochs}
         spec = {"kind": LOGGED, "modalities": list(names), "scopes": scopes}
         if restart and is_run_dir(out) and run_state(out) in ("interrupted", "failed"):
-            shutil.rmtree(out)          # only after every argument checked: bad input deletes nothing
+            shutil.rmtree(out)  # only after every argument checked: bad input deletes nothing
         self.writer = RunWriter(out, self.config, spec, flush_every=flush_every)
         self.out = self.writer.out
-        self.step = 0               # the next step row's number
-        self.epoch = 0              # the last logged epoch; step rows belong to epoch + 1
+        self.step = 0  # the next step row's number
+        self.epoch = 0  # the last logged epoch; step rows belong to epoch + 1
         self.n_parameters: int | None = None
         self.closed = False
         self._last_epoch: int | None = None
@@ -112,8 +134,7 @@ class RunLogger:
             row.update(dict(record))
         row.update(values)
         if row.get("dominant") is not None and row["dominant"] not in self.modalities:
-            raise ValueError(f"dominant {row['dominant']!r} is not one of the logger's modalities "
-                             f"{self.modalities}")
+            raise ValueError(f"dominant {row['dominant']!r} is not one of the logger's modalities {self.modalities}")
         self.writer.log_step(row)
         self.step = int(row["step"]) + 1
         return row
@@ -158,13 +179,23 @@ class RunLogger:
         epochs = read_table(self.out / EPOCHS)
         if epochs.empty:
             raise ValueError("close() needs at least one log_epoch row (the tables compare and the widgets read)")
-        full = {"method": self.config["method"], "dataset": self.config["dataset"], "seed": self.config["seed"],
-                "epochs": self.config["epochs"] if self.config["epochs"] is not None else self.epoch,
-                "steps": self.step, "wall_time": self.wall_time(), "torch": torch.__version__,
-                "python": platform.python_version(),
-                "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "n_parameters": self.n_parameters, "skipped_batches": 0, "resumed": 0, "logged": True,
-                **table_summary(read_table(self.out / STEPS), epochs), **summary}
+        full = {
+            "method": self.config["method"],
+            "dataset": self.config["dataset"],
+            "seed": self.config["seed"],
+            "epochs": self.config["epochs"] if self.config["epochs"] is not None else self.epoch,
+            "steps": self.step,
+            "wall_time": self.wall_time(),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "n_parameters": self.n_parameters,
+            "skipped_batches": 0,
+            "resumed": 0,
+            "logged": True,
+            **table_summary(read_table(self.out / STEPS), epochs),
+            **summary,
+        }
         self.writer.finish(full)
         self.closed = True
         return full

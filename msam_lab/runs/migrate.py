@@ -14,6 +14,7 @@ The other old shapes: a model.json from before ``encoder_options`` / ``fusion_tr
 (:func:`model_spec`) and sweep tables from before model selection (:func:`sweep_runs`,
 :func:`sweep_summary`). Callers read through here; nothing else keeps an old-format rule.
 """
+
 from __future__ import annotations
 
 from msam_lab.config import FORMAT_KEY, FORMAT_VERSION, Config, ConfigError, from_dict, shown
@@ -23,22 +24,47 @@ FORMAT_1_OPTIONS = {
     "unimodal": {"modality": ""},
     "ogm_ge": {"ogm_alpha": 0.1, "ogm_start_epoch": 0, "ogm_end_epoch": 50, "ogm_noise": True},
     "agm": {"agm_alpha": 1.0, "agm_start_epoch": 0, "agm_end_epoch": 20, "agm_momentum": 0.0, "agm_clip": 7.0},
-    "cggm": {"cggm_rho": 1.3, "cggm_lambda": 0.2, "cggm_cls_lr": None, "cggm_clip": 0.8, "cggm_eps": 1e-8,
-             "cggm_guard": True, "cggm_bound": 1.0},
-    "reconboost": {"recon_stage_epochs": 4, "recon_correct_epochs": 4, "recon_stage_steps": 0,
-                   "recon_correct_steps": 0, "recon_weight1": 5.0, "recon_weight2": 1.0, "recon_boost_rate": 1.0,
-                   "recon_lr": None, "recon_order": []},
-    "mie": {"mie_stage_epochs": [25, 50], "mie_stage_steps": 0, "mie_order": [], "mie_mixup_alpha": 1.0,
-            "mie_rho": 1e-10, "mie_restore": False, "mie_ori_weight": 0.7, "mie_flat_weight": 0.3,
-            "mie_temperature": 0.4},
+    "cggm": {
+        "cggm_rho": 1.3,
+        "cggm_lambda": 0.2,
+        "cggm_cls_lr": None,
+        "cggm_clip": 0.8,
+        "cggm_eps": 1e-8,
+        "cggm_guard": True,
+        "cggm_bound": 1.0,
+    },
+    "reconboost": {
+        "recon_stage_epochs": 4,
+        "recon_correct_epochs": 4,
+        "recon_stage_steps": 0,
+        "recon_correct_steps": 0,
+        "recon_weight1": 5.0,
+        "recon_weight2": 1.0,
+        "recon_boost_rate": 1.0,
+        "recon_lr": None,
+        "recon_order": [],
+    },
+    "mie": {
+        "mie_stage_epochs": [25, 50],
+        "mie_stage_steps": 0,
+        "mie_order": [],
+        "mie_mixup_alpha": 1.0,
+        "mie_rho": 1e-10,
+        "mie_restore": False,
+        "mie_ori_weight": 0.7,
+        "mie_flat_weight": 0.3,
+        "mie_temperature": 0.4,
+    },
     "masam": {"masam_mode": "paper", "masam_beta": 0.9, "masam_w": 0.5, "masam_aps": None},
 }
 
 # Fields added after runs were already being written whose default is NOT what those runs did:
 # a stored config without the field ran as this value (a resumed or re-read old run must too).
-STORED_DEFAULTS = {"val_fraction": 0.0,            # runs before model selection trained on the whole train split
-                   "max_skipped_fraction": 1.0}    # nan_policy=skip had no limit
-STORED_METHOD_DEFAULTS = {"cggm": {"cggm_guard": False}}   # CGGM runs before the guard used the unbounded B
+STORED_DEFAULTS = {
+    "val_fraction": 0.0,  # runs before model selection trained on the whole train split
+    "max_skipped_fraction": 1.0,
+}  # nan_policy=skip had no limit
+STORED_METHOD_DEFAULTS = {"cggm": {"cggm_guard": False}}  # CGGM runs before the guard used the unbounded B
 
 
 def stored_version(values: dict) -> int:
@@ -46,8 +72,10 @@ def stored_version(values: dict) -> int:
     msam_lab cannot read (written by a newer one, or damaged)."""
     version = values.get(FORMAT_KEY, 1)
     if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
-        raise ConfigError(f"{FORMAT_KEY} {shown(version)} is not a config format this msam_lab reads "
-                          f"(1..{FORMAT_VERSION}); a newer msam_lab wrote it, or the file is damaged")
+        raise ConfigError(
+            f"{FORMAT_KEY} {shown(version)} is not a config format this msam_lab reads "
+            f"(1..{FORMAT_VERSION}); a newer msam_lab wrote it, or the file is damaged"
+        )
     return version
 
 
@@ -92,7 +120,7 @@ def model_spec(spec: dict) -> dict:
 
 
 # -- sweep tables -------------------------------------------------------------------------
-AT_LAST = "_last"     # experiments.sweep's suffix of a test number at the last epoch
+AT_LAST = "_last"  # experiments.sweep's suffix of a test number at the last epoch
 
 
 def _unlabelled(col: str) -> bool:
@@ -116,6 +144,6 @@ def sweep_summary(table):
     renamed = {}
     for c in table.columns:
         for stat in ("_mean", "_std"):
-            if c.endswith(stat) and _unlabelled(c[:-len(stat)]):
-                renamed[c] = c[:-len(stat)] + AT_LAST + stat
+            if c.endswith(stat) and _unlabelled(c[: -len(stat)]):
+                renamed[c] = c[: -len(stat)] + AT_LAST + stat
     return table.rename(columns=renamed)

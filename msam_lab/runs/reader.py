@@ -19,6 +19,7 @@ A run written from your own loop by ``msam_lab.RunLogger`` has the same files; i
 says ``"kind": "logged"`` (``Run.logged``) and holds the modalities instead of a model spec, so its
 model is rebuilt by a factory you pass (``run.load_model(epoch, factory=MyModel)``).
 """
+
 from __future__ import annotations
 
 import re
@@ -27,16 +28,39 @@ from pathlib import Path
 
 import pandas as pd
 
-from msam_lab.runs import checkpoint_io
-from msam_lab.runs import migrate, surfaces
 from msam_lab.config import Config, ConfigError, _check_type, field_names
+from msam_lab.datasets import load_dataset
 from msam_lab.models.multimodal import MultimodalModel, model_from_spec
+from msam_lab.runs import checkpoint_io, migrate, surfaces
+
 # the layout and the small-file readers live in layout (torch-free, for msam-lab status); every name
 # is re-exported here, so `from msam_lab.runs.reader import read_status` keeps working
 from msam_lab.runs.layout import (  # noqa: F401
-    CHECKPOINTS, CONFIG, EPOCHS, JSON_LIMIT, LOGGED, MODEL, PREVIOUS_RESUME, RESUME, STATES, STATUS, STEPS, SUMMARY,
-    RunFileError, _is_int, _is_number, _short, complete_lines, find_runs, is_run, is_run_dir, read_json,
-    read_status, read_table, run_state)
+    CHECKPOINTS,
+    CONFIG,
+    EPOCHS,
+    JSON_LIMIT,
+    LOGGED,
+    MODEL,
+    PREVIOUS_RESUME,
+    RESUME,
+    STATES,
+    STATUS,
+    STEPS,
+    SUMMARY,
+    RunFileError,
+    _is_int,
+    _is_number,
+    _short,
+    complete_lines,
+    find_runs,
+    is_run,
+    is_run_dir,
+    read_json,
+    read_status,
+    read_table,
+    run_state,
+)
 from msam_lab.runs.lock import LOCK, read_lock
 
 
@@ -48,8 +72,11 @@ def check_output_dir(out) -> Path:
         return out
     if is_run_dir(out):
         state = run_state(out)
-        hint = "resume it with `msam-lab train --resume` or choose another --out" \
-            if state in ("failed", "interrupted") else "choose another --out or delete it"
+        hint = (
+            "resume it with `msam-lab train --resume` or choose another --out"
+            if state in ("failed", "interrupted")
+            else "choose another --out or delete it"
+        )
         raise ConfigError(f"output directory {out} already holds a {state} run; {hint}")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"output directory {out} exists and is not empty; choose another --out")
@@ -83,11 +110,12 @@ def start_leftovers(out) -> list[Path] | None:
         else:
             lock = read_lock(out)
             if lock is not None and lock.alive():
-                return None                     # a trainer starting there right now
-    except (OSError, ValueError):               # damaged files: not ours to replace
+                return None  # a trainer starting there right now
+    except (OSError, ValueError):  # damaged files: not ours to replace
         return None
-    allowed = {LOCK, CONFIG, MODEL, CHECKPOINTS} | ({STATUS, STEPS, EPOCHS, "sharpness.csv", ".sharpness.csv.lock"}
-                                                   if started else set())
+    allowed = {LOCK, CONFIG, MODEL, CHECKPOINTS} | (
+        {STATUS, STEPS, EPOCHS, "sharpness.csv", ".sharpness.csv.lock"} if started else set()
+    )
     for p in entries:
         temporary = p.name.startswith(".") and ".tmp-" in p.name
         if p.is_symlink() or not (temporary or p.name in allowed):
@@ -115,7 +143,7 @@ class Run:
     summary: dict
     model_spec: dict = field(repr=False, default_factory=dict)
     status: dict = field(repr=False, default_factory=dict)
-    raw_config: dict = field(repr=False, default_factory=dict)   # config.json as stored
+    raw_config: dict = field(repr=False, default_factory=dict)  # config.json as stored
 
     @property
     def logged(self) -> bool:
@@ -158,19 +186,22 @@ class Run:
         """A fresh (untrained) model of this run's architecture; a logged run's from ``factory()``."""
         if self.logged:
             if factory is None:
-                raise ValueError(f"run {self.path} was logged from your own model (msam_lab.RunLogger): pass "
-                                 f"factory=<a function returning a fresh model> to rebuild it")
+                raise ValueError(
+                    f"run {self.path} was logged from your own model (msam_lab.RunLogger): pass "
+                    f"factory=<a function returning a fresh model> to rebuild it"
+                )
             return factory()
         if factory is not None:
-            raise ValueError(f"run {self.path} was trained by msam_lab, which rebuilds its model itself; "
-                             f"drop factory=")
+            raise ValueError(f"run {self.path} was trained by msam_lab, which rebuilds its model itself; drop factory=")
         try:
             return model_from_spec(migrate.model_spec(self.model_spec))
         # what a spec of wrong values raises while the layers are built (sizes, kinds, missing keys)
         except (KeyError, TypeError, ValueError, RuntimeError, OverflowError, MemoryError) as err:
             first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
-            raise RunFileError(f"{self.path / MODEL}: does not describe a model msam_lab can build "
-                               f"({type(err).__name__}: {first}; damaged)") from None
+            raise RunFileError(
+                f"{self.path / MODEL}: does not describe a model msam_lab can build "
+                f"({type(err).__name__}: {first}; damaged)"
+            ) from None
 
     def load_checkpoint(self, epoch: int | None = None, map_location="cpu") -> dict:
         """The checkpoint dict of ``epoch`` (default: the last one)."""
@@ -196,8 +227,10 @@ class Run:
         # missing or unexpected keys, a tensor of another shape, a value that is no tensor
         except (RuntimeError, TypeError, AttributeError, ValueError) as err:
             first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
-            raise RunFileError(f"{self.checkpoints[epoch]}: its weights do not fit the model {self.path / MODEL} "
-                               f"describes ({first}; one of them is damaged, or from another run)") from None
+            raise RunFileError(
+                f"{self.checkpoints[epoch]}: its weights do not fit the model {self.path / MODEL} "
+                f"describes ({first}; one of them is damaged, or from another run)"
+            ) from None
         return model.to(device).eval()
 
     @property
@@ -212,9 +245,11 @@ class Run:
     def load_data(self, device="cpu"):
         """The run's dataset splits (regenerated or read from the cache)."""
         if self.logged:
-            raise ValueError(f"run {self.path} was logged from your own loop (msam_lab.RunLogger); its data "
-                             f"lives in your code, not in msam_lab")
-        from msam_lab.datasets import load_dataset
+            raise ValueError(
+                f"run {self.path} was logged from your own loop (msam_lab.RunLogger); its data "
+                f"lives in your code, not in msam_lab"
+            )
+
         return load_dataset(self.config.dataset, **self.config.data).to(device)
 
 
@@ -233,8 +268,16 @@ def load_run(path) -> Run:
     raw = read_json(path / CONFIG)
     spec = _check_spec(path / MODEL, read_json(path / MODEL))
     summary = read_json(path / SUMMARY) if is_run(path) else {}
-    return Run(path=path, config=_config_of(path / CONFIG, raw, spec), steps=read_table(path / STEPS),
-               epochs=read_table(path / EPOCHS), summary=summary, model_spec=spec, status=status, raw_config=raw)
+    return Run(
+        path=path,
+        config=_config_of(path / CONFIG, raw, spec),
+        steps=read_table(path / STEPS),
+        epochs=read_table(path / EPOCHS),
+        summary=summary,
+        model_spec=spec,
+        status=status,
+        raw_config=raw,
+    )
 
 
 _EPOCH_FILE = re.compile(r"epoch_(\d{1,9})\.pt")
@@ -244,17 +287,26 @@ def _check_spec(file: Path, spec: dict) -> dict:
     """model.json's shape: what ``modalities`` and ``build_model`` read (a wrong value fails there, named)."""
     if spec.get("kind") == LOGGED:
         names = spec.get("modalities")
-        if not isinstance(names, list) or not names or not all(isinstance(m, str) for m in names) \
-                or not isinstance(spec.get("scopes", {}), dict):
-            raise RunFileError(f"{file}: a logged run's model.json needs modalities (a list of names) and "
-                               f"scopes (a mapping; damaged)")
+        if (
+            not isinstance(names, list)
+            or not names
+            or not all(isinstance(m, str) for m in names)
+            or not isinstance(spec.get("scopes", {}), dict)
+        ):
+            raise RunFileError(
+                f"{file}: a logged run's model.json needs modalities (a list of names) and scopes (a mapping; damaged)"
+            )
         return spec
     shapes = spec.get("input_shapes")
-    if not isinstance(shapes, dict) or not shapes or not all(
+    if (
+        not isinstance(shapes, dict)
+        or not shapes
+        or not all(
             isinstance(m, str) and isinstance(s, list) and all(_is_int(n) and n > 0 for n in s)
-            for m, s in shapes.items()):
-        raise RunFileError(f"{file}: input_shapes must map each modality to its shape (positive integers; "
-                           f"damaged)")
+            for m, s in shapes.items()
+        )
+    ):
+        raise RunFileError(f"{file}: input_shapes must map each modality to its shape (positive integers; damaged)")
     for key in ("num_classes", "feature_dim", "hidden_dim"):
         if key in spec and not (_is_int(spec[key]) and spec[key] > 0):
             raise RunFileError(f"{file}: {key} must be a positive integer, got {_short(spec[key])} (damaged)")

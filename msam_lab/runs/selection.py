@@ -8,6 +8,7 @@ never takes part in the choice (docs/runs.md says why).
 Old runs (no ``val_*`` columns) and runs with ``val_fraction=0`` on a dataset without a validation
 split have no best epoch: ``best_epoch`` is None and only the last-epoch numbers exist.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -15,7 +16,7 @@ import pandas as pd
 
 from msam_lab.shapley import dominance_switches
 
-BEST, LAST = "best val", "last"        # the labels tables put in their headers: "test_acc (best val)"
+BEST, LAST = "best val", "last"  # the labels tables put in their headers: "test_acc (best val)"
 
 
 def labelled(name: str, at: str) -> str:
@@ -68,8 +69,7 @@ def best_epoch(epochs) -> int | None:
 def selected_columns(columns) -> list[str]:
     """The epoch-table columns reported at the best and at the last epoch: ``test_loss``, ``test_acc``,
     ``test_acc_<m>`` (Shapley-decomposed), ``test_acc_only_<m>`` (others zeroed), ``tau``, ``tau_loss``."""
-    return [c for c in columns
-            if c in ("test_loss", "test_acc", "tau", "tau_loss") or str(c).startswith("test_acc_")]
+    return [c for c in columns if c in ("test_loss", "test_acc", "tau", "tau_loss") or str(c).startswith("test_acc_")]
 
 
 def _value(v):
@@ -126,6 +126,8 @@ def table_summary(steps: pd.DataFrame, epochs: pd.DataFrame) -> dict:
 
     final = epochs.iloc[-1].to_dict() if len(epochs) else {}
     switches = dominance_switches(steps["dominant"].dropna()) if "dominant" in steps.columns else 0
-    return {"dominance_switches": switches,
-            **{k: final[k] for k in final if k.startswith(("test_", "train_", "val_", "tau"))},
-            **selection_summary(epochs)}
+    return {
+        "dominance_switches": switches,
+        **{k: final[k] for k in final if k.startswith(("test_", "train_", "val_", "tau"))},
+        **selection_summary(epochs),
+    }

@@ -13,6 +13,7 @@ the path as given), ``path``, ``method``, ``state`` (``running`` | ``finished`` 
 ``heartbeat_age_s`` (seconds since the trainer's last heartbeat; NaN for finished runs) and
 ``error``. Only ``status.json`` and ``epochs.csv`` are read, so a large run costs no more than a small one.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,22 @@ import pandas as pd
 from msam_lab.runs.layout import CONFIG, EPOCHS, SUMMARY, find_runs, is_run_dir, read_status, read_table
 from msam_lab.runs.lock import read_lock
 
-COLUMNS = ["run", "path", "method", "state", "stale", "pid", "epoch", "epochs", "step", "test_acc", "dominant",
-           "dominant_share", "heartbeat_age_s", "error"]
+COLUMNS = [
+    "run",
+    "path",
+    "method",
+    "state",
+    "stale",
+    "pid",
+    "epoch",
+    "epochs",
+    "step",
+    "test_acc",
+    "dominant",
+    "dominant_share",
+    "heartbeat_age_s",
+    "error",
+]
 DASH = "—"
 
 
@@ -83,19 +98,26 @@ def run_row(path, label: str | None = None, now: float | None = None) -> dict:
         return None
 
     step = status.get("last_step")
-    if step is None and summary.get("steps") is not None:       # a run written before status.json existed
+    if step is None and summary.get("steps") is not None:  # a run written before status.json existed
         step = int(summary["steps"]) - 1
-    row = {"run": label if label is not None else str(path), "path": str(path),
-           "method": pick("method", status, config, summary), "state": state, "stale": _stale(path, status),
-           "pid": _trainer(path, status, state),
-           "epoch": int(last["epoch"]) if last is not None and "epoch" in last else status.get("last_epoch"),
-           "epochs": pick("epochs", status, config, summary),
-           "step": int(step) if step is not None and int(step) >= 0 else None,
-           "test_acc": float(last["test_acc"]) if last is not None and "test_acc" in last else None,
-           "dominant": None, "dominant_share": None,
-           "heartbeat_age_s": (now - float(status["heartbeat_unix"]))
-           if state != "finished" and status.get("heartbeat_unix") is not None else math.nan,
-           "error": status.get("error") or None}
+    row = {
+        "run": label if label is not None else str(path),
+        "path": str(path),
+        "method": pick("method", status, config, summary),
+        "state": state,
+        "stale": _stale(path, status),
+        "pid": _trainer(path, status, state),
+        "epoch": int(last["epoch"]) if last is not None and "epoch" in last else status.get("last_epoch"),
+        "epochs": pick("epochs", status, config, summary),
+        "step": int(step) if step is not None and int(step) >= 0 else None,
+        "test_acc": float(last["test_acc"]) if last is not None and "test_acc" in last else None,
+        "dominant": None,
+        "dominant_share": None,
+        "heartbeat_age_s": (now - float(status["heartbeat_unix"]))
+        if state != "finished" and status.get("heartbeat_unix") is not None
+        else math.nan,
+        "error": status.get("error") or None,
+    }
     if last is not None and isinstance(last.get("test_dominant"), str):
         row["dominant"] = last["test_dominant"]
         share = last.get(f"test_share_{row['dominant']}")
@@ -123,13 +145,15 @@ def status_table(paths=("runs",), now: float | None = None) -> pd.DataFrame:
                 label = rel if len(paths) == 1 else (arg / rel).as_posix()
             try:
                 rows.append(run_row(run, label, now))
-            except (OSError, ValueError) as err:       # a status.json that cannot be read
-                rows.append({"run": label, "path": str(run), "state": "unreadable",
-                             "stale": f"{type(err).__name__}: {err}"})
+            except (OSError, ValueError) as err:  # a status.json that cannot be read
+                rows.append(
+                    {"run": label, "path": str(run), "state": "unreadable", "stale": f"{type(err).__name__}: {err}"}
+                )
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
 # ---------------------------------------------------------------- text
+
 
 def format_age(seconds) -> str:
     """``3 s``, ``2 min``, ``5.1 h``, ``2.0 d``; ``—`` for none."""
@@ -153,6 +177,7 @@ def _cell(value, fmt="{}") -> str:
 
 def display_table(table: pd.DataFrame) -> pd.DataFrame:
     """The table as ``msam-lab status`` prints it: one text column per field."""
+
     def state(r):
         why = r["stale"] or (r["pid"] if isinstance(r["pid"], str) else "")
         return f"{r['state']} ({why})" if why else r["state"]
@@ -165,16 +190,19 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
             return DASH
         return f"{r['dominant']} {_cell(r['dominant_share'], '{:.2f}')}"
 
-    return pd.DataFrame({
-        "run": table["run"].astype(str),
-        "method": [_cell(m) for m in table["method"]],
-        "state": [state(r) for _, r in table.iterrows()],
-        "epoch": [epoch(r) for _, r in table.iterrows()],
-        "step": [_cell(s, "{:.0f}") for s in table["step"]],
-        "test acc": [_cell(a, "{:.3f}") for a in table["test_acc"]],
-        "dominant": [dominant(r) for _, r in table.iterrows()],
-        "heartbeat": [format_age(a) for a in table["heartbeat_age_s"]],
-    }, columns=["run", "method", "state", "epoch", "step", "test acc", "dominant", "heartbeat"])
+    return pd.DataFrame(
+        {
+            "run": table["run"].astype(str),
+            "method": [_cell(m) for m in table["method"]],
+            "state": [state(r) for _, r in table.iterrows()],
+            "epoch": [epoch(r) for _, r in table.iterrows()],
+            "step": [_cell(s, "{:.0f}") for s in table["step"]],
+            "test acc": [_cell(a, "{:.3f}") for a in table["test_acc"]],
+            "dominant": [dominant(r) for _, r in table.iterrows()],
+            "heartbeat": [format_age(a) for a in table["heartbeat_age_s"]],
+        },
+        columns=["run", "method", "state", "epoch", "step", "test acc", "dominant", "heartbeat"],
+    )
 
 
 def format_status(table: pd.DataFrame, errors: bool = True) -> str:
@@ -186,8 +214,9 @@ def format_status(table: pd.DataFrame, errors: bool = True) -> str:
     left = {"run", "method", "state", "dominant"}
 
     def line(values):
-        return "  ".join((v.ljust(widths[c]) if c in left else v.rjust(widths[c]))
-                         for c, v in zip(shown.columns, values)).rstrip()
+        return "  ".join(
+            (v.ljust(widths[c]) if c in left else v.rjust(widths[c])) for c, v in zip(shown.columns, values)
+        ).rstrip()
 
     out = [line(list(shown.columns))] + [line(list(r)) for r in shown.itertuples(index=False)]
     if errors:

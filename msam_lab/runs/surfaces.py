@@ -11,11 +11,11 @@ Computing one is ``msam_lab.landscape``'s job; this module is the file format al
 
 Every file is data only: JSON, and numpy arrays read with ``allow_pickle=False``.
 """
+
 from __future__ import annotations
 
 import io
 import json
-import re
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -29,7 +29,7 @@ from msam_lab.runs.checkpoint_io import RunFileError, read_json, read_regular
 
 FORMAT_VERSION = 1
 META, VALUES, DIRECTIONS = "meta.json", "surface.npz", "directions.npz"
-LANDSCAPES = "landscapes"        # a run's surfaces: <run>/landscapes/<name>/
+LANDSCAPES = "landscapes"  # a run's surfaces: <run>/landscapes/<name>/
 Direction = dict[str, torch.Tensor]
 
 
@@ -100,8 +100,9 @@ class Surface:
         path.mkdir(parents=True, exist_ok=True)
         with atomic.locked(write_lock(path)):
             if not (path / DIRECTIONS).exists() or self.path != path:
-                arrays = {f"{k}:{n}": t.detach().cpu().numpy() for k, d in enumerate(self.directions)
-                          for n, t in d.items()}
+                arrays = {
+                    f"{k}:{n}": t.detach().cpu().numpy() for k, d in enumerate(self.directions) for n, t in d.items()
+                }
                 _atomic_npz(path / DIRECTIONS, arrays)
             self._write_values(path, merge=False)
         self.path = path
@@ -141,8 +142,11 @@ class Surface:
         # nothing there yet, or a file damaged or of another shape: ours replaces it
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
             return
-        if not saved or any(saved_meta.get(k) != self.meta.get(k) for k in RESUME_KEYS) or \
-                any(not np.array_equal(a, b) for a, b in zip(coords, self.coords)):
+        if (
+            not saved
+            or any(saved_meta.get(k) != self.meta.get(k) for k in RESUME_KEYS)
+            or any(not np.array_equal(a, b) for a, b in zip(coords, self.coords))
+        ):
             return
         for k, v in saved.items():
             self.values[k][extra] = v[extra]
@@ -154,28 +158,34 @@ class Surface:
         with ``allow_pickle=False``); a damaged one is a RunFileError naming it."""
         path = Path(path)
         if not (path / META).exists():
-            raise FileNotFoundError(f"{path} is not a saved surface (no {META}); "
-                                    "compute one with `msam-lab landscape RUN`")
+            raise FileNotFoundError(
+                f"{path} is not a saved surface (no {META}); compute one with `msam-lab landscape RUN`"
+            )
         for name in (VALUES, DIRECTIONS):
             if not (path / name).exists() and not (path / name).is_symlink():
-                raise RunFileError(f"{path / name}: missing (the surface is incomplete; compute it again "
-                                   f"with --overwrite)")
+                raise RunFileError(
+                    f"{path / name}: missing (the surface is incomplete; compute it again with --overwrite)"
+                )
         meta = read_json(path / META)
         arrays = _read_npz(path / VALUES)
         n_dims = sum(k.startswith("coord_") for k in arrays)
         coords = [arrays.get(f"coord_{k}") for k in range(n_dims)]
-        if not 1 <= n_dims <= 2 or any(c is None or c.ndim != 1 or not len(c) or c.dtype.kind not in "fiu"
-                                       or not np.isfinite(c).all() for c in coords):
+        if not 1 <= n_dims <= 2 or any(
+            c is None or c.ndim != 1 or not len(c) or c.dtype.kind not in "fiu" or not np.isfinite(c).all()
+            for c in coords
+        ):
             raise RunFileError(f"{path / VALUES}: its coordinates are not 1 or 2 finite 1-D arrays (damaged)")
         shape = tuple(len(c) for c in coords)
         done = arrays.get("done")
         if done is None or done.shape != shape or done.dtype.kind not in "biu":
             raise RunFileError(f"{path / VALUES}: its 'done' grid is missing or not of shape {shape} (damaged)")
-        values = {k[len("value:"):]: v for k, v in arrays.items() if k.startswith("value:")}
+        values = {k[len("value:") :]: v for k, v in arrays.items() if k.startswith("value:")}
         bad = [k for k, v in values.items() if v.shape != shape or v.dtype.kind not in "fiu"]
         if bad or not values:
-            raise RunFileError(f"{path / VALUES}: value grid {bad[0] if bad else '(none)'!r} is not a "
-                               f"numeric grid of shape {shape} (damaged)")
+            raise RunFileError(
+                f"{path / VALUES}: value grid {bad[0] if bad else '(none)'!r} is not a "
+                f"numeric grid of shape {shape} (damaged)"
+            )
         subset = arrays.get("subset_index")
         if subset is not None and (subset.ndim != 1 or subset.dtype.kind not in "iu"):
             raise RunFileError(f"{path / VALUES}: subset_index is not a 1-D array of indices (damaged)")
@@ -187,12 +197,13 @@ class Surface:
         for key, array in _read_npz(path / DIRECTIONS).items():
             k, _, name = key.partition(":")
             if not (k.isdigit() and int(k) < n_dims and name) or array.dtype.kind not in "fiu":
-                raise RunFileError(f"{path / DIRECTIONS}: entry {key!r} is not <direction>:<parameter> with a "
-                                   f"numeric array, for {n_dims} direction(s) (damaged)")
+                raise RunFileError(
+                    f"{path / DIRECTIONS}: entry {key!r} is not <direction>:<parameter> with a "
+                    f"numeric array, for {n_dims} direction(s) (damaged)"
+                )
             directions[int(k)][name] = torch.from_numpy(array.copy())
         if not all(directions):
-            raise RunFileError(f"{path / DIRECTIONS}: holds no tensors for some of the {n_dims} direction(s) "
-                               f"(damaged)")
+            raise RunFileError(f"{path / DIRECTIONS}: holds no tensors for some of the {n_dims} direction(s) (damaged)")
         return cls(coords, values, done.astype(bool), directions, meta, subset, path)
 
 
@@ -222,7 +233,7 @@ def write_lock(folder: Path) -> Path:
 def _atomic_npz(path: Path, arrays: dict) -> None:
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
-    atomic.write_bytes(path, buffer.getvalue())      # a temporary name of its own: writers never share one
+    atomic.write_bytes(path, buffer.getvalue())  # a temporary name of its own: writers never share one
 
 
 def _json_default(obj):
@@ -235,8 +246,9 @@ def _json_default(obj):
 
 def generalization_gap(train: Surface, test: Surface, metric: str = "loss") -> np.ndarray:
     """test − train of ``metric`` on two surfaces of the same directions and grid."""
-    if train.meta.get("directions_sha1") != test.meta.get("directions_sha1") or \
-            any(not np.array_equal(a, b) for a, b in zip(train.coords, test.coords)):
+    if train.meta.get("directions_sha1") != test.meta.get("directions_sha1") or any(
+        not np.array_equal(a, b) for a, b in zip(train.coords, test.coords)
+    ):
         raise ValueError("the two surfaces were computed on different directions or grids")
     return test[metric] - train[metric]
 
@@ -244,8 +256,16 @@ def generalization_gap(train: Surface, test: Surface, metric: str = "loss") -> n
 # ---------------------------------------------------------------- computing (with resume)
 
 # settings that must agree for a saved surface to be resumed
-RESUME_KEYS = ("model_sha1", "directions_sha1", "metrics", "n_samples", "subset_seed", "split", "autocast_dtype",
-                "batches_sha1")
+RESUME_KEYS = (
+    "model_sha1",
+    "directions_sha1",
+    "metrics",
+    "n_samples",
+    "subset_seed",
+    "split",
+    "autocast_dtype",
+    "batches_sha1",
+)
 
 
 def list_landscapes(run_path) -> dict[str, Path]:
@@ -254,14 +274,12 @@ def list_landscapes(run_path) -> dict[str, Path]:
     root = Path(run_path) / LANDSCAPES
     if not root.is_dir():
         return {}
-    return {p.name: p for p in sorted(root.iterdir())
-            if (p / META).exists() or (p / META).is_symlink()}
+    return {p.name: p for p in sorted(root.iterdir()) if (p / META).exists() or (p / META).is_symlink()}
 
 
 def load_landscape(run_path, name: str) -> Surface:
     """The surface ``name`` of a run (see ``list_landscapes``)."""
     found = list_landscapes(run_path)
     if name not in found:
-        raise FileNotFoundError(f"run {run_path} has no landscape {name!r}; it has: "
-                                f"{', '.join(found) or '(none)'}")
+        raise FileNotFoundError(f"run {run_path} has no landscape {name!r}; it has: {', '.join(found) or '(none)'}")
     return Surface.load(found[name])

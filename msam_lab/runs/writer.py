@@ -12,6 +12,7 @@ run reads ``failed`` with the error and the lock is released. An append that fai
 the last whole line. A start that fails (full disk, read-only folder) takes back what it made. No
 file of the run is written through a symlink (``faults.refuse_symlinks``, ``O_NOFOLLOW``).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -26,17 +27,42 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from msam_lab.runs import atomic, checkpoint_io
 from msam_lab import faults
+from msam_lab.runs import atomic, checkpoint_io
 from msam_lab.runs.lock import LOCK, RunLock
-from msam_lab.runs.reader import CHECKPOINTS, CONFIG, EPOCHS, MODEL, PREVIOUS_RESUME, RESUME, STATUS, STEPS, SUMMARY, check_output_dir, complete_lines, read_status, start_leftovers
+from msam_lab.runs.reader import (
+    CHECKPOINTS,
+    CONFIG,
+    EPOCHS,
+    MODEL,
+    PREVIOUS_RESUME,
+    RESUME,
+    STATUS,
+    STEPS,
+    SUMMARY,
+    check_output_dir,
+    complete_lines,
+    read_status,
+    start_leftovers,
+)
 
 # what a trainer writes in a run folder: none of these may be a symlink (it would write outside the run)
-WRITTEN = (STATUS, LOCK, CONFIG, MODEL, STEPS, EPOCHS, SUMMARY, CHECKPOINTS, f"{CHECKPOINTS}/{RESUME}",
-           f"{CHECKPOINTS}/{PREVIOUS_RESUME}", "sharpness.csv")
+WRITTEN = (
+    STATUS,
+    LOCK,
+    CONFIG,
+    MODEL,
+    STEPS,
+    EPOCHS,
+    SUMMARY,
+    CHECKPOINTS,
+    f"{CHECKPOINTS}/{RESUME}",
+    f"{CHECKPOINTS}/{PREVIOUS_RESUME}",
+    "sharpness.csv",
+)
 # status.json keys that readers compute (runs.read_status) and a writer must never store back
 COMPUTED = ("stale_lock",)
-ERROR_ROOM = 500              # characters of an error kept when status.json is rewritten in place
+ERROR_ROOM = 500  # characters of an error kept when status.json is rewritten in place
 
 
 def now_iso() -> str:
@@ -47,7 +73,7 @@ def _cell(value) -> str:
     if value is None:
         return ""
     if isinstance(value, float):
-        return repr(value)           # shortest string that reads back to the same float
+        return repr(value)  # shortest string that reads back to the same float
     return str(value)
 
 
@@ -82,11 +108,11 @@ class CsvAppender:
         try:
             size = os.fstat(fd).st_size
             try:
-                view = memoryview(data)      # one write: a kill leaves whole lines or a torn last one
+                view = memoryview(data)  # one write: a kill leaves whole lines or a torn last one
                 while view:
-                    view = view[os.write(fd, view):]
+                    view = view[os.write(fd, view) :]
                 os.fsync(fd)
-            except OSError as err:           # a full disk mid-append: back to the last whole line
+            except OSError as err:  # a full disk mid-append: back to the last whole line
                 with contextlib.suppress(OSError):
                     os.ftruncate(fd, size)
                 raise faults.named(err, self.path) from None
@@ -148,8 +174,15 @@ class RunWriter:
     ``RunWriter(out, resume=True)`` reopens an interrupted or failed one. Either takes the lock.
     """
 
-    def __init__(self, out, config: dict | None = None, spec: dict | None = None, *, resume: bool = False,
-                 flush_every: float = 1.0):
+    def __init__(
+        self,
+        out,
+        config: dict | None = None,
+        spec: dict | None = None,
+        *,
+        resume: bool = False,
+        flush_every: float = 1.0,
+    ):
         self.out = Path(out)
         self.flush_every = float(flush_every)
         self._pending: list[dict] = []
@@ -167,7 +200,7 @@ class RunWriter:
                 self.epochs = CsvAppender(self.out / EPOCHS)
                 self.write_status()
             except BaseException:
-                self.lock.release()        # the run stays as it was: interrupted or failed, resumable
+                self.lock.release()  # the run stays as it was: interrupted or failed, resumable
                 raise
         else:
             self._start(config, spec)
@@ -181,14 +214,21 @@ class RunWriter:
         self.lock = RunLock(out)
         try:
             self.stale = self.lock.acquire()
-            for p in leftovers:                      # a start that never took a step: nothing to keep
+            for p in leftovers:  # a start that never took a step: nothing to keep
                 shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
             atomic.write_json(out / CONFIG, config)
             atomic.write_json(out / MODEL, spec)
             (out / CHECKPOINTS).mkdir(exist_ok=True)
-            self.status = {"started": now_iso(), "last_step": -1, "last_epoch": 0, "resumed": 0,
-                           "skipped_batches": 0, "epochs": (config or {}).get("epochs"),
-                           "method": (config or {}).get("method"), "dataset": (config or {}).get("dataset")}
+            self.status = {
+                "started": now_iso(),
+                "last_step": -1,
+                "last_epoch": 0,
+                "resumed": 0,
+                "skipped_batches": 0,
+                "epochs": (config or {}).get("epochs"),
+                "method": (config or {}).get("method"),
+                "dataset": (config or {}).get("dataset"),
+            }
             self.status.update(state="running", pid=os.getpid(), host=socket.gethostname(), error=None)
             self.steps = CsvAppender(out / STEPS)
             self.epochs = CsvAppender(out / EPOCHS)
@@ -209,13 +249,14 @@ class RunWriter:
             self.lock.release()
         if created:
             with contextlib.suppress(OSError):
-                self.out.rmdir()                # only when empty
+                self.out.rmdir()  # only when empty
 
     # -- streaming -------------------------------------------------------------------
     def write_status(self) -> None:
         t = time.time()
-        self.status.update(heartbeat=datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds"),
-                           heartbeat_unix=t)
+        self.status.update(
+            heartbeat=datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds"), heartbeat_unix=t
+        )
         path = self.out / STATUS
         try:
             atomic.write_bytes(path, atomic.padded(self._status_bytes()))
@@ -283,8 +324,11 @@ class RunWriter:
         """Drop the rows written after a resume point: steps >= ``next_step``, epochs > ``completed_epochs``."""
         kept = self.steps.keep(lambda r: int(r["step"]) < next_step)
         self.epochs.keep(lambda r: int(r["epoch"]) <= completed_epochs)
-        self.status.update(last_step=next_step - 1, last_epoch=completed_epochs,
-                           skipped_batches=sum(int(float(r.get("skipped") or 0)) for r in kept))
+        self.status.update(
+            last_step=next_step - 1,
+            last_epoch=completed_epochs,
+            skipped_batches=sum(int(float(r.get("skipped") or 0)) for r in kept),
+        )
 
     # -- the end -------------------------------------------------------------------------
     def finish(self, summary: dict) -> None:
@@ -310,7 +354,7 @@ class RunWriter:
     def _close(self, state: str, error: str | None = None) -> None:
         try:
             self.flush(status=False)
-        except OSError:       # the disk that failed us; the status below may still get through
+        except OSError:  # the disk that failed us; the status below may still get through
             pass
         self.status.update(state=state, error=error, ended=now_iso())
         try:

@@ -17,6 +17,7 @@ applied leaves a non-finite parameter behind, so loss, gradients and parameters 
   ``max_skipped_fraction`` itself. The share counts the batches of this training process: a resumed
   run starts counting again unless ``start_from`` is given the run's counts.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -28,15 +29,15 @@ import warnings
 
 import torch
 
-MIN_BATCHES = 10      # batches seen before the skip limits apply: one early bad batch is no trend
-WARN_SHARE = 0.25     # warn above this share of max_skipped_fraction
+MIN_BATCHES = 10  # batches seen before the skip limits apply: one early bad batch is no trend
+WARN_SHARE = 0.25  # warn above this share of max_skipped_fraction
 DEFAULT_MAX_SKIPPED = 0.5
 
 
 class NonFiniteError(RuntimeError):
     """A non-finite loss, gradient or parameter; ``what`` names it."""
 
-    fix = "lower lr, or nan_policy=skip to skip such batches"    # what the user can do about it
+    fix = "lower lr, or nan_policy=skip to skip such batches"  # what the user can do about it
 
     def __init__(self, what: str):
         super().__init__(what)
@@ -50,11 +51,12 @@ def first_non_finite(loss: float, model: torch.nn.Module, grads: bool = True) ->
     """``None`` when loss, gradients (unless ``grads=False``) and parameters are all finite, else what is not."""
     if not math.isfinite(loss):
         return f"loss ({loss})"
-    tensors = [p.detach() for p in model.parameters()] + \
-              [p.grad.detach() for p in model.parameters() if grads and p.grad is not None]
+    tensors = [p.detach() for p in model.parameters()] + [
+        p.grad.detach() for p in model.parameters() if grads and p.grad is not None
+    ]
     if not tensors or bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):
-        return None                                   # the common case: one check, one sync
-    for name, p in model.named_parameters():          # the rare case: name the culprit
+        return None  # the common case: one check, one sync
+    for name, p in model.named_parameters():  # the rare case: name the culprit
         if grads and p.grad is not None and not bool(torch.isfinite(p.grad).all()):
             return f"gradient of {name}"
     for name, p in model.named_parameters():
@@ -73,8 +75,10 @@ class TooManySkippedError(NonFiniteError):
         self.skipped, self.seen, self.limit = skipped, seen, limit
 
     def headline(self) -> str:
-        return (f"nan_policy=skip skipped {self.skipped} of {self.seen} batches ({self.skipped / self.seen:.0%}), "
-                f"more than max_skipped_fraction={self.limit:g} (the last: non-finite {self.what})")
+        return (
+            f"nan_policy=skip skipped {self.skipped} of {self.seen} batches ({self.skipped / self.seen:.0%}), "
+            f"more than max_skipped_fraction={self.limit:g} (the last: non-finite {self.what})"
+        )
 
 
 class SkippedBatchesWarning(RuntimeWarning):
@@ -93,11 +97,10 @@ class StepGuard:
             raise ValueError(f"nan_policy must be stop or skip, got {policy!r}")
         self.policy, self.model, self.method = policy, model, method
         if max_skipped_fraction is None:
-            max_skipped_fraction = getattr(getattr(method, "config", None), "max_skipped_fraction",
-                                           DEFAULT_MAX_SKIPPED)
+            max_skipped_fraction = getattr(getattr(method, "config", None), "max_skipped_fraction", DEFAULT_MAX_SKIPPED)
         self.max_skipped_fraction = float(max_skipped_fraction)
         self.seen = self.skipped = 0
-        self.last_skipped: str | None = None     # what was non-finite in the last skipped batch
+        self.last_skipped: str | None = None  # what was non-finite in the last skipped batch
         self.warned = False
 
     def start_from(self, seen: int, skipped: int) -> None:
@@ -128,15 +131,17 @@ class StepGuard:
             return
         share = self.skipped / self.seen
         if share > self.max_skipped_fraction:
-            raise TooManySkippedError(self.last_skipped or "value", self.skipped, self.seen,
-                                      self.max_skipped_fraction)
+            raise TooManySkippedError(self.last_skipped or "value", self.skipped, self.seen, self.max_skipped_fraction)
         if share > WARN_SHARE * self.max_skipped_fraction and not self.warned:
             self.warned = True
             # warn_explicit at line 0: Python prints no source line under it, so this is one line
             warnings.warn_explicit(
                 f"nan_policy=skip has skipped {self.skipped} of {self.seen} batches ({share:.0%}); the run "
                 f"fails above max_skipped_fraction={self.max_skipped_fraction:g} (lower lr?)",
-                SkippedBatchesWarning, "msam-lab", 0)
+                SkippedBatchesWarning,
+                "msam-lab",
+                0,
+            )
 
     def _snapshot(self) -> dict:
         return copy.deepcopy({"model": self.model.state_dict(), "method": self.method.state_dict()})
@@ -145,7 +150,7 @@ class StepGuard:
 @contextlib.contextmanager
 def sigterm_as_keyboard_interrupt():
     if threading.current_thread() is not threading.main_thread():
-        yield                       # signal handlers can only be set from the main thread
+        yield  # signal handlers can only be set from the main thread
         return
 
     def handler(signum, frame):

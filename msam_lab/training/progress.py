@@ -3,6 +3,7 @@
 A log file, CI or a notebook gets no bar: tqdm's refreshes written to a file are thousands of
 frames. They get one line per evaluated epoch instead; ``quiet`` silences both.
 """
+
 from __future__ import annotations
 
 import sys
@@ -11,13 +12,15 @@ from tqdm import tqdm
 
 
 class Progress:
-    def __init__(self, total_steps: int, epochs: int, desc: str, quiet: bool = False, done: int = 0,
-                 stream=None):
+    def __init__(self, total_steps: int, epochs: int, desc: str, quiet: bool = False, done: int = 0, stream=None):
         self.stream = stream if stream is not None else sys.stderr
         self.epochs, self.desc, self.quiet = epochs, desc, quiet
         tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        self.bar = tqdm(total=total_steps, initial=done, desc=desc, unit="step", leave=False,
-                        file=self.stream) if tty and not quiet else None
+        self.bar = (
+            tqdm(total=total_steps, initial=done, desc=desc, unit="step", leave=False, file=self.stream)
+            if tty and not quiet
+            else None
+        )
 
     def step(self, row: dict) -> None:
         if self.bar is not None:

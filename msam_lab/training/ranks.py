@@ -10,6 +10,7 @@
 
 With one process all of this reduces to the single-process trainer.
 """
+
 from __future__ import annotations
 
 import torch
@@ -42,8 +43,10 @@ def check_shard_size(cfg: Config, world: int | None = None, batchnorm: bool = Fa
     size, least = global_batch(cfg, world), 2 if batchnorm else 1
     if size // world < least:
         short = "no sample" if least == 1 else "fewer than 2 samples (BatchNorm needs 2)"
-        raise ConfigError(f"the global batch ({size}) leaves some of the {world} ranks {short}; "
-                          f"raise batch_size to at least {least * world} or set per_device_batch")
+        raise ConfigError(
+            f"the global batch ({size}) leaves some of the {world} ranks {short}; "
+            f"raise batch_size to at least {least * world} or set per_device_batch"
+        )
 
 
 def check_batch(cfg: Config, n_train: int, batchnorm: bool) -> bool:
@@ -63,9 +66,15 @@ def check_resumed_batch(saved: int, now: int, cfg: Config) -> None:
     """A resume position counts global batches: the global batch must be the one the run was saved with."""
     if saved and saved != now:
         ranks = saved // cfg.per_device_batch if cfg.per_device_batch and saved % cfg.per_device_batch == 0 else None
-        fix = f"resume it on {ranks} rank{'s' if ranks != 1 else ''}" if ranks else "resume it with the same number of ranks"
-        raise ConfigError(f"this run was saved with a global batch of {saved} and would resume with {now} "
-                          f"(per_device_batch={cfg.per_device_batch} × {distributed.world_size()} ranks); {fix}")
+        fix = (
+            f"resume it on {ranks} rank{'s' if ranks != 1 else ''}"
+            if ranks
+            else "resume it with the same number of ranks"
+        )
+        raise ConfigError(
+            f"this run was saved with a global batch of {saved} and would resume with {now} "
+            f"(per_device_batch={cfg.per_device_batch} × {distributed.world_size()} ranks); {fix}"
+        )
 
 
 def prepare_model(model: torch.nn.Module, cfg: Config, device: torch.device) -> torch.nn.Module:
@@ -74,8 +83,10 @@ def prepare_model(model: torch.nn.Module, cfg: Config, device: torch.device) -> 
         return model
     if cfg.sync_bn:
         if device.type != "cuda":
-            raise ConfigError("sync_bn needs CUDA devices (torch's SyncBatchNorm has no CPU kernel); "
-                              "leave sync_bn=false on the CPU: BatchNorm then keeps per-rank statistics")
+            raise ConfigError(
+                "sync_bn needs CUDA devices (torch's SyncBatchNorm has no CPU kernel); "
+                "leave sync_bn=false on the CPU: BatchNorm then keeps per-rank statistics"
+            )
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     distributed.broadcast_module(model)
     return model

@@ -6,8 +6,9 @@ baseline histories, M-SAM's previous dominant modality), the python, numpy, torc
 states, and the position: epochs and steps done, batches done inside the current epoch, and the
 batch generator's state at that epoch's start, from which the epoch's permutation is drawn again.
 Restored on the same machine with deterministic algorithms, the continued run is bitwise the
-uninterrupted one (tests/test_resume.py kills a real trainer to check it).
+uninterrupted one (tests/training/test_resume.py kills a real trainer to check it).
 """
+
 from __future__ import annotations
 
 import random
@@ -39,11 +40,11 @@ from msam_lab.training.setup import resolve
 
 @dataclass
 class Position:
-    epoch: int = 0          # epochs completed; the epoch in progress has 0-based index ``epoch``
-    batch: int = 0          # batches done inside that epoch
-    step: int = 0           # steps done in all
+    epoch: int = 0  # epochs completed; the epoch in progress has 0-based index ``epoch``
+    batch: int = 0  # batches done inside that epoch
+    step: int = 0  # steps done in all
     wall_time: float = 0.0  # seconds of training before this point (all sessions)
-    global_batch: int = 0   # samples per step over all ranks (0: a point from before data parallelism)
+    global_batch: int = 0  # samples per step over all ranks (0: a point from before data parallelism)
 
 
 def rng_state() -> dict:
@@ -64,8 +65,13 @@ def set_rng_state(state: dict) -> None:
 
 def capture(model, method, epoch_generator_state: torch.Tensor, position: Position) -> dict:
     """Everything a resume needs, as one dict for ``torch.save``."""
-    return {"model": model.state_dict(), "method": method.state_dict(), "rng": rng_state(),
-            "epoch_generator": epoch_generator_state, "position": asdict(position)}
+    return {
+        "model": model.state_dict(),
+        "method": method.state_dict(),
+        "rng": rng_state(),
+        "epoch_generator": epoch_generator_state,
+        "position": asdict(position),
+    }
 
 
 def restore(state: dict, model, method, generator: torch.Generator) -> Position:
@@ -81,11 +87,13 @@ def restore(state: dict, model, method, generator: torch.Generator) -> Position:
         return Position(**state["position"])
     except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-        raise RunFileError(f"{state.get(SOURCE, 'the resume point')}: does not fit this run's model and method "
-                           f"({type(err).__name__}: {first}); start a new run with --out") from None
+        raise RunFileError(
+            f"{state.get(SOURCE, 'the resume point')}: does not fit this run's model and method "
+            f"({type(err).__name__}: {first}); start a new run with --out"
+        ) from None
 
 
-SOURCE = "source"          # load_resume_point's record of the file a point came from (for messages)
+SOURCE = "source"  # load_resume_point's record of the file a point came from (for messages)
 _POINT_KEYS = ("model", "method", "rng", "epoch_generator", "position")
 
 
@@ -95,8 +103,11 @@ def _read_point(path: Path) -> dict:
         got = sorted(map(str, point)) if isinstance(point, dict) else type(point).__name__
         raise RunFileError(f"{path}: not a resume point (expected {', '.join(_POINT_KEYS)}; got {got})")
     position, names = point["position"], {f.name for f in fields(Position)}
-    if not isinstance(position, dict) or not set(position) <= names or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in position.values()):
+    if (
+        not isinstance(position, dict)
+        or not set(position) <= names
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in position.values())
+    ):
         raise RunFileError(f"{path}: its position is not a set of non-negative numbers ({', '.join(sorted(names))})")
     if not torch.is_tensor(point["epoch_generator"]) or not isinstance(point["rng"], dict):
         raise RunFileError(f"{path}: its generator or RNG states are not tensors and plain values")
@@ -120,8 +131,10 @@ def load_resume_point(run_dir) -> dict | None:
     for path in (latest, previous, checkpoint_io.sidecar(latest), checkpoint_io.sidecar(previous)):
         # the resume writes these again: what cannot be replaced stops it now, not after the first epoch
         if path.is_symlink() or (path.exists() and not path.is_file()):
-            raise RunFileError(f"{path}: not a regular file (a link, folder or device in its place), which the "
-                               f"resume would have to replace; move it away, then resume")
+            raise RunFileError(
+                f"{path}: not a regular file (a link, folder or device in its place), which the "
+                f"resume would have to replace; move it away, then resume"
+            )
     if _present(latest):
         try:
             return _read_point(latest)
@@ -132,17 +145,22 @@ def load_resume_point(run_dir) -> dict | None:
     if not _present(previous):
         recorded = read_status(run_dir).get("resume_point")
         if not _present(latest) and recorded is None:
-            return None                     # killed before its first resume point: starts over
-        raise RunFileError(f"{problem}; no earlier resume point to fall back to (the run cannot continue): "
-                           f"start it again with --out")
+            return None  # killed before its first resume point: starts over
+        raise RunFileError(
+            f"{problem}; no earlier resume point to fall back to (the run cannot continue): start it again with --out"
+        )
     try:
         point = _read_point(previous)
     except RunFileError as err:
-        raise RunFileError(f"{problem}; the previous point is no better: {err}; start the run again with --out") \
-            from None
+        raise RunFileError(
+            f"{problem}; the previous point is no better: {err}; start the run again with --out"
+        ) from None
     where = point["position"]
-    print(f"{problem}; resuming from the previous resume point {previous} (step {where.get('step')}, "
-          f"epoch {where.get('epoch')}): the steps after it are done again", file=sys.stderr)
+    print(
+        f"{problem}; resuming from the previous resume point {previous} (step {where.get('step')}, "
+        f"epoch {where.get('epoch')}): the steps after it are done again",
+        file=sys.stderr,
+    )
     return point
 
 
@@ -152,23 +170,30 @@ def resumable(run_dir) -> Config:
     A damaged status.json, model.json, config.json or table is a RunFileError naming the file."""
     run_dir = Path(run_dir)
     if not is_run_dir(run_dir):
-        raise ConfigError(f"--resume {run_dir}: no run directory there (no status.json); "
-                          f"start a new run with --out instead")
+        raise ConfigError(
+            f"--resume {run_dir}: no run directory there (no status.json); start a new run with --out instead"
+        )
     if read_json(run_dir / MODEL).get("kind") == LOGGED:
-        raise ConfigError(f"--resume {run_dir}: that run was logged from your own loop (msam_lab.RunLogger); "
-                          f"resume it there, from its checkpoints")
+        raise ConfigError(
+            f"--resume {run_dir}: that run was logged from your own loop (msam_lab.RunLogger); "
+            f"resume it there, from its checkpoints"
+        )
     status = read_status(run_dir)
     state = status["state"]
     if state == "finished":
         raise ConfigError(f"--resume {run_dir}: that run already finished; start a new run with --out")
     if state == "running":
-        raise ConfigError(f"--resume {run_dir}: that run is still training ({status.get('host')}, pid "
-                          f"{status.get('pid')}); wait for it or stop it first")
-    for table in (STEPS, EPOCHS):            # a resume rewrites them from their rows: damaged ones are named now
+        raise ConfigError(
+            f"--resume {run_dir}: that run is still training ({status.get('host')}, pid "
+            f"{status.get('pid')}); wait for it or stop it first"
+        )
+    for table in (STEPS, EPOCHS):  # a resume rewrites them from their rows: damaged ones are named now
         read_table(run_dir / table)
     raw = read_json(run_dir / CONFIG)
     try:
         return resolve(migrate.config_values(raw))
     except ConfigError as err:
-        raise RunFileError(f"{run_dir / CONFIG}: not a valid config ({err}); the run cannot continue with it: "
-                           f"start a new run with --out") from None
+        raise RunFileError(
+            f"{run_dir / CONFIG}: not a valid config ({err}); the run cannot continue with it: "
+            f"start a new run with --out"
+        ) from None

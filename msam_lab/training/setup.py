@@ -32,8 +32,10 @@ def check_registries(cfg: Config) -> Config:
         raise ConfigError(f"unknown method {cfg.method!r}; choose one of: {', '.join(methods)}")
     for modality, kind in cfg.encoders.items():
         if not isinstance(kind, str) or kind not in encoders:
-            raise ConfigError(f"encoders.{modality} must be one of {', '.join(encoders)}, got "
-                              f"{reprlib.repr(kind)} (set it with --set encoders.MODALITY=KIND)")
+            raise ConfigError(
+                f"encoders.{modality} must be one of {', '.join(encoders)}, got "
+                f"{reprlib.repr(kind)} (set it with --set encoders.MODALITY=KIND)"
+            )
     try:
         check_head_hidden(cfg.head_hidden)
     except ValueError as err:
@@ -50,10 +52,15 @@ def check_registries(cfg: Config) -> Config:
 def resolve_method_options(method: str, values: dict) -> dict:
     """The complete options of ``method`` from flat ``values``: each checked against the method's
     ``OPTIONS`` dataclass, defaults filled; another method's options dropped; any other key a ConfigError."""
-    others = [name for other in method_names() if other != method
-              for name in _option_names(method_options.options_class(method_class(other)))]
-    return method_options.resolve(method, method_options.options_class(method_class(method)), values, others,
-                                  config_mod.field_names())
+    others = [
+        name
+        for other in method_names()
+        if other != method
+        for name in _option_names(method_options.options_class(method_class(other)))
+    ]
+    return method_options.resolve(
+        method, method_options.options_class(method_class(method)), values, others, config_mod.field_names()
+    )
 
 
 def _option_names(options_cls) -> tuple[str, ...]:

@@ -4,6 +4,7 @@ Both act on the model in place, so its ``state_dict`` keys, checkpoints and resu
 the same as without them (``nn.Module.compile`` keeps the module; ``torch.compile(module)``
 would wrap it and prefix every key with ``_orig_mod.``).
 """
+
 from __future__ import annotations
 
 import torch

@@ -21,24 +21,82 @@ Following a run while it trains (figures that grow in place): ``msam_lab.widgets
 ``msam_lab.widgets.LiveFigure(viz.<function>, run)``, ``DominanceExplorer(run, follow=True)``.
 Quick mode for notebooks and tests: ``quick_mode()`` (``MSAM_LAB_QUICK=1``).
 """
+
 from msam_lab.paths import quick_mode
 from msam_lab.viz.common import as_runs, refresh
 from msam_lab.viz.compare import comparison_bars, comparison_table, summary_table
 from msam_lab.viz.curves import accuracy_curves, modality_gap_table, tau_curves, train_test_curves, training_curves
-from msam_lab.viz.dominance import dominance_segments, dominance_summary, epoch_shares, shares_over_steps, smoothed_dominant, smoothed_shares, switch_points
-from msam_lab.viz.landscape import contour_grid, curves_1d, direction_title, metric_key, metric_title, shared_z, sharpness_figure, surface_figure, trajectory
+from msam_lab.viz.dominance import (
+    dominance_segments,
+    dominance_summary,
+    epoch_shares,
+    shares_over_steps,
+    smoothed_dominant,
+    smoothed_shares,
+    switch_points,
+)
+from msam_lab.viz.landscape import (
+    contour_grid,
+    curves_1d,
+    direction_title,
+    metric_key,
+    metric_title,
+    shared_z,
+    sharpness_figure,
+    surface_figure,
+    trajectory,
+)
 from msam_lab.viz.rivals import ablation_bars, arm_label, rho_curve, sharpness_timeline_figure, timeline_stats
-from msam_lab.viz.style import find_chromium, method_color, modality_color, mpl_style, save_mpl, shared_range, write_html, write_plotly_png
+from msam_lab.viz.style import (
+    find_chromium,
+    method_color,
+    modality_color,
+    mpl_style,
+    save_mpl,
+    shared_range,
+    write_html,
+    write_plotly_png,
+)
 
 __all__ = [
-    "quick_mode", "as_runs", "refresh",
-    "comparison_bars", "comparison_table", "summary_table",
-    "accuracy_curves", "modality_gap_table", "tau_curves", "train_test_curves", "training_curves",
-    "dominance_segments", "dominance_summary", "epoch_shares", "shares_over_steps", "smoothed_dominant",
-    "smoothed_shares", "switch_points",
-    "contour_grid", "curves_1d", "direction_title", "metric_key", "metric_title", "shared_z",
-    "sharpness_figure", "surface_figure", "trajectory",
-    "ablation_bars", "arm_label", "rho_curve", "sharpness_timeline_figure", "timeline_stats",
-    "find_chromium", "method_color", "modality_color", "mpl_style", "save_mpl", "shared_range",
-    "write_html", "write_plotly_png",
+    "quick_mode",
+    "as_runs",
+    "refresh",
+    "comparison_bars",
+    "comparison_table",
+    "summary_table",
+    "accuracy_curves",
+    "modality_gap_table",
+    "tau_curves",
+    "train_test_curves",
+    "training_curves",
+    "dominance_segments",
+    "dominance_summary",
+    "epoch_shares",
+    "shares_over_steps",
+    "smoothed_dominant",
+    "smoothed_shares",
+    "switch_points",
+    "contour_grid",
+    "curves_1d",
+    "direction_title",
+    "metric_key",
+    "metric_title",
+    "shared_z",
+    "sharpness_figure",
+    "surface_figure",
+    "trajectory",
+    "ablation_bars",
+    "arm_label",
+    "rho_curve",
+    "sharpness_timeline_figure",
+    "timeline_stats",
+    "find_chromium",
+    "method_color",
+    "modality_color",
+    "mpl_style",
+    "save_mpl",
+    "shared_range",
+    "write_html",
+    "write_plotly_png",
 ]

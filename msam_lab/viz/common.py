@@ -1,10 +1,14 @@
 """Input handling shared by the plotting functions: runs by object, path, list or ``{label: run}``;
 and ``refresh``, which moves a freshly built plotly figure into a live ``FigureWidget``."""
+
 from __future__ import annotations
 
 import copy
 from pathlib import Path
 from typing import Mapping
+
+from msam_lab.runs.reader import load_run
+from msam_lab.viz.style import method_label
 
 BACKENDS = ("plotly", "matplotlib")
 
@@ -21,12 +25,12 @@ def as_run(run):
     """A Run from a Run (or anything with ``.steps``/``.epochs``) or a run directory."""
     if hasattr(run, "epochs") and hasattr(run, "steps"):
         return run
-    from msam_lab.runs.reader import load_run
+
     return load_run(Path(run))
 
 
 def run_label(run) -> str:
-    from msam_lab.viz.style import method_label
+
     method = getattr(getattr(run, "config", None), "method", None)
     return method_label(method) if method else getattr(run, "name", "run")
 
@@ -55,7 +59,7 @@ def modalities_of(run) -> tuple[str, ...]:
     try:
         return tuple(run.modalities)
     except (AttributeError, KeyError, TypeError):
-        return tuple(c[len("share_"):] for c in run.steps.columns if c.startswith("share_"))
+        return tuple(c[len("share_") :] for c in run.steps.columns if c.startswith("share_"))
 
 
 def method_of(run) -> str:
@@ -73,8 +77,7 @@ def refresh(widget, fig) -> None:
     new = [{k: v for k, v in t.to_plotly_json().items() if k != "uid"} for t in fig.data]
     old = [{k: v for k, v in t.to_plotly_json().items() if k != "uid"} for t in widget.data]
     # in place only when every trace keeps its type and its set of properties (none would go stale)
-    same = len(new) == len(old) and all(a.get("type") == b.get("type") and set(a) == set(b)
-                                        for a, b in zip(old, new))
+    same = len(new) == len(old) and all(a.get("type") == b.get("type") and set(a) == set(b) for a, b in zip(old, new))
     with widget.batch_update():
         if same:
             for trace, props in zip(widget.data, new):

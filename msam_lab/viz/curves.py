@@ -10,6 +10,7 @@ A run still training is drawn as far as it has got. To watch it grow, follow it:
 ``msam_lab.widgets.LiveCurves(run)`` (``training_curves`` + ``accuracy_curves``, re-read every few
 seconds and extended in place) or ``msam_lab.widgets.LiveFigure(viz.tau_curves, run)`` for any of these.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -18,8 +19,10 @@ import pandas as pd
 from msam_lab.viz import style
 from msam_lab.viz.common import as_runs, check_backend, method_of, modalities_of
 
-PER_MODALITY = {"decomposed": ("acc_{m}", "{m} (Shapley-decomposed)"),
-                "only": ("acc_only_{m}", "{m} alone (others zeroed)")}
+PER_MODALITY = {
+    "decomposed": ("acc_{m}", "{m} (Shapley-decomposed)"),
+    "only": ("acc_only_{m}", "{m} alone (others zeroed)"),
+}
 
 
 def _grid(n: int, max_cols: int = 3) -> tuple[int, int]:
@@ -34,6 +37,7 @@ def _rolling(y: pd.Series, window: int) -> pd.Series:
 
 # ---------------------------------------------------------------- loss
 
+
 @style.styled
 def training_curves(runs, smooth: int = 10, backend: str = "plotly"):
     """Left: per-step training loss (faint raw, bold rolling mean over ``smooth`` steps).
@@ -46,26 +50,72 @@ def training_curves(runs, smooth: int = 10, backend: str = "plotly"):
         series.append((label, run, color))
     title = f"Training loss (centred rolling mean over {smooth} steps)" if smooth and smooth > 1 else "Training loss"
     if backend == "plotly":
-        from plotly.subplots import make_subplots
-        import plotly.graph_objects as go
+        import plotly.graph_objects as go  # noqa: PLC0415 - plotly loads only when a figure is drawn
+        from plotly.subplots import make_subplots  # noqa: PLC0415 - plotly loads only when a figure is drawn
+
         fig = make_subplots(rows=1, cols=2, subplot_titles=("per step (training batches)", "per epoch"))
         for label, run, color in series:
             s = run.steps
-            fig.add_trace(go.Scatter(x=s["step"], y=s["loss"], mode="lines", name=f"{label} raw",
-                                     line=dict(color=color, width=1), opacity=0.25, legendgroup=label,
-                                     showlegend=False, hovertemplate="step %{x}<br>loss %{y:.3f}"), 1, 1)
-            fig.add_trace(go.Scatter(x=s["step"], y=_rolling(s["loss"], smooth), mode="lines",
-                                     name=f"{label}", line=dict(color=color, width=2), legendgroup=label,
-                                     hovertemplate="step %{x}<br>smoothed loss %{y:.3f}"), 1, 1)
+            fig.add_trace(
+                go.Scatter(
+                    x=s["step"],
+                    y=s["loss"],
+                    mode="lines",
+                    name=f"{label} raw",
+                    line=dict(color=color, width=1),
+                    opacity=0.25,
+                    legendgroup=label,
+                    showlegend=False,
+                    hovertemplate="step %{x}<br>loss %{y:.3f}",
+                ),
+                1,
+                1,
+            )
+            fig.add_trace(
+                go.Scatter(
+                    x=s["step"],
+                    y=_rolling(s["loss"], smooth),
+                    mode="lines",
+                    name=f"{label}",
+                    line=dict(color=color, width=2),
+                    legendgroup=label,
+                    hovertemplate="step %{x}<br>smoothed loss %{y:.3f}",
+                ),
+                1,
+                1,
+            )
             e = run.epochs
-            fig.add_trace(go.Scatter(x=e["epoch"], y=e["train_loss"], mode="lines+markers",
-                                     name=f"{label} train", line=dict(color=color, dash="dash"),
-                                     legendgroup=label), 1, 2)
-            fig.add_trace(go.Scatter(x=e["epoch"], y=e["test_loss"], mode="lines+markers",
-                                     name=f"{label} test", line=dict(color=color), legendgroup=label), 1, 2)
+            fig.add_trace(
+                go.Scatter(
+                    x=e["epoch"],
+                    y=e["train_loss"],
+                    mode="lines+markers",
+                    name=f"{label} train",
+                    line=dict(color=color, dash="dash"),
+                    legendgroup=label,
+                ),
+                1,
+                2,
+            )
+            fig.add_trace(
+                go.Scatter(
+                    x=e["epoch"],
+                    y=e["test_loss"],
+                    mode="lines+markers",
+                    name=f"{label} test",
+                    line=dict(color=color),
+                    legendgroup=label,
+                ),
+                1,
+                2,
+            )
         fig.update_xaxes(title_text=style.STEP_LABEL, row=1, col=1)
-        fig.update_xaxes(title_text=f"{style.EPOCH_LABEL} (0 = before training)", row=1, col=2,
-                         dtick=style.epoch_dtick(max(r.epochs["epoch"].max() for _, r, _ in series)))
+        fig.update_xaxes(
+            title_text=f"{style.EPOCH_LABEL} (0 = before training)",
+            row=1,
+            col=2,
+            dtick=style.epoch_dtick(max(r.epochs["epoch"].max() for _, r, _ in series)),
+        )
         fig.update_yaxes(title_text=style.LOSS_LABEL, row=1, col=1)
         fig.update_yaxes(title_text=style.LOSS_LABEL, row=1, col=2)
         return style.style_plotly(fig, title, height=420)
@@ -88,9 +138,16 @@ def training_curves(runs, smooth: int = 10, backend: str = "plotly"):
 
 # ---------------------------------------------------------------- accuracy
 
+
 @style.styled
-def accuracy_curves(runs, split: str = "test", per_modality: str | None = "decomposed",
-                    modalities=None, title: str | None = None, backend: str = "plotly"):
+def accuracy_curves(
+    runs,
+    split: str = "test",
+    per_modality: str | None = "decomposed",
+    modalities=None,
+    title: str | None = None,
+    backend: str = "plotly",
+):
     """One panel per run: fused accuracy (black) and each modality's accuracy (its colour) over epochs,
     on a shared 0–100 % axis. ``per_modality``: ``"decomposed"``, ``"only"`` or None (fused only).
     ``title`` replaces the default title (the definition used is then given as a subtitle)."""
@@ -101,8 +158,11 @@ def accuracy_curves(runs, split: str = "test", per_modality: str | None = "decom
         raise ValueError(f"per_modality must be one of {list(PER_MODALITY)} or None, got {per_modality!r}")
     runs = as_runs(runs)
     rows, cols = _grid(len(runs))
-    definition = {"decomposed": "per-modality = Shapley-decomposed logits",
-                  "only": "per-modality = that modality alone, others zeroed", None: ""}[per_modality]
+    definition = {
+        "decomposed": "per-modality = Shapley-decomposed logits",
+        "only": "per-modality = that modality alone, others zeroed",
+        None: "",
+    }[per_modality]
     subtitle = None
     if title is None:
         title = f"Fused and per-modality {split} accuracy" + (f" ({definition})" if definition else "")
@@ -118,26 +178,40 @@ def accuracy_curves(runs, split: str = "test", per_modality: str | None = "decom
             for m in mods:
                 key = f"{split}_{col.format(m=m)}"
                 if key in e:
-                    out.append((name.format(m=m), 100 * e[key], style.modality_color(m, modalities_of(run)),
-                                "dash"))
+                    out.append((name.format(m=m), 100 * e[key], style.modality_color(m, modalities_of(run)), "dash"))
         return e["epoch"], out
 
     if backend == "plotly":
-        from plotly.subplots import make_subplots
-        import plotly.graph_objects as go
+        import plotly.graph_objects as go  # noqa: PLC0415 - plotly loads only when a figure is drawn
+        from plotly.subplots import make_subplots  # noqa: PLC0415 - plotly loads only when a figure is drawn
+
         fig = make_subplots(rows=rows, cols=cols, subplot_titles=list(runs), shared_yaxes=True)
         seen = set()
         for i, (label, run) in enumerate(runs.items()):
             r, c = divmod(i, cols)
             x, ls = lines(run)
             for name, y, color, dash in ls:
-                fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=name, legendgroup=name,
-                                         showlegend=name not in seen, line=dict(color=color, dash=dash),
-                                         hovertemplate=f"{label}<br>{name}<br>epoch %{{x}}: %{{y:.1f}} %"),
-                              r + 1, c + 1)
+                fig.add_trace(
+                    go.Scatter(
+                        x=x,
+                        y=y,
+                        mode="lines+markers",
+                        name=name,
+                        legendgroup=name,
+                        showlegend=name not in seen,
+                        line=dict(color=color, dash=dash),
+                        hovertemplate=f"{label}<br>{name}<br>epoch %{{x}}: %{{y:.1f}} %",
+                    ),
+                    r + 1,
+                    c + 1,
+                )
                 seen.add(name)
-            fig.update_xaxes(title_text=f"{style.EPOCH_LABEL} (0 = before training)", row=r + 1, col=c + 1,
-                             dtick=style.epoch_dtick(run.epochs["epoch"].max()))
+            fig.update_xaxes(
+                title_text=f"{style.EPOCH_LABEL} (0 = before training)",
+                row=r + 1,
+                col=c + 1,
+                dtick=style.epoch_dtick(run.epochs["epoch"].max()),
+            )
             if c == 0:
                 fig.update_yaxes(title_text=style.acc_label(split), row=r + 1, col=c + 1)
         fig.update_yaxes(range=[0, 101])
@@ -150,7 +224,7 @@ def accuracy_curves(runs, split: str = "test", per_modality: str | None = "decom
             ax.plot(x, y, color=color, ls="--" if dash == "dash" else "-", marker=".", label=name)
         ax.set(title=label, xlabel=f"{style.EPOCH_LABEL} (0 = before training)", ylim=(0, 101))
         style.integer_ticks(ax)
-    for ax in axes[len(runs):]:
+    for ax in axes[len(runs) :]:
         ax.set_visible(False)
     for r in range(rows):
         axes[r * cols].set_ylabel(style.acc_label(split))
@@ -171,17 +245,27 @@ def train_test_curves(runs, metric: str = "acc", backend: str = "plotly"):
     ylabel = "accuracy (%)" if metric == "acc" else style.LOSS_LABEL
     title = f"Train vs test {'accuracy' if metric == 'acc' else 'loss'} per epoch"
     if backend == "plotly":
-        import plotly.graph_objects as go
+        import plotly.graph_objects as go  # noqa: PLC0415 - plotly loads only when a figure is drawn
+
         fig = go.Figure()
         for i, (label, run) in enumerate(runs.items()):
             color = style.method_color(method_of(run), i)
             e = run.epochs
             for split, dash in (("train", "dash"), ("test", "solid")):
-                fig.add_trace(go.Scatter(x=e["epoch"], y=scale * e[f"{split}_{metric}"], mode="lines+markers",
-                                         name=f"{label} {split}", line=dict(color=color, dash=dash),
-                                         legendgroup=label))
-        fig.update_xaxes(title_text=f"{style.EPOCH_LABEL} (0 = before training)",
-                         dtick=style.epoch_dtick(max(r.epochs["epoch"].max() for r in runs.values())))
+                fig.add_trace(
+                    go.Scatter(
+                        x=e["epoch"],
+                        y=scale * e[f"{split}_{metric}"],
+                        mode="lines+markers",
+                        name=f"{label} {split}",
+                        line=dict(color=color, dash=dash),
+                        legendgroup=label,
+                    )
+                )
+        fig.update_xaxes(
+            title_text=f"{style.EPOCH_LABEL} (0 = before training)",
+            dtick=style.epoch_dtick(max(r.epochs["epoch"].max() for r in runs.values())),
+        )
         fig.update_yaxes(title_text=ylabel)
         return style.style_plotly(fig, title, height=400)
     fig = style.mpl_figure(4.5, 3.0)
@@ -198,6 +282,7 @@ def train_test_curves(runs, metric: str = "acc", backend: str = "plotly"):
 
 
 # ---------------------------------------------------------------- τ
+
 
 @style.styled
 def tau_curves(runs, form: str = "acc", skip_epoch0: bool = True, backend: str = "plotly"):
@@ -216,16 +301,25 @@ def tau_curves(runs, form: str = "acc", skip_epoch0: bool = True, backend: str =
         return e["epoch"], e[col]
 
     if backend == "plotly":
-        import plotly.graph_objects as go
+        import plotly.graph_objects as go  # noqa: PLC0415 - plotly loads only when a figure is drawn
+
         fig = go.Figure()
         for i, (label, run) in enumerate(runs.items()):
             x, y = data(run)
-            fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=label,
-                                     line=dict(color=style.method_color(method_of(run), i)),
-                                     hovertemplate=f"{label}<br>epoch %{{x}}<br>{col} %{{y:.4f}}"))
+            fig.add_trace(
+                go.Scatter(
+                    x=x,
+                    y=y,
+                    mode="lines+markers",
+                    name=label,
+                    line=dict(color=style.method_color(method_of(run), i)),
+                    hovertemplate=f"{label}<br>epoch %{{x}}<br>{col} %{{y:.4f}}",
+                )
+            )
         fig.add_hline(y=0, line=dict(color="#999", width=1))
-        fig.update_xaxes(title_text=style.EPOCH_LABEL,
-                         dtick=style.epoch_dtick(max(r.epochs["epoch"].max() for r in runs.values())))
+        fig.update_xaxes(
+            title_text=style.EPOCH_LABEL, dtick=style.epoch_dtick(max(r.epochs["epoch"].max() for r in runs.values()))
+        )
         fig.update_yaxes(title_text=style.TAU_LABELS[form])
         return style.style_plotly(fig, title, height=400)
     fig = style.mpl_figure(4.5, 3.0)
@@ -246,7 +340,13 @@ def modality_gap_table(runs) -> pd.DataFrame:
     for label, run in as_runs(runs).items():
         e = run.epochs.iloc[-1]
         for name, key in [("fused", "acc")] + [(m, f"acc_{m}") for m in modalities_of(run)]:
-            rows.append({"run": label, "part": name, "train_acc_%": 100 * e[f"train_{key}"],
-                         "test_acc_%": 100 * e[f"test_{key}"],
-                         "gap_pp": 100 * (e[f"train_{key}"] - e[f"test_{key}"])})
+            rows.append(
+                {
+                    "run": label,
+                    "part": name,
+                    "train_acc_%": 100 * e[f"train_{key}"],
+                    "test_acc_%": 100 * e[f"test_{key}"],
+                    "gap_pp": 100 * (e[f"train_{key}"] - e[f"test_{key}"]),
+                }
+            )
     return pd.DataFrame(rows)

@@ -4,6 +4,7 @@ switch markers, optional rolling smoothing, and a linked per-epoch accuracy pane
 The tables behind the figures are public too (``dominance_segments``, ``switch_points``,
 ``smoothed_shares``), so a test or a reader can check a band against the ``dominant`` column.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -16,6 +17,7 @@ BANDS = ("raw", "smoothed", None)
 
 
 # ---------------------------------------------------------------- tables
+
 
 def smoothed_shares(steps: pd.DataFrame, modalities, window: int = 1) -> pd.DataFrame:
     """``share_<m>`` columns, centred rolling mean over ``window`` steps (1 = raw)."""
@@ -43,15 +45,21 @@ def dominance_segments(steps: pd.DataFrame, dominant: pd.Series | None = None) -
         return pd.DataFrame(columns=["start", "end", "dominant", "n_steps"])
     cut = np.flatnonzero(dom[1:] != dom[:-1]) + 1
     starts, ends = np.r_[0, cut], np.r_[cut, len(dom)] - 1
-    return pd.DataFrame({"start": step[starts], "end": step[ends], "dominant": dom[starts],
-                         "n_steps": ends - starts + 1})
+    return pd.DataFrame(
+        {"start": step[starts], "end": step[ends], "dominant": dom[starts], "n_steps": ends - starts + 1}
+    )
 
 
 def switch_points(steps: pd.DataFrame, dominant: pd.Series | None = None) -> pd.DataFrame:
     """The steps where the dominant modality changes: ``step``, ``from``, ``to``."""
     seg = dominance_segments(steps, dominant)
-    return pd.DataFrame({"step": seg["start"].to_numpy()[1:], "from": seg["dominant"].to_numpy()[:-1],
-                         "to": seg["dominant"].to_numpy()[1:]})
+    return pd.DataFrame(
+        {
+            "step": seg["start"].to_numpy()[1:],
+            "from": seg["dominant"].to_numpy()[:-1],
+            "to": seg["dominant"].to_numpy()[1:],
+        }
+    )
 
 
 def epoch_end_steps(steps: pd.DataFrame) -> dict[int, int]:
@@ -62,10 +70,20 @@ def epoch_end_steps(steps: pd.DataFrame) -> dict[int, int]:
 
 # ---------------------------------------------------------------- figure
 
+
 @style.styled
-def shares_over_steps(run, smooth: int = 1, modalities=None, step_range=None, bands: str | None = "raw",
-                      switches: bool = True, accuracy: bool = False, split: str = "test",
-                      epoch_lines: bool = True, backend: str = "plotly"):
+def shares_over_steps(
+    run,
+    smooth: int = 1,
+    modalities=None,
+    step_range=None,
+    bands: str | None = "raw",
+    switches: bool = True,
+    accuracy: bool = False,
+    split: str = "test",
+    epoch_lines: bool = True,
+    backend: str = "plotly",
+):
     """Shapley share of each modality per training step (line), on bands coloured by the dominant
     modality, with a marker at each switch of dominance.
 
@@ -92,24 +110,44 @@ def shares_over_steps(run, smooth: int = 1, modalities=None, step_range=None, ba
     ends = {e: s for e, s in epoch_end_steps(steps).items() if lo <= s <= hi + 1}
     label = run_label(run)
     smooth_txt = f", centred rolling mean over {smooth} steps" if smooth and smooth > 1 else ""
-    band_txt = {"raw": "bands: dominant modality per step", "smoothed": "bands: argmax of smoothed shares",
-                None: ""}[bands]
+    band_txt = {"raw": "bands: dominant modality per step", "smoothed": "bands: argmax of smoothed shares", None: ""}[
+        bands
+    ]
     title = f"{label}: which modality dominates, step by step"
-    subtitle = f"Shapley shares of batch accuracy{smooth_txt}" + (f"; {band_txt}" if band_txt else "") + \
-        ("; ▼ = dominance switch" if switches else "")
+    subtitle = (
+        f"Shapley shares of batch accuracy{smooth_txt}"
+        + (f"; {band_txt}" if band_txt else "")
+        + ("; ▼ = dominance switch" if switches else "")
+    )
     acc = None
     if accuracy:
         e = run.epochs
-        x = e["epoch"].map(epoch_end_steps(steps)) - 0.5      # on the epoch boundary (the dotted line)
+        x = e["epoch"].map(epoch_end_steps(steps)) - 0.5  # on the epoch boundary (the dotted line)
         acc = [("fused", x, 100 * e[f"{split}_acc"], style.FUSED_COLOR, e["epoch"])]
-        acc += [(f"{m} (Shapley-decomposed)", x, 100 * e[f"{split}_acc_{m}"], style.modality_color(m, all_mods),
-                 e["epoch"]) for m in mods if f"{split}_acc_{m}" in e]
+        acc += [
+            (f"{m} (Shapley-decomposed)", x, 100 * e[f"{split}_acc_{m}"], style.modality_color(m, all_mods), e["epoch"])
+            for m in mods
+            if f"{split}_acc_{m}" in e
+        ]
         inside = (x >= lo - 0.5) & (x <= hi + 0.5)
         acc = [(n, xx[inside], yy[inside], c, ep[inside]) for n, xx, yy, c, ep in acc]
     if backend == "plotly":
         return _plotly(st, sh, segs, sw, mods, all_mods, ends, acc, lo, hi, title, subtitle, split, epoch_lines)
-    return _mpl(st, sh, segs, sw, mods, all_mods, ends, acc, lo, hi, f"{title}\n{subtitle.replace('; ', chr(10), 1)}",
-                split, epoch_lines)
+    return _mpl(
+        st,
+        sh,
+        segs,
+        sw,
+        mods,
+        all_mods,
+        ends,
+        acc,
+        lo,
+        hi,
+        f"{title}\n{subtitle.replace('; ', chr(10), 1)}",
+        split,
+        epoch_lines,
+    )
 
 
 def _band_xy(segs: pd.DataFrame, m: str, lo: int, hi: int):
@@ -124,47 +162,106 @@ def _band_xy(segs: pd.DataFrame, m: str, lo: int, hi: int):
 
 
 def _plotly(st, sh, segs, sw, mods, all_mods, ends, acc, lo, hi, title, subtitle, split, epoch_lines):
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
+    import plotly.graph_objects as go  # noqa: PLC0415 - plotly loads only when a figure is drawn
+    from plotly.subplots import make_subplots  # noqa: PLC0415 - plotly loads only when a figure is drawn
+
     rows = 2 if acc is not None else 1
-    fig = make_subplots(rows=rows, cols=1, shared_xaxes=True, vertical_spacing=0.08,
-                        row_heights=[0.62, 0.38] if rows == 2 else None,
-                        subplot_titles=("Shapley shares (training batches)",
-                                        f"{split} accuracy at the end of each epoch") if rows == 2 else None)
+    fig = make_subplots(
+        rows=rows,
+        cols=1,
+        shared_xaxes=True,
+        vertical_spacing=0.08,
+        row_heights=[0.62, 0.38] if rows == 2 else None,
+        subplot_titles=("Shapley shares (training batches)", f"{split} accuracy at the end of each epoch")
+        if rows == 2
+        else None,
+    )
     if segs is not None:
         for m in mods:
             xs, ys = _band_xy(segs, m, lo, hi)
-            fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line=dict(width=0, shape="hv"),
-                                     fill="tozeroy",
-                                     fillcolor=style.with_alpha(style.modality_color(m, all_mods), 0.16),
-                                     name=f"{m} dominant", legendgroup=f"band-{m}", hoverinfo="skip",
-                                     meta={"kind": "band", "modality": m}), 1, 1)
+            fig.add_trace(
+                go.Scatter(
+                    x=xs,
+                    y=ys,
+                    mode="lines",
+                    line=dict(width=0, shape="hv"),
+                    fill="tozeroy",
+                    fillcolor=style.with_alpha(style.modality_color(m, all_mods), 0.16),
+                    name=f"{m} dominant",
+                    legendgroup=f"band-{m}",
+                    hoverinfo="skip",
+                    meta={"kind": "band", "modality": m},
+                ),
+                1,
+                1,
+            )
     for m in mods:
-        fig.add_trace(go.Scatter(x=st["step"], y=sh[f"share_{m}"], mode="lines", name=f"share of {m}",
-                                 line=dict(color=style.modality_color(m, all_mods), width=1.8),
-                                 meta={"kind": "share", "modality": m},
-                                 hovertemplate=f"step %{{x}}<br>share of {m}: %{{y:.2f}}<extra></extra>"), 1, 1)
+        fig.add_trace(
+            go.Scatter(
+                x=st["step"],
+                y=sh[f"share_{m}"],
+                mode="lines",
+                name=f"share of {m}",
+                line=dict(color=style.modality_color(m, all_mods), width=1.8),
+                meta={"kind": "share", "modality": m},
+                hovertemplate=f"step %{{x}}<br>share of {m}: %{{y:.2f}}<extra></extra>",
+            ),
+            1,
+            1,
+        )
     if sw is not None and len(sw):
-        fig.add_trace(go.Scatter(x=sw["step"], y=np.full(len(sw), 1.05), mode="markers",
-                                 name="dominance switch (colour: new dominant)",
-                                 marker=dict(symbol="triangle-down", size=9, line=dict(width=0.5, color="#333"),
-                                             color=[style.modality_color(t, all_mods) for t in sw["to"]]),
-                                 legendgroup="switch", showlegend=False,
-                                 customdata=np.stack([sw["from"], sw["to"]], 1), meta={"kind": "switch"},
-                                 hovertemplate="step %{x}: %{customdata[0]} → %{customdata[1]}<extra></extra>"),
-                      1, 1)
+        fig.add_trace(
+            go.Scatter(
+                x=sw["step"],
+                y=np.full(len(sw), 1.05),
+                mode="markers",
+                name="dominance switch (colour: new dominant)",
+                marker=dict(
+                    symbol="triangle-down",
+                    size=9,
+                    line=dict(width=0.5, color="#333"),
+                    color=[style.modality_color(t, all_mods) for t in sw["to"]],
+                ),
+                legendgroup="switch",
+                showlegend=False,
+                customdata=np.stack([sw["from"], sw["to"]], 1),
+                meta={"kind": "switch"},
+                hovertemplate="step %{x}: %{customdata[0]} → %{customdata[1]}<extra></extra>",
+            ),
+            1,
+            1,
+        )
         # legend entry in a neutral colour (the markers themselves take the new dominant's colour)
-        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name="dominance switch (colour: new dominant)",
-                                 marker=dict(symbol="triangle-down", size=9, color="#bbb", line=dict(width=0.5,
-                                                                                                   color="#333")),
-                                 legendgroup="switch", hoverinfo="skip", meta={"kind": "legend"}), 1, 1)
+        fig.add_trace(
+            go.Scatter(
+                x=[None],
+                y=[None],
+                mode="markers",
+                name="dominance switch (colour: new dominant)",
+                marker=dict(symbol="triangle-down", size=9, color="#bbb", line=dict(width=0.5, color="#333")),
+                legendgroup="switch",
+                hoverinfo="skip",
+                meta={"kind": "legend"},
+            ),
+            1,
+            1,
+        )
     if acc is not None:
         for name, x, y, color, ep in acc:
-            fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=f"acc: {name}",
-                                     line=dict(color=color, dash="solid" if name == "fused" else "dash"),
-                                     customdata=ep, meta={"kind": "accuracy"},
-                                     hovertemplate=f"{name}<br>after epoch %{{customdata}}: "
-                                                   f"%{{y:.1f}} %<extra></extra>"), 2, 1)
+            fig.add_trace(
+                go.Scatter(
+                    x=x,
+                    y=y,
+                    mode="lines+markers",
+                    name=f"acc: {name}",
+                    line=dict(color=color, dash="solid" if name == "fused" else "dash"),
+                    customdata=ep,
+                    meta={"kind": "accuracy"},
+                    hovertemplate=f"{name}<br>after epoch %{{customdata}}: %{{y:.1f}} %<extra></extra>",
+                ),
+                2,
+                1,
+            )
         fig.update_yaxes(title_text=style.acc_label(split).replace(" (", "<br>("), range=[0, 101], row=2, col=1)
     if epoch_lines:
         for e, s in ends.items():
@@ -172,13 +269,15 @@ def _plotly(st, sh, segs, sw, mods, all_mods, ends, acc, lo, hi, title, subtitle
                 fig.add_vline(x=s - 0.5, line=dict(color="#888", width=1, dash="dot"))
     fig.update_yaxes(title_text="Shapley share of<br>batch accuracy (0–1)", range=[0, 1.1], row=1, col=1)
     fig.update_xaxes(range=[lo - 0.5, hi + 0.5])
-    fig.update_xaxes(title_text=style.STEP_LABEL + ("; dotted lines: epoch ends" if epoch_lines else ""),
-                     row=rows, col=1)
+    fig.update_xaxes(
+        title_text=style.STEP_LABEL + ("; dotted lines: epoch ends" if epoch_lines else ""), row=rows, col=1
+    )
     return style.style_plotly(fig, title, height=560 if rows == 2 else 420, subtitle=subtitle)
 
 
 def _mpl(st, sh, segs, sw, mods, all_mods, ends, acc, lo, hi, title, split, epoch_lines):
-    from matplotlib.patches import Patch
+    from matplotlib.patches import Patch  # noqa: PLC0415 - matplotlib loads only when a figure is drawn
+
     fig = style.mpl_figure(7.0, 4.4 if acc is not None else 3.0)
     if acc is not None:
         ax, ax2 = fig.subplots(2, 1, sharex=True, height_ratios=[0.62, 0.38])
@@ -191,15 +290,36 @@ def _mpl(st, sh, segs, sw, mods, all_mods, ends, acc, lo, hi, title, split, epoc
                 ax.axvspan(start - 0.5, end + 0.5, color=style.modality_color(d, all_mods), alpha=0.16, lw=0)
         handles += [Patch(color=style.modality_color(m, all_mods), alpha=0.3, label=f"{m} dominant") for m in mods]
     for m in mods:
-        (h,) = ax.plot(st["step"], sh[f"share_{m}"], color=style.modality_color(m, all_mods), lw=1.3,
-                       label=f"share of {m}")
+        (h,) = ax.plot(
+            st["step"], sh[f"share_{m}"], color=style.modality_color(m, all_mods), lw=1.3, label=f"share of {m}"
+        )
         handles.append(h)
     if sw is not None and len(sw):
-        ax.scatter(sw["step"], np.full(len(sw), 1.05), marker="v", s=18, zorder=3, edgecolors="#333",
-                   linewidths=0.4, c=[style.modality_color(t, all_mods) for t in sw["to"]], clip_on=False)
-        from matplotlib.lines import Line2D
-        handles.append(Line2D([], [], ls="none", marker="v", color="#bbb", mec="#333", mew=0.4,
-                              label="dominance switch\n(colour: new dominant)"))
+        ax.scatter(
+            sw["step"],
+            np.full(len(sw), 1.05),
+            marker="v",
+            s=18,
+            zorder=3,
+            edgecolors="#333",
+            linewidths=0.4,
+            c=[style.modality_color(t, all_mods) for t in sw["to"]],
+            clip_on=False,
+        )
+        from matplotlib.lines import Line2D  # noqa: PLC0415 - matplotlib loads only when a figure is drawn
+
+        handles.append(
+            Line2D(
+                [],
+                [],
+                ls="none",
+                marker="v",
+                color="#bbb",
+                mec="#333",
+                mew=0.4,
+                label="dominance switch\n(colour: new dominant)",
+            )
+        )
     for e, s in ends.items():
         if epoch_lines and e > 0:
             for a in (ax, ax2):
@@ -227,20 +347,35 @@ def epoch_shares(runs, split: str = "test", backend: str = "plotly"):
     n = len(runs)
     title = f"Shapley shares of {split}-set accuracy per epoch"
     if backend == "plotly":
-        import plotly.graph_objects as go
-        from plotly.subplots import make_subplots
+        import plotly.graph_objects as go  # noqa: PLC0415 - plotly loads only when a figure is drawn
+        from plotly.subplots import make_subplots  # noqa: PLC0415 - plotly loads only when a figure is drawn
+
         fig = make_subplots(rows=1, cols=n, subplot_titles=list(runs), shared_yaxes=True)
         seen = set()
         for i, (label, run) in enumerate(runs.items()):
             mods = modalities_of(run)
             e = run.epochs
             for m in mods:
-                fig.add_trace(go.Scatter(x=e["epoch"], y=e[f"{split}_share_{m}"], mode="lines+markers",
-                                         name=f"share of {m}", legendgroup=m, showlegend=m not in seen,
-                                         line=dict(color=style.modality_color(m, mods))), 1, i + 1)
+                fig.add_trace(
+                    go.Scatter(
+                        x=e["epoch"],
+                        y=e[f"{split}_share_{m}"],
+                        mode="lines+markers",
+                        name=f"share of {m}",
+                        legendgroup=m,
+                        showlegend=m not in seen,
+                        line=dict(color=style.modality_color(m, mods)),
+                    ),
+                    1,
+                    i + 1,
+                )
                 seen.add(m)
-            fig.update_xaxes(title_text=f"{style.EPOCH_LABEL} (0 = before training)", row=1, col=i + 1,
-                             dtick=style.epoch_dtick(e["epoch"].max()))
+            fig.update_xaxes(
+                title_text=f"{style.EPOCH_LABEL} (0 = before training)",
+                row=1,
+                col=i + 1,
+                dtick=style.epoch_dtick(e["epoch"].max()),
+            )
         fig.update_yaxes(title_text=f"Shapley share of {split} accuracy (0–1)", row=1, col=1)
         fig.update_yaxes(range=[-0.02, 1.02])
         return style.style_plotly(fig, title, height=380)
@@ -249,8 +384,13 @@ def epoch_shares(runs, split: str = "test", backend: str = "plotly"):
     for ax, (label, run) in zip(axes, runs.items()):
         mods = modalities_of(run)
         for m in mods:
-            ax.plot(run.epochs["epoch"], run.epochs[f"{split}_share_{m}"], marker=".",
-                    color=style.modality_color(m, mods), label=f"share of {m}")
+            ax.plot(
+                run.epochs["epoch"],
+                run.epochs[f"{split}_share_{m}"],
+                marker=".",
+                color=style.modality_color(m, mods),
+                label=f"share of {m}",
+            )
         ax.set(title=label, xlabel=f"{style.EPOCH_LABEL} (0 = before training)", ylim=(-0.02, 1.02))
         style.integer_ticks(ax)
     axes[0].set_ylabel(f"Shapley share of {split} accuracy (0–1)")

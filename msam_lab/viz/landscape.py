@@ -8,8 +8,10 @@ tables of ``sharpness_for_run``. Metric names follow the surface: ``loss``/``acc
 For figures that are compared, pass the same ``zmin``/``zmax`` (``shared_range``) to each — the
 comparison functions here do it themselves.
 """
+
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Mapping
 
 import numpy as np
@@ -22,6 +24,7 @@ PARTS = ("fused", "only", "without")
 
 
 # ---------------------------------------------------------------- names and labels
+
 
 def metric_key(modality: str | None = None, what: str = "loss", part: str = "only") -> str:
     """``loss`` (modality None or "fused"), ``loss_only_<m>`` or ``loss_without_<m>``; ``what``: loss|acc."""
@@ -71,7 +74,7 @@ def direction_title(surface, k: int, sep: str = " ") -> str:
     meta = surface.meta
     kind = str(meta.get("directions", "random"))
     if kind.startswith("reuse:"):
-        kind = kind[len("reuse:"):]
+        kind = kind[len("reuse:") :]
     if kind == "pca":
         evr = meta.get("explained_variance_ratio") or []
         share = f" ({100 * evr[k]:.0f} % of variance)" if k < len(evr) else ""
@@ -94,7 +97,7 @@ def direction_short(surface, k: int) -> str:
 
 
 def _path_name(path) -> str:
-    from pathlib import Path
+
     return Path(str(path)).name if path else "?"
 
 
@@ -125,6 +128,7 @@ def _as_surfaces(surfaces) -> dict:
 
 # ---------------------------------------------------------------- trajectory
 
+
 def trajectory(surface) -> pd.DataFrame | None:
     """The training trajectory in the surface's plane (PCA surfaces): ``epoch``, ``x``, ``y``; else None.
 
@@ -135,8 +139,9 @@ def trajectory(surface) -> pd.DataFrame | None:
     if traj is None or surface.dim != 2:
         return None
     traj = np.asarray(traj, dtype=float)
-    return pd.DataFrame({"epoch": surface.meta.get("trajectory_epochs", list(range(len(traj)))),
-                         "x": traj[:, 0], "y": traj[:, 1]})
+    return pd.DataFrame(
+        {"epoch": surface.meta.get("trajectory_epochs", list(range(len(traj)))), "x": traj[:, 0], "y": traj[:, 1]}
+    )
 
 
 def _epoch_labels(epochs, max_labels: int = 7) -> list[str]:
@@ -148,13 +153,16 @@ def _epoch_labels(epochs, max_labels: int = 7) -> list[str]:
 
 def _on_surface(surface, metric, x, y, log=False) -> np.ndarray:
     """Surface value at (x, y) by bilinear interpolation (the height the path is drawn at)."""
-    from scipy.interpolate import RegularGridInterpolator
-    f = RegularGridInterpolator((surface.coords[0], surface.coords[1]), _values(surface, metric, log),
-                                bounds_error=False, fill_value=None)
+    from scipy.interpolate import RegularGridInterpolator  # noqa: PLC0415 - scipy loads only when this reader or view runs
+
+    f = RegularGridInterpolator(
+        (surface.coords[0], surface.coords[1]), _values(surface, metric, log), bounds_error=False, fill_value=None
+    )
     return f(np.stack([x, y], 1))
 
 
 # ---------------------------------------------------------------- 1-D
+
 
 def _marks(surface) -> list[float]:
     """Coordinates worth a vertical line: θ₀ (0), and the end point (1) of an interpolation."""
@@ -162,8 +170,9 @@ def _marks(surface) -> list[float]:
 
 
 @style.styled
-def curves_1d(surfaces, metrics=None, what: str = "loss", ymin=None, ymax=None, log: bool = False,
-              backend: str = "plotly"):
+def curves_1d(
+    surfaces, metrics=None, what: str = "loss", ymin=None, ymax=None, log: bool = False, backend: str = "plotly"
+):
     """1-D landscapes, one panel per surface, one line per metric, on a shared y range.
 
     ``metrics``: default the fused model plus each modality alone (``<what>_only_<m>``).
@@ -199,17 +208,28 @@ def curves_1d(surfaces, metrics=None, what: str = "loss", ymin=None, ymax=None, 
 
     title = f"1-D {'loss' if what == 'loss' else 'accuracy'} landscapes (per-modality: others zeroed)"
     if backend == "plotly":
-        import plotly.graph_objects as go
-        from plotly.subplots import make_subplots
+        import plotly.graph_objects as go  # noqa: PLC0415 - plotly loads only when a figure is drawn
+        from plotly.subplots import make_subplots  # noqa: PLC0415 - plotly loads only when a figure is drawn
+
         fig = make_subplots(rows=1, cols=n, subplot_titles=list(surfaces), shared_yaxes=True)
         for i, (label, s) in enumerate(surfaces.items()):
             for m in metrics:
                 c, dash = color(m)
-                fig.add_trace(go.Scatter(x=s.coords[0], y=_values(s, m, log), mode="lines", name=name(m),
-                                         legendgroup=m, showlegend=i == 0, line=dict(color=c, dash=dash),
-                                         meta={"metric": m},
-                                         hovertemplate=f"{label}<br>{name(m)}<br>α=%{{x:.2f}}: %{{y:.3f}}"
-                                                       "<extra></extra>"), 1, i + 1)
+                fig.add_trace(
+                    go.Scatter(
+                        x=s.coords[0],
+                        y=_values(s, m, log),
+                        mode="lines",
+                        name=name(m),
+                        legendgroup=m,
+                        showlegend=i == 0,
+                        line=dict(color=c, dash=dash),
+                        meta={"metric": m},
+                        hovertemplate=f"{label}<br>{name(m)}<br>α=%{{x:.2f}}: %{{y:.3f}}<extra></extra>",
+                    ),
+                    1,
+                    i + 1,
+                )
             for x0 in _marks(s):
                 fig.add_vline(x=x0, line=dict(color="#aaa", width=1, dash="dot"), row=1, col=i + 1)
             fig.update_xaxes(title_text=direction_title(s, 0, "<br>"), row=1, col=i + 1)
@@ -221,8 +241,13 @@ def curves_1d(surfaces, metrics=None, what: str = "loss", ymin=None, ymax=None, 
     for ax, (label, s) in zip(axes, surfaces.items()):
         for m in metrics:
             c, dash = color(m)
-            ax.plot(s.coords[0], _values(s, m, log), color=c, ls={"solid": "-", "dash": "--", "dot": ":"}[dash],
-                    label=name(m))
+            ax.plot(
+                s.coords[0],
+                _values(s, m, log),
+                color=c,
+                ls={"solid": "-", "dash": "--", "dot": ":"}[dash],
+                label=name(m),
+            )
         for x0 in _marks(s):
             ax.axvline(x0, color="#aaa", lw=0.7, ls=":")
         ax.set(title=label, xlabel=direction_title(s, 0, "\n"), ylim=(ymin, ymax))
@@ -234,56 +259,112 @@ def curves_1d(surfaces, metrics=None, what: str = "loss", ymin=None, ymax=None, 
 
 # ---------------------------------------------------------------- 2-D
 
+
 def _clip(v, zmin, zmax):
     return np.clip(v, zmin, zmax)
 
 
-def _surface_traces(surface, metric, zmin, zmax, log, show_trajectory, scene=None, coloraxis="coloraxis",
-                    showlegend=False):
-    import plotly.graph_objects as go
+def _surface_traces(
+    surface, metric, zmin, zmax, log, show_trajectory, scene=None, coloraxis="coloraxis", showlegend=False
+):
+    import plotly.graph_objects as go  # noqa: PLC0415 - plotly loads only when a figure is drawn
+
     x, y = surface.coords
     z = _values(surface, metric, log)
-    traces = [go.Surface(x=x, y=y, z=_clip(z, zmin, zmax).T, coloraxis=coloraxis, cmin=zmin, cmax=zmax,
-                         name=metric, meta={"metric": metric, "kind": "surface"},
-                         hovertemplate="x=%{x:.2f}<br>y=%{y:.2f}<br>value=%{z:.3f}<extra></extra>",
-                         contours=dict(z=dict(show=True, usecolormap=True, project=dict(z=True), width=1)))]
+    traces = [
+        go.Surface(
+            x=x,
+            y=y,
+            z=_clip(z, zmin, zmax).T,
+            coloraxis=coloraxis,
+            cmin=zmin,
+            cmax=zmax,
+            name=metric,
+            meta={"metric": metric, "kind": "surface"},
+            hovertemplate="x=%{x:.2f}<br>y=%{y:.2f}<br>value=%{z:.3f}<extra></extra>",
+            contours=dict(z=dict(show=True, usecolormap=True, project=dict(z=True), width=1)),
+        )
+    ]
     traj = trajectory(surface) if show_trajectory else None
     if traj is not None:
         h = _clip(_on_surface(surface, metric, traj["x"], traj["y"], log), zmin, zmax)
-        traces.append(go.Scatter3d(x=traj["x"], y=traj["y"], z=h + 0.01 * (zmax - zmin), mode="lines+markers",
-                                   text=[str(e) for e in traj["epoch"]], name="training trajectory",
-                                   line=dict(color="#d62728", width=6), marker=dict(size=3, color="#d62728"),
-                                   meta={"kind": "trajectory"}, showlegend=showlegend, legendgroup="trajectory",
-                                   hovertemplate="epoch %{text}<br>(%{x:.2f}, %{y:.2f})<extra></extra>"))
+        traces.append(
+            go.Scatter3d(
+                x=traj["x"],
+                y=traj["y"],
+                z=h + 0.01 * (zmax - zmin),
+                mode="lines+markers",
+                text=[str(e) for e in traj["epoch"]],
+                name="training trajectory",
+                line=dict(color="#d62728", width=6),
+                marker=dict(size=3, color="#d62728"),
+                meta={"kind": "trajectory"},
+                showlegend=showlegend,
+                legendgroup="trajectory",
+                hovertemplate="epoch %{text}<br>(%{x:.2f}, %{y:.2f})<extra></extra>",
+            )
+        )
     if scene:
         for t in traces:
             t.scene = scene
     return traces
 
 
-def _contour_traces(surface, metric, zmin, zmax, log, show_trajectory, n_levels, coloraxis="coloraxis",
-                    showlegend=True):
-    import plotly.graph_objects as go
+def _contour_traces(
+    surface, metric, zmin, zmax, log, show_trajectory, n_levels, coloraxis="coloraxis", showlegend=True
+):
+    import plotly.graph_objects as go  # noqa: PLC0415 - plotly loads only when a figure is drawn
+
     x, y = surface.coords
     z = _values(surface, metric, log)
-    traces = [go.Contour(x=x, y=y, z=z.T, coloraxis=coloraxis, autocontour=False,
-                         contours=dict(start=zmin, end=zmax, size=(zmax - zmin) / n_levels, coloring="heatmap"),
-                         line=dict(width=0.5, color="rgba(255,255,255,0.5)"), name=metric,
-                         meta={"metric": metric, "kind": "contour"},
-                         hovertemplate="x=%{x:.2f}<br>y=%{y:.2f}<br>value=%{z:.3f}<extra></extra>")]
+    traces = [
+        go.Contour(
+            x=x,
+            y=y,
+            z=z.T,
+            coloraxis=coloraxis,
+            autocontour=False,
+            contours=dict(start=zmin, end=zmax, size=(zmax - zmin) / n_levels, coloring="heatmap"),
+            line=dict(width=0.5, color="rgba(255,255,255,0.5)"),
+            name=metric,
+            meta={"metric": metric, "kind": "contour"},
+            hovertemplate="x=%{x:.2f}<br>y=%{y:.2f}<br>value=%{z:.3f}<extra></extra>",
+        )
+    ]
     traj = trajectory(surface) if show_trajectory else None
     if traj is not None:
-        traces.append(go.Scatter(x=traj["x"], y=traj["y"], mode="lines+markers+text", name="training trajectory",
-                                 text=_epoch_labels(traj["epoch"]), customdata=traj["epoch"], textposition="top right",
-                                 textfont=dict(color="white", size=11, shadow="1px 1px 2px black"),
-                                 showlegend=showlegend, cliponaxis=False,
-                                 line=dict(color="#d62728", width=2.5), marker=dict(size=7, color="#d62728"),
-                                 legendgroup="trajectory", meta={"kind": "trajectory"},
-                                 hovertemplate="epoch %{customdata}: (%{x:.2f}, %{y:.2f})<extra></extra>"))
-    traces.append(go.Scatter(x=[0], y=[0], mode="markers", name=f"θ at epoch {surface.meta.get('epoch', '?')}",
-                             marker=dict(symbol="x", size=10, color="white", line=dict(width=1.5, color="black")),
-                             showlegend=showlegend, legendgroup="centre", meta={"kind": "centre"},
-                             hoverinfo="skip"))
+        traces.append(
+            go.Scatter(
+                x=traj["x"],
+                y=traj["y"],
+                mode="lines+markers+text",
+                name="training trajectory",
+                text=_epoch_labels(traj["epoch"]),
+                customdata=traj["epoch"],
+                textposition="top right",
+                textfont=dict(color="white", size=11, shadow="1px 1px 2px black"),
+                showlegend=showlegend,
+                cliponaxis=False,
+                line=dict(color="#d62728", width=2.5),
+                marker=dict(size=7, color="#d62728"),
+                legendgroup="trajectory",
+                meta={"kind": "trajectory"},
+                hovertemplate="epoch %{customdata}: (%{x:.2f}, %{y:.2f})<extra></extra>",
+            )
+        )
+    traces.append(
+        go.Scatter(
+            x=[0],
+            y=[0],
+            mode="markers",
+            name=f"θ at epoch {surface.meta.get('epoch', '?')}",
+            marker=dict(symbol="x", size=10, color="white", line=dict(width=1.5, color="black")),
+            showlegend=showlegend,
+            legendgroup="centre",
+            meta={"kind": "centre"},
+            hoverinfo="skip",
+        )
+    )
     return traces
 
 
@@ -303,8 +384,17 @@ def _check_2d(surface):
 
 
 @style.styled
-def surface_figure(surface, metric: str = "loss", zmin=None, zmax=None, show_trajectory: bool = True,
-                   log: bool = False, n_levels: int = 20, kinds=("surface", "contour"), backend: str = "plotly"):
+def surface_figure(
+    surface,
+    metric: str = "loss",
+    zmin=None,
+    zmax=None,
+    show_trajectory: bool = True,
+    log: bool = False,
+    n_levels: int = 20,
+    kinds=("surface", "contour"),
+    backend: str = "plotly",
+):
     """A 2-D landscape as a 3-D surface and a filled contour, side by side, on one colour scale
     (``zmin``/``zmax``, default the surface's own range; values beyond it are clipped in the 3-D view),
     with the training trajectory (PCA surfaces) drawn on both."""
@@ -314,10 +404,16 @@ def surface_figure(surface, metric: str = "loss", zmin=None, zmax=None, show_tra
     kinds = list(kinds)
     title = f"{surface_label(surface)}: {value_title(metric, log)}"
     if backend == "plotly":
-        from plotly.subplots import make_subplots
+        from plotly.subplots import make_subplots  # noqa: PLC0415 - plotly loads only when a figure is drawn
+
         specs = [[{"type": "scene" if k == "surface" else "xy"} for k in kinds]]
-        fig = make_subplots(rows=1, cols=len(kinds), specs=specs, horizontal_spacing=0.16,
-                            subplot_titles=["3-D view" if k == "surface" else "contour (top view)" for k in kinds])
+        fig = make_subplots(
+            rows=1,
+            cols=len(kinds),
+            specs=specs,
+            horizontal_spacing=0.16,
+            subplot_titles=["3-D view" if k == "surface" else "contour (top view)" for k in kinds],
+        )
         for i, k in enumerate(kinds):
             if k == "surface":
                 for t in _surface_traces(surface, metric, zmin, zmax, log, show_trajectory):
@@ -327,17 +423,28 @@ def surface_figure(surface, metric: str = "loss", zmin=None, zmax=None, show_tra
                     fig.add_trace(t, 1, i + 1)
                 fig.update_xaxes(title_text=direction_title(surface, 0, "<br>"), row=1, col=i + 1)
                 fig.update_yaxes(title_text=direction_title(surface, 1, "<br>"), row=1, col=i + 1)
-        fig.update_layout(coloraxis=dict(colorscale=style.SURFACE_SCALE_PLOTLY, cmin=zmin, cmax=zmax,
-                                         colorbar=dict(title=dict(text=value_title(metric, log), side="right"))))
-        fig.update_scenes(xaxis_title_text=direction_short(surface, 0), yaxis_title_text=direction_short(surface, 1),
-                          zaxis_title_text=("log10 " if log else "") + ("loss (nats)" if metric.startswith("loss")
-                                                                         else "accuracy (%)"),
-                          zaxis_range=[zmin, zmax],
-                          aspectmode="manual", aspectratio=dict(x=1, y=1, z=0.7),
-                          camera=dict(eye=dict(x=1.5, y=-1.5, z=1.0)))
+        fig.update_layout(
+            coloraxis=dict(
+                colorscale=style.SURFACE_SCALE_PLOTLY,
+                cmin=zmin,
+                cmax=zmax,
+                colorbar=dict(title=dict(text=value_title(metric, log), side="right")),
+            )
+        )
+        fig.update_scenes(
+            xaxis_title_text=direction_short(surface, 0),
+            yaxis_title_text=direction_short(surface, 1),
+            zaxis_title_text=("log10 " if log else "")
+            + ("loss (nats)" if metric.startswith("loss") else "accuracy (%)"),
+            zaxis_range=[zmin, zmax],
+            aspectmode="manual",
+            aspectratio=dict(x=1, y=1, z=0.7),
+            camera=dict(eye=dict(x=1.5, y=-1.5, z=1.0)),
+        )
         fig.update_layout(legend=dict(orientation="h", y=-0.2))
         return style.style_plotly(fig, title, height=520)
-    from matplotlib import colors
+    from matplotlib import colors  # noqa: PLC0415 - matplotlib loads only when a figure is drawn
+
     fig = style.mpl_figure(4.4 * len(kinds) + 1.0, 3.8)
     norm = colors.Normalize(zmin, zmax)
     levels = np.linspace(zmin, zmax, n_levels + 1)
@@ -351,22 +458,27 @@ def surface_figure(surface, metric: str = "loss", zmin=None, zmax=None, show_tra
         if k == "surface":
             ax = fig.add_subplot(gs[0, 2 * i], projection="3d")
             X, Y = np.meshgrid(x, y, indexing="ij")
-            ax.plot_surface(X, Y, _clip(z, zmin, zmax), cmap=style.SURFACE_CMAP_MPL, norm=norm,
-                            linewidth=0, antialiased=True)
+            ax.plot_surface(
+                X, Y, _clip(z, zmin, zmax), cmap=style.SURFACE_CMAP_MPL, norm=norm, linewidth=0, antialiased=True
+            )
             if traj is not None:
                 h = _clip(_on_surface(surface, metric, traj["x"], traj["y"], log), zmin, zmax)
                 ax.plot(traj["x"], traj["y"], h, color="#d62728", marker="o", ms=3, zorder=5)
             ax.set(xlabel=direction_short(surface, 0), ylabel=direction_short(surface, 1), zlim=(zmin, zmax))
-            ax.set_zlabel(("log10 " if log else "") + ("loss (nats)" if metric.startswith("loss") else "acc. (%)"),
-                          labelpad=2)
+            ax.set_zlabel(
+                ("log10 " if log else "") + ("loss (nats)" if metric.startswith("loss") else "acc. (%)"), labelpad=2
+            )
             ax.set_title("3-D view")
         else:
             ax = fig.add_subplot(gs[0, 2 * i])
             ax.contourf(x, y, _clip(z, zmin, zmax).T, levels=levels, cmap=style.SURFACE_CMAP_MPL, norm=norm)
             ax.contour(x, y, _clip(z, zmin, zmax).T, levels=levels, colors="white", linewidths=0.3, alpha=0.6)
             _mpl_trajectory(ax, traj, surface)
-            ax.set(xlabel=direction_title(surface, 0, "\n"), ylabel=direction_title(surface, 1, "\n"),
-                   title="contour (top view)")
+            ax.set(
+                xlabel=direction_title(surface, 0, "\n"),
+                ylabel=direction_title(surface, 1, "\n"),
+                title="contour (top view)",
+            )
     fig.colorbar(_mappable(norm), ax=fig.axes, label=value_title(metric, log), shrink=0.85)
     fig.suptitle(title)
     return fig
@@ -374,26 +486,52 @@ def surface_figure(surface, metric: str = "loss", zmin=None, zmax=None, show_tra
 
 def _mappable(norm):
     """A colour-bar source for ``norm`` (continuous ticks, independent of the contour levels)."""
-    from matplotlib import cm
+    from matplotlib import cm  # noqa: PLC0415 - matplotlib loads only when a figure is drawn
+
     return cm.ScalarMappable(norm=norm, cmap=style.SURFACE_CMAP_MPL)
 
 
 def _mpl_trajectory(ax, traj, surface):
-    from matplotlib import patheffects
+    from matplotlib import patheffects  # noqa: PLC0415 - matplotlib loads only when a figure is drawn
+
     if traj is not None:
         ax.plot(traj["x"], traj["y"], color="#d62728", marker="o", ms=3.5, lw=1.6, label="training trajectory")
         for label, xx, yy in zip(_epoch_labels(traj["epoch"]), traj["x"], traj["y"]):
             if label:
-                ax.annotate(label, (xx, yy), textcoords="offset points", xytext=(3, 4), fontsize=7, color="white",
-                            path_effects=[patheffects.withStroke(linewidth=1.5, foreground="black")])
-    ax.plot([0], [0], marker="x", color="white", mec="black", ms=7, mew=1.5, ls="none",
-            label=f"θ at epoch {surface.meta.get('epoch', '?')}")
+                ax.annotate(
+                    label,
+                    (xx, yy),
+                    textcoords="offset points",
+                    xytext=(3, 4),
+                    fontsize=7,
+                    color="white",
+                    path_effects=[patheffects.withStroke(linewidth=1.5, foreground="black")],
+                )
+    ax.plot(
+        [0],
+        [0],
+        marker="x",
+        color="white",
+        mec="black",
+        ms=7,
+        mew=1.5,
+        ls="none",
+        label=f"θ at epoch {surface.meta.get('epoch', '?')}",
+    )
     ax.legend(loc="lower right", fontsize=7, frameon=True, framealpha=0.7)
 
 
 @style.styled
-def contour_grid(surfaces, metric: str = "loss", zmin=None, zmax=None, show_trajectory: bool = True,
-                 log: bool = False, n_levels: int = 20, backend: str = "plotly"):
+def contour_grid(
+    surfaces,
+    metric: str = "loss",
+    zmin=None,
+    zmax=None,
+    show_trajectory: bool = True,
+    log: bool = False,
+    n_levels: int = 20,
+    backend: str = "plotly",
+):
     """Contours of several 2-D surfaces (e.g. one per method) side by side on ONE colour scale and
     one set of contour levels (``zmin``/``zmax`` default to the range over all of them)."""
     backend = check_backend(backend)
@@ -404,18 +542,26 @@ def contour_grid(surfaces, metric: str = "loss", zmin=None, zmax=None, show_traj
     n = len(surfaces)
     title = f"{value_title(metric, log)}: shared colour scale [{zmin:.3g}, {zmax:.3g}]"
     if backend == "plotly":
-        from plotly.subplots import make_subplots
+        from plotly.subplots import make_subplots  # noqa: PLC0415 - plotly loads only when a figure is drawn
+
         fig = make_subplots(rows=1, cols=n, subplot_titles=list(surfaces), horizontal_spacing=0.13)
         for i, (label, s) in enumerate(surfaces.items()):
             for t in _contour_traces(s, metric, zmin, zmax, log, show_trajectory, n_levels, showlegend=i == 0):
                 fig.add_trace(t, 1, i + 1)
             fig.update_xaxes(title_text=direction_title(s, 0, "<br>"), row=1, col=i + 1)
             fig.update_yaxes(title_text=direction_title(s, 1, "<br>"), row=1, col=i + 1)
-        fig.update_layout(coloraxis=dict(colorscale=style.SURFACE_SCALE_PLOTLY, cmin=zmin, cmax=zmax,
-                                         colorbar=dict(title=dict(text=value_title(metric, log), side="right"))),
-                          legend=dict(orientation="h", y=-0.25))
+        fig.update_layout(
+            coloraxis=dict(
+                colorscale=style.SURFACE_SCALE_PLOTLY,
+                cmin=zmin,
+                cmax=zmax,
+                colorbar=dict(title=dict(text=value_title(metric, log), side="right")),
+            ),
+            legend=dict(orientation="h", y=-0.25),
+        )
         return style.style_plotly(fig, title, height=460)
-    from matplotlib import colors
+    from matplotlib import colors  # noqa: PLC0415 - matplotlib loads only when a figure is drawn
+
     fig = style.mpl_figure(3.3 * n + 1.0, 3.3)
     axes = np.atleast_1d(fig.subplots(1, n, squeeze=False)).ravel()
     norm = colors.Normalize(zmin, zmax)
@@ -474,8 +620,11 @@ def sharpness_figure(tables, metric: str = "lambda_1", backend: str = "plotly"):
     bits = []
     if not over_epochs:
         last = df.groupby("run", sort=False)["epoch"].max()
-        bits.append(f"epoch {int(last.iloc[0])}" if last.nunique() == 1 else
-                    "epoch " + ", ".join(f"{r}: {int(e)}" for r, e in last.items()))
+        bits.append(
+            f"epoch {int(last.iloc[0])}"
+            if last.nunique() == 1
+            else "epoch " + ", ".join(f"{r}: {int(e)}" for r, e in last.items())
+        )
     if "n_samples" in df and "split" in df:
         bits.append(f"{df['split'].iloc[0]} loss on {int(df['n_samples'].iloc[0])} samples")
     subtitle = "; ".join(bits) or None
@@ -484,16 +633,23 @@ def sharpness_figure(tables, metric: str = "lambda_1", backend: str = "plotly"):
         return sub["trace_se"].to_numpy() if metric == "trace" and "trace_se" in sub else None
 
     if backend == "plotly":
-        import plotly.graph_objects as go
-        from plotly.subplots import make_subplots
+        import plotly.graph_objects as go  # noqa: PLC0415 - plotly loads only when a figure is drawn
+        from plotly.subplots import make_subplots  # noqa: PLC0415 - plotly loads only when a figure is drawn
+
         if not over_epochs:
             fig = go.Figure()
             for i, run in enumerate(runs):
                 sub = df[df["run"] == run].set_index("scope").loc[scopes].reset_index()
                 e = err(sub)
-                fig.add_trace(go.Bar(x=[scope_name[s] for s in scopes], y=sub[metric], name=run,
-                                     marker_color=style.method_color(_method_from_label(run), i),
-                                     error_y=dict(type="data", array=e) if e is not None else None))
+                fig.add_trace(
+                    go.Bar(
+                        x=[scope_name[s] for s in scopes],
+                        y=sub[metric],
+                        name=run,
+                        marker_color=style.method_color(_method_from_label(run), i),
+                        error_y=dict(type="data", array=e) if e is not None else None,
+                    )
+                )
             fig.update_layout(barmode="group")
             fig.update_xaxes(title_text="parameter block the sharpness is measured on")
             fig.update_yaxes(title_text=ylabel)
@@ -503,10 +659,20 @@ def sharpness_figure(tables, metric: str = "lambda_1", backend: str = "plotly"):
             for i, run in enumerate(runs):
                 sub = df[(df["run"] == run) & (df["scope"] == s)].sort_values("epoch")
                 e = err(sub)
-                fig.add_trace(go.Scatter(x=sub["epoch"], y=sub[metric], mode="lines+markers", name=run,
-                                         legendgroup=run, showlegend=j == 0,
-                                         line=dict(color=style.method_color(_method_from_label(run), i)),
-                                         error_y=dict(type="data", array=e) if e is not None else None), 1, j + 1)
+                fig.add_trace(
+                    go.Scatter(
+                        x=sub["epoch"],
+                        y=sub[metric],
+                        mode="lines+markers",
+                        name=run,
+                        legendgroup=run,
+                        showlegend=j == 0,
+                        line=dict(color=style.method_color(_method_from_label(run), i)),
+                        error_y=dict(type="data", array=e) if e is not None else None,
+                    ),
+                    1,
+                    j + 1,
+                )
             fig.update_xaxes(title_text=style.EPOCH_LABEL, row=1, col=j + 1)
         fig.update_yaxes(title_text=ylabel, row=1, col=1)
         return style.style_plotly(fig, title, height=400, subtitle=subtitle)
@@ -517,11 +683,21 @@ def sharpness_figure(tables, metric: str = "lambda_1", backend: str = "plotly"):
         xs = np.arange(len(scopes))
         for i, run in enumerate(runs):
             sub = df[df["run"] == run].set_index("scope").loc[scopes].reset_index()
-            ax.bar(xs + (i - (len(runs) - 1) / 2) * width, sub[metric], width, yerr=err(sub), capsize=2,
-                   label=run, color=style.method_color(_method_from_label(run), i))
+            ax.bar(
+                xs + (i - (len(runs) - 1) / 2) * width,
+                sub[metric],
+                width,
+                yerr=err(sub),
+                capsize=2,
+                label=run,
+                color=style.method_color(_method_from_label(run), i),
+            )
         ax.set_xticks(xs, [scope_name[s] for s in scopes])
-        ax.set(xlabel="parameter block the sharpness is measured on", ylabel=ylabel,
-               title=title + (f"\n({subtitle})" if subtitle else ""))
+        ax.set(
+            xlabel="parameter block the sharpness is measured on",
+            ylabel=ylabel,
+            title=title + (f"\n({subtitle})" if subtitle else ""),
+        )
         ax.legend()
         return fig
     fig = style.mpl_figure(3.0 * len(scopes) + 0.5, 2.8)
@@ -529,8 +705,15 @@ def sharpness_figure(tables, metric: str = "lambda_1", backend: str = "plotly"):
     for ax, s in zip(axes, scopes):
         for i, run in enumerate(runs):
             sub = df[(df["run"] == run) & (df["scope"] == s)].sort_values("epoch")
-            ax.errorbar(sub["epoch"], sub[metric], yerr=err(sub), marker=".", capsize=2, label=run,
-                        color=style.method_color(_method_from_label(run), i))
+            ax.errorbar(
+                sub["epoch"],
+                sub[metric],
+                yerr=err(sub),
+                marker=".",
+                capsize=2,
+                label=run,
+                color=style.method_color(_method_from_label(run), i),
+            )
         ax.set(title=scope_name[s], xlabel=style.EPOCH_LABEL)
         style.integer_ticks(ax)
     axes[0].set_ylabel(ylabel)

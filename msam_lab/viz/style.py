@@ -2,9 +2,12 @@
 shared colour ranges, and saving (matplotlib PDF+PNG, plotly self-contained HTML, plotly PNG when a
 Chromium is installed).
 """
+
 from __future__ import annotations
 
 import contextlib
+import functools
+import io
 import os
 import shutil
 from pathlib import Path
@@ -16,15 +19,41 @@ import numpy as np
 
 # Okabe–Ito (colour-blind safe); fixed per name so a modality keeps its colour in every figure.
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000"]
-MODALITY_COLORS = {"image": "#0072B2", "visual": "#0072B2", "video": "#0072B2", "m0": "#0072B2",
-                   "audio": "#E69F00", "m1": "#E69F00",
-                   "text": "#009E73", "m2": "#009E73", "m3": "#CC79A7"}
-METHOD_COLORS = {"joint": "#7F7F7F", "sam": "#56B4E9", "msam": "#D55E00", "ogm_ge": "#009E73",
-                 "agm": "#CC79A7", "cggm": "#E69F00", "reconboost": "#0072B2", "unimodal": "#000000",
-                 "masam": "#999933", "mie": "#882255"}   # Tol olive and wine: distinct from the above
-METHOD_LABELS = {"joint": "Joint", "sam": "SAM", "msam": "M-SAM", "ogm_ge": "OGM-GE", "agm": "AGM",
-                 "cggm": "CGGM", "reconboost": "ReconBoost", "unimodal": "Unimodal",
-                 "masam": "MASAM", "mie": "MIE"}
+MODALITY_COLORS = {
+    "image": "#0072B2",
+    "visual": "#0072B2",
+    "video": "#0072B2",
+    "m0": "#0072B2",
+    "audio": "#E69F00",
+    "m1": "#E69F00",
+    "text": "#009E73",
+    "m2": "#009E73",
+    "m3": "#CC79A7",
+}
+METHOD_COLORS = {
+    "joint": "#7F7F7F",
+    "sam": "#56B4E9",
+    "msam": "#D55E00",
+    "ogm_ge": "#009E73",
+    "agm": "#CC79A7",
+    "cggm": "#E69F00",
+    "reconboost": "#0072B2",
+    "unimodal": "#000000",
+    "masam": "#999933",
+    "mie": "#882255",
+}  # Tol olive and wine: distinct from the above
+METHOD_LABELS = {
+    "joint": "Joint",
+    "sam": "SAM",
+    "msam": "M-SAM",
+    "ogm_ge": "OGM-GE",
+    "agm": "AGM",
+    "cggm": "CGGM",
+    "reconboost": "ReconBoost",
+    "unimodal": "Unimodal",
+    "masam": "MASAM",
+    "mie": "MIE",
+}
 FUSED_COLOR = "#222222"
 # Sequential colour scale of loss surfaces (plotly name and matplotlib name of the same map).
 SURFACE_SCALE_PLOTLY = "Viridis"
@@ -50,7 +79,7 @@ def method_label(method: str) -> str:
 def with_alpha(hex_color: str, alpha: float) -> str:
     """``#RRGGBB`` -> ``rgba(r,g,b,alpha)`` (plotly fill colours)."""
     h = hex_color.lstrip("#")
-    r, g, b = (int(h[i:i + 2], 16) for i in (0, 2, 4))
+    r, g, b = (int(h[i : i + 2], 16) for i in (0, 2, 4))
     return f"rgba({r},{g},{b},{alpha})"
 
 
@@ -71,6 +100,7 @@ def acc_label(split: str = "test") -> str:
 
 
 # ---------------------------------------------------------------- shared colour / axis ranges
+
 
 def shared_range(arrays: Iterable, pad: float = 0.0, log: bool = False) -> tuple[float, float]:
     """(min, max) over every finite value of ``arrays`` — pass it as ``zmin/zmax`` (plotly) or
@@ -94,10 +124,23 @@ def shared_range(arrays: Iterable, pad: float = 0.0, log: bool = False) -> tuple
 # ---------------------------------------------------------------- matplotlib
 
 MPL_RC = {
-    "font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8,
-    "xtick.labelsize": 8, "ytick.labelsize": 8, "axes.spines.top": False, "axes.spines.right": False,
-    "axes.grid": True, "grid.alpha": 0.3, "grid.linewidth": 0.5, "lines.linewidth": 1.4,
-    "savefig.dpi": 200, "figure.dpi": 100, "savefig.bbox": "tight", "pdf.fonttype": 42, "ps.fonttype": 42,
+    "font.size": 9,
+    "axes.titlesize": 10,
+    "axes.labelsize": 9,
+    "legend.fontsize": 8,
+    "xtick.labelsize": 8,
+    "ytick.labelsize": 8,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "grid.linewidth": 0.5,
+    "lines.linewidth": 1.4,
+    "savefig.dpi": 200,
+    "figure.dpi": 100,
+    "savefig.bbox": "tight",
+    "pdf.fonttype": 42,
+    "ps.fonttype": 42,
     "legend.frameon": False,
 }
 
@@ -105,19 +148,20 @@ MPL_RC = {
 @contextlib.contextmanager
 def mpl_style():
     """Publication rcParams (a context: leaves the global style alone)."""
-    import matplotlib as mpl
+    import matplotlib as mpl  # noqa: PLC0415 - matplotlib loads only when a figure is drawn
+
     with mpl.rc_context(MPL_RC):
         yield
 
 
 def styled(func):
     """Decorator: run a plotting function inside ``mpl_style()`` (artists pick up the style when created)."""
-    import functools
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         with mpl_style():
             return func(*args, **kwargs)
+
     return wrapper
 
 
@@ -125,20 +169,22 @@ def _register_notebook_display() -> None:
     """Inside IPython, show a bare matplotlib ``Figure`` as PNG (pyplot, which would do this, is never
     imported here, so figures are not shown twice)."""
     try:
-        from IPython import get_ipython
+        from IPython import get_ipython  # noqa: PLC0415 - IPython exists only inside a notebook
+
         shell = get_ipython()
     except ImportError:
         return
     if shell is None:
         return
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # noqa: PLC0415 - matplotlib loads only when a figure is drawn
+
     formatter = shell.display_formatter.formatters["image/png"]
     if Figure not in formatter.type_printers:
         formatter.for_type(Figure, lambda fig: _png_bytes(fig))
 
 
 def _png_bytes(fig) -> bytes:
-    import io
+
     buf = io.BytesIO()
     with mpl_style():
         fig.savefig(buf, format="png", dpi=110)
@@ -147,7 +193,8 @@ def _png_bytes(fig) -> bytes:
 
 def mpl_figure(width: float = 6.5, height: float = 3.0):
     """A matplotlib Figure not registered with pyplot (no double display in notebooks), constrained layout."""
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # noqa: PLC0415 - matplotlib loads only when a figure is drawn
+
     _register_notebook_display()
     with mpl_style():
         return Figure(figsize=(width, height), layout="constrained")
@@ -171,12 +218,16 @@ def save_mpl(fig, stem, formats: Sequence[str] = ("pdf", "png")) -> list[Path]:
 PLOTLY_TEMPLATE = "plotly_white"
 
 
-def style_plotly(fig, title: str | None = None, height: int | None = None, width: int | None = None,
-                 subtitle: str | None = None):
+def style_plotly(
+    fig, title: str | None = None, height: int | None = None, width: int | None = None, subtitle: str | None = None
+):
     """The common plotly look (template, fonts, legend, margins); returns ``fig``."""
-    fig.update_layout(template=PLOTLY_TEMPLATE, font=dict(size=13),
-                      margin=dict(l=80, r=30, t=(95 if subtitle else 75) if title else 40, b=60),
-                      legend=dict(bgcolor="rgba(255,255,255,0.7)"))
+    fig.update_layout(
+        template=PLOTLY_TEMPLATE,
+        font=dict(size=13),
+        margin=dict(l=80, r=30, t=(95 if subtitle else 75) if title else 40, b=60),
+        legend=dict(bgcolor="rgba(255,255,255,0.7)"),
+    )
     if title is not None:
         fig.update_layout(title=dict(text=title, x=0.01, xanchor="left", font=dict(size=17)))
         if subtitle:
@@ -193,13 +244,16 @@ def write_html(figs, path, title: str = "msam_lab figures") -> Path:
 
     ``figs``: a figure, or ``{heading: figure}``.
     """
-    import plotly.io as pio
+    import plotly.io as pio  # noqa: PLC0415 - plotly loads only when a figure is drawn
+
     if not isinstance(figs, dict):
         figs = {"": figs}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title></head>"
-             f"<body style='font-family:sans-serif;max-width:1400px;margin:auto'>"]
+    parts = [
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title></head>"
+        f"<body style='font-family:sans-serif;max-width:1400px;margin:auto'>"
+    ]
     for i, (heading, fig) in enumerate(figs.items()):
         if heading:
             parts.append(f"<h2>{heading}</h2>")
@@ -226,7 +280,8 @@ def find_chromium() -> str | None:
 
 def integer_ticks(ax, axis: str = "x") -> None:
     """Matplotlib: integer tick labels only (epochs)."""
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.ticker import MaxNLocator  # noqa: PLC0415 - matplotlib loads only when a figure is drawn
+
     (ax.xaxis if axis == "x" else ax.yaxis).set_major_locator(MaxNLocator(integer=True))
 
 
@@ -240,11 +295,14 @@ def write_plotly_png(figs: dict, folder, scale: float = 2.0, width: int = 1100) 
     when no Chromium is installed (kaleido needs one; it is never downloaded here)."""
     browser = find_chromium()
     if browser is None:
-        print("note: no Chromium found (install Debian's `chromium`); skipping plotly static PNG export. "
-              "The interactive HTML and the matplotlib PDF/PNG figures are written regardless.")
+        print(
+            "note: no Chromium found (install Debian's `chromium`); skipping plotly static PNG export. "
+            "The interactive HTML and the matplotlib PDF/PNG figures are written regardless."
+        )
         return []
     os.environ.setdefault("BROWSER_PATH", browser)
-    import plotly.io as pio
+    import plotly.io as pio  # noqa: PLC0415 - plotly loads only when a figure is drawn
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / f"{stem}.png" for stem in figs]

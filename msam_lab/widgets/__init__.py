@@ -15,10 +15,20 @@ Each dashboard is itself a ``VBox``: put it last in a cell to show it. Their con
 a ``Follower`` re-reads running runs every ``interval`` seconds on a thread and redraws in place;
 it stops by itself when the runs end, or on ``.stop()``.
 """
+
 from msam_lab.widgets.dominance_explorer import DominanceExplorer
 from msam_lab.widgets.follow import Follower, LiveCurves, LiveFigure
 from msam_lab.widgets.landscape_explorer import LandscapeExplorer
 from msam_lab.widgets.teaching_lab import AV_DIGITS_KNOBS, TeachingLab, lab_methods, synthetic_knobs
 
-__all__ = ["DominanceExplorer", "Follower", "LandscapeExplorer", "LiveCurves", "LiveFigure", "TeachingLab",
-           "AV_DIGITS_KNOBS", "lab_methods", "synthetic_knobs"]
+__all__ = [
+    "DominanceExplorer",
+    "Follower",
+    "LandscapeExplorer",
+    "LiveCurves",
+    "LiveFigure",
+    "TeachingLab",
+    "AV_DIGITS_KNOBS",
+    "lab_methods",
+    "synthetic_knobs",
+]

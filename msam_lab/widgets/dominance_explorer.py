@@ -5,6 +5,7 @@ which modalities to draw. Figures from ``viz.shares_over_steps``.
 ``DominanceExplorer(run, follow=True)`` follows runs that are still training (``widgets.follow``):
 every ``interval`` seconds it reads them again and extends the figure in place; a step range that
 reaches the last step grows with the run. It stops by itself when the runs end (``.stop()``)."""
+
 from __future__ import annotations
 
 import threading
@@ -23,24 +24,40 @@ class DominanceExplorer(W.VBox):
     ``follow=True``: runs still training are re-read every ``interval`` seconds and the figure grows
     in place (``.follower``, ``.following``, ``.stop()``, ``.wait()``)."""
 
-    def __init__(self, runs, smooth: int = 1, split: str = "test", accuracy: bool = True, follow: bool = False,
-                 interval: float = DEFAULT_INTERVAL, **kwargs):
+    def __init__(
+        self,
+        runs,
+        smooth: int = 1,
+        split: str = "test",
+        accuracy: bool = True,
+        follow: bool = False,
+        interval: float = DEFAULT_INTERVAL,
+        **kwargs,
+    ):
         self.runs = as_runs(runs)
         self.split = split
         self._lock = threading.RLock()
-        self._holding = False           # True while the controls are moved by code (no redraw per change)
-        self._switches = None           # (first step, last step, switches) shown in the status line
+        self._holding = False  # True while the controls are moved by code (no redraw per change)
+        self._switches = None  # (first step, last step, switches) shown in the status line
         self.follower = Follower(self.runs, self._on_grow, interval, on_stop=self._show_status)
         first = next(iter(self.runs))
         self.controls = {
             "run": W.Dropdown(options=list(self.runs), value=first, description="run"),
-            "steps": W.IntRangeSlider(description="steps", continuous_update=False,
-                                      layout=W.Layout(width="480px")),
-            "smooth": W.IntSlider(value=smooth, min=1, max=50, description="smoothing",
-                                  continuous_update=False, tooltip="centred rolling-mean window (steps)"),
-            "bands": W.ToggleButtons(options=[("dominant per step", "raw"), ("argmax of smoothed", "smoothed"),
-                                              ("no bands", None)], value="raw", description="bands",
-                                     style={"button_width": "auto"}),
+            "steps": W.IntRangeSlider(description="steps", continuous_update=False, layout=W.Layout(width="480px")),
+            "smooth": W.IntSlider(
+                value=smooth,
+                min=1,
+                max=50,
+                description="smoothing",
+                continuous_update=False,
+                tooltip="centred rolling-mean window (steps)",
+            ),
+            "bands": W.ToggleButtons(
+                options=[("dominant per step", "raw"), ("argmax of smoothed", "smoothed"), ("no bands", None)],
+                value="raw",
+                description="bands",
+                style={"button_width": "auto"},
+            ),
             "accuracy": W.Checkbox(value=accuracy, description="linked accuracy view"),
         }
         self.modality_box = W.HBox()
@@ -51,8 +68,17 @@ class DominanceExplorer(W.VBox):
             self.controls[key].observe(self._on_change, names="value")
         self.controls["run"].observe(self._on_run, names="value")
         c = self.controls
-        super().__init__([W.HBox([c["run"], c["smooth"]]), c["steps"], W.HBox([c["bands"], c["accuracy"]]),
-                          W.HBox([W.Label("modalities:"), self.modality_box]), self.figure, self.status], **kwargs)
+        super().__init__(
+            [
+                W.HBox([c["run"], c["smooth"]]),
+                c["steps"],
+                W.HBox([c["bands"], c["accuracy"]]),
+                W.HBox([W.Label("modalities:"), self.modality_box]),
+                self.figure,
+                self.status,
+            ],
+            **kwargs,
+        )
         self.update()
         if follow:
             self.follower.start()
@@ -140,10 +166,15 @@ class DominanceExplorer(W.VBox):
                 viz.refresh(self.figure, waiting_figure({c["run"].value: self.run}))
                 self._switches = None
             else:
-                fig = viz.shares_over_steps(self.run, smooth=c["smooth"].value,
-                                            modalities=self.selected_modalities(), step_range=c["steps"].value,
-                                            bands=c["bands"].value, accuracy=c["accuracy"].value,
-                                            split=self.split)
+                fig = viz.shares_over_steps(
+                    self.run,
+                    smooth=c["smooth"].value,
+                    modalities=self.selected_modalities(),
+                    step_range=c["steps"].value,
+                    bands=c["bands"].value,
+                    accuracy=c["accuracy"].value,
+                    split=self.split,
+                )
                 viz.refresh(self.figure, fig)
                 lo, hi = c["steps"].value
                 steps = self.run.steps

@@ -24,6 +24,7 @@ The mechanism, shared by every followed figure, is ``Follower(runs, redraw, inte
 Redraws go through ``viz.refresh``: the existing ``go.FigureWidget``'s traces are updated in place
 inside one ``batch_update()`` (the widget is never replaced). Tests call ``poll()`` directly.
 """
+
 from __future__ import annotations
 
 import threading
@@ -40,7 +41,7 @@ from msam_lab.runs.status import format_age
 from msam_lab.viz.common import as_runs
 
 DEFAULT_INTERVAL = 2.0
-MAX_ERRORS = 3              # consecutive failed polls (a file caught mid-replace, a vanished folder) before giving up
+MAX_ERRORS = 3  # consecutive failed polls (a file caught mid-replace, a vanished folder) before giving up
 FILES = (STATUS, STEPS, EPOCHS, SUMMARY)
 
 
@@ -80,13 +81,13 @@ class Follower:
             raise ValueError(f"interval must be > 0 seconds, got {interval!r}")
         self.runs = dict(runs)
         self.redraw = redraw
-        self.on_stop = on_stop         # called (on the thread) when following ends by itself or by stop()
+        self.on_stop = on_stop  # called (on the thread) when following ends by itself or by stop()
         self.interval = float(interval)
-        self.polls = 0                 # polls done
-        self.redraws = 0               # polls that found a change (and redrew)
-        self.updated: float | None = None      # time.time() of the last redraw
+        self.polls = 0  # polls done
+        self.redraws = 0  # polls that found a change (and redrew)
+        self.updated: float | None = None  # time.time() of the last redraw
         self.error: BaseException | None = None
-        self._signatures: dict = {}    # empty: the first poll reads every running run again
+        self._signatures: dict = {}  # empty: the first poll reads every running run again
         self._stop = threading.Event()
         self._poll_lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -106,14 +107,14 @@ class Follower:
     # -- one poll ----------------------------------------------------------------------------
     def poll(self) -> bool:
         """Read every running run whose files changed; redraw and return True if rows or a state changed."""
-        with self._poll_lock:               # the thread and a direct call never interleave
+        with self._poll_lock:  # the thread and a direct call never interleave
             self.polls += 1
             changed = False
             for label, run in list(self.runs.items()):
                 if not is_running(run):
                     continue
                 path = Path(run.path)
-                sig = _signature(path)      # taken before reading: a write in between shows next time
+                sig = _signature(path)  # taken before reading: a write in between shows next time
                 if sig == self._signatures.get(label) and read_status(path).get("state") == "running":
                     continue
                 new = load_run(path)
@@ -145,7 +146,7 @@ class Follower:
                 try:
                     self.poll()
                     errors = 0
-                except Exception as err:       # noqa: BLE001 - reported on .error; a torn read is retried
+                except Exception as err:  # noqa: BLE001 - reported on .error; a torn read is retried
                     self.error = err
                     errors += 1
                     if errors >= MAX_ERRORS:
@@ -157,7 +158,7 @@ class Follower:
             if self.on_stop is not None:
                 try:
                     self.on_stop()
-                except Exception as err:       # noqa: BLE001
+                except Exception as err:  # noqa: BLE001
                     self.error = err
 
     def stop(self) -> None:
@@ -175,6 +176,7 @@ class Follower:
 
 
 # ---------------------------------------------------------------- status line
+
 
 def describe(label: str, run) -> str:
     """One line about a run's progress: state, epoch of epochs, last step, last heartbeat."""
@@ -198,12 +200,14 @@ def follow_status(follower: Follower | None, runs: dict) -> str:
     lines = [describe(label, run) for label, run in runs.items()]
     if follower is not None:
         if follower.following:
-            lines.append(f"following every {follower.interval:g} s"
-                         + (f"; updated {datetime.fromtimestamp(follower.updated):%H:%M:%S}"
-                            if follower.updated else ""))
+            lines.append(
+                f"following every {follower.interval:g} s"
+                + (f"; updated {datetime.fromtimestamp(follower.updated):%H:%M:%S}" if follower.updated else "")
+            )
         elif follower.error is not None:
-            lines.append(f"<span style='color:#b00'>stopped following: {type(follower.error).__name__}: "
-                         f"{follower.error}</span>")
+            lines.append(
+                f"<span style='color:#b00'>stopped following: {type(follower.error).__name__}: {follower.error}</span>"
+            )
     return "<br>".join(lines)
 
 
@@ -211,14 +215,22 @@ def waiting_figure(runs: dict) -> go.Figure:
     """An empty figure saying which runs have no rows yet."""
     names = ", ".join(label for label, run in runs.items() if not ready(run)) or "the run"
     fig = go.Figure()
-    fig.add_annotation(text=f"waiting for the first rows of {names} …", showarrow=False, x=0.5, y=0.5,
-                       xref="paper", yref="paper", font=dict(size=14, color="#666"))
+    fig.add_annotation(
+        text=f"waiting for the first rows of {names} …",
+        showarrow=False,
+        x=0.5,
+        y=0.5,
+        xref="paper",
+        yref="paper",
+        font=dict(size=14, color="#666"),
+    )
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False)
     return viz.style.style_plotly(fig, None, height=200)
 
 
 # ---------------------------------------------------------------- live figures
+
 
 class LiveFigure(W.VBox):
     """``LiveFigure(plot, runs, interval=2.0, follow=True, **kwargs)``: the ``FigureWidget`` of
@@ -229,8 +241,16 @@ class LiveFigure(W.VBox):
     ``.follower`` the ``Follower``; ``.stop()`` / ``.wait()``.
     """
 
-    def __init__(self, plot=None, runs=None, interval: float = DEFAULT_INTERVAL, follow: bool = True, *,
-                 plots: dict | None = None, **kwargs):
+    def __init__(
+        self,
+        plot=None,
+        runs=None,
+        interval: float = DEFAULT_INTERVAL,
+        follow: bool = True,
+        *,
+        plots: dict | None = None,
+        **kwargs,
+    ):
         if (plot is None) == (plots is None):
             raise ValueError("pass one of plot (a viz function) or plots ({name: callable(runs)})")
         if plots is None:
@@ -291,10 +311,20 @@ class LiveCurves(LiveFigure):
     per-modality accuracy (``viz.accuracy_curves``) of runs, extended in place as they train.
     Figures: ``.loss_figure``, ``.accuracy_figure`` (also ``.figures["training"/"accuracy"]``)."""
 
-    def __init__(self, runs, interval: float = DEFAULT_INTERVAL, smooth: int = 10, split: str = "test",
-                 per_modality: str | None = "decomposed", follow: bool = True, **kwargs):
-        plots = {"training": lambda r: viz.training_curves(r, smooth=smooth),
-                 "accuracy": lambda r: viz.accuracy_curves(r, split=split, per_modality=per_modality)}
+    def __init__(
+        self,
+        runs,
+        interval: float = DEFAULT_INTERVAL,
+        smooth: int = 10,
+        split: str = "test",
+        per_modality: str | None = "decomposed",
+        follow: bool = True,
+        **kwargs,
+    ):
+        plots = {
+            "training": lambda r: viz.training_curves(r, smooth=smooth),
+            "accuracy": lambda r: viz.accuracy_curves(r, split=split, per_modality=per_modality),
+        }
         super().__init__(runs=runs, interval=interval, follow=follow, plots=plots, **kwargs)
 
     @property

@@ -4,6 +4,7 @@ trains (``train``'s ``on_epoch`` callback; the status line shows the epoch just 
 history of the settings tried. Figures from ``viz.accuracy_curves`` and ``viz.shares_over_steps``,
 updated in place with ``viz.refresh``; runs via ``notebook_utils.ensure_run`` (a setting tried
 before is reloaded, not retrained)."""
+
 from __future__ import annotations
 
 import copy
@@ -17,6 +18,7 @@ import plotly.graph_objects as go
 from msam_lab import viz
 from msam_lab.methods import METHOD_NAMES, method_names
 from msam_lab.notebook_utils import ensure_run, run_path, runs_root
+from msam_lab.runs.reader import is_run, load_run
 from msam_lab.widgets.follow import ready, waiting_figure
 
 
@@ -42,12 +44,14 @@ AV_DIGITS_KNOBS = [
 
 def synthetic_knobs(informativeness=(3.0, 0.75)) -> list[Knob]:
     """Knobs for the ``synthetic`` dataset: each modality's informativeness (signal-to-noise), and ρ."""
-    knobs = [Knob(f"data.informativeness[{i}]", f"m{i} informativeness", 0.0, 5.0, 0.25, float(v))
-             for i, v in enumerate(informativeness)]
+    knobs = [
+        Knob(f"data.informativeness[{i}]", f"m{i} informativeness", 0.0, 5.0, 0.25, float(v))
+        for i, v in enumerate(informativeness)
+    ]
     return knobs + [Knob("rho", "ρ (SAM radius)", 0.0, 0.5, 0.01, 0.05)]
 
 
-LAB_METHODS = ("msam", "joint", "sam")     # the lab's story: M-SAM against its two ancestors
+LAB_METHODS = ("msam", "joint", "sam")  # the lab's story: M-SAM against its two ancestors
 
 
 def lab_methods() -> tuple[str, ...]:
@@ -62,7 +66,7 @@ def set_field(config: dict, key: str, value) -> dict:
     if name.endswith("]") and "[" in name:
         name, index = name[:-1].split("[")
         items = target.setdefault(name, [])
-        items.extend([None] * (int(index) + 1 - len(items)))    # created by the knobs when absent
+        items.extend([None] * (int(index) + 1 - len(items)))  # created by the knobs when absent
         items[int(index)] = value
     else:
         target[name] = value
@@ -77,8 +81,17 @@ class TeachingLab(W.VBox):
     any plug-in methods); ``root``: where the lab's runs go (default ``runs_root()/lab``).
     """
 
-    def __init__(self, base_config: dict | None = None, knobs=None, epochs: int = 3, max_epochs: int = 20,
-                 methods=None, smooth: int = 5, root=None, **kwargs):
+    def __init__(
+        self,
+        base_config: dict | None = None,
+        knobs=None,
+        epochs: int = 3,
+        max_epochs: int = 20,
+        methods=None,
+        smooth: int = 5,
+        root=None,
+        **kwargs,
+    ):
         methods = tuple(lab_methods() if methods is None else methods)
         known = method_names()
         unknown = [m for m in methods if m not in known]
@@ -94,22 +107,43 @@ class TeachingLab(W.VBox):
         self.root = root
         self.runs: list = []
         self.history = pd.DataFrame()
-        self.controls = {k.key: W.FloatSlider(value=k.value, min=k.min, max=k.max, step=k.step, description=k.label,
-                                              continuous_update=False, style={"description_width": "150px"},
-                                              layout=W.Layout(width="460px")) for k in self.knobs}
+        self.controls = {
+            k.key: W.FloatSlider(
+                value=k.value,
+                min=k.min,
+                max=k.max,
+                step=k.step,
+                description=k.label,
+                continuous_update=False,
+                style={"description_width": "150px"},
+                layout=W.Layout(width="460px"),
+            )
+            for k in self.knobs
+        }
         self.controls["method"] = W.Dropdown(options=list(methods), value=methods[0], description="method")
         self.controls["epochs"] = W.IntSlider(value=epochs, min=1, max=max_epochs, description="epochs")
-        self.button = W.Button(description="Train", button_style="primary", icon="play",
-                               tooltip="train a short run with these settings and redraw")
+        self.button = W.Button(
+            description="Train",
+            button_style="primary",
+            icon="play",
+            tooltip="train a short run with these settings and redraw",
+        )
         self.button.on_click(lambda _: self.retrain())
-        self.status = W.HTML("Set the sliders and press <b>Train</b>.")   # also the epoch lines while training
+        self.status = W.HTML("Set the sliders and press <b>Train</b>.")  # also the epoch lines while training
         self.accuracy_figure = go.FigureWidget()
         self.dominance_figure = go.FigureWidget()
         self.table = W.HTML()
         sliders = [self.controls[k.key] for k in self.knobs]
-        super().__init__([W.HBox([W.VBox(sliders), W.VBox([self.controls["method"], self.controls["epochs"],
-                                                             self.button])]),
-                          self.status, self.accuracy_figure, self.dominance_figure, self.table], **kwargs)
+        super().__init__(
+            [
+                W.HBox([W.VBox(sliders), W.VBox([self.controls["method"], self.controls["epochs"], self.button])]),
+                self.status,
+                self.accuracy_figure,
+                self.dominance_figure,
+                self.table,
+            ],
+            **kwargs,
+        )
 
     def config(self) -> dict:
         """The config the current slider values describe."""
@@ -128,20 +162,22 @@ class TeachingLab(W.VBox):
         self.status.value = f"training {cfg['method']} for {cfg['epochs']} epochs …"
         started = time.perf_counter()
         root = self.root if self.root is not None else runs_root() / "lab"
-        from msam_lab.runs.reader import is_run, load_run
+
         path = run_path("lab", cfg, root)
         self._reloaded = is_run(path)
-        self.live_redraws = 0             # figure redraws while this run trained (one per evaluated epoch)
+        self.live_redraws = 0  # figure redraws while this run trained (one per evaluated epoch)
         self.live_error = None
 
-        def on_epoch(row) -> None:        # the epoch's rows are on disk when this is called
+        def on_epoch(row) -> None:  # the epoch's rows are on disk when this is called
             try:
                 self._draw(load_run(path), cfg, settings)
                 self.live_redraws += 1
-            except Exception as err:      # noqa: BLE001 - a drawing problem must not fail the run
+            except Exception as err:  # noqa: BLE001 - a drawing problem must not fail the run
                 self.live_error = err
-            parts = [f"training {cfg['method']}: epoch {row['epoch']}/{cfg['epochs']}",
-                     f"test acc {100 * row['test_acc']:.1f} %"]
+            parts = [
+                f"training {cfg['method']}: epoch {row['epoch']}/{cfg['epochs']}",
+                f"test acc {100 * row['test_acc']:.1f} %",
+            ]
             if row.get("test_dominant"):
                 parts.append(f"dominant {row['test_dominant']}")
             parts.append(f"{time.perf_counter() - started:.1f} s")
@@ -167,23 +203,30 @@ class TeachingLab(W.VBox):
         """Both figures from ``run`` as far as it has got (the dominance one once it has steps)."""
         label = viz.style.method_label(cfg["method"])
         if len(run.epochs):
-            viz.refresh(self.accuracy_figure, viz.accuracy_curves(
-                {f"{label}, {cfg['epochs']} epochs": run}, title=f"Test accuracy with {settings}"))
+            viz.refresh(
+                self.accuracy_figure,
+                viz.accuracy_curves({f"{label}, {cfg['epochs']} epochs": run}, title=f"Test accuracy with {settings}"),
+            )
         if ready(run):
             viz.refresh(self.dominance_figure, viz.shares_over_steps(run, smooth=self.smooth, accuracy=False))
-        else:                             # epoch 0 (before training): not the previous run's picture
+        else:  # epoch 0 (before training): not the previous run's picture
             viz.refresh(self.dominance_figure, waiting_figure({label: run}))
 
     def _redraw(self, run, cfg, took: float, settings: str | None = None) -> None:
         self._draw(run, cfg, settings if settings is not None else self._settings())
         final = run.epochs.iloc[-1]
-        row = {"method": cfg["method"], **{k.label: self.controls[k.key].value for k in self.knobs},
-               "epochs": cfg["epochs"], "fused acc %": 100 * final["test_acc"]}
+        row = {
+            "method": cfg["method"],
+            **{k.label: self.controls[k.key].value for k in self.knobs},
+            "epochs": cfg["epochs"],
+            "fused acc %": 100 * final["test_acc"],
+        }
         for m in viz.common.modalities_of(run):
             row[f"{m} acc % (decomposed)"] = 100 * final[f"test_acc_{m}"]
         row["switches"] = run.summary.get("dominance_switches")
         self.history = pd.concat([self.history, pd.DataFrame([row])], ignore_index=True)
-        self.table.value = ("<b>Settings tried</b> (test accuracy after the last epoch)"
-                            + self.history.to_html(index=False, float_format=lambda x: f"{x:.3g}"))
+        self.table.value = "<b>Settings tried</b> (test accuracy after the last epoch)" + self.history.to_html(
+            index=False, float_format=lambda x: f"{x:.3g}"
+        )
         how = "tried before: reloaded" if self._reloaded else "trained"
         self.status.value = f"done in {took:.1f} s ({how}; run folder {run.path.name})"
