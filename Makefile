@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[notebooks,landscapes,dev]'
+	$(PY) -m pip install --quiet -e '.[notebooks,landscapes,dev,lightning,accelerate,tensorboard,wandb]'
 	touch $(STAMP)
 
 install: $(STAMP)

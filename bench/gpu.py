@@ -117,9 +117,10 @@ def synthetic(shapes: dict, n: int, device, seed: int = 0) -> MultimodalData:
     return MultimodalData(inputs, torch.randint(0, NUM_CLASSES, (n,), generator=g), NUM_CLASSES).to(device)
 
 
-def build(method: str, precision: str, channels_last: bool, shapes: dict, batch: int, device, encoder=None):
+def build(method: str, precision: str, channels_last: bool, shapes: dict, batch: int, device, encoder=None, extra=()):
     """Config, model and method exactly as ``trainer.train`` makes them (``_model_spec`` + ``_build``);
-    ``encoder``: another encoder kind for both modalities than the config's resnet18 (quick mode)."""
+    ``encoder``: another encoder kind for both modalities than the config's resnet18 (quick mode);
+    ``extra``: more config overrides (``key=value``; bench/suite.py)."""
     cfg = resolve(
         CONFIG,
         [
@@ -129,6 +130,7 @@ def build(method: str, precision: str, channels_last: bool, shapes: dict, batch:
             f"channels_last={str(channels_last).lower()}",
             f"device={device}",
             *([f"encoders.{m}={encoder}" for m in shapes] if encoder else []),
+            *extra,
         ],
     )
     data = synthetic(shapes, batch, device)

@@ -74,6 +74,14 @@ PYTHONUNBUFFERED=1 timeout -k 10 "$budget" "$py" bench/gpu.py ${device[@]+"${dev
 rc=$?
 [ "$rc" = 124 ] && echo "bench/gpu.sh: bench/gpu.py ran past the ${budget} s budget; partial results in $out" >&2
 
+# Every ratio target of docs/benchmarks.md on this device (bench/suite.py): its GPU rows are read from the
+# gpu.json just written, and it adds the sync counts under torch.cuda.set_sync_debug_mode.
+suite=(--device "${device[1]:-cuda}" --gpu-json "$out/gpu.json" --json "$out/suite.json")
+case " ${args[*]-} " in *" --quick "*) suite+=(--quick) ;; esac
+echo "# the benchmark suite (bench/suite.py ${suite[*]})"
+PYTHONUNBUFFERED=1 timeout -k 10 "${SUITE_BENCH_BUDGET:-600}" "$py" bench/suite.py "${suite[@]}" 2>&1 \
+    | tee "$out/suite.md" || rc=1
+
 # Several GPUs: data-parallel scaling (issue 12), one rank per GPU over NCCL, 64 samples per GPU,
 # with per-rank BatchNorm and with sync_bn; target: efficiency >= 0.9 per added GPU.
 gpus=$("$py" -c 'import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)' 2>/dev/null || echo 0)

@@ -22,6 +22,7 @@ values are limited in size and in alias expansion (``yaml_text.MAX_BYTES``, ``MA
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
 import re
@@ -49,8 +50,10 @@ ShareRule = typing.Literal["clip", "shift", "softmax", "loss"]
 TieRule = typing.Literal["lowest", "previous"]
 BNPolicy = typing.Literal["restore", "update"]
 ShapleyValue = typing.Literal["accuracy", "loss"]
+CoalitionFeatures = typing.Literal["eval", "batch"]
 NanPolicy = typing.Literal["stop", "skip"]
 SAMEpsilon = typing.Literal["local", "global"]
+LoggerName = typing.Literal["tensorboard", "wandb"]
 
 
 # The knobs: one aligned, commented block (nanoGPT's way), which ruff format leaves as written.
@@ -107,6 +110,8 @@ class Config:
     shapley_exact_max: int = 10                     # exact Shapley up to this many modalities
     shapley_permutations: int = 64                  # permutations when sampling
     shapley_batch: int = 0                          # coalitions on the first N samples of each shuffled batch (0: all)
+    coalition_features: CoalitionFeatures = "eval"  # BatchNorm models' coalitions: eval (one more no-grad eval-mode
+                                                    # encoder pass) | batch (the clean pass's features, detached)
     # records (docs/runs.md)
     checkpoint_every: int = 5                       # epochs between analysis checkpoints (0: first and last only)
     eval_batch_size: int = 128                      # chunks of the evaluation passes (small: cache-friendly on CPU)
@@ -115,6 +120,7 @@ class Config:
     sharpness_every: int = 0                        # λ_max, tr H per encoder/fusion at epochs 0, K, 2K.., last (0: off)
     sharpness_samples: int = 256                    # seeded subset of the train split they are measured on (0: all)
     sharpness_probes: int = 16                      # Hutchinson probes per block (trace_se falls as 1/sqrt)
+    loggers: list = field(default_factory=list)     # trackers fed as the run is written: tensorboard | wandb
     # durability (docs/runs.md)
     flush_every: float = 1.0                        # seconds between appends of step rows + heartbeat (0: every step)
     resume_every: int = 0                           # resume checkpoint at every epoch end; N > 0: also every N steps
@@ -199,6 +205,21 @@ def shown(v) -> str:
     return reprlib.repr(v)
 
 
+def closest(word, known: typing.Iterable[str]) -> str | None:
+    """The known name closest to a mistyped ``word`` (difflib; a name that differs only in case), else None."""
+    if not isinstance(word, str):
+        return None
+    known = [k for k in known if isinstance(k, str)]
+    close = difflib.get_close_matches(word, known, n=1, cutoff=0.6)
+    return close[0] if close else next((k for k in known if k.lower() == word.lower()), None)
+
+
+def did_you_mean(word, known: typing.Iterable[str]) -> str:
+    """``did you mean 'rho'?`` for the known name closest to ``word``, else ``""`` (messages stay one line)."""
+    match = closest(word, known)
+    return f"did you mean {match!r}?" if match is not None else ""
+
+
 def choices(name: str) -> tuple:
     """The allowed values of a ``Literal`` field of Config, () for any other field."""
     hint = _hints().get(name)
@@ -242,7 +263,9 @@ def _check_type(name: str, value, annotation):
         allowed = typing.get_args(globals()[annotation]) if annotation in _LITERALS else ()
     if allowed:
         if value not in allowed or not isinstance(value, str):
-            raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {shown(value)}")
+            hint = did_you_mean(value, allowed)
+            hint = f"; {hint}" if hint else ""
+            raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {shown(value)}{hint}")
         return value
     base, _, optional = annotation.partition(" | ")
     if optional == "None" and value is None:
@@ -341,6 +364,7 @@ def check_fields(cfg: Config) -> Config:
             "sharpness_every needs compile=false (a compiled model has no double backward); "
             "or measure after training: msam-lab sharpness RUN --timeline"
         )
+    check_loggers(cfg.loggers)
     if cfg.warmup_epochs and cfg.warmup_epochs >= cfg.epochs:
         raise ConfigError(f"warmup_epochs ({cfg.warmup_epochs}) must be below epochs ({cfg.epochs})")
     for modality, options in cfg.encoder_options.items():
@@ -350,6 +374,21 @@ def check_fields(cfg: Config) -> Config:
                 f"{{text: {{dim: 768, heads: 4, layers: 8}}}}; got {shown({modality: options})}"
             )
     return cfg
+
+
+def check_loggers(names) -> list[str]:
+    """``loggers``: distinct tracker names (``LoggerName``); a ConfigError that suggests the closest name."""
+    allowed = typing.get_args(LoggerName)
+    if isinstance(names, str) or not isinstance(names, (list, tuple)):
+        raise ConfigError(f"loggers must be a list of names, e.g. [tensorboard]; got {shown(names)}")
+    for name in names:
+        if not isinstance(name, str) or name not in allowed:
+            close = difflib.get_close_matches(str(name), allowed, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ConfigError(f"unknown logger {shown(name)}; {hint}loggers are {', '.join(allowed)}")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"loggers names a logger twice: {shown(list(names))}")
+    return list(names)
 
 
 def parse_value(text: str, what: str = "a --set value"):
@@ -393,14 +432,22 @@ def apply_overrides(cfg: Config, assignments: typing.Iterable[str]) -> Config:
                 )
             cfg.method_options[key] = value
         else:
-            raise ConfigError(
-                f"unknown config key {key!r}; known keys: {', '.join(names)} "
-                "(dataset options as data.NAME, a method's options by their names)"
-            )
+            raise ConfigError(_unknown_key(key, names))
     return cfg
 
 
 _OPTION_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # a method option's name, as its dataclass field
+
+
+def _unknown_key(key, names) -> str:
+    """One line for a key that is no config field: the closest field first (when one is close), then them all."""
+    head, dot, sub = key.partition(".") if isinstance(key, str) else (key, "", "")
+    parent = closest(head, ("data", "encoders")) if dot else None  # dat.root -> data.root
+    hint = f"did you mean '{parent}.{sub}'?" if parent else did_you_mean(key, names)
+    return (
+        f"unknown config key {shown(key)}; {hint + ' ' if hint else ''}known keys: {', '.join(names)} "
+        "(dataset options as data.NAME, a method's options by their names)"
+    )
 
 
 def from_dict(values: dict) -> Config:
@@ -418,9 +465,7 @@ def from_dict(values: dict) -> Config:
     options = {k: v for k, v in values.items() if k not in names}
     bad = sorted((k for k in options if not (isinstance(k, str) and _OPTION_KEY.fullmatch(k))), key=str)
     if bad:  # key=str: YAML keys may be ints, dates, None
-        raise ConfigError(
-            f"unknown config key {bad[0]!r}; known keys: {', '.join(sorted(names))} (and the chosen method's options)"
-        )
+        raise ConfigError(_unknown_key(bad[0], sorted(names)))
     if METHOD_OPTIONS in options:  # nested form, as dataclasses.asdict(Config) writes it
         nested = options.pop(METHOD_OPTIONS)
         if not isinstance(nested, dict):

@@ -9,7 +9,8 @@ landscapes, sharpness and the multi-seed sweep, then writes
 - ``plotly/<name>.png`` static plotly exports, only where a Chromium is installed (kaleido needs
   one; otherwise a note is printed and they are skipped).
 
-``--quick`` (or ``MSAM_LAB_QUICK=1``) uses the tiny quick-mode settings (synthetic data, 2–3 epochs).
+``--quick`` (or ``MSAM_LAB_QUICK=1``) uses the tiny quick-mode settings (synthetic data, 2–3 epochs)
+and writes to ``runs/quick/figures`` (never into ``figures/``: asking for it is an error).
 Notebook 05 calls ``comparison_figures`` to write the method-comparison figures, notebook 08
 ``rival_figures`` (M-SAM against MASAM, MIE and SAM; the ρ sweep; the fixed-dominant ablation;
 sharpness per encoder over training, all from ``msam_lab.experiments.rivals``).
@@ -27,6 +28,7 @@ from msam_lab import notebook_utils as nb
 from msam_lab import viz
 from msam_lab.experiments import rivals
 from msam_lab.experiments.sweep import run_sweep
+from msam_lab.paths import publication_figures_dir
 
 # Names this module writes (and removes first with clean=True); nothing else in the folder is touched.
 OUTPUT_PREFIXES = ("fig_", "table_")
@@ -91,9 +93,19 @@ def _write_table(shown, stem: Path, markdown: bool = True) -> list[Path]:
     return [stem.with_suffix(".csv"), stem.with_suffix(".md")]
 
 
+def _refuse_quick_into_figures(out: Path, quick: bool) -> None:
+    """Quick figures (2-epoch synthetic runs) never overwrite the publication ones in ``figures/``."""
+    if quick and Path(out).resolve() == publication_figures_dir().resolve():
+        raise ValueError(
+            f"quick mode would overwrite the publication figures in {out}: pass another --out "
+            "(quick mode's default is runs/quick/figures), or drop --quick / MSAM_LAB_QUICK"
+        )
+
+
 def comparison_figures(table, out=None) -> list[Path]:
     """Write the method-comparison bar chart (PDF + PNG) and table (CSV + Markdown) into ``out``."""
     out = nb.figures_dir() if out is None else Path(out)
+    _refuse_quick_into_figures(out, nb.quick_mode())
     out.mkdir(parents=True, exist_ok=True)
     written = viz.save_mpl(viz.comparison_bars(table, backend="matplotlib"), out / "fig_method_comparison")
     return written + _write_table(viz.comparison_table(table), out / "table_comparison")
@@ -116,6 +128,7 @@ def rival_figures(tables: dict, out=None) -> list[Path]:
     ``tables``: ``{"rivals", "rho", "ablation", "sharpness"}`` as ``rivals.all_tables`` returns them.
     """
     out = nb.figures_dir() if out is None else Path(out)
+    _refuse_quick_into_figures(out, nb.quick_mode())
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for name, make in RIVAL_FIGURES.items():
@@ -150,6 +163,7 @@ def make_figures(out=None, quick: bool | None = None, fresh: bool = True, verbos
     """Regenerate every figure; returns the paths written."""
     s = settings(quick)
     out = nb.figures_dir() if out is None else Path(out)
+    _refuse_quick_into_figures(out, s["quick"])
     out.mkdir(parents=True, exist_ok=True)
     if fresh:
         clean(out)
@@ -219,13 +233,19 @@ def make_figures(out=None, quick: bool | None = None, fresh: bool = True, verbos
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m msam_lab.figures", description=__doc__.splitlines()[0])
     p.add_argument(
-        "--out", default=None, help="output folder (default: figures/ of the checkout, or $MSAM_LAB_FIGURES)"
+        "--out",
+        default=None,
+        help="output folder (default: figures/ of the checkout, runs/quick/figures with --quick, or $MSAM_LAB_FIGURES)",
     )
     p.add_argument("--quick", action="store_true", help="tiny settings (synthetic data, 2-3 epochs)")
     p.add_argument("--keep", action="store_true", help="do not delete the previous fig_*/table_* files first")
     args = p.parse_args(argv)
     if args.quick:
         os.environ[nb.QUICK_ENV] = "1"
+    try:  # checked before anything is trained
+        _refuse_quick_into_figures(Path(args.out) if args.out else nb.figures_dir(), nb.quick_mode())
+    except ValueError as err:
+        p.exit(2, f"python -m msam_lab.figures: error: {err}\n")
     make_figures(args.out, quick=args.quick or None, fresh=not args.keep)
     return 0
 

@@ -54,7 +54,53 @@ def run_path(name: str, config, root=None) -> Path:
     return Path(root if root is not None else runs_root()) / f"{name}-{config_hash(config)}"
 
 
-def _train_into(path: Path, config, quiet: bool, on_step=None, on_epoch=None):
+class TrainingBar:
+    """A ``tqdm.auto`` bar over a run's steps (a widget in Jupyter, text elsewhere) with an ETA.
+
+    The total is known once the first epoch has ended (steps per epoch × epochs); before that the bar
+    counts steps and shows their rate. ``on_step``/``on_epoch`` chain to the caller's callbacks.
+    """
+
+    def __init__(self, desc: str, epochs: int, on_step=None, on_epoch=None):
+        from tqdm.auto import tqdm  # noqa: PLC0415 - picks the notebook widget or the terminal bar at use
+
+        self.epochs, self._on_step, self._on_epoch = int(epochs), on_step, on_epoch
+        self.bar = tqdm(total=None, desc=desc, unit="step", leave=True, mininterval=0.5)
+
+    def on_step(self, row) -> None:
+        self.bar.update(row["step"] + 1 - self.bar.n)
+        if self._on_step is not None:
+            self._on_step(row)
+
+    def on_epoch(self, row) -> None:
+        epoch = int(row["epoch"])
+        if epoch > 0 and self.bar.total is None:
+            self.bar.total = self.bar.n // epoch * self.epochs  # steps per epoch × epochs
+        self.bar.set_postfix_str(f"epoch {epoch}/{self.epochs}", refresh=True)
+        if self._on_epoch is not None:
+            self._on_epoch(row)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _epochs_of(config) -> int:
+    epochs = config.get("epochs") if isinstance(config, dict) else getattr(config, "epochs", None)
+    return int(epochs or 1)
+
+
+def _train_into(path: Path, config, quiet: bool, on_step=None, on_epoch=None, progress: bool = False):
+    """``progress``: a ``TrainingBar`` while it trains (notebooks: no cell is silent)."""
+    if not progress:
+        return _train_plain(path, config, quiet, on_step, on_epoch)
+    bar = TrainingBar(f"training {path.name}", _epochs_of(config), on_step, on_epoch)
+    try:
+        return _train_plain(path, config, quiet, bar.on_step, bar.on_epoch)
+    finally:
+        bar.close()
+
+
+def _train_plain(path: Path, config, quiet: bool, on_step=None, on_epoch=None):
     """Train ``config`` into ``path``, resuming the interrupted run found there (a stopped kernel's)."""
 
     try:
@@ -67,9 +113,9 @@ def _train_into(path: Path, config, quiet: bool, on_step=None, on_epoch=None):
         raise
 
 
-def ensure_run(name: str, config, root=None, quiet: bool = True, on_step=None, on_epoch=None):
+def ensure_run(name: str, config, root=None, quiet: bool = True, on_step=None, on_epoch=None, progress: bool = True):
     """The finished run of ``config`` under ``root`` (default ``runs_root()``): loaded if there, else trained
-    (an interrupted run there is resumed).
+    (an interrupted run there is resumed) with a progress bar and ETA (``progress=False``: none).
 
     ``quiet=False`` prints the trainer's progress (a bar on a terminal, one line per epoch elsewhere);
     ``on_step(row)`` / ``on_epoch(row)`` are passed to ``train`` (not called for a reloaded run).
@@ -78,7 +124,7 @@ def ensure_run(name: str, config, root=None, quiet: bool = True, on_step=None, o
     path = run_path(name, config, root)
     if is_run(path):
         return load_run(path)
-    return _train_into(path, config, quiet, on_step, on_epoch)
+    return _train_into(path, config, quiet, on_step, on_epoch, progress=progress and quiet)
 
 
 class BackgroundRun:
@@ -156,6 +202,21 @@ def data_settings() -> dict:
     return dict(QUICK_DATA) if quick_mode() else {"dataset": "av-digits"}
 
 
+# av-digits scenario -> its quick-mode stand-in: QUICK_DATA, with m0 (the more informative) slowed for the
+# takeover (synthetic's speed knob), so the weaker m1 leads early and m0 takes over
+QUICK_SCENARIOS = {"imbalanced": {}, "takeover": {"speed": [0.2, 1.0]}}
+
+
+def scenario_settings(scenario: str) -> dict:
+    """The dataset part of a config for an av-digits ``scenario`` (``imbalanced`` | ``takeover``), or its
+    synthetic stand-in in quick mode."""
+    if scenario not in QUICK_SCENARIOS:
+        raise ValueError(f"scenario must be one of {', '.join(QUICK_SCENARIOS)}, got {scenario!r}")
+    if quick_mode():
+        return {**QUICK_DATA, "data": {**QUICK_DATA["data"], **QUICK_SCENARIOS[scenario]}}
+    return {"dataset": "av-digits", "data": {"scenario": scenario}}
+
+
 def make_config(method: str, data: dict | None = None, epochs: int = 10, seed: int = 0, **fields) -> dict:
     """A run config for the notebooks: ``data`` (``{"dataset": ..., "data": {...}}``, default
     ``data_settings()``), a checkpoint every epoch (landscapes need the trajectory), plus ``fields``."""
@@ -174,7 +235,7 @@ def ensure_runs(configs: dict, root=None, quiet: bool = True) -> dict:
     return {label: ensure_run(label, cfg, root, quiet) for label, cfg in configs.items()}
 
 
-def method_runs(methods, quiet: bool = True, **config) -> dict:
+def method_runs(methods, quiet: bool = True, **config) -> dict:  # each trained one shows its bar
     """``{display label: Run}`` for each method, with ``make_config(method, **config)`` (trained or reused)."""
 
     return {method_label(m): ensure_run(m, make_config(m, **config), quiet=quiet) for m in methods}
@@ -215,6 +276,24 @@ def ensure_landscape(
         done = load_landscape(run.path, name)
         if done.complete:
             return done
+    bar = None
+    if progress is None:  # a bar with an ETA over the grid points (a cell is never silent)
+        from tqdm.auto import tqdm  # noqa: PLC0415 - picks the notebook widget or the terminal bar at use
+
+        bar = tqdm(total=None, desc=f"landscape {run.path.name} {dim}-D", unit="point", mininterval=0.5)
+
+        def progress(done, total):
+            bar.total = total
+            bar.update(done - bar.n)
+
+    try:
+        return _landscape(run, dim, directions, grid, n_samples, epoch, split, seed, span, name, progress, kwargs)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _landscape(run, dim, directions, grid, n_samples, epoch, split, seed, span, name, progress, kwargs):
     return landscape_for_run(
         run.path,
         dim=dim,
@@ -287,6 +366,20 @@ def ensure_sharpness(
                     ["epoch", "scope"],
                     key=lambda c: c.map({s: i for i, s in enumerate(scopes)}) if c.name == "scope" else c,
                 ).reset_index(drop=True)
+    bar = None
+    if kwargs.get("progress") is None:  # a bar with an ETA, one tick per (epoch, scope) measured
+        from tqdm.auto import tqdm  # noqa: PLC0415 - picks the notebook widget or the terminal bar at use
+
+        bar = tqdm(total=len(wanted) * len(scopes), desc=f"sharpness {run.path.name}", unit="measure")
+        kwargs["progress"] = lambda message: (bar.update(1 if bar.n < bar.total else 0), bar.set_postfix_str(message))
+    try:
+        return _sharpness(run, wanted, n_samples, probes, topk, rho, split, seed, subset_seed, kwargs)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _sharpness(run, wanted, n_samples, probes, topk, rho, split, seed, subset_seed, kwargs):
     return sharpness_for_run(
         run.path,
         epochs=wanted,

@@ -2,7 +2,9 @@
 
 - ``data_dir()``:    ``MSAM_LAB_DATA``, default ``<repo>/data`` (``./data`` outside a checkout);
 - ``runs_root()``:   ``MSAM_LAB_RUNS``, default ``<repo>/runs/notebooks`` (``.../quick`` in quick mode);
-- ``figures_dir()``: ``MSAM_LAB_FIGURES``, default ``<repo>/figures``.
+- ``figures_dir()``: ``MSAM_LAB_FIGURES``, default ``<repo>/figures`` (``<repo>/runs/quick/figures`` in
+  quick mode: quick figures come from 2-epoch synthetic runs and must never replace the publication
+  ones; ``make figures`` is the one writer of ``figures/``).
 
 Quick mode (``MSAM_LAB_QUICK=1``) is read here and only here: the notebooks, ``msam-lab figures`` and
 the rivals study swap in tiny settings so each runs headless in well under a minute on 2 CPU cores.
@@ -56,9 +58,20 @@ def runs_root() -> Path:
     return root / "quick" if quick_mode() and not env else root
 
 
+def publication_figures_dir() -> Path:
+    """``<repo>/figures``: the publication figures, written only by ``make figures`` (full settings)."""
+    return project_root() / "figures"
+
+
 def figures_dir() -> Path:
-    """Where publication figures are written (``MSAM_LAB_FIGURES`` or ``<repo>/figures``); created."""
+    """Where figures are written (``MSAM_LAB_FIGURES``, else ``<repo>/figures``, else in quick mode
+    ``<repo>/runs/quick/figures``, so quick mode never touches ``figures/``); created."""
     env = os.environ.get(FIGURES_ENV)
-    path = Path(env) if env else project_root() / "figures"
+    if env:
+        path = Path(env)
+    elif quick_mode():
+        path = project_root() / "runs" / "quick" / "figures"
+    else:
+        path = publication_figures_dir()
     path.mkdir(parents=True, exist_ok=True)
     return path

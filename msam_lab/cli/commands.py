@@ -17,6 +17,7 @@ import argparse
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -25,21 +26,49 @@ from pathlib import Path
 # `msam-lab --help` and `msam-lab status` import neither torch nor pandas for these
 # (tests/cli/test_cli_startup.py). Each command imports what it runs inside its function.
 from msam_lab import faults
+from msam_lab.cli import names
+from msam_lab.cli.export import add_parser as add_export_parser
 from msam_lab.cli.landscape import add_parsers as add_landscape_parsers
+from msam_lab.cli.landscape import require_path
+from msam_lab.cli.plot import add_parser as add_plot_parser
 from msam_lab.cli.sweep import add_parser as add_sweep_parser
-from msam_lab.config import Config
+from msam_lab.config import Config, did_you_mean
 from msam_lab.errors import ConfigError, TrainingError, UsageError
 from msam_lab.runs.lock import RunLockedError
 
 DEMO_METHODS = ("joint", "sam", "msam")
 DEMO_OVERRIDES = ("epochs=15",)
+DEMO_WIDTH = 100  # columns the demo's report fits in (a terminal, the README)
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """argparse's own errors (``--epochs abc``) as one line too, not a usage block; still exit 2."""
+    """argparse's own errors (``--epochs abc``) as one line too, not a usage block; still exit 2.
+    A mistyped choice gets the closest one (``invalid choice: 'pcb' ...; did you mean 'pca'?``)."""
 
     def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)$", message)
+        hint = did_you_mean(choice.group(1), re.findall(r"'([^']*)'", choice.group(2))) if choice else ""
+        self.exit(2, f"{self.prog}: error: {message}{'; ' + hint if hint else ''} (see {self.prog} --help)\n")
+
+
+def chosen_parser(parser: argparse.ArgumentParser, args) -> argparse.ArgumentParser:
+    """The (sub)parser of the command ``args`` were parsed for (``msam-lab data check`` -> its parser)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and getattr(args, action.dest, None) in action.choices:
+            return chosen_parser(action.choices[getattr(args, action.dest)], args)
+    return parser
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: list[str]):
+    """``parser.parse_args(argv)``, where an unknown flag names the command's closest one (``--rh0`` -> ``--rho``)."""
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        command = chosen_parser(parser, args)
+        flags = [f for a in command._actions for f in a.option_strings]
+        flag = next((e.split("=")[0] for e in extras if e.startswith("-")), None)
+        hint = did_you_mean(flag, flags) if flag else ""
+        command.error(f"unrecognized arguments: {' '.join(extras)}{'; ' + hint if hint else ''}")
+    return args
 
 
 def finite_float(text: str) -> float:
@@ -57,8 +86,8 @@ def finite_float(text: str) -> float:
 def _train_args(p: argparse.ArgumentParser) -> None:
     d = Config()
     p.add_argument("--config", help="YAML file of config fields (see configs/)")
-    p.add_argument("--dataset", help=f"dataset name (default {d.dataset})")
-    p.add_argument("--method", help=f"training method (default {d.method})")
+    p.add_argument("--dataset", help=f"{', '.join(names.dataset_names())} (default {d.dataset}; msam-lab data info)")
+    p.add_argument("--method", help=f"{', '.join(names.method_names())} (default {d.method}; docs/methods.md)")
     p.add_argument("--rho", type=finite_float, help=f"SAM/M-SAM radius (default {d.rho})")
     p.add_argument("--epochs", type=int, help=f"epochs (default {d.epochs})")
     p.add_argument("--lr", type=finite_float, help=f"learning rate (default {d.lr})")
@@ -104,7 +133,7 @@ def _distributed_errors() -> tuple:
 
 
 def cmd_train(args) -> int:
-    from msam_lab.runs.compare import compare_runs, format_table  # noqa: PLC0415 - pandas: for runs, not for --help
+    from msam_lab.runs.compare import compare_runs, format_compact  # noqa: PLC0415 - pandas: for runs, not for --help
     from msam_lab.training.loop import train  # noqa: PLC0415 - torch loads when a run starts, not for --help
 
     distributed = _distributed()
@@ -116,12 +145,13 @@ def cmd_train(args) -> int:
                 f"--resume continues a run with its own config; drop {given[0]} "
                 f"(start a new run with --out to change settings)"
             )
+        require_path(args.resume, "--resume")
         run = train(resume=args.resume, quiet=args.quiet)
     else:
         run = train(args.config, out=args.out, quiet=args.quiet, overrides=_overrides(args))
     if distributed.is_main():
         print(f"run written to {run.path}")
-        print(format_table(compare_runs([run])))
+        print(format_compact(compare_runs([run]), width=DEMO_WIDTH))
     distributed.shutdown()
     return 0
 
@@ -159,18 +189,51 @@ def relaunch_under_torchrun(nproc: int, argv: list[str], args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from msam_lab.runs.compare import compare_runs, format_table  # noqa: PLC0415 - pandas: to compare, not for --help
-    from msam_lab.runs.layout import is_run  # noqa: PLC0415 - pandas: to compare, not for --help
+    from msam_lab.runs.compare import compare_runs, finished_runs, format_table  # noqa: PLC0415 - pandas: not for --help
+    from msam_lab.runs.status import StatusError  # noqa: PLC0415 - pandas: to compare, not for --help
 
-    missing = [r for r in args.runs if not is_run(r)]
-    if missing:
-        raise UsageError(f"{missing[0]} is not a finished run directory (no summary.json)")
-    print(format_table(compare_runs(args.runs)))
+    try:
+        runs, unfinished = finished_runs(args.paths)
+    except StatusError as err:
+        raise UsageError(str(err)) from None
+    print(format_table(compare_runs(runs)))
+    if unfinished:
+        n = len(unfinished)
+        print(
+            f"({n} unfinished run{'s' if n != 1 else ''} left out: {', '.join(map(str, unfinished[:3]))}"
+            f"{', ...' if n > 3 else ''}; msam-lab status shows them)",
+            file=sys.stderr,
+        )
     return 0
 
 
+def demo_report(paths, out, takeover: bool = False) -> str:
+    """What ``msam-lab demo`` prints once its runs are done: the compact table (at most 100 columns), its
+    one-line legend, where the runs are, and three commands to try next (``out`` as the user gave it;
+    ``takeover``: suggest av-digits' takeover scenario, where audio takes over during training)."""
+    from msam_lab.runs.compare import compare_runs, format_compact  # noqa: PLC0415 - pandas: not for --help
+
+    out = Path(out)
+    runs = [Path(p) for p in paths]
+    inside = all(p.parent == out for p in runs)
+    where = f"{out}/{{{','.join(p.name for p in runs)}}}" if inside else ", ".join(map(str, runs))
+    last = runs[-1]
+    steps = [
+        (f"msam-lab compare {out}", "the full table"),
+        (f"msam-lab plot {out} --what dominance --out dominance.html", "who dominates, epoch by epoch"),
+        (f"msam-lab plot {last} --what dominance --out {last.name}.png", "and step by step"),
+    ]
+    if takeover:
+        steps[2] = ("msam-lab train --set data.scenario=takeover --out runs/takeover", "audio takes over")
+    pad = max(len(command) for command, _ in steps)
+    lines = [format_compact(compare_runs(runs), width=DEMO_WIDTH), "", f"runs: {where}", "next:"]
+    for command, why in steps:
+        line = f"  {command.ljust(pad)}  # {why}"
+        lines.append(line if len(line) <= DEMO_WIDTH else f"  {command}")  # a long --out: the command alone
+    return "\n".join(lines)
+
+
 def cmd_demo(args) -> int:
-    from msam_lab.runs.compare import compare_runs, format_table  # noqa: PLC0415 - pandas: for runs, not for --help
     from msam_lab.runs.layout import is_run  # noqa: PLC0415 - pandas: for runs, not for --help
     from msam_lab.training.loop import train  # noqa: PLC0415 - torch loads when a run starts, not for --help
     from msam_lab.training.setup import resolve  # noqa: PLC0415 - the registries (torch) load when a run starts
@@ -183,14 +246,16 @@ def cmd_demo(args) -> int:
     for method, cfg in configs.items():
         path = out / method
         if is_run(path):
-            print(f"{path}: finished run found, reusing it (pass --out DIR for a fresh demo)")
+            print(f"{path}: finished run found, reusing it (delete {out} for a fresh demo)")
         else:
             print(f"training {method} on {cfg.dataset} for {cfg.epochs} epochs -> {path}")
             train(cfg, out=path, quiet=args.quiet)
         paths.append(path)
-    table = compare_runs(paths)
     print()
-    print(format_table(table))
+    last = configs[DEMO_METHODS[-1]]
+    print(
+        demo_report(paths, args.out, takeover=last.dataset == "av-digits" and last.data.get("scenario") == "imbalanced")
+    )
     return 0
 
 
@@ -342,8 +407,24 @@ def _add_data_parsers(sub) -> None:
     p.set_defaults(func=cmd_data_build_avmnist)
 
 
+def _run_paths_arg(p: argparse.ArgumentParser) -> None:
+    """The runs ``compare`` and ``status`` take: run directories or folders searched for runs."""
+    p.add_argument(
+        "paths",
+        nargs="*",
+        default=["runs"],
+        metavar="RUN_OR_FOLDER",
+        help="run directories or folders searched for runs (default runs/)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog="msam-lab", description=__doc__.splitlines()[0])
+    parser = OneLineParser(
+        prog="msam-lab",
+        description="Study modality imbalance with M-SAM and its baselines (docs: README.md, ARCHITECTURE.md).",
+        epilog=f"methods: {', '.join(names.method_names())}. datasets: {', '.join(names.dataset_names())}. "
+        "Installed plug-ins included; `msam-lab data info` describes each dataset.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train one model and write its run directory")
@@ -365,7 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("compare", help="one table over finished runs")
-    p.add_argument("runs", nargs="+", help="run directories")
+    _run_paths_arg(p)
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("demo", help="joint, SAM and M-SAM on av-digits, same seed and budget, compared")
@@ -374,25 +455,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("status", help="one line per run: state, progress, accuracy, dominance, heartbeat")
-    p.add_argument(
-        "paths",
-        nargs="*",
-        default=["runs"],
-        metavar="RUN_OR_FOLDER",
-        help="run directories or folders searched for runs (default runs/)",
-    )
+    _run_paths_arg(p)
     p.set_defaults(func=cmd_status)
 
     _add_data_parsers(sub)
     add_sweep_parser(sub)
     add_landscape_parsers(sub)
+    add_plot_parser(sub)
+    add_export_parser(sub)
     return parser
 
 
 def main(argv=None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     under_torchrun = _launched_by_torchrun()
     # under torchrun the other commands share their work over the ranks (landscape, sharpness);
     # those that train join the group themselves, on the run's device (data_parallel.device_for_rank)

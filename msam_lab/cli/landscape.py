@@ -16,8 +16,15 @@ import re
 import sys
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
 from msam_lab.errors import ConfigError, UsageError
+
+
+def require_path(path, what: str) -> None:
+    """A UsageError when ``path`` (given as ``what``: ``RUN``, ``--to``) does not exist."""
+    if path is not None and not Path(path).exists():
+        raise UsageError(f"{what} {path} does not exist; pass a run directory written by `msam-lab train`")
 
 
 def _int_or_all(text: str):
@@ -155,20 +162,13 @@ def _in_flags(args):
 
 
 def cmd_landscape(args) -> int:
+    require_path(args.run, "RUN")
+    require_path(args.to, "--to")
     from msam_lab import distributed, landscape  # noqa: PLC0415 - torch loads when the command runs, not for --help
+    from msam_lab.training.progress import Counter  # noqa: PLC0415 - tqdm: when the command runs, not for --help
 
-    bar = None
-    progress = None
-    if not args.quiet and distributed.is_main():
-        from tqdm.auto import tqdm  # noqa: PLC0415 - only when a bar is shown
-
-        def progress(done, total):
-            nonlocal bar
-            if bar is None:
-                bar = tqdm(total=total, initial=done - 1, unit="pt", leave=False, desc="landscape")
-            bar.n = done
-            bar.refresh()
-
+    # a bar on a terminal; in a log, one line per twentieth of the points (no carriage-return frames)
+    progress = Counter("landscape", "points", quiet=args.quiet or not distributed.is_main())
     started = time.perf_counter()
     try:
         with _in_flags(args):
@@ -197,8 +197,7 @@ def cmd_landscape(args) -> int:
             )
             surface = landscape.landscape_for_run(args.run, options, progress=progress)
     finally:
-        if bar is not None:
-            bar.close()
+        progress.close()
     wall = time.perf_counter() - started
     if not distributed.is_main():
         return 0
@@ -214,6 +213,7 @@ def cmd_landscape(args) -> int:
 
 
 def cmd_sharpness(args) -> int:
+    require_path(args.run, "RUN")
     from msam_lab import distributed, landscape  # noqa: PLC0415 - torch loads when the command runs, not for --help
 
     progress = (

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+import shlex
 import sys
 from pathlib import Path
 
+from msam_lab.cli import names
 from msam_lab.errors import UsageError
 
 DEFAULT_METHODS = ("joint", "sam", "msam", "ogm_ge", "agm", "cggm", "reconboost")
@@ -39,8 +41,34 @@ def parse_rhos(text: str) -> list[float]:
     return rhos
 
 
+def sweep_command(args) -> str:
+    """The command that makes this sweep and its table, spelled out whole (every grid flag, so the
+    printed line reproduces the runs wherever it is pasted; ``--table-only`` left out: rerunning the
+    line reuses every finished run anyway)."""
+    words = ["msam-lab", "sweep", "--methods", args.methods, "--seeds", args.seeds]
+    words += ["--rho", args.rhos] if args.rhos is not None else []
+    words += ["--dataset", args.dataset] if args.dataset else []
+    words += ["--epochs", str(args.epochs)] if args.epochs is not None else []
+    words += ["--config", args.config] if args.config else []
+    for item in args.overrides:
+        words += ["--set", item]
+    words += ["--out", args.out]
+    words += ["--table", args.table] if args.table else []
+    return shlex.join(words)
+
+
+def _write_table(args) -> None:
+    from msam_lab.experiments import tables  # noqa: PLC0415 - pandas and the run reader: only when a table is written
+
+    try:
+        tables.write_table(args.table, args.out, tables.sweep_markdown(args.out, sweep_command(args)))
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    print(f"table of {args.out}: {args.table}")
+
+
 def cmd_sweep(args) -> int:
-    from msam_lab.experiments.sweep import RUNS_FILE, SUMMARY_FILE, SweepError, format_sweep, run_sweep  # noqa: PLC0415 - torch and pandas: when a sweep runs, not for --help
+    from msam_lab.experiments.sweep import RUNS_FILE, SUMMARY_FILE, SweepError, finished_sweep, format_sweep, run_sweep  # noqa: PLC0415 - torch and pandas: when a sweep runs, not for --help
 
     methods = _split(args.methods, "--methods", str, "joint,msam")
     seeds = parse_seeds(args.seeds)
@@ -53,6 +81,19 @@ def cmd_sweep(args) -> int:
         )
     if args.max_parallel is not None and args.launcher == "inline":
         raise UsageError("--max-parallel is for --launcher local or slurm (inline runs one cell at a time)")
+    if args.table is not None and not args.table.lower().endswith(".md"):
+        raise UsageError(
+            f"--table writes a Markdown file; name one ending in .md, e.g. docs/results.md (got {args.table!r})"
+        )
+    if args.table_only and args.table is None:
+        raise UsageError("--table-only writes the table of finished runs; add --table PATH.md")
+    if args.table_only:
+        table = finished_sweep(
+            methods, seeds, rhos, dataset=args.dataset, out=args.out, overrides=overrides, config=args.config
+        )
+        print(format_sweep(table))
+        _write_table(args)
+        return 0
     try:
         table = run_sweep(
             methods,
@@ -78,6 +119,8 @@ def cmd_sweep(args) -> int:
     print()
     print(format_sweep(table))
     print(f"\nper-run table: {Path(args.out) / RUNS_FILE}; summary: {Path(args.out) / SUMMARY_FILE}")
+    if args.table is not None:
+        _write_table(args)
     return 0
 
 
@@ -89,7 +132,7 @@ def add_parser(subparsers) -> None:
     p.add_argument(
         "--methods",
         default=",".join(DEFAULT_METHODS),
-        help=f"comma-separated methods (default {','.join(DEFAULT_METHODS)})",
+        help=f"comma-separated, of {', '.join(names.method_names())} (default {','.join(DEFAULT_METHODS)})",
     )
     p.add_argument(
         "--seeds", default=",".join(map(str, DEFAULT_SEEDS)), help="comma-separated training seeds (default 0,1,2)"
@@ -99,7 +142,7 @@ def add_parser(subparsers) -> None:
         dest="rhos",
         help="comma-separated radii for the methods that use rho (sam, msam), e.g. 0.05,0.1; default: the config's rho",
     )
-    p.add_argument("--dataset", help="dataset name (default: the config's)")
+    p.add_argument("--dataset", help=f"{', '.join(names.dataset_names())} (default: the config's)")
     p.add_argument("--epochs", type=int, help="epochs per run")
     p.add_argument("--config", help="YAML file of config fields applied to every run")
     p.add_argument(
@@ -112,6 +155,18 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("--out", default="runs/sweep", help="folder of the sweep (default runs/sweep)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument(
+        "--table",
+        metavar="PATH.md",
+        help="also write the sweep's Markdown table, with this command and the date, into PATH.md: in place of "
+        "this --out folder's block where the file has one (the text around it kept), appended otherwise",
+    )
+    p.add_argument(
+        "--table-only",
+        action="store_true",
+        help="with --table: write the table of this grid's finished runs and train nothing "
+        "(an error if a run is missing or unfinished)",
+    )
     p.add_argument(
         "--launcher",
         choices=("inline", "local", "slurm"),

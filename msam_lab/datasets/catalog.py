@@ -17,7 +17,11 @@ from msam_lab.datasets import DATASETS, _module, dataset_names, is_plugin
 # loader module -> the constants (and option defaults) the entries below quote, as the loader has them
 LOADER_FACTS: dict[str, dict] = {
     "msam_lab.datasets.av_digits": {
-        "OPTIONS": {"image_noise": 0.0, "audio_snr_db": -12.0, "test_fraction": 0.2},
+        "OPTIONS": {"scenario": "imbalanced", "image_noise": None, "audio_snr_db": None, "test_fraction": 0.2},
+        "SCENARIOS": {
+            "imbalanced": {"image_noise": 0.0, "audio_snr_db": -12.0},
+            "takeover": {"image_noise": 0.2, "audio_snr_db": -5.0},
+        },
         "N_FREQ": 64,
         "N_FRAMES": 48,
         "SAMPLE_RATE": 8000,
@@ -68,6 +72,8 @@ av_digits, synthetic, avmnist, cremad, ave, urfunny = (
     SimpleNamespace(**LOADER_FACTS[f"msam_lab.datasets.{m}"])
     for m in ("av_digits", "synthetic", "avmnist", "cremad", "ave", "urfunny")
 )
+_AV_SCENARIOS = av_digits.SCENARIOS
+_AV_DEFAULT = _AV_SCENARIOS[av_digits.OPTIONS["scenario"]]  # the knobs' defaults: the default scenario's values
 
 
 def _holdout() -> str:
@@ -85,11 +91,16 @@ CATALOG: dict[str, dict] = {
         "summary": "the embedded default: scikit-learn's 1,797 real 8x8 handwritten digits paired with a "
         "synthesized telephone-keypad (DTMF) tone of the same digit",
         "modalities": {
-            "image": f"(8, 8) float32 in [0, 1] (+ noise data.image_noise, default {av_digits.OPTIONS['image_noise']})",
+            "image": f"(8, 8) float32 in [0, 1] (+ noise data.image_noise, default {_AV_DEFAULT['image_noise']})",
             "audio": f"({av_digits.N_FREQ}, {av_digits.N_FRAMES}) float32 log-STFT of an "
             f"{av_digits.SAMPLE_RATE // 1000} kHz tone at data.audio_snr_db "
-            f"(default {av_digits.OPTIONS['audio_snr_db']} dB)",
+            f"(default {_AV_DEFAULT['audio_snr_db']} dB)",
         },
+        "scenarios": "data.scenario = "
+        + ", ".join(
+            f"{name} ({', '.join(f'{k} {v:g}' for k, v in knobs.items())})" for name, knobs in _AV_SCENARIOS.items()
+        )
+        + f"; default {av_digits.OPTIONS['scenario']}",
         "classes": av_digits.CLASS_NAMES,
         "splits": f"train / test, stratified, data.test_fraction = {av_digits.OPTIONS['test_fraction']}",
         "own_val": False,
@@ -205,6 +216,7 @@ def format_entry(name: str) -> str:
     val = e["own_val"].replace("{holdout}", _holdout()) if e["own_val"] else _holdout()
     lines = [f"{name}: {e['summary']}", "  modalities:"]
     lines += [f"    {m}: {shape}" for m, shape in e["modalities"].items()]
+    lines += [f"  scenarios: {e['scenarios']}"] if e.get("scenarios") else []
     lines += [f"  classes: {classes}", f"  splits: {e['splits']}", f"  validation: {val}", f"  get it: {e['source']}"]
     if e["layout"]:
         lines += [

@@ -1,10 +1,16 @@
-"""synthetic: M-modality Gaussian class clusters with one informativeness knob per modality.
+"""synthetic: M-modality Gaussian class clusters with an informativeness and a speed knob per modality.
 
 For modality m every class c has a random unit-norm mean direction mu[c, m] in
-R^n_features; a sample of class y is ``informativeness[m] * mu[y, m] + N(0, I)``.
+R^n_features; a sample of class y is ``speed[m] * (informativeness[m] * mu[y, m] + N(0, I))``.
 So ``informativeness[m]`` is the distance of a class mean from the origin in
 units of the noise std: 0 makes modality m pure noise (chance level), larger
 values make it easier. Modalities are named ``m0, m1, ...``.
+
+``speed[m]`` (default 1 for every modality) sets how fast a network learns modality m, not how much
+it can learn: scaling an input by s is invertible, so the best accuracy reachable from it (and a
+probe on standardised features) does not change, while plain SGD on the first layer that reads it
+moves that layer's contribution about s^2 times as fast (gradient times s, effect of a weight times
+s). ``speed=[0.1, 1]`` makes the weaker m1 lead early and the more informative m0 take over later.
 
 Classes are balanced (counts differ by at most one) and the split is stratified.
 Randomness: ``numpy.random.SeedSequence(seed)`` gives one stream for the split and
@@ -29,6 +35,7 @@ NAME = "synthetic"
 OPTIONS = {
     "n_modalities": 3,
     "informativeness": None,
+    "speed": None,
     "n_classes": 4,
     "n_features": 16,
     "n_samples": 1200,
@@ -44,6 +51,7 @@ OPTION_RANGES = {
     "n_samples": (1, 10_000_000),
     "seed": (0, None),
     "informativeness": (0.0, 1e6),
+    "speed": (1e-6, 1e6),  # a scale of the features: 0 would erase the modality, not slow it
 }
 
 
@@ -60,7 +68,43 @@ def _int(name, value, minimum, hint=""):
     return int(value)
 
 
-def _check_options(n_modalities, informativeness, n_classes, n_features, n_samples, test_fraction, seed) -> dict:
+def _per_modality(
+    name: str, values, n_modalities: int, default: list[float], minimum: float, strict: bool
+) -> list[float]:
+    """None -> ``default``; a number -> that number for every modality; a list -> one per modality, each
+    finite and >= ``minimum`` (> when ``strict``)."""
+    if values is None:
+        values = default
+    elif isinstance(values, numbers.Real) and not isinstance(values, bool):
+        values = [values] * n_modalities  # converted and checked below
+    elif isinstance(values, (list, tuple, np.ndarray)):
+        values = list(values)
+        if len(values) != n_modalities:
+            raise ValueError(
+                f"synthetic option {name!r} has {len(values)} values but "
+                f"n_modalities={n_modalities}; give one per modality, a single number, or None"
+            )
+    else:
+        raise ValueError(
+            f"synthetic option {name!r} must be None, a number, or a list of {n_modalities} numbers; got {values!r}"
+        )
+    checked = []
+    for m, v in enumerate(values):
+        try:
+            finite = not isinstance(v, bool) and isinstance(v, numbers.Real) and math.isfinite(float(v))
+        except OverflowError:  # an int beyond float range escaped as a traceback
+            finite = False
+        if not finite:
+            raise ValueError(f"synthetic option {name!r}[{m}] must be a finite number, got {v!r}")
+        if v < minimum or strict and v == minimum:
+            raise ValueError(f"synthetic option {name!r}[{m}] must be {'>' if strict else '>='} {minimum:g}, got {v}")
+        checked.append(float(v))
+    return checked
+
+
+def _check_options(
+    n_modalities, informativeness, n_classes, n_features, n_samples, test_fraction, seed, speed=None
+) -> dict:
     n_modalities = _int("n_modalities", n_modalities, 1)
     n_classes = _int("n_classes", n_classes, 2)
     n_features = _int("n_features", n_features, 1)
@@ -80,37 +124,15 @@ def _check_options(n_modalities, informativeness, n_classes, n_features, n_sampl
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"synthetic option 'test_fraction' must be in (0, 1), e.g. 0.25; got {test_fraction}")
 
-    if informativeness is None:
-        informativeness = default_informativeness(n_modalities)
-    elif isinstance(informativeness, numbers.Real) and not isinstance(informativeness, bool):
-        informativeness = [informativeness] * n_modalities  # converted and checked below
-    elif isinstance(informativeness, (list, tuple, np.ndarray)):
-        informativeness = list(informativeness)
-        if len(informativeness) != n_modalities:
-            raise ValueError(
-                f"synthetic option 'informativeness' has {len(informativeness)} values but "
-                f"n_modalities={n_modalities}; give one per modality, a single number, or None"
-            )
-    else:
-        raise ValueError(
-            f"synthetic option 'informativeness' must be None, a number, or a list of "
-            f"{n_modalities} numbers; got {informativeness!r}"
-        )
-    checked = []
-    for m, v in enumerate(informativeness):
-        try:
-            finite = not isinstance(v, bool) and isinstance(v, numbers.Real) and math.isfinite(float(v))
-        except OverflowError:  # an int beyond float range escaped as a traceback
-            finite = False
-        if not finite:
-            raise ValueError(f"synthetic option 'informativeness'[{m}] must be a finite number, got {v!r}")
-        if v < 0:
-            raise ValueError(f"synthetic option 'informativeness'[{m}] must be >= 0, got {v}")
-        checked.append(float(v))
+    informativeness = _per_modality(
+        "informativeness", informativeness, n_modalities, default_informativeness(n_modalities), 0.0, False
+    )
+    speed = _per_modality("speed", speed, n_modalities, [1.0] * n_modalities, 0.0, True)
 
     return {
         "n_modalities": n_modalities,
-        "informativeness": checked,
+        "informativeness": informativeness,
+        "speed": speed,
         "n_classes": n_classes,
         "n_features": n_features,
         "n_samples": n_samples,
@@ -120,20 +142,23 @@ def _check_options(n_modalities, informativeness, n_classes, n_features, n_sampl
 
 
 def generate(
-    n_modalities, informativeness, n_classes, n_features, n_samples, test_fraction, seed
+    n_modalities, informativeness, n_classes, n_features, n_samples, test_fraction, seed, speed=None
 ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray, dict]:
     """(features per modality (N, n_features) float32, labels, train_idx, test_idx, resolved options)."""
-    opts = _check_options(n_modalities, informativeness, n_classes, n_features, n_samples, test_fraction, seed)
+    opts = _check_options(n_modalities, informativeness, n_classes, n_features, n_samples, test_fraction, seed, speed)
     split_ss, data_ss = np.random.SeedSequence(opts["seed"]).spawn(2)
     n, d, k = opts["n_samples"], opts["n_features"], opts["n_classes"]
     labels = np.arange(n, dtype=np.int64) % k  # balanced; order is irrelevant
 
     features = {}
-    for m, (ss, scale) in enumerate(zip(data_ss.spawn(opts["n_modalities"]), opts["informativeness"])):
+    streams = data_ss.spawn(opts["n_modalities"])
+    for m, (ss, scale, speed) in enumerate(zip(streams, opts["informativeness"], opts["speed"])):
         rng = np.random.default_rng(ss)
         means = rng.standard_normal((k, d))
         means /= np.linalg.norm(means, axis=1, keepdims=True)
         x = scale * means[labels] + rng.standard_normal((n, d))
+        if speed != 1.0:  # skipped at 1: the default data stay bit-identical
+            x = speed * x
         features[f"m{m}"] = x.astype(np.float32)
 
     train, test = stratified_split(labels, opts["test_fraction"], np.random.default_rng(split_ss))
@@ -174,7 +199,7 @@ def load(cache_dir=None, **options) -> Splits:
         "name": NAME,
         "description": (
             f"{opts['n_modalities']}-modality Gaussian class clusters, {k} classes, "
-            f"informativeness {opts['informativeness']} (class-mean norm / noise std)"
+            f"informativeness {opts['informativeness']} (class-mean norm / noise std), speed {opts['speed']}"
         ),
         "encoders": {m: "mlp" for m in features},
         "shapes": {m: tuple(x.shape[1:]) for m, x in train_data.inputs.items()},

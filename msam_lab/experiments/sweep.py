@@ -275,6 +275,21 @@ def run_sweep(
     return table
 
 
+def finished_sweep(
+    methods, seeds, rhos=None, dataset=None, out="runs/sweep", overrides=(), config=None
+) -> pd.DataFrame:
+    """``run_sweep``'s tables for a grid whose every run is finished; trains nothing (``msam-lab sweep
+    --table-only``). A ConfigError naming the first unfinished run otherwise."""
+    cells = plan_sweep(methods, seeds, rhos, dataset, out, overrides, config)
+    unfinished = [cell for cell in cells if not is_run(cell.path)]
+    if unfinished:
+        raise ConfigError(
+            f"{len(unfinished)} of the {len(cells)} runs of this sweep are not finished (first: {unfinished[0].path}); "
+            "drop --table-only to train them"
+        )
+    return _write_tables(cells, out)
+
+
 def _write_tables(cells: list[Cell], out) -> pd.DataFrame:
     """sweep.csv and sweep_summary.csv over the finished ``cells``; the summary is returned."""
     if not cells:  # nothing finished (every job failed): no tables to write

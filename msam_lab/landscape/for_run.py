@@ -63,6 +63,7 @@ __all__ = [
 ]
 
 SHARPNESS_CSV = timeline.SHARPNESS_CSV
+PCA_MARGIN = 1.2  # the PCA grid reaches 20 % beyond the trajectory along each component
 
 
 def open_run(path, what: str = "run") -> Run:
@@ -312,12 +313,15 @@ def landscape_for_run(
             raise OptionError("directions", f"directions='pca': {err}") from None
         d_list = pca.directions
         extent = [float(np.abs(pca.projection[:, k]).max()) or 1.0 for k in range(dim)]
-        coords = [make_grid(o.grid, o.span) * r for r in extent]
+        # span 1 covers the trajectory with a margin: at exactly its extent, the farthest epoch's point
+        # sat on the grid's edge, half over blank space in the contour
+        coords = [make_grid(o.grid, o.span) * r * PCA_MARGIN for r in extent]
         meta.update(
             directions="pca",
             grid=o.grid,
             span=o.span,
             extent=extent,
+            margin=PCA_MARGIN,
             explained_variance_ratio=pca.explained_variance_ratio.tolist(),
             trajectory_epochs=pca.epochs,
             trajectory=pca.projection.tolist(),

@@ -27,9 +27,11 @@ from msam_lab.optim.precision import Precision
 
 @dataclass
 class Observation:
-    phi: np.ndarray  # Shapley values (M,)
-    share: np.ndarray  # shares (M,), sum to one
-    dominant: int  # index of the dominant modality
+    """One batch's observation, on the model's device (no host sync; ``Method.record`` keeps it there)."""
+
+    phi: np.ndarray | torch.Tensor  # Shapley values (M,), float64
+    share: np.ndarray | torch.Tensor  # shares (M,), sum to one
+    dominant: int | torch.Tensor  # index of the dominant modality (a 0-d int64 tensor)
 
 
 class Method:
@@ -73,13 +75,17 @@ class Method:
             schedules.set_lr_factor(opt, factor)
         return self.optimizer.param_groups[0]["lr"]
 
-    def train_step(self, inputs: Batch, labels: torch.Tensor) -> dict:
-        """``step`` under the configured precision: forwards autocast, the fp16 scale updated after."""
+    def train_step(self, inputs: Batch, labels: torch.Tensor, host: bool = True) -> dict:
+        """``step`` under the configured precision: forwards autocast, the fp16 scale updated after.
+
+        ``host=False``: the row as ``step`` made it, device values still there (the trainer's: its writer
+        copies a whole flush of rows at once); True: read on the host (one sync)."""
         self.batch_samples = len(labels)  # the weight of this rank's shard in every reduction
         with self.precision.autocast():
             row = self.step(inputs, labels)
         overflow = self.precision.end_step()
-        return {**row, "overflow": int(overflow)} if self.precision.scaler is not None else row
+        row = {**row, "overflow": int(overflow)} if self.precision.scaler is not None else row
+        return shapley.rows_on_host([row])[0] if host else row
 
     def step(self, inputs: Batch, labels: torch.Tensor) -> dict:
         raise NotImplementedError
@@ -87,7 +93,7 @@ class Method:
     def state_dict(self) -> dict:
         return {
             "optimizer": self.optimizer.state_dict(),
-            "previous_dominant": self._previous_dominant,
+            "previous_dominant": None if self._previous_dominant is None else int(self._previous_dominant),
             "precision": self.precision.state_dict(),
         }
 
@@ -122,7 +128,9 @@ class Method:
 
     def observe(self, inputs: Batch, labels: torch.Tensor, features=None) -> Observation:
         """Shapley values, shares and dominant modality of this batch at the current weights: M-SAM's one
-        ``observe`` (msam_lab.optim.msam), its coalitions through the fusion with each encoder run once."""
+        ``observe`` (msam_lab.optim.msam), its coalitions through the fusion with each encoder run once.
+        A BatchNorm model runs its encoders once more in eval mode, unless ``coalition_features`` is
+        ``batch`` and the training pass's ``features`` are given (``coalitions.model_coalition_logits``)."""
         c = self.config
         model = self.model
         if 0 < c.shapley_batch < len(labels):
@@ -135,9 +143,9 @@ class Method:
 
         def logits(presents):
             masks = [shapley.mask_of([m for m, name in enumerate(names) if name in p]) for p in presents]
-            return coalitions.model_coalition_logits(model, inputs, masks, features)
+            return coalitions.model_coalition_logits(model, inputs, masks, features, c.coalition_features)
 
-        rec = msam.observe(
+        phi, share, d = msam.observe_tensors(
             None,
             labels,
             names,
@@ -152,11 +160,10 @@ class Method:
             share_temperature=c.share_temperature,
             coalitions=logits,
         )
-        d = names.index(rec.dominant)
         if c.dist_debug:
             distributed.check_same(int(d), "the dominant modality")
         self._previous_dominant = d
-        return Observation(np.array([rec.shapley[m] for m in names]), np.array([rec.shares[m] for m in names]), d)
+        return Observation(phi, share, d)
 
     def fused_backward(self, inputs: Batch, labels: torch.Tensor):
         """Train-mode forward, the Shapley observation at θ, fused CE, its gradient in ``p.grad``.
@@ -181,11 +188,19 @@ class Method:
         }
 
     def record(self, loss: torch.Tensor, obs: Observation, **extra) -> dict:
-        """The step row; ``loss`` is the global batch's mean under data parallelism."""
-        loss = float(distributed.mean_over_ranks(float(loss.detach()), self.batch_samples))
-        row = {"loss": loss, "dominant": self.model.modalities[obs.dominant]}
-        for m, name in enumerate(self.model.modalities):
-            row[f"shapley_{name}"] = float(obs.phi[m])
-            row[f"share_{name}"] = float(obs.share[m])
+        """The step row; ``loss`` is the global batch's mean under data parallelism.
+
+        Device values stay on the device (0-d tensors, the dominant modality a ``shapley.Pick``): the
+        writer copies a whole flush of rows to the host at once (``runs.writer.rows_on_host``)."""
+        names = self.model.modalities
+        if distributed.active():
+            loss = float(distributed.mean_over_ranks(float(loss.detach()), self.batch_samples))
+        else:
+            loss = loss.detach()
+        on_device = torch.is_tensor(obs.dominant)
+        row = {"loss": loss, "dominant": shapley.Pick(obs.dominant, names) if on_device else names[obs.dominant]}
+        for m, name in enumerate(names):
+            row[f"shapley_{name}"] = obs.phi[m] if on_device else float(obs.phi[m])
+            row[f"share_{name}"] = obs.share[m] if on_device else float(obs.share[m])
         row.update(extra)
         return row

@@ -98,7 +98,9 @@ class MSAM(SAMMethod):
         self.perturbed_backward(perturbed_loss)
         opt.restore()  # θ back, ∇L_s(θ) added
         self.update()
-        return self.record(loss, obs, perturbed=model.modalities[split.perturbed], rho_share=split.v)
+        c = split.perturbed  # a device index (default variant: no host sync) or an int
+        perturbed = shapley.Pick(c, model.modalities) if torch.is_tensor(c) else model.modalities[c]
+        return self.record(loss, obs, perturbed=perturbed, rho_share=split.v)
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "perturbed": self.perturbed.state_dict()}

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 
-from msam_lab.config import Config, ConfigError, check_type
+from msam_lab.config import Config, ConfigError, check_type, did_you_mean
 
 
 @dataclasses.dataclass
@@ -57,7 +57,9 @@ def resolve(
     unknown = sorted((k for k in values if k not in own and k not in others), key=str)
     if unknown:
         mine = f"; {method}'s options: {', '.join(own)}" if own else f" ({method} has no options of its own)"
-        raise ConfigError(f"unknown config key {unknown[0]!r}; known keys: {', '.join(shared)}{mine}")
+        hint = did_you_mean(unknown[0], [*shared, *own])  # --set rh0=0.1 reads as a method option
+        hint = f"{hint} " if hint else ""
+        raise ConfigError(f"unknown config key {unknown[0]!r}; {hint}known keys: {', '.join(shared)}{mine}")
     if options_cls is None:
         return {}
     hints = typing.get_type_hints(options_cls)

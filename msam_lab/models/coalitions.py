@@ -128,19 +128,31 @@ def game_summary(names, accuracy, loss, phi, share, parts=None) -> dict:
     return out
 
 
+FEATURE_SOURCES = ("eval", "batch")  # config.CoalitionFeatures
+
+
 @torch.no_grad()
 def model_coalition_logits(
-    model: MultimodalModel, inputs: Batch, masks, features: list[torch.Tensor] | None = None
+    model: MultimodalModel, inputs: Batch, masks, features: list[torch.Tensor] | None = None, source: str = "eval"
 ) -> torch.Tensor:
     """Logits (K, B, C) of coalitions ``masks``, eval mode, each encoder once (every mode restored after).
 
-    ``features`` from a training forward are reused (detached) when the model is mode-invariant.
+    ``features`` from a training forward are reused (detached) when the model is mode-invariant, and
+    also for a BatchNorm model when ``source="batch"`` (``coalition_features``): the present modalities
+    then carry the training pass's features (train-mode BatchNorm), the absent ones their eval-mode zero
+    feature, and the fusion runs in eval mode; no encoder runs on the batch again. ``source="eval"``
+    runs the encoders once more on ``inputs`` in eval mode.
     """
+    if source not in FEATURE_SOURCES:
+        raise ValueError(f"coalition features must be one of {', '.join(FEATURE_SOURCES)}, got {source!r}")
     invariant = getattr(model, "mode_invariant", None)
     invariant = is_mode_invariant(model) if invariant is None else invariant
     if features is not None and invariant:
         # train mode computes the same function: reuse the features, skip the mode switches
         return coalition_logits(model, [f.detach() for f in features], model.zero_features(), masks)
+    if features is not None and source == "batch":
+        with eval_mode(model):  # absent modalities and the fusion as at test time (one zero sample each)
+            return coalition_logits(model, [f.detach() for f in features], model.zero_features(), masks)
     feats, zeros = eval_features(model, inputs)
     with eval_mode(model):  # the fusion part too (an early-fusion trunk may hold BatchNorm)
         return coalition_logits(model, feats, zeros, masks)
@@ -148,12 +160,17 @@ def model_coalition_logits(
 
 @torch.no_grad()
 def batch_coalition_stats(
-    model: MultimodalModel, inputs: Batch, labels: torch.Tensor, features: list[torch.Tensor] | None = None, masks=None
+    model: MultimodalModel,
+    inputs: Batch,
+    labels: torch.Tensor,
+    features: list[torch.Tensor] | None = None,
+    masks=None,
+    source: str = "eval",
 ) -> CoalitionStats:
     """Accuracy and loss of every coalition in ``masks`` (default all) on one batch (see
-    ``model_coalition_logits`` for ``features``)."""
+    ``model_coalition_logits`` for ``features`` and ``source``)."""
     masks = shapley.all_masks(len(model.modalities)) if masks is None else masks
-    return coalition_stats(model_coalition_logits(model, inputs, masks, features), labels)
+    return coalition_stats(model_coalition_logits(model, inputs, masks, features, source), labels)
 
 
 def modality_shapley(

@@ -56,7 +56,13 @@ import torch
 import torch.nn.functional as F
 
 from msam_lab import distributed, shapley
-from msam_lab.models.coalitions import CoalitionStats, coalition_stats, decomposed_logits, modality_shapley, present_of
+from msam_lab.models.coalitions import (
+    CoalitionStats,
+    coalition_losses,
+    decomposed_logits,
+    modality_shapley,
+    present_of,
+)
 from msam_lab.models.multimodal import running_stats_kept
 from msam_lab.optim.precision import Precision
 from msam_lab.optim.sam import SAM, add_to_grads
@@ -100,9 +106,11 @@ def unimodal_dominant_loss(coalition_logits, labels, v_d: float, d: int, loss_fn
     return v_d * loss_fn(decomposed_logits(coalition_logits)[d], labels)
 
 
-def fused_dominant_loss(logits, labels, v_d: float, loss_fn=F.cross_entropy) -> torch.Tensor:
-    """L_d of the default and params variants: v_d·ℓ, ℓ the fused loss (L_s = (1−v_d)·ℓ)."""
-    return v_d * loss_fn(logits, labels)
+def fused_dominant_loss(logits, labels, v_d, loss_fn=F.cross_entropy) -> torch.Tensor:
+    """L_d of the default and params variants: v_d·ℓ, ℓ the fused loss (L_s = (1−v_d)·ℓ). ``v_d``: a float,
+    or a 0-d tensor on the device (taken in ℓ's dtype, as a float would be: the same bits)."""
+    loss = loss_fn(logits, labels)
+    return (v_d.to(loss.dtype) if torch.is_tensor(v_d) else v_d) * loss
 
 
 # -- the observation ----------------------------------------------------------------------------------
@@ -123,6 +131,7 @@ def observe(
     coalitions=None,
 ) -> ShapleyRecord:
     """The Shapley record of one batch from ``forward(present)`` alone (no update, no grad).
+    Computed on the device by ``observe_tensors`` (same arguments), then read in one host sync.
 
     ``model``: put in eval mode for the coalition passes and restored after (None: left as it is).
     ``loss_fn``: a batch-mean loss, called per coalition; None: cross-entropy of all coalitions in one call.
@@ -131,6 +140,35 @@ def observe(
     in one call (called in eval mode, no grad): a model that encodes each modality once and fuses K
     times makes the observation about one forward, as the built-in trainer's is (docs/api.md).
     """
+    names = tuple(modalities)
+    phi, share, d = observe_tensors(
+        forward, labels, names, model, loss_fn, share_rule, tie_rule, shapley_value, exact_max, n_permutations,
+        seed, previous, share_temperature, coalitions,
+    )  # fmt: skip
+    host = torch.cat([phi, share, d.reshape(1).to(phi.dtype)]).tolist()  # the one host sync
+    n = len(names)
+    return ShapleyRecord(float("nan"), names[int(host[-1])], dict(zip(names, host[n:-1])), dict(zip(names, host[:n])))
+
+
+def observe_tensors(
+    forward,
+    labels: torch.Tensor,
+    modalities,
+    model=None,
+    loss_fn=F.cross_entropy,
+    share_rule: str = "clip",
+    tie_rule: str = "lowest",
+    shapley_value: str = "accuracy",
+    exact_max: int = shapley.EXACT_MAX,
+    n_permutations: int = 64,
+    seed: int = 0,
+    previous=None,
+    share_temperature: float = 1.0,
+    coalitions=None,
+):
+    """``observe`` on the device: ``(phi, shares, dominant)``, float64 (M,) tensors and a 0-d int64 index,
+    with no host sync (one all-reduce through the host under data parallelism). ``previous``: an int,
+    a 0-d tensor or None."""
     names = tuple(modalities)
     if not names:
         raise ValueError("modalities must name at least one modality, e.g. modalities=('image', 'audio')")
@@ -145,9 +183,11 @@ def observe(
                 f"coalitions(presents) must return logits of shape (K, B, C) = ({len(presents)}, "
                 f"{len(labels)}, C), got {tuple(logits.shape)}"
             )
-        local = coalition_stats(logits, labels, loss_fn)
-        # data parallel: the global batch's, so that every rank picks the same dominant modality
-        both = distributed.mean_over_ranks(np.stack([local.accuracy, local.loss]), len(labels))
+        # float64 on the device: the accuracies and losses ``coalition_stats`` gives, without its host copy
+        accuracy = (logits.argmax(-1) == labels).float().mean(1).double()
+        both = torch.stack([accuracy, coalition_losses(logits, labels, loss_fn)])
+        if distributed.active():  # the global batch's, so that every rank picks the same dominant modality
+            both = torch.as_tensor(distributed.mean_over_ranks(both.cpu().numpy(), len(labels)), device=both.device)
         return CoalitionStats(both[0], both[1])
 
     try:
@@ -160,21 +200,29 @@ def observe(
         if model is not None:
             model.train(was_training)
     share = shapley.shares(phi, share_rule, share_temperature, alone)
-    d = shapley.dominant(share, tie_rule, previous)
-    return ShapleyRecord(float("nan"), names[d], dict(zip(names, map(float, share))), dict(zip(names, map(float, phi))))
+    return phi, share, shapley.dominant_index(share, tie_rule, previous)
 
 
 @dataclass
 class Split:
-    """One batch's split of the loss: the modality ε follows, and the shares (its and d's swapped)."""
+    """One batch's split of the loss: the modality ε follows, and the shares (its and d's swapped).
+    On the host (ints and floats), or on the device (``perturbed`` a 0-d tensor, ``shares`` a tensor):
+    the ``default`` variant keeps it there, for its ε names no modality (no host sync)."""
 
-    perturbed: int
-    shares: np.ndarray
+    perturbed: int | torch.Tensor
+    shares: np.ndarray | torch.Tensor
+
+    def __post_init__(self):  # v once: backward, the perturbed pass and the record read it
+        if torch.is_tensor(self.shares):
+            index = torch.as_tensor(self.perturbed, device=self.shares.device).reshape(1)
+            self._v = self.shares.gather(0, index)[0]
+        else:
+            self._v = float(self.shares[self.perturbed])
 
     @property
-    def v(self) -> float:
-        """v_d, the perturbed share: the amount of SAM in this update."""
-        return float(self.shares[self.perturbed])
+    def v(self) -> float | torch.Tensor:
+        """v_d, the perturbed share: the amount of SAM in this update (a 0-d tensor on the device)."""
+        return self._v
 
 
 # -- the optimizer --------------------------------------------------------------------------------------
@@ -249,6 +297,7 @@ class MSAM(SAM):
             share_temperature=share_temperature,
         )
         self.previous_dominant: int | None = None
+        self.backward_at_theta = False  # backward() ran: step(closure) then takes the closure at θ+ε only
         self.split: Split | None = None  # this batch's, set by observe (or choose)
         device = next((p.device for g in self.param_groups for p in g["params"]), torch.device("cpu"))
         # the trainer passes its own Precision: one GradScaler for every backward of the step
@@ -284,9 +333,19 @@ class MSAM(SAM):
         rec.perturbed = self.modalities[split.perturbed]
         return rec
 
-    def choose(self, shares, dominant: int) -> Split:
+    def choose(self, shares, dominant) -> Split:
         """This batch's split from its shares and dominant index: the modality ε follows (``dominant=``
-        option) and the shares with its and d's swapped. Sets ``self.split``."""
+        option) and the shares with its and d's swapped. Sets ``self.split``.
+
+        Device tensors (``shares``, a 0-d ``dominant``) stay there for the ``default`` variant, whose ε
+        names no modality: no host sync. ``params`` and ``unimodal`` must know the modality on the host:
+        shares and index come over in one sync."""
+        if torch.is_tensor(shares) and self.options["variant"] == "default":
+            self.split = Split(dominant, shares)
+            return self.split
+        if torch.is_tensor(shares):
+            host = torch.cat([shares.double(), torch.as_tensor(dominant).reshape(1).to(shares)]).tolist()  # one sync
+            shares, dominant = host[:-1], int(host[-1])
         c = self.perturbed(dominant)
         self.split = Split(c, shapley.swap_shares(shares, dominant, c))
         return self.split
@@ -328,10 +387,18 @@ class MSAM(SAM):
         else:
             scale(loss).backward()
             # ∇L_d(θ) = v_d·∇ℓ: v_d cancels in ε, so p.grad = ∇ℓ already points the right way
-            plain = [None if p.grad is None else (1.0 - split.v) * p.grad for p in params]
+            keep, cast = 1.0 - split.v, {}  # a device scalar for the default variant: no host sync
+
+            def keep_in(dtype):  # in the gradient's dtype, as a Python float is taken: the same bits
+                if torch.is_tensor(keep) and dtype not in cast:
+                    cast[dtype] = keep.to(dtype)
+                return cast.get(dtype, keep)
+
+            plain = [None if p.grad is None else keep_in(p.grad.dtype) * p.grad for p in params]
         for p, g in zip(params, plain):
             if g is not None:
                 self.state[p]["plain"] = g
+        self.backward_at_theta = True
 
     # -- the two steps ---------------------------------------------------------------------------------
     @torch.no_grad()
@@ -362,23 +429,69 @@ class MSAM(SAM):
         self.precision.unscale(self.base_optimizer)
         self.precision.step(self.base_optimizer)
         self.split = None  # the next batch observes again
+        self.backward_at_theta = False
+        self._opt_called = True  # what torch's LR schedulers read: a scheduler on this optimizer sees the step
         if zero_grad:
             self.zero_grad()
 
     def step(self, closure=None, labels=None, loss_fn=F.cross_entropy, coalitions=None):
-        """``step(closure)``: as torch optimizers and davda54/sam do, with ∇ at θ already in ``p.grad``
-        (``backward``): ``first_step``, ``closure()`` (a forward-backward of ``dominant_loss`` at θ+ε, run with
-        grad), ``second_step``; returns what the closure returns.
+        """``step(closure)``, torch's contract, after ``observe``: ``closure()`` zeroes the gradients, computes the
+        fused loss ℓ, calls ``ℓ.backward()`` and returns ℓ; it runs at θ and at θ+ε (``closure_step``) and the
+        step returns ℓ(θ). After ``backward(loss)`` (∇ at θ already in place) the closure backpropagates
+        ``dominant_loss`` at θ+ε only: ``first_step``, ``closure()``, ``second_step``, as in davda54/sam.
         ``step(forward, labels)``: the whole step from ``forward(present)``, as ``step_forward``."""
         if labels is not None:
             return self.step_forward(closure, labels, loss_fn, coalitions)
         if closure is None:
-            raise ValueError("MSAM.step needs a closure (a forward-backward at θ+ε), or step(forward, labels)")
+            raise ValueError(
+                "MSAM.step needs a closure (zero_grad, forward, loss.backward(), return loss) or step(forward, "
+                "labels); Lightning's precision='16-mixed' steps without the closure: use 'bf16-mixed' or '32-true'"
+            )
+        if not self.backward_at_theta:
+            return self.closure_step(closure)
         self.first_step(zero_grad=True)
         with torch.enable_grad():
             out = closure()
         self.second_step()
         return out
+
+    def closure_step(self, closure):
+        """The step from torch's closure (``step(closure)``): ℓ(θ) and its gradient (under ``no_sync`` for a DDP
+        ``model``), θ+ε, ℓ(θ+ε), then g = v_d·∇ℓ(θ+ε) + (1−v_d)·∇ℓ(θ) and the base step. Returns ℓ(θ)."""
+        if self.options["variant"] == "unimodal":
+            raise ValueError(
+                "variant='unimodal' needs every coalition's logits, which a closure's loss does not give: "
+                "use opt.step(forward, labels) (forward(present) -> logits)"
+            )
+        split = self._need_split()  # observe, once per step: the closure alone cannot choose d
+        if self.precision.scaler is not None:
+            raise ValueError("step(closure) cannot scale the closure's loss for fp16: use step(forward, labels)")
+        ddp = isinstance(self.model, torch.nn.parallel.DistributedDataParallel)
+        params = self._params()
+        self.zero_grad(set_to_none=True)
+        with torch.enable_grad(), self.model.no_sync() if ddp else contextlib.nullcontext():
+            loss = closure()
+        with torch.no_grad():  # ∇L_d(θ) = v_d·∇ℓ points as ∇ℓ does; the plain part waits in the state
+            for p in params:
+                if p.grad is not None:
+                    self.state[p]["plain"] = (1.0 - split.v) * p.grad
+        self.first_step(zero_grad=True)
+        keep = self.options["bn_policy"] == "restore"
+        with (
+            torch.enable_grad(),
+            running_stats_kept(self.model, keep) if self.model is not None else (contextlib.nullcontext()),
+        ):
+            closure()
+        with torch.no_grad():
+            for p in params:
+                if p.grad is not None:
+                    p.grad.mul_(split.v)
+            if ddp:  # the plain part is this rank's (no_sync): one all-reduce averages the sum, as DDP would
+                self.add_plain()
+                distributed.average_gradients(params, 1)
+        self.second_step()
+        self.precision.end_step()
+        return loss
 
     # -- the whole step from forward(present) ----------------------------------------------------------
     def step_forward(self, forward, labels, loss_fn=F.cross_entropy, coalitions=None) -> ShapleyRecord:

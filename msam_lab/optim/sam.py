@@ -95,6 +95,7 @@ class SAM(torch.optim.Optimizer):
     def second_step(self, zero_grad: bool = False):
         self.restore()
         self.base_optimizer.step()
+        self._opt_called = True  # what torch's LR schedulers read: a scheduler on this optimizer sees the step
         if zero_grad:
             self.zero_grad()
 

@@ -28,7 +28,7 @@ from datetime import datetime, timezone
 import torch
 
 from msam_lab import faults
-from msam_lab.config import ConfigError
+from msam_lab.config import ConfigError, check_loggers
 from msam_lab.optim.msam import ShapleyRecord
 from msam_lab.runs import checkpoint_io
 from msam_lab.runs.reader import EPOCHS, LOGGED, STEPS, is_run_dir, read_table, run_state
@@ -56,7 +56,8 @@ class RunLogger:
     ``dataset``, ``seed`` and ``epochs`` beside them. ``scopes``: modality -> the submodule path of its
     encoder (e.g. ``{"image": "image_net"}``), so ``sharpness_for_run`` can measure each encoder.
     ``restart=True``: an interrupted or failed run already in ``out`` (a loop stopped midway) is
-    deleted and started afresh; a finished or running one is never touched.
+    deleted and started afresh; a finished or running one is never touched. ``loggers``: trackers fed as
+    the run is written, e.g. ``["tensorboard"]`` (event files in ``<out>/tensorboard``; msam_lab.loggers).
     """
 
     def __init__(
@@ -72,6 +73,7 @@ class RunLogger:
         scopes: dict | None = None,
         flush_every: float = 1.0,
         restart: bool = False,
+        loggers=(),
     ):
         names = tuple(modalities) if not isinstance(modalities, str) else (modalities,)
         if (
@@ -99,12 +101,15 @@ class RunLogger:
             )
         self.modalities = names
         user = _plain(config or {})
-        reserved = sorted({"method", "dataset", "seed", "epochs"} & set(user))
+        loggers = check_loggers(list(loggers) if isinstance(loggers, tuple) else loggers)
+        reserved = sorted({"method", "dataset", "seed", "epochs", "loggers"} & set(user))
         if reserved:
             raise ConfigError(
                 f"config key {reserved[0]!r} is a RunLogger argument; pass RunLogger(..., {reserved[0]}=...) instead"
             )
         self.config = {**user, "method": method, "dataset": dataset, "seed": seed, "epochs": epochs}
+        if loggers:  # config.json says which, as a trainer's does (the run writer opens them)
+            self.config["loggers"] = loggers
         spec = {"kind": LOGGED, "modalities": list(names), "scopes": scopes}
         if restart and is_run_dir(out) and run_state(out) in ("interrupted", "failed"):
             shutil.rmtree(out)  # only after every argument checked: bad input deletes nothing

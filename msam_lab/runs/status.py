@@ -47,7 +47,16 @@ DASH = "—"
 
 
 class StatusError(ValueError):
-    """A path given to ``status_table`` does not exist."""
+    """A path given to ``status_table`` (or ``compare.finished_runs``) does not exist."""
+
+
+def existing_paths(paths) -> list[Path]:
+    """``paths`` (one path or several) as Paths; a StatusError for the first that does not exist."""
+    paths = [Path(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
+    for p in paths:
+        if not p.exists():
+            raise StatusError(f"{p} does not exist (give a run directory or a folder of runs)")
+    return paths
 
 
 def _json(path: Path) -> dict:
@@ -131,10 +140,7 @@ def status_table(paths=("runs",), now: float | None = None) -> pd.DataFrame:
     A path that does not exist raises ``StatusError``. ``now`` (Unix seconds) fixes the clock for the
     heartbeat ages.
     """
-    paths = [Path(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
-    missing = [p for p in paths if not p.exists()]
-    if missing:
-        raise StatusError(f"no such run or folder: {missing[0]}")
+    paths = existing_paths(paths)
     rows = []
     for arg in paths:
         for run in find_runs([arg]):

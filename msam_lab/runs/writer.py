@@ -28,6 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from msam_lab import faults
+from msam_lab.loggers import LoggerGroup, check_available
 from msam_lab.runs import atomic, checkpoint_io
 from msam_lab.runs.lock import LOCK, RunLock
 from msam_lab.runs.reader import (
@@ -42,9 +43,11 @@ from msam_lab.runs.reader import (
     SUMMARY,
     check_output_dir,
     complete_lines,
+    read_json,
     read_status,
     start_leftovers,
 )
+from msam_lab.shapley import rows_on_host
 
 # what a trainer writes in a run folder: none of these may be a symlink (it would write outside the run)
 WRITTEN = (
@@ -59,6 +62,8 @@ WRITTEN = (
     f"{CHECKPOINTS}/{RESUME}",
     f"{CHECKPOINTS}/{PREVIOUS_RESUME}",
     "sharpness.csv",
+    "tensorboard",  # msam_lab.loggers' folders
+    "wandb",
 )
 # status.json keys that readers compute (runs.read_status) and a writer must never store back
 COMPUTED = ("stale_lock",)
@@ -166,6 +171,11 @@ def replace_rows(path: Path, rows: list[dict], keys) -> None:
         atomic.write_text(path, buf.getvalue())
 
 
+def _logger_group(out: Path, config: dict | None, spec: dict | None) -> LoggerGroup:
+    """The run's ``loggers`` (msam_lab.loggers), checked before anything is written, opened on first use."""
+    return LoggerGroup(check_available((config or {}).get("loggers") or []), out, config, spec)
+
+
 class RunWriter:
     """Owns a run directory while one trainer writes it.
 
@@ -198,6 +208,7 @@ class RunWriter:
             try:
                 self.steps = CsvAppender(self.out / STEPS)
                 self.epochs = CsvAppender(self.out / EPOCHS)
+                self.loggers = _logger_group(self.out, read_json(self.out / CONFIG), read_json(self.out / MODEL))
                 self.write_status()
             except BaseException:
                 self.lock.release()  # the run stays as it was: interrupted or failed, resumable
@@ -209,6 +220,7 @@ class RunWriter:
         out = self.out
         leftovers = [p for p in start_leftovers(out) or [] if p.name != LOCK]
         check_output_dir(out)
+        self.loggers = _logger_group(out, config, spec)
         created = not out.exists()
         out.mkdir(parents=True, exist_ok=True)
         self.lock = RunLock(out)
@@ -276,6 +288,7 @@ class RunWriter:
         return (json.dumps(self.status, indent=2, default=str) + "\n").encode()
 
     def log_step(self, row: dict) -> None:
+        """Buffer one step row; its device values (0-d tensors) stay there until the flush reads them all."""
         self._pending.append(row)
         self.status["last_step"] = row["step"]
         if row.get("skipped"):
@@ -286,11 +299,14 @@ class RunWriter:
     def log_epoch(self, row: dict) -> None:
         self.flush(status=False)
         self.epochs.append([row])
+        self.loggers.log_epoch(row)
         self.status["last_epoch"] = row["epoch"]
         self.write_status()
 
     def flush(self, status: bool = True) -> None:
-        self.steps.append(self._pending)
+        rows = rows_on_host(self._pending)  # one device→host copy for the whole flush
+        self.steps.append(rows)
+        self.loggers.log_steps(rows)  # host values, as written
         self._pending = []
         self._last_flush = time.monotonic()
         if status:
@@ -299,6 +315,8 @@ class RunWriter:
     def replace_rows(self, name: str, rows: list[dict], keys) -> None:
         """Rows of an analysis table ``<run>/<name>`` (sharpness.csv), replacing those with the same keys."""
         replace_rows(self.out / name, rows, keys)
+        if name == "sharpness.csv":
+            self.loggers.log_sharpness(rows)
 
     # -- checkpoints -------------------------------------------------------------------
     def checkpoint(self, epoch: int, state: dict) -> None:
@@ -323,6 +341,7 @@ class RunWriter:
     def truncate(self, next_step: int, completed_epochs: int) -> None:
         """Drop the rows written after a resume point: steps >= ``next_step``, epochs > ``completed_epochs``."""
         kept = self.steps.keep(lambda r: int(r["step"]) < next_step)
+        self.loggers.start_step = next_step  # a logger drops what it had from here on
         self.epochs.keep(lambda r: int(r["epoch"]) <= completed_epochs)
         self.status.update(
             last_step=next_step - 1,
@@ -334,6 +353,7 @@ class RunWriter:
     def finish(self, summary: dict) -> None:
         self.flush(status=False)
         atomic.write_json(self.out / SUMMARY, summary)
+        self.loggers.finish()  # the figures, from the tables just flushed
         self._close("finished")
 
     def fail(self, message: str) -> bool:
@@ -356,6 +376,7 @@ class RunWriter:
             self.flush(status=False)
         except OSError:  # the disk that failed us; the status below may still get through
             pass
+        self.loggers.close()
         self.status.update(state=state, error=error, ended=now_iso())
         try:
             self.write_status()

@@ -25,6 +25,7 @@ import copy
 import math
 import signal
 import threading
+import time
 import warnings
 
 import torch
@@ -42,6 +43,7 @@ class NonFiniteError(RuntimeError):
     def __init__(self, what: str):
         super().__init__(what)
         self.what = what
+        self.steps_ago = 0  # a deferred check (StepGuard.check): how many steps ago it happened
 
     def headline(self) -> str:
         return f"non-finite {self.what}"
@@ -63,6 +65,16 @@ def first_non_finite(loss: float, model: torch.nn.Module, grads: bool = True) ->
         if not bool(torch.isfinite(p).all()):
             return f"parameter {name}"
     return "a tensor"
+
+
+def finite_flag(loss, model: torch.nn.Module, grads: bool = True) -> torch.Tensor:
+    """``first_non_finite(...) is None`` as a 0-d bool tensor on the device: no host sync."""
+    tensors = [p.detach() for p in model.parameters()] + [
+        p.grad.detach() for p in model.parameters() if grads and p.grad is not None
+    ]
+    device = tensors[0].device if tensors else "cpu"
+    checks = [torch.isfinite(torch.as_tensor(loss, device=device)).all()] + [torch.isfinite(t).all() for t in tensors]
+    return torch.stack(checks).all()
 
 
 class TooManySkippedError(NonFiniteError):
@@ -92,7 +104,7 @@ class StepGuard:
     config's (``method.config``, the run's Config), else ``DEFAULT_MAX_SKIPPED``.
     """
 
-    def __init__(self, policy: str, model, method, max_skipped_fraction: float | None = None):
+    def __init__(self, policy: str, model, method, max_skipped_fraction: float | None = None, check_every: float = 0.0):
         if policy not in ("stop", "skip"):
             raise ValueError(f"nan_policy must be stop or skip, got {policy!r}")
         self.policy, self.model, self.method = policy, model, method
@@ -102,6 +114,11 @@ class StepGuard:
         self.seen = self.skipped = 0
         self.last_skipped: str | None = None  # what was non-finite in the last skipped batch
         self.warned = False
+        # stop: the finite checks are device flags read every check_every seconds (one sync then, as the
+        # writer's flush), not per step; check() reads them; 0: every step. skip must know at once.
+        self.check_every = float(check_every) if policy == "stop" else 0.0
+        self._pending: list = []  # (loss, all-finite flag) of the steps not yet read
+        self._last_check = time.monotonic()
 
     def start_from(self, seen: int, skipped: int) -> None:
         """Count on from a resumed run's ``seen`` steps, ``skipped`` of them skipped."""
@@ -109,7 +126,13 @@ class StepGuard:
 
     def step(self, inputs, labels) -> dict:
         before = self._snapshot() if self.policy == "skip" else None
-        row = self.method.train_step(inputs, labels)
+        row = self.method.train_step(inputs, labels, host=False)  # device values: read at the writer's flush
+        if self.check_every > 0:
+            self._pending.append((row["loss"], finite_flag(row["loss"], self.model, grads=not row.get("overflow", 0))))
+            self.seen += 1
+            if time.monotonic() - self._last_check >= self.check_every:
+                self.check()
+            return {**row, "skipped": 0}
         # fp16: inf gradients on an overflow are the GradScaler's business (it skipped the update and
         # lowered the scale); loss and parameters are still checked
         what = first_non_finite(row["loss"], self.model, grads=not row.get("overflow", 0))
@@ -125,6 +148,21 @@ class StepGuard:
         self.skipped, self.last_skipped = self.skipped + 1, what
         self._check_share()
         return {**row, "skipped": 1}
+
+    def check(self) -> None:
+        """Read the pending finite flags (one sync); raise ``NonFiniteError`` for the first bad step, its
+        ``steps_ago`` saying how many steps before the last one it was."""
+        pending, self._pending, self._last_check = self._pending, [], time.monotonic()
+        if not pending:
+            return
+        ok = torch.stack([flag for _, flag in pending]).tolist()
+        if all(ok):
+            return
+        first = ok.index(False)
+        loss = float(pending[first][0])
+        err = NonFiniteError(first_non_finite(loss, self.model) or "value")
+        err.steps_ago = len(ok) - 1 - first
+        raise err
 
     def _check_share(self) -> None:
         if self.policy != "skip" or self.seen < MIN_BATCHES or not self.skipped:

@@ -30,7 +30,7 @@ from msam_lab.models.multimodal import has_batchnorm, model_from_spec, spec_enco
 from msam_lab.optim import schedules
 from msam_lab.runs.reader import CHECKPOINTS, EPOCHS, RESUME, STEPS, Run, check_output_dir, load_run, read_table
 from msam_lab.runs.selection import selection_summary, table_summary
-from msam_lab.runs.writer import RunWriter
+from msam_lab.runs.writer import RunWriter, rows_on_host
 from msam_lab.training import ranks as data_parallel
 from msam_lab.training import resume as resume_mod
 from msam_lab.training import setup, speed
@@ -142,7 +142,10 @@ def train(config=None, out=None, quiet: bool = False, overrides=(), resume=None,
     model, method = _build(spec, cfg, device)
     model = data_parallel.prepare_model(model, cfg, device)  # rank 0's weights on every rank
     generator = torch.Generator().manual_seed(cfg.seed)
-    guard = StepGuard(cfg.nan_policy, model, method)
+    # nan_policy=stop reads its finite flags once per flush_every, as the writer its rows (one rank alone
+    # must not stop at another step than the others: every step under data parallelism)
+    check_every = 0.0 if distributed.active() else cfg.flush_every
+    guard = StepGuard(cfg.nan_policy, model, method, check_every=check_every)
 
     batch_size = data_parallel.global_batch(cfg)  # each rank trains on its shard of every one
     point = resume_mod.load_resume_point(out) if resume is not None else None
@@ -199,7 +202,24 @@ def train(config=None, out=None, quiet: bool = False, overrides=(), resume=None,
             },
         )
 
+    def unrecord(at: int) -> None:
+        """A deferred finite check failed: the rows from step ``at`` on are not steps done."""
+        if master_process:
+            writer._pending = [r for r in writer._pending if r["step"] < at]
+            writer.steps.keep(lambda r: int(r["step"]) < at)
+            writer.status["last_step"] = at - 1
+
+    def checked(last_step: int) -> None:
+        """The guard's pending finite checks read (before anything is saved or evaluated)."""
+        try:
+            guard.check()
+        except NonFiniteError as err:
+            unrecord(last_step - err.steps_ago)
+            status = writer.status if master_process else {}
+            raise TrainingError(_non_finite_message(err, last_step - err.steps_ago, epoch + 1, out, status)) from None
+
     def save_resume_point(epoch_generator) -> None:
+        checked(step - 1)
         if not master_process:
             return
         point = resume_mod.Position(epoch, batch, step, wall(), batch_size)
@@ -235,15 +255,20 @@ def train(config=None, out=None, quiet: bool = False, overrides=(), resume=None,
                         row = {"step": step, "epoch": epoch + 1, **guard.step(inputs, labels)}
                     except NonFiniteError as err:
                         status = writer.status if master_process else {}
-                        raise TrainingError(_non_finite_message(err, step, epoch + 1, out, status)) from None
+                        at = step - err.steps_ago
+                        unrecord(at)
+                        raise TrainingError(_non_finite_message(err, at, epoch + 1, out, status)) from None
                     if master_process:
-                        writer.log_step(row)
+                        writer.log_step(row)  # device values stay there until the writer's flush
+                    if progress.bar is not None or on_step is not None:
+                        row = rows_on_host([row])[0]  # a terminal's bar or a callback reads it: one sync
                     progress.step(row)
                     step, batch = step + 1, batch + 1
                     if on_step is not None:
                         on_step(row)
                     if cfg.resume_every and step % cfg.resume_every == 0 and batch < steps_per_epoch:
                         save_resume_point(epoch_generator)
+                checked(step - 1)
                 epoch, batch = epoch + 1, 0
                 if _evaluated(epoch, cfg):
                     record_epoch(epoch)

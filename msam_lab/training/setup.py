@@ -8,6 +8,7 @@ dataclass: flat keys such as ``agm_alpha`` checked by type, defaults filled) and
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import reprlib
@@ -15,31 +16,41 @@ import typing
 
 from msam_lab import config as config_mod
 from msam_lab.config import Config
-from msam_lab.datasets import dataset_names, resolve_options
+from msam_lab.datasets import dataset_names, dataset_options, resolve_options
 from msam_lab.errors import ConfigError
 from msam_lab.methods import method_class, method_names, validate_method_config
 from msam_lab.methods import options as method_options
 from msam_lab.models.multimodal import check_head_hidden, encoder_names
-from msam_lab.runs import migrate
 
 
 def check_registries(cfg: Config) -> Config:
     """Check ``cfg`` against the live registries and resolve its dataset options. Raises ConfigError."""
     datasets, methods, encoders = dataset_names(), method_names(), encoder_names()
     if cfg.dataset not in datasets:
-        raise ConfigError(f"unknown dataset {cfg.dataset!r}; choose one of: {', '.join(datasets)}")
+        raise ConfigError(
+            f"unknown dataset {cfg.dataset!r}; {_hint(cfg.dataset, datasets)}choose one of: {', '.join(datasets)}"
+        )
     if cfg.method not in methods:
-        raise ConfigError(f"unknown method {cfg.method!r}; choose one of: {', '.join(methods)}")
+        raise ConfigError(
+            f"unknown method {cfg.method!r}; {_hint(cfg.method, methods)}choose one of: {', '.join(methods)}"
+        )
     for modality, kind in cfg.encoders.items():
         if not isinstance(kind, str) or kind not in encoders:
             raise ConfigError(
                 f"encoders.{modality} must be one of {', '.join(encoders)}, got "
-                f"{reprlib.repr(kind)} (set it with --set encoders.MODALITY=KIND)"
+                f"{reprlib.repr(kind)}; {_hint(kind, encoders)}(set it with --set encoders.MODALITY=KIND)"
             )
     try:
         check_head_hidden(cfg.head_hidden)
     except ValueError as err:
         raise ConfigError(str(err)) from None
+    options = dataset_options(cfg.dataset)
+    for key in sorted((k for k in cfg.data if k not in options), key=str)[:1]:
+        if _hint(key, options):  # else resolve_options says it, without a guess
+            raise ConfigError(
+                f"dataset {cfg.dataset!r} has no option {key!r}; {_hint(key, options)}its options are: "
+                f"{', '.join(options)} (set them with --set data.NAME=VALUE)"
+            )
     try:
         cfg.data = resolve_options(cfg.dataset, cfg.data)
     except ValueError as err:
@@ -47,6 +58,12 @@ def check_registries(cfg: Config) -> Config:
     cfg.method_options = resolve_method_options(cfg.method, cfg.method_options)
     validate_method_config(cfg)
     return cfg
+
+
+def _hint(word, known) -> str:
+    """``did you mean 'x'? `` (with its trailing space) for a mistyped name, else ``""``."""
+    hint = config_mod.did_you_mean(word, known)
+    return f"{hint} " if hint else ""
 
 
 def resolve_method_options(method: str, values: dict) -> dict:
@@ -74,8 +91,29 @@ def resolve(config=None, overrides: typing.Iterable[str] = ()) -> Config:
 
 
 def config_hash(config) -> str:
-    """8 hex digits identifying a resolved config (a Config, dict, YAML path or None): the notebooks and
-    the rivals study name a run folder by it, so a changed setting trains a new run. Hashed in config.json's
-    first format (every baseline option, no format_version), so folders named before keep their names."""
-    blob = json.dumps(migrate.as_format_1(resolve(config).to_dict()), sort_keys=True, default=str)
+    """8 hex digits identifying a resolved config (a Config, dict, YAML path or None): the notebooks and the
+    rivals study name a run folder by it, so a changed setting trains a new run.
+
+    Only the values that differ from their defaults are hashed (shared fields, the chosen method's options,
+    dataset options): a field or dataset option added later, at its default, renames no folder."""
+    cfg = resolve(config)
+    hashed = {k: v for k, v in _defaults_removed(cfg).items()}
+    blob = json.dumps(hashed, sort_keys=True, default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:8]
+
+
+def _defaults_removed(cfg: Config) -> dict:
+    shared = Config().to_dict()
+    values = {k: v for k, v in cfg.to_dict().items() if k not in shared or v != shared[k]}
+    values.pop(config_mod.FORMAT_KEY, None)
+    options_cls = method_options.options_class(method_class(cfg.method))
+    if options_cls is not None:
+        defaults = dataclasses.asdict(options_cls())
+        values = {k: v for k, v in values.items() if k not in defaults or v != defaults[k]}
+    data_defaults = dataset_options(cfg.dataset)
+    data = {k: v for k, v in cfg.data.items() if k not in data_defaults or v != data_defaults[k]}
+    if data:
+        values["data"] = data
+    else:
+        values.pop("data", None)
+    return values

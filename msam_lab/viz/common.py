@@ -78,6 +78,9 @@ def refresh(widget, fig) -> None:
     old = [{k: v for k, v in t.to_plotly_json().items() if k != "uid"} for t in widget.data]
     # in place only when every trace keeps its type and its set of properties (none would go stale)
     same = len(new) == len(old) and all(a.get("type") == b.get("type") and set(a) == set(b) for a, b in zip(old, new))
+    # assigning a layout reaches the browser as a relayout, which MERGES: a top-level key the new figure
+    # lacks (a "waiting for …" annotation, a second axis) would stay drawn there. Null them after.
+    gone = sorted(set(widget.layout.to_plotly_json()) - set(fig.layout.to_plotly_json()) - {"template"})
     with widget.batch_update():
         if same:
             for trace, props in zip(widget.data, new):
@@ -86,6 +89,8 @@ def refresh(widget, fig) -> None:
             widget.data = []
             widget.add_traces(list(fig.data))
         widget.layout = fig.layout
+    if gone:  # Plotly.relayout({key: null}) deletes it; the Python side no longer has it
+        widget._send_relayout_msg({k: None for k in gone})
     _sync_state(widget)
 
 

@@ -62,6 +62,37 @@ def switch_points(steps: pd.DataFrame, dominant: pd.Series | None = None) -> pd.
     )
 
 
+def switches_per_epoch(steps: pd.DataFrame, dominant: pd.Series | None = None) -> pd.DataFrame:
+    """When dominance switches: per epoch, ``switches`` and the ``first``/``last`` step of one (NaN: none).
+
+    Epochs with no switch are kept (a count of 0), so the table reads as a timeline."""
+    sw = switch_points(steps, dominant)
+    epoch_of = dict(zip(steps["step"], steps["epoch"]))
+    sw = sw.assign(epoch=[epoch_of[s] for s in sw["step"]])
+    rows = []
+    for epoch in sorted(steps["epoch"].unique()):
+        here = sw[sw["epoch"] == epoch]["step"]
+        rows.append(
+            {
+                "epoch": int(epoch),
+                "switches": len(here),
+                "first": int(here.min()) if len(here) else np.nan,
+                "last": int(here.max()) if len(here) else np.nan,
+            }
+        )
+    return pd.DataFrame(rows, columns=["epoch", "switches", "first", "last"])
+
+
+def switch_clusters(switch_steps, lo: int, hi: int, bins: int = 60) -> bool:
+    """True when markers at ``switch_steps`` would stack: two or more fall in one of ``bins`` equal
+    slices of the step range [lo, hi] (about one marker's width in a notebook-wide figure)."""
+    steps = np.asarray(switch_steps, dtype=float)
+    if len(steps) < 2:
+        return False
+    counts, _ = np.histogram(steps, bins=bins, range=(lo - 0.5, hi + 0.5))
+    return bool(counts.max() >= 2)
+
+
 def epoch_end_steps(steps: pd.DataFrame) -> dict[int, int]:
     """epoch -> number of steps done when it ended (epoch 0, before training, -> 0)."""
     ends = steps.groupby("epoch")["step"].max() + 1
@@ -82,10 +113,17 @@ def shares_over_steps(
     accuracy: bool = False,
     split: str = "test",
     epoch_lines: bool = True,
+    log_steps: bool = False,
+    density: bool | None = None,
     backend: str = "plotly",
 ):
     """Shapley share of each modality per training step (line), on bands coloured by the dominant
     modality, with a marker at each switch of dominance.
+
+    When switches cluster (markers would stack into one blob) the figure still shows them:
+    ``log_steps=True`` puts the step axis on a log scale (x = step + 1), which spreads the first steps
+    where most switches happen; ``density`` adds a strip below (plotly) counting switches per slice of
+    the step range (None: only when two switches would share a marker's width).
 
     ``smooth``: rolling window (steps) for the share lines. ``bands``: ``"raw"`` (the logged
     per-step ``dominant``), ``"smoothed"`` (argmax of the smoothed shares) or None.
@@ -131,9 +169,27 @@ def shares_over_steps(
         ]
         inside = (x >= lo - 0.5) & (x <= hi + 0.5)
         acc = [(n, xx[inside], yy[inside], c, ep[inside]) for n, xx, yy, c, ep in acc]
+    if density is None:
+        density = sw is not None and switch_clusters(sw["step"], lo, hi)
+    if log_steps:  # a log axis needs x > 0: everything moves one step right, the axis says so
+        st = st.assign(step=st["step"] + 1)
+        segs = None if segs is None else segs.assign(start=segs["start"] + 1, end=segs["end"] + 1)
+        sw = None if sw is None else sw.assign(step=sw["step"] + 1)
+        ends = {e: s + 1 for e, s in ends.items()}
+        acc = None if acc is None else [(n, xx + 1, yy, c, ep) for n, xx, yy, c, ep in acc]
+        lo, hi = lo + 1, hi + 1
     if backend == "plotly":
-        return _plotly(st, sh, segs, sw, mods, all_mods, ends, acc, lo, hi, title, subtitle, split, epoch_lines)
-    return _mpl(
+        fig = _plotly(st, sh, segs, sw, mods, all_mods, ends, acc, lo, hi, title, subtitle, split, epoch_lines, density)
+        if log_steps:
+            lo_x = np.log10(max(lo - 0.5, 0.5))
+            fig.update_xaxes(type="log", range=[lo_x, np.log10(hi + 0.5)])
+            bottom = [k for k in fig.layout if k.startswith("xaxis") and fig.layout[k].title.text]
+            for k in bottom:
+                fig.layout[k].title.text = fig.layout[k].title.text.replace(
+                    style.STEP_LABEL, style.STEP_LABEL + " + 1 (log scale)"
+                )
+        return fig
+    mfig = _mpl(
         st,
         sh,
         segs,
@@ -148,6 +204,12 @@ def shares_over_steps(
         split,
         epoch_lines,
     )
+    if log_steps:
+        for ax in mfig.axes:
+            ax.set_xscale("log")
+            ax.set_xlim(max(lo - 0.5, 0.5), hi + 0.5)
+        mfig.axes[-1].set_xlabel(mfig.axes[-1].get_xlabel().replace(style.STEP_LABEL, style.STEP_LABEL + " + 1 (log)"))
+    return mfig
 
 
 def _band_xy(segs: pd.DataFrame, m: str, lo: int, hi: int):
@@ -161,21 +223,43 @@ def _band_xy(segs: pd.DataFrame, m: str, lo: int, hi: int):
     return xs, ys
 
 
-def _plotly(st, sh, segs, sw, mods, all_mods, ends, acc, lo, hi, title, subtitle, split, epoch_lines):
+def _plotly(st, sh, segs, sw, mods, all_mods, ends, acc, lo, hi, title, subtitle, split, epoch_lines, density=False):
     import plotly.graph_objects as go  # noqa: PLC0415 - plotly loads only when a figure is drawn
     from plotly.subplots import make_subplots  # noqa: PLC0415 - plotly loads only when a figure is drawn
 
-    rows = 2 if acc is not None else 1
+    density = bool(density) and sw is not None and len(sw) > 0
+    heights = [0.62] + ([0.38] if acc is not None else []) + ([0.12] if density else [])
+    rows = len(heights)
+    titles = ["Shapley shares (training batches)"]
+    titles += [f"{split} accuracy at the end of each epoch"] if acc is not None else []
+    titles += ["dominance switches per slice of the step range"] if density else []
     fig = make_subplots(
         rows=rows,
         cols=1,
         shared_xaxes=True,
-        vertical_spacing=0.08,
-        row_heights=[0.62, 0.38] if rows == 2 else None,
-        subplot_titles=("Shapley shares (training batches)", f"{split} accuracy at the end of each epoch")
-        if rows == 2
-        else None,
+        vertical_spacing=0.08 if rows == 2 else 0.07,
+        row_heights=heights if rows > 1 else None,
+        subplot_titles=titles if rows > 1 else None,
     )
+    if density:
+        edges = np.linspace(lo - 0.5, hi + 0.5, 61)
+        counts, _ = np.histogram(sw["step"], bins=edges)
+        fig.add_trace(
+            go.Bar(
+                x=(edges[:-1] + edges[1:]) / 2,
+                y=counts,
+                width=np.diff(edges),
+                marker=dict(color="#555"),
+                name="switches per slice",
+                showlegend=False,
+                customdata=np.c_[edges[:-1] + 0.5, edges[1:] - 0.5],
+                meta={"kind": "switch_density"},
+                hovertemplate="steps %{customdata[0]:.0f}–%{customdata[1]:.0f}: %{y} switches<extra></extra>",
+            ),
+            rows,
+            1,
+        )
+        fig.update_yaxes(title_text="switches", rangemode="tozero", nticks=3, row=rows, col=1)
     if segs is not None:
         for m in mods:
             xs, ys = _band_xy(segs, m, lo, hi)
@@ -272,7 +356,7 @@ def _plotly(st, sh, segs, sw, mods, all_mods, ends, acc, lo, hi, title, subtitle
     fig.update_xaxes(
         title_text=style.STEP_LABEL + ("; dotted lines: epoch ends" if epoch_lines else ""), row=rows, col=1
     )
-    return style.style_plotly(fig, title, height=560 if rows == 2 else 420, subtitle=subtitle)
+    return style.style_plotly(fig, title, height={1: 420, 2: 560}.get(rows, 660), subtitle=subtitle)
 
 
 def _mpl(st, sh, segs, sw, mods, all_mods, ends, acc, lo, hi, title, split, epoch_lines):
@@ -400,11 +484,24 @@ def epoch_shares(runs, split: str = "test", backend: str = "plotly"):
 
 
 def dominance_summary(runs) -> pd.DataFrame:
-    """Per run: steps, switches, and the fraction of steps each modality dominated."""
+    """Per run: steps, switches and when they happen (the first and last switch's step, and per epoch
+    ``e<epoch>: <count> (steps first–last)``), and the fraction of steps each modality dominated."""
     rows = []
     for label, run in as_runs(runs).items():
         s = run.steps
-        row = {"run": label, "steps": len(s), "switches": len(switch_points(s))}
+        sw = switch_points(s)
+        per = switches_per_epoch(s) if len(s) else pd.DataFrame(columns=["epoch", "switches", "first", "last"])
+        row = {
+            "run": label,
+            "steps": len(s),
+            "switches": len(sw),
+            "first switch (step)": int(sw["step"].min()) if len(sw) else np.nan,
+            "last switch (step)": int(sw["step"].max()) if len(sw) else np.nan,
+            "switches per epoch": "; ".join(
+                f"e{r.epoch}: {r.switches}" + (f" ({r.first:.0f}–{r.last:.0f})" if r.switches else "")
+                for r in per.itertuples()
+            ),
+        }
         for m in modalities_of(run):
             row[f"dominant_{m}_%"] = 100 * float((s["dominant"] == m).mean()) if len(s) else np.nan
         rows.append(row)

@@ -86,6 +86,23 @@ def direction_title(surface, k: int, sep: str = " ") -> str:
     return f"α{k + 1}: random direction {k + 1}{sep}(filter-normalised; 1 = one filter norm)"
 
 
+def colorbar_title(metric: str, log: bool = False, width: int = 22) -> str:
+    """``value_title`` in lines of about ``width`` characters (plotly: ``<br>``): written up the colour
+    bar, a one-line title longer than the bar ran into the figure's title."""
+    import textwrap  # noqa: PLC0415 - only for colour-bar titles
+
+    return "<br>".join(textwrap.wrap(value_title(metric, log), width, break_on_hyphens=False))
+
+
+def direction_brief(surface, k: int) -> str:
+    """One short line for direction ``k`` (the axis title of a panel beside the first): ``PC2 (31 %)``."""
+    meta = surface.meta
+    evr = meta.get("explained_variance_ratio") or []
+    if str(meta.get("directions", "random")).replace("reuse:", "") == "pca" and k < len(evr):
+        return f"{direction_short(surface, k)} ({100 * evr[k]:.0f} % of variance)"
+    return direction_short(surface, k)
+
+
 def direction_short(surface, k: int) -> str:
     """A short name of direction ``k`` (3-D axis labels): PC1, α1, ..."""
     kind = str(surface.meta.get("directions", "random")).replace("reuse:", "")
@@ -411,7 +428,8 @@ def surface_figure(
             rows=1,
             cols=len(kinds),
             specs=specs,
-            horizontal_spacing=0.16,
+            horizontal_spacing=0.22,  # the contour's two-line y title stays off the 3-D view
+            column_widths=[0.58, 0.42] if kinds == ["surface", "contour"] else None,  # the 3-D view gets room
             subplot_titles=["3-D view" if k == "surface" else "contour (top view)" for k in kinds],
         )
         for i, k in enumerate(kinds):
@@ -423,12 +441,14 @@ def surface_figure(
                     fig.add_trace(t, 1, i + 1)
                 fig.update_xaxes(title_text=direction_title(surface, 0, "<br>"), row=1, col=i + 1)
                 fig.update_yaxes(title_text=direction_title(surface, 1, "<br>"), row=1, col=i + 1)
+                fig.update_xaxes(ticklabelstandoff=4, row=1, col=i + 1)
+                fig.update_yaxes(ticklabelstandoff=4, row=1, col=i + 1)
         fig.update_layout(
             coloraxis=dict(
                 colorscale=style.SURFACE_SCALE_PLOTLY,
                 cmin=zmin,
                 cmax=zmax,
-                colorbar=dict(title=dict(text=value_title(metric, log), side="right")),
+                colorbar=dict(title=dict(text=colorbar_title(metric, log), side="right")),
             )
         )
         fig.update_scenes(
@@ -440,9 +460,10 @@ def surface_figure(
             aspectmode="manual",
             aspectratio=dict(x=1, y=1, z=0.7),
             camera=dict(eye=dict(x=1.5, y=-1.5, z=1.0)),
+            **{f"{a}axis": dict(nticks=5, tickfont=dict(size=10), title_font=dict(size=12)) for a in "xyz"},
         )
         fig.update_layout(legend=dict(orientation="h", y=-0.2))
-        return style.style_plotly(fig, title, height=520)
+        return style.style_plotly(fig, title, height=580)
     from matplotlib import colors  # noqa: PLC0415 - matplotlib loads only when a figure is drawn
 
     fig = style.mpl_figure(4.4 * len(kinds) + 1.0, 3.8)
@@ -549,13 +570,17 @@ def contour_grid(
             for t in _contour_traces(s, metric, zmin, zmax, log, show_trajectory, n_levels, showlegend=i == 0):
                 fig.add_trace(t, 1, i + 1)
             fig.update_xaxes(title_text=direction_title(s, 0, "<br>"), row=1, col=i + 1)
-            fig.update_yaxes(title_text=direction_title(s, 1, "<br>"), row=1, col=i + 1)
+            # beside the first panel, a two-line y title reached into the panel to its left
+            y_title = direction_title(s, 1, "<br>") if i == 0 else direction_brief(s, 1)
+            fig.update_yaxes(title_text=y_title, row=1, col=i + 1)
+        fig.update_xaxes(ticklabelstandoff=4)  # the x and y "−1" met at the lower-left corner
+        fig.update_yaxes(ticklabelstandoff=4)
         fig.update_layout(
             coloraxis=dict(
                 colorscale=style.SURFACE_SCALE_PLOTLY,
                 cmin=zmin,
                 cmax=zmax,
-                colorbar=dict(title=dict(text=value_title(metric, log), side="right")),
+                colorbar=dict(title=dict(text=colorbar_title(metric, log), side="right")),
             ),
             legend=dict(orientation="h", y=-0.25),
         )

@@ -51,8 +51,9 @@ def _part_keys(t: pd.DataFrame, parts, at: str) -> tuple[list[str], dict, dict]:
     return parts, key, names
 
 
-def _part_title(p: str) -> str:
-    return "fused test accuracy" if p == "fused" else f"{p}: Shapley-decomposed test accuracy"
+def _part_title(p: str, sep: str = " ") -> str:
+    """A panel's title; ``sep="<br>"`` in plotly, where three one-line titles ran into each other."""
+    return f"fused{sep}test accuracy" if p == "fused" else f"{p}: Shapley-decomposed{sep}test accuracy"
 
 
 # ---------------------------------------------------------------- ρ
@@ -92,7 +93,9 @@ def rho_curve(table, parts=None, at: str | None = None, reference=None, log_x: b
         import plotly.graph_objects as go  # noqa: PLC0415 - plotly loads only when a figure is drawn
         from plotly.subplots import make_subplots  # noqa: PLC0415 - plotly loads only when a figure is drawn
 
-        fig = make_subplots(rows=1, cols=len(parts), subplot_titles=[_part_title(p) for p in parts], shared_yaxes=True)
+        fig = make_subplots(
+            rows=1, cols=len(parts), subplot_titles=[_part_title(p, "<br>") for p in parts], shared_yaxes=True
+        )
         for j, p in enumerate(parts):
             for i, m in enumerate(methods):
                 sub = t[t["method"] == m]
@@ -161,7 +164,8 @@ def rho_curve(table, parts=None, at: str | None = None, reference=None, log_x: b
                 col=j + 1,
             )
         fig.update_yaxes(title_text=style.acc_label("test"), row=1, col=1)
-        return style.style_plotly(fig, title, height=420)
+        style.style_plotly(fig, title, height=440)
+        return fig.update_layout(margin=dict(t=105))  # room for the two-line panel titles under the title
     from matplotlib.ticker import NullFormatter  # noqa: PLC0415 - matplotlib loads only when a figure is drawn
 
     fig = style.mpl_figure(3.1 * len(parts) + 0.6, 3.0)
@@ -330,6 +334,9 @@ def sharpness_timeline_figure(
     if metric == "trace" and "probes" in df:
         bits.append(f"{int(df['probes'].iloc[0])} probes")
     subtitle = "; ".join(bits)
+    note = ""  # a negative trace is never shown without a word
+    if metric == "trace" and (stats["mean"] < 0).any():
+        note = "below 0: negative curvature (not a minimum) and a noisy estimate with few probes; see the bars"
     title = (
         f"{METRIC_TITLES[metric]} per {'block' if any(x in scopes for x in ('fusion', 'model')) else 'encoder'}"
         " over training"
@@ -386,7 +393,8 @@ def sharpness_timeline_figure(
         fig.update_yaxes(title_text=ylabel, row=1, col=1)
         if log_y:
             fig.update_yaxes(type="log")
-        return style.style_plotly(fig, title, height=420, subtitle=subtitle)
+        style.style_plotly(fig, title, height=460 if note else 420, subtitle=subtitle + (f"<br>{note}" if note else ""))
+        return fig.update_layout(margin=dict(t=140)) if note else fig  # the two-line subtitle above the panel titles
     fig = style.mpl_figure(2.8 * len(panels) + 0.6, 2.9)
     axes = np.atleast_1d(fig.subplots(1, len(panels), squeeze=False, sharey=True)).ravel()
     for ax, panel in zip(axes, panels):
@@ -416,5 +424,5 @@ def sharpness_timeline_figure(
     axes[0].set_ylabel(ylabel)
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 5))
-    fig.suptitle(f"{title} ({subtitle})")
+    fig.suptitle(f"{title} ({subtitle})" + (f"\n{note}" if note else ""))
     return fig

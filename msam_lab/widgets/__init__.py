@@ -19,7 +19,13 @@ it stops by itself when the runs end, or on ``.stop()``.
 from msam_lab.widgets.dominance_explorer import DominanceExplorer
 from msam_lab.widgets.follow import Follower, LiveCurves, LiveFigure
 from msam_lab.widgets.landscape_explorer import LandscapeExplorer
-from msam_lab.widgets.teaching_lab import AV_DIGITS_KNOBS, TeachingLab, lab_methods, synthetic_knobs
+from msam_lab.widgets.teaching_lab import (
+    AV_DIGITS_KNOBS,
+    AV_DIGITS_PRESETS,
+    TeachingLab,
+    lab_methods,
+    synthetic_knobs,
+)
 
 __all__ = [
     "DominanceExplorer",
@@ -29,6 +35,7 @@ __all__ = [
     "LiveFigure",
     "TeachingLab",
     "AV_DIGITS_KNOBS",
+    "AV_DIGITS_PRESETS",
     "lab_methods",
     "synthetic_knobs",
 ]

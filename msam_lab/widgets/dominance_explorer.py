@@ -59,12 +59,14 @@ class DominanceExplorer(W.VBox):
                 style={"button_width": "auto"},
             ),
             "accuracy": W.Checkbox(value=accuracy, description="linked accuracy view"),
+            # clustered switches (often all in the first steps) spread out on a log step axis
+            "log_steps": W.Checkbox(value=False, description="log step axis"),
         }
         self.modality_box = W.HBox()
         self.figure = go.FigureWidget()
         self.status = W.HTML()
         self._set_run_controls()
-        for key in ("steps", "smooth", "bands", "accuracy"):
+        for key in ("steps", "smooth", "bands", "accuracy", "log_steps"):
             self.controls[key].observe(self._on_change, names="value")
         self.controls["run"].observe(self._on_run, names="value")
         c = self.controls
@@ -72,7 +74,7 @@ class DominanceExplorer(W.VBox):
             [
                 W.HBox([c["run"], c["smooth"]]),
                 c["steps"],
-                W.HBox([c["bands"], c["accuracy"]]),
+                W.HBox([c["bands"], c["accuracy"], c["log_steps"]]),
                 W.HBox([W.Label("modalities:"), self.modality_box]),
                 self.figure,
                 self.status,
@@ -174,20 +176,25 @@ class DominanceExplorer(W.VBox):
                     bands=c["bands"].value,
                     accuracy=c["accuracy"].value,
                     split=self.split,
+                    log_steps=c["log_steps"].value,
                 )
                 viz.refresh(self.figure, fig)
                 lo, hi = c["steps"].value
                 steps = self.run.steps
                 sw = viz.switch_points(steps[(steps["step"] >= lo) & (steps["step"] <= hi)])
-                self._switches = (lo, hi, len(sw))
+                when = (int(sw["step"].min()), int(sw["step"].max())) if len(sw) else (None, None)
+                self._switches = (lo, hi, len(sw), *when)
             self._show_status()
 
     def _show_status(self) -> None:
         if self._switches is None:
             text = "no steps recorded yet"
         else:
-            lo, hi, n = self._switches
-            text = f"steps {lo}–{hi}: <b>{n}</b> switches of the dominant modality (per-step, unsmoothed)"
+            lo, hi, n, first, last = self._switches
+            noun = "switch" if n == 1 else "switches"
+            text = f"steps {lo}–{hi}: <b>{n}</b> {noun} of the dominant modality (per-step, unsmoothed)"
+            if n:  # when, not only how many
+                text += f", the first at step {first}, the last at step {last}"
         live = [label for label, run in self.runs.items() if getattr(run, "state", "finished") != "finished"]
         if live or self.follower.following:
             text += "<br>" + follow_status(self.follower, {label: self.runs[label] for label in live})

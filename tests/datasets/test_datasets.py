@@ -144,7 +144,8 @@ def test_av_shapes_dtypes_labels_info_and_stratification():
     assert info["name"] == "av-digits"
     assert info["encoders"] == {"image": "mlp", "audio": "cnn"}
     assert info["shapes"] == {"image": (8, 8), "audio": (64, 48)}
-    assert info["options"] == av_digits.OPTIONS  # the resolved options are recorded
+    assert info["options"] == {**av_digits.OPTIONS, "image_noise": 0.0}  # the options as given are recorded
+    assert info["knobs"] == {**av_digits.SCENARIOS["imbalanced"], "test_fraction": 0.2, "seed": 0}  # and used
     assert info["class_names"] == [str(d) for d in range(10)]
     assert isinstance(info["description"], str) and "\n" not in info["description"]
 

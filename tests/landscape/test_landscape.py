@@ -688,7 +688,8 @@ def test_cli_pca_stores_the_trajectory(syn_run):
     traj = np.array(s.meta["trajectory"])
     assert traj.shape == (4, 2) and np.allclose(traj[-1], 0)
     assert 0.99 < sum(s.meta["explained_variance_ratio"]) <= 1.0 + 1e-9
-    assert s.coords[0][-1] == pytest.approx(np.abs(traj[:, 0]).max())  # span 1 = the trajectory's extent
+    # span 1 = the trajectory's extent plus a margin: its farthest point lies inside the grid
+    assert s.coords[0][-1] == pytest.approx(1.2 * np.abs(traj[:, 0]).max()) and s.meta["margin"] == 1.2
 
 
 @pytest.mark.parametrize(

@@ -330,13 +330,16 @@ def test_teaching_lab_under_voila_retrains_in_a_real_browser(tmp_path):
                 try:
                     page = ctx.pages[0] if ctx.pages else ctx.new_page()
                     page.set_default_timeout(60_000)
+                    opened = time.perf_counter()
                     page.goto(f"{base}/", timeout=120_000)  # Voilà runs every cell, then the page loads
                     slider = page.locator(".widget-slider", has_text="m1 informativeness").first
-                    slider.wait_for(timeout=60_000)
-                    status = page.locator(".widget-html", has_text="done in").first
-                    status.wait_for(timeout=60_000)  # the run trained on open is finished
+                    slider.wait_for(timeout=120_000)
                     plots = page.locator(".js-plotly-plot")  # test accuracy per epoch; shares per step
-                    plots.nth(1).wait_for()
+                    plots.nth(1).wait_for(timeout=120_000)
+                    first_paint = time.perf_counter() - opened  # widgets and both figures drawn
+                    status = page.locator(".widget-html", has_text="done in").first
+                    status.wait_for(timeout=120_000)  # the run trained on open (in the background) is finished
+                    first_run = time.perf_counter() - opened
 
                     def figures() -> list:
                         return [json.loads(plots.nth(i).evaluate(PLOT_DATA_JS)) for i in range(plots.count())]
@@ -360,13 +363,15 @@ def test_teaching_lab_under_voila_retrains_in_a_real_browser(tmp_path):
                     )
                     readout_text = readout.inner_text().strip()
                     status_before = status.inner_text()
+                    pressed = time.perf_counter()
                     page.locator(".widget-button", has_text="Train").first.click()
 
                     page.wait_for_function(
                         "([el, old]) => el.innerText.includes('done in') && el.innerText !== old",
                         arg=[status.element_handle(), status_before],
-                        timeout=90_000,
+                        timeout=120_000,
                     )
+                    retrain = time.perf_counter() - pressed
                     # both figures redrawn: plotly draws async, and a loaded machine syncs the second
                     # FigureWidget seconds after the status line (seen at load 4 on 2 cores); it returns early
                     deadline = time.monotonic() + 60
@@ -375,6 +380,8 @@ def test_teaching_lab_under_voila_retrains_in_a_real_browser(tmp_path):
                         page.wait_for_timeout(250)
                         after = figures()
                     page.screenshot(path=str(ARTIFACTS / "browser_teaching_lab_after.png"))
+                    # no placeholder text left drawn over a finished figure (a relayout merges annotations)
+                    stale = [plots.nth(i).inner_text() for i in range(plots.count())]
                     table = page.locator(".widget-html", has_text="Settings tried").first.inner_text()
                 except Exception:
                     page.screenshot(path=str(ARTIFACTS / "browser_teaching_failure.png"), full_page=True)
@@ -404,4 +411,10 @@ def test_teaching_lab_under_voila_retrains_in_a_real_browser(tmp_path):
         "moving the m1 informativeness slider and pressing Train did not change the shares figure"
     )
     assert table.count("msam") == 2, f"the settings table should list both runs:\n{table}"
-    sys.stderr.write(f"\nvoila browser test: {time.perf_counter() - started:.1f} s\n")
+    assert not any("waiting for" in t or "press Train" in t for t in stale), f"placeholder text left: {stale}"
+    # the lab paints before it trains; the 15 s target on 2 idle cores is reported, a loaded machine gets slack
+    assert first_paint < 90, f"first paint took {first_paint:.1f} s"
+    sys.stderr.write(
+        f"\nvoila browser test: {time.perf_counter() - started:.1f} s; first paint {first_paint:.1f} s, "
+        f"first run done {first_run:.1f} s, retrain {retrain:.1f} s after Train\n"
+    )
