@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 import math
 import signal
 import threading
@@ -119,6 +120,8 @@ class StepGuard:
         self.check_every = float(check_every) if policy == "stop" else 0.0
         self._pending: list = []  # (loss, all-finite flag) of the steps not yet read
         self._last_check = time.monotonic()
+        # a plug-in method may override train_step(inputs, labels) without `host`: it returns host values
+        self._device_rows = "host" in inspect.signature(method.train_step).parameters
 
     def start_from(self, seen: int, skipped: int) -> None:
         """Count on from a resumed run's ``seen`` steps, ``skipped`` of them skipped."""
@@ -126,7 +129,12 @@ class StepGuard:
 
     def step(self, inputs, labels) -> dict:
         before = self._snapshot() if self.policy == "skip" else None
-        row = self.method.train_step(inputs, labels, host=False)  # device values: read at the writer's flush
+        # device values where the method can keep them: read at the writer's flush
+        row = (
+            self.method.train_step(inputs, labels, host=False)
+            if self._device_rows
+            else self.method.train_step(inputs, labels)
+        )
         if self.check_every > 0:
             self._pending.append((row["loss"], finite_flag(row["loss"], self.model, grads=not row.get("overflow", 0))))
             self.seen += 1

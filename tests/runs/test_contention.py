@@ -15,12 +15,15 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
 import msam_lab
 from msam_lab.cli import commands as cli
 from msam_lab.landscape import load_landscape
 from msam_lab.runs import atomic
 from msam_lab.runs.lock import RunLock, read_lock
+
+pytestmark = pytest.mark.slow  # real processes racing on run files
 
 CHILD = str(Path(__file__).resolve().parents[1] / "contention_child.py")
 WAIT = 120.0
@@ -135,8 +138,6 @@ LANDSCAPE = """
 import sys, torch
 torch.set_num_threads(1)
 from msam_lab.landscape import landscape_for_run
-
-pytestmark = pytest.mark.slow  # real processes racing on run files
 landscape_for_run(sys.argv[1], dim=2, grid=9, n_samples=32, threads=1, name=sys.argv[2], flush_every=1)
 """
 

@@ -189,7 +189,7 @@ def test_resume_refuses_what_it_cannot_continue(tmp_path, capsys):
     assert cli.main(["train", "--resume", str(run.path)]) == 2
     assert "already finished" in capsys.readouterr().err
     assert cli.main(["train", "--resume", str(tmp_path / "nothing")]) == 2
-    assert "no run directory" in capsys.readouterr().err
+    assert "nothing does not exist" in capsys.readouterr().err  # a missing path says so (issue 20)
     assert cli.main(["train", "--resume", str(run.path), "--epochs", "3"]) == 2
     assert "own config" in capsys.readouterr().err
 
