@@ -27,9 +27,9 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix msam_lab tests bench
 	$(VENV)/bin/ruff format msam_lab tests bench
 
-# The inner loop: lint and the core tests (no `slow` marker), under two minutes on 2 quiet cores.
+# The inner loop: lint and the core tests (no `slow` marker) on both cores, under two minutes on 2 quiet cores.
 check: lint
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow" -n 2
 
 # Everything, as CI runs it.
 test: lint

@@ -38,6 +38,7 @@ def quick(tmp_path_factory):
     return proc.stdout, json.loads((out / "gpu.json").read_text()), (out / "gpu.md").read_text()
 
 
+@pytest.mark.slow
 def test_quick_table_has_every_row_and_column(quick):
     stdout, result, md = quick
     assert result["device"] == "cpu" and result["quick"] and not result["errors"] and not result["skipped"]

@@ -410,6 +410,7 @@ def _install(packages: dict[Path, dict[str, str]], site: Path) -> None:
         )
 
 
+@pytest.mark.slow
 def test_installed_plugin_package_works_from_the_cli(tmp_path):
     site = tmp_path / "site"
     demo_eps = {"demo": "msam_demo_plugin:register", "demo_encoders": "msam_demo_plugin.encoders"}

@@ -543,6 +543,7 @@ sys.exit(cli.main(sys.argv[2:]))
     ],
     ids=["stops", "warns"],
 )
+@pytest.mark.slow
 def test_the_cli_prints_one_line_for_a_skip_event(tmp_path, bad, code, words):
     args = [
         "train",

@@ -22,7 +22,7 @@ from msam_lab.datasets.files import read_wav, stft_magnitude
 
 pytestmark = pytest.mark.slow  # the real FSDD/MNIST subsets
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
 def _load(module, tmp_path, root, **options):

@@ -114,6 +114,7 @@ def _urfunny(root):
 FIXTURES = {"avmnist": _avmnist, "cremad": _cremad, "ave": _ave, "urfunny": _urfunny}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_each_paper_config_trains_end_to_end(name, tmp_path, monkeypatch):
     monkeypatch.setenv("MSAM_LAB_DATA", str(tmp_path / "cache"))

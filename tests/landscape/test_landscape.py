@@ -455,6 +455,7 @@ def test_generalisation_gap_surface():
         generalization_gap(s_tr, other)
 
 
+@pytest.mark.slow
 def test_two_worker_processes_give_the_serial_surface(tmp_path):
     model, data = tiny_model(), tiny_data()
     dirs = random_directions(model, 2, seed=0)
@@ -468,6 +469,7 @@ def test_two_worker_processes_give_the_serial_surface(tmp_path):
         np.testing.assert_allclose(sharded[k], serial[k], rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_a_persistent_worker_pool_serves_several_jobs():
     m1, m2, data = tiny_model(0), tiny_model(1), tiny_data()
     jobs = [

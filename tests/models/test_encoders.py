@@ -175,6 +175,7 @@ def test_encoder_kinds_pass_config_validation():
         resolve(None, ["encoders.audio=resnet34"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["joint", "msam"])
 def test_training_smoke_with_resnet18(tmp_path, monkeypatch, method):
     """One epoch on av-digits (180 train digits) with a ResNet-18 on the 8x8 images."""
@@ -197,6 +198,7 @@ def test_training_smoke_with_resnet18(tmp_path, monkeypatch, method):
     assert run.config.encoders["image"] == "resnet18"
 
 
+@pytest.mark.slow
 def test_a_last_batch_of_one_is_dropped_only_for_batchnorm_models(tmp_path, monkeypatch):
     """161 train digits (179 less the 18 of the validation hold-out) in batches of 80 leave one
     sample: BatchNorm cannot train on it."""

@@ -160,6 +160,7 @@ def test_channels_last_equals_contiguous():
     shutil.which("cc") is None and shutil.which("gcc") is None,
     reason="torch.compile's CPU backend needs a C compiler (none on PATH)",
 )
+@pytest.mark.slow
 def test_compile_equals_eager_and_keeps_the_state_dict_keys():
     eager, compiled = make_model(n_mod=2), speed.compile_model(make_model(n_mod=2))
     assert list(eager.state_dict()) == list(compiled.state_dict())  # checkpoints stay loadable

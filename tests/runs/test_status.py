@@ -211,6 +211,7 @@ def _shown(out) -> str:
     return display_table(status_table([out]))["state"].iloc[0]
 
 
+@pytest.mark.slow
 def test_a_killed_then_resumed_run_shows_each_state_truthfully(tmp_path):
     cfg = {
         "dataset": "synthetic",

@@ -94,6 +94,7 @@ def assert_bitwise_equal(a: dict, b: dict, where: str = "") -> None:
             assert x == y or (x != x and y != y), f"{where}.{k}: {x!r} != {y!r}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", list(METHODS))
 def test_sigkill_mid_epoch_then_resume_is_bitwise_the_uninterrupted_run(tmp_path, method):
     cfg = json.dumps({**BASE, "method": method, **METHODS[method]})
@@ -144,6 +145,7 @@ def test_resume_really_depends_on_the_restored_state(tmp_path):
     assert any(not torch.equal(ours[k], theirs[k]) for k in ours)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupt_signal_marks_the_run_interrupted_and_keeps_it(tmp_path, sig):
     cfg = json.dumps({**BASE, "method": "msam", "epochs": 2})
@@ -160,6 +162,7 @@ def test_interrupt_signal_marks_the_run_interrupted_and_keeps_it(tmp_path, sig):
     assert done.finished and list(done.steps["step"]) == list(range(2 * STEPS_PER_EPOCH))
 
 
+@pytest.mark.slow
 def test_second_trainer_is_refused_and_a_stale_lock_is_named(tmp_path, capsys):
     cfg = {**BASE, "method": "joint", "epochs": 2}
     out = tmp_path / "run"

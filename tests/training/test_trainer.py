@@ -127,6 +127,7 @@ def test_other_fusions_train_above_chance(tmp_path, fusion):
     assert run.epochs["test_acc"].iloc[-1] > 0.5  # 4 classes: chance is 0.25
 
 
+@pytest.mark.slow
 def test_default_dataset_shows_the_imbalance(tmp_path):
     """At the av-digits defaults, audio alone is learnable but the joint model leaves it weak.
 
