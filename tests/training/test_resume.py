@@ -24,7 +24,7 @@ from msam_lab.runs import checkpoint_io
 from msam_lab.runs.reader import load_run
 
 CHILD = str(Path(__file__).resolve().parents[1] / "train_child.py")
-TIMEOUT = 120
+TIMEOUT = 300  # generous: these children share 2 cores with whatever else runs
 # 202 train samples (224 less the 10 % validation hold-out) / batch 16 = 13 steps per epoch;
 # the kill lands at step 22 (epoch 2, batch 9)
 BASE = {

@@ -232,6 +232,9 @@ def test_dashboard_slider_updates_the_figure_in_a_real_browser(tmp_path):
                 if not slider.count():
                     slider = explorer.locator(".widget-hslider").nth(1)
                 handle = slider.locator(".noUi-handle").first
+                # the plot was scrolled into view: bring the slider back, or the drag lands on the toolbar
+                slider.scroll_into_view_if_needed()
+                page.wait_for_timeout(300)
                 box = handle.bounding_box()
                 page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
                 page.mouse.down()
