@@ -7,12 +7,17 @@ One thread and deterministic algorithms, so a run and its resumed twin compute t
 """
 
 import json
+import signal
 import sys
 import time
 
 import torch
 
 torch.set_num_threads(1)
+# Ctrl-C as a terminal sends it: a child inherits an ignored SIGINT from a parent that ignores it (a test
+# session after an in-process Lightning Trainer, a shell's background job), and Python then never raises
+# KeyboardInterrupt, so the interrupt tests would wait on a child that cannot be interrupted.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 import msam_lab  # noqa: E402
 
