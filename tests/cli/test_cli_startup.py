@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import json
 import os
 import subprocess
@@ -86,26 +87,16 @@ def test_help_imports_neither_torch_nor_pandas(command, tmp_path):
     assert not loaded["pandas"], f"msam-lab {' '.join(command)} --help imported pandas"
 
 
-def fake_runs(folder: Path) -> None:
-    """A finished run (status, summary, epochs table) and one that says running but has no lock (so reads
-    as interrupted: status then reads the lock), as the trainer writes them."""
-    done = folder / "done"
-    done.mkdir(parents=True)
-    (done / "status.json").write_text(
-        json.dumps({"state": "finished", "method": "msam", "epochs": 2, "last_step": 5, "last_epoch": 2})
-    )
-    (done / "summary.json").write_text(json.dumps({"steps": 6}))
-    (done / "epochs.csv").write_text(
-        "epoch,test_acc,test_dominant,test_share_image,test_share_audio\n"
-        "0,0.25,image,0.6,0.4\n1,0.5,image,0.7,0.3\n2,0.75,image,0.8,0.2\n"
-    )
-    killed = folder / "killed"
-    killed.mkdir()
-    (killed / "status.json").write_text(
-        json.dumps(
-            {"state": "running", "method": "sam", "epochs": 3, "last_step": 2, "last_epoch": 0, "heartbeat_unix": 0.0}
-        )
-    )
+def _bench_module():
+    spec = importlib.util.spec_from_file_location("cli_startup", ROOT / "bench" / "cli_startup.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# the benchmark's two run folders (a finished run, and one that says running but has no lock, so it reads as
+# interrupted): one builder for the timed commands and the tested ones
+fake_runs = _bench_module().fake_runs
 
 
 def test_status_answers_without_torch(tmp_path):
