@@ -19,7 +19,7 @@ from msam_lab.methods import build_method
 from msam_lab.models.multimodal import model_from_spec
 from msam_lab.runs import atomic
 from msam_lab.runs.reader import load_run, read_table
-from msam_lab.training.guards import StepGuard, first_non_finite
+from msam_lab.training.guards import StepGuard, all_finite, first_non_finite
 from msam_lab.training.loop import TrainingError, _model_spec
 from msam_lab.training.progress import Progress
 from msam_lab.training.setup import resolve
@@ -222,6 +222,24 @@ def test_guard_names_a_non_finite_gradient():
     with torch.no_grad():
         p[0] = float("nan")
     assert first_non_finite(0.5, model) == f"parameter {name}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_all_finite_agrees_with_elementwise_isfinite(dtype):
+    """The min/max check against the brute-force one, with one NaN, +inf or -inf anywhere, huge finite
+    values, 0-d and empty tensors."""
+    g = torch.Generator().manual_seed(0)
+    shapes = [(), (0,), (3,), (4, 5), (2, 3, 4)]
+    for trial in range(60):
+        tensors = [torch.randn(s, generator=g).to(dtype) for s in shapes]
+        which = trial % len(shapes)
+        bad = [float("nan"), float("inf"), -float("inf"), torch.finfo(dtype).max, None][trial % 5]
+        if bad is not None and tensors[which].numel():
+            flat = tensors[which].view(-1)
+            flat[int(torch.randint(flat.numel(), (1,), generator=g))] = bad
+        expected = all(bool(torch.isfinite(t).all()) for t in tensors)
+        assert bool(all_finite(tensors)) == expected, (trial, bad, which)
+    assert bool(all_finite([])) and bool(all_finite([torch.empty(0)]))
 
 
 # -- progress --------------------------------------------------------------------------------
