@@ -10,8 +10,10 @@ MLP heads), so checkpoints, coalitions, Shapley values and every analysis tool w
 ordinary model. **Deviation:** the trainer evaluates the model's fused logits, Σ_m z_m,
 whose argmax is that of the PRODUCT (geometric mean) of the unimodal softmaxes, not of
 their arithmetic mean; ``mean_softmax_logits`` gives the paper's rule for post-hoc
-evaluation. Each head's output layer starts at zero, so a modality that has not had its
-stage adds nothing to the fused logits (the code starts heads at random; ours, as ReconBoost).
+evaluation. Heads start at random, as in the code. (A zeroed output layer, which would keep
+a modality out of the fused logits until its stage, is a saddle: the encoder and hidden
+layers get no gradient until the output layer has grown, and on AV-MNIST-mini at lr 1e-3
+MIE stayed at chance for the whole run; tests/methods/test_leaves_chance.py.)
 
 Stages (MLA-style). Stage s trains modality a = order[s mod M] (``mie_order``; default the
 dataset's order; the code starts with audio) for ``mie_stage_epochs[s mod len]`` epochs
@@ -64,7 +66,7 @@ from msam_lab.config import ConfigError
 from msam_lab.methods.base import Method
 from msam_lab.methods.ogm_ge import check_min_modalities, check_stage_order
 from msam_lab.methods.options import MethodOptions
-from msam_lab.models.multimodal import SumFusion, eval_mode, last_linear
+from msam_lab.models.multimodal import SumFusion, eval_mode
 from msam_lab.optim import base as optim
 from msam_lab.optim import schedules
 
@@ -129,10 +131,6 @@ class MIE(Method):
             raise ConfigError(f"mie trains each modality's own head; use fusion=late_sum (got {config.fusion})")
         names = list(model.modalities)
         self.order = [names.index(m) for m in (self.options.mie_order or names)]
-        with torch.no_grad():
-            for head in model.fusion.heads:  # silent until its stage (module doc)
-                for p in last_linear(head).parameters():
-                    p.zero_()
         self.rng = np.random.default_rng(config.seed)
         self.steps_done = 0
         self.epoch = 0

@@ -51,7 +51,7 @@ def mie_config(**kw):
 
 
 def with_random_heads(model, seed=1):
-    """The method zeroes each head's output layer; give them values so every gradient is non-trivial."""
+    """Heads with large random values, so every gradient of the reference step is far from zero."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for head in model.fusion.heads:
