@@ -13,9 +13,10 @@ backward), so M-SAM only needs the batch's observation first::
         x, y = batch
         observe(self, lambda present: self(x, present), y)
 
-Both helpers log the Shapley record with ``self.log`` (``msam/loss``, ``msam/share_<m>``, ``msam/dominant`` as
-the modality's index) and keep it as ``module.msam_record``; ``RunDirectory`` writes msam_lab's run folder from
-it on rank 0. Under ``strategy='ddp'`` the first pass runs under ``no_sync`` (ε follows each rank's shard),
+Both helpers keep the Shapley record as ``module.msam_record`` and log it with ``self.log`` (``msam/loss``,
+``msam/share_<m>``, ``msam/dominant`` as the modality's index) on the steps the trainer's loggers write
+(``log_every_n_steps``); ``RunDirectory`` writes every step's record into msam_lab's run folder on rank 0.
+Under ``strategy='ddp'`` the first pass runs under ``no_sync`` (ε follows each rank's shard),
 the observation is reduced over ranks (every rank picks the same dominant modality) and one all-reduce
 averages the update gradient, as ``MSAM.step(forward, labels)`` does around a DDP model.
 
@@ -106,8 +107,19 @@ def manual_step(module: pl.LightningModule, forward, labels, loss_fn=F.cross_ent
     return rec
 
 
+def logs_this_step(trainer) -> bool:
+    """Whether the trainer's loggers write this step's metrics (``log_every_n_steps``; Lightning's own test,
+    which is meant to be asked before the step). ``self.log`` costs about as much as a small model's step, so
+    the record is logged only where it is written; without the internal, every step."""
+    if not trainer.loggers:
+        return False
+    return bool(getattr(getattr(trainer, "_logger_connector", None), "should_update_logs", True))
+
+
 def _log(module, opt, rec: ShapleyRecord) -> None:
     module.msam_record = rec
+    if not logs_this_step(module.trainer):
+        return
     values = {f"msam/share_{m}": float(v) for m, v in rec.shares.items()}
     values["msam/dominant"] = float(opt.modalities.index(rec.dominant))
     if not math.isnan(rec.loss):

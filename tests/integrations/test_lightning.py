@@ -106,6 +106,30 @@ def test_run_directory_writes_a_run_load_run_reads(tmp_path):
     assert run.epochs["train_loss"].iloc[0] == pytest.approx(first)
 
 
+def test_the_record_reaches_the_loggers_on_their_steps(tmp_path):
+    """msam/* go to the trainer's loggers on the steps they write (log_every_n_steps=3 of 8), with the values of
+    those steps' records (RunDirectory keeps every step); no logger: nothing is logged, the record is still kept."""
+    import pandas as pd
+    from lightning.pytorch.loggers import CSVLogger
+
+    module = Module()
+    csv = CSVLogger(tmp_path, name="csv", version=0)
+    callbacks = [RunDirectory(tmp_path / "run")]
+    trainer(max_epochs=2, logger=csv, log_every_n_steps=3, callbacks=callbacks).fit(module, loader())
+    logged = pd.read_csv(tmp_path / "csv" / "version_0" / "metrics.csv")
+    run = msam_lab.load_run(tmp_path / "run")
+    assert list(logged["step"]) == [2, 5]  # Lightning's 0-based steps 2 and 5 of 0..7
+    for _, row in logged.iterrows():
+        step = run.steps.iloc[int(row["step"])]
+        assert row["msam/dominant"] == MODALITIES.index(step["dominant"])
+        for m in MODALITIES:
+            assert row[f"msam/share_{m}"] == pytest.approx(step[f"share_{m}"], abs=1e-6)
+        assert row["msam/loss"] == pytest.approx(step["loss"], rel=1e-6)
+    bare = Module()
+    trainer().fit(bare, loader())
+    assert not bare.trainer.logged_metrics and bare.msam_record is not None
+
+
 def shard_reference(seen_by_rank):
     """One process, the global batch of each step: the shares of the whole batch (as the all-reduced
     observation), then each rank's shard's M-SAM gradient (its own ε: the first pass under no_sync), averaged,
