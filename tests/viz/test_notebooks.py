@@ -55,6 +55,8 @@ def test_notebook_is_committed_clean(path):
     intro = nb.cells[0].source.split("\n", 1)[1].strip()
     sentences = len(re.findall(r"[.!?](?:\s|$)", intro))
     assert 2 <= sentences <= 5, f"{path.name}: the intro should be two or three sentences, found ~{sentences}"
+    times = re.search(r"On 2 CPU cores: quick mode \(`MSAM_LAB_QUICK=1`\) ([^,]+), full mode ([^;]+);", intro)
+    assert times, f"{path.name}: the intro must say up front how long quick and full mode take on 2 cores"
     params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(params) == 1 and nb.cells.index(params[0]) == 1, "cell 2 must be the (tagged) parameters cell"
     assert "quick_mode()" in params[0].source
