@@ -1,7 +1,8 @@
 """Step time of M-SAM through PyTorch Lightning (manual optimization, msam_lab.integrations.lightning.manual_step)
 and through HuggingFace Accelerate (accelerator.prepare + step(closure)) against the plain loop
 (opt.step(forward, labels)), on the same model and batches, side by side in one process: the median over
---repeats rounds, each round running the three in turn (docs/benchmarks.md, "Integrations").
+--repeats rounds, each round running them in turn (docs/benchmarks.md, "Integrations"). Also plain SGD in a
+plain loop and through Lightning: Lightning's own per-step cost, the floor of what it can add to M-SAM.
 
     .venv/bin/python bench/integrations.py [--steps 40] [--repeats 5] [--batch 128] [--hidden 256] [--out FILE]
 """
@@ -82,6 +83,33 @@ class Module(pl.LightningModule):
         manual_step(self, lambda present: self.net(image, audio, present), y)
 
 
+def plain_sgd(args, loader):
+    """Lightning's own floor, without M-SAM: one SGD step per batch in a plain loop..."""
+    torch.manual_seed(0)
+    net = Net(args.hidden)
+    opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+    start = CLOCK()
+    for image, audio, y in loader:
+        opt.zero_grad()
+        F.cross_entropy(net(image, audio), y).backward()
+        opt.step()
+    return (CLOCK() - start) / len(loader)
+
+
+class SGDModule(Module):
+    """... and the same step through Lightning's manual optimization."""
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
+
+    def training_step(self, batch, batch_idx):
+        image, audio, y = batch
+        opt = self.optimizers()
+        opt.zero_grad()
+        self.manual_backward(F.cross_entropy(self.net(image, audio), y))
+        opt.step()
+
+
 class EpochClock(pl.Callback):
     def on_train_epoch_start(self, trainer, pl_module):
         self.start = CLOCK()
@@ -90,7 +118,7 @@ class EpochClock(pl.Callback):
         self.seconds = CLOCK() - self.start
 
 
-def lightning(args, loader):
+def lightning(args, loader, module=Module):
     clock = EpochClock()
     trainer = pl.Trainer(
         accelerator="cpu",
@@ -102,7 +130,7 @@ def lightning(args, loader):
         enable_model_summary=False,
         callbacks=[clock],
     )
-    trainer.fit(Module(args.hidden), loader)
+    trainer.fit(module(args.hidden), loader)
     return clock.seconds / len(loader)
 
 
@@ -141,15 +169,25 @@ def main():
     CLOCK = time.perf_counter if args.clock == "wall" else time.process_time
     torch.set_num_threads(args.threads)
     loader = torch.utils.data.DataLoader(data(args.steps * args.batch), batch_size=args.batch, shuffle=False)
-    times = {"plain": [], "lightning": [], "accelerate": []}
+    runners = {
+        "plain": plain,
+        "lightning": lightning,
+        "accelerate": accelerate,
+        "plain_sgd": plain_sgd,
+        "lightning_sgd": lambda args, loader: lightning(args, loader, SGDModule),
+    }
+    times = {name: [] for name in runners}
     for _ in range(args.repeats):
-        for name, fn in (("plain", plain), ("lightning", lightning), ("accelerate", accelerate)):
+        for name, fn in runners.items():
             times[name].append(fn(args, loader))
     med = {k: statistics.median(v) for k, v in times.items()}
     result = {
         "median_step_ms": {k: 1e3 * v for k, v in med.items()},
         "ratio_lightning": med["lightning"] / med["plain"],
         "ratio_accelerate": med["accelerate"] / med["plain"],
+        # Lightning's own cost per step (plain SGD through it), to compare with what it adds to M-SAM
+        "lightning_floor_ms": 1e3 * (med["lightning_sgd"] - med["plain_sgd"]),
+        "lightning_msam_overhead_ms": 1e3 * (med["lightning"] - med["plain"]),
         "runs_ms": {k: [round(1e3 * t, 3) for t in v] for k, v in times.items()},
         "args": vars(args),
         "machine": platform.processor() or platform.machine(),

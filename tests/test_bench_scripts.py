@@ -52,3 +52,38 @@ def test_ddp_scaling_bench_runs_in_quick_mode():
     rows = [line.split("|") for line in proc.stdout.splitlines() if line.startswith("| joint")]
     assert [r[2].strip() for r in rows] == ["1", "2"]
     assert all(float(r[3]) > 0 for r in rows) and float(rows[0][5]) == 1.0
+
+
+def test_val_curves_averages_the_finished_runs_per_epoch(tmp_path, monkeypatch):
+    """Mean validation accuracy per epoch over the finished runs a glob matches; a running run is left out,
+    a glob with no finished run is a one-line error naming it."""
+    import importlib.util
+    import types
+
+    import pandas as pd
+
+    spec = importlib.util.spec_from_file_location("val_curves", ROOT / "bench" / "val_curves.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    runs = {
+        "a/seed0": (True, [0.2, 0.4, 0.6]),
+        "a/seed1": (True, [0.4, 0.6, 0.9]),
+        "a/seed2": (False, [0.0]),
+        "b/seed0": (True, [0.1, 0.5]),
+    }
+    for name in runs:
+        (tmp_path / name).mkdir(parents=True)
+
+    def load_run(path):
+        finished, val = runs[str(Path(path).relative_to(tmp_path))]
+        return types.SimpleNamespace(finished=finished, epochs=pd.DataFrame({"epoch": range(len(val)), "val_acc": val}))
+
+    monkeypatch.setattr(module.msam_lab, "load_run", load_run)
+    out = module.val_table({"A": f"{tmp_path}/a/seed*", "B": f"{tmp_path}/b/seed*"}).splitlines()
+    assert out[0] == "| runs | epoch 0 | epoch 1 | epoch 2 |"
+    assert out[2] == "| A (2 runs) | 0.30 | 0.50 | 0.75 |"
+    assert out[3] == "| B (1 runs) | 0.10 | 0.50 |  |"
+    bad = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "val_curves.py"), f"C={tmp_path}/none/*"], capture_output=True, text=True
+    )
+    assert bad.returncode != 0 and "none/*" in bad.stderr and "Traceback" not in bad.stderr
