@@ -23,7 +23,7 @@ def val_table(groups: dict[str, str]) -> str:
         if not runs:
             raise SystemExit(f"no finished run matches {pattern!r} ({label}); train it first")
         epochs = pd.concat([r.epochs.set_index("epoch")["val_acc"] for r in runs], axis=1)
-        curves[f"{label} ({len(runs)} runs)"] = epochs.mean(axis=1)
+        curves[f"{label} ({len(runs)} run{'' if len(runs) == 1 else 's'})"] = epochs.mean(axis=1)
     width = max(int(c.index.max()) for c in curves.values()) + 1
     lines = ["| runs | " + " | ".join(f"epoch {e}" for e in range(width)) + " |", "|---|" + "---|" * width]
     for label, curve in curves.items():

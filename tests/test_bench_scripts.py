@@ -82,7 +82,7 @@ def test_val_curves_averages_the_finished_runs_per_epoch(tmp_path, monkeypatch):
     out = module.val_table({"A": f"{tmp_path}/a/seed*", "B": f"{tmp_path}/b/seed*"}).splitlines()
     assert out[0] == "| runs | epoch 0 | epoch 1 | epoch 2 |"
     assert out[2] == "| A (2 runs) | 0.30 | 0.50 | 0.75 |"
-    assert out[3] == "| B (1 runs) | 0.10 | 0.50 |  |"
+    assert out[3] == "| B (1 run) | 0.10 | 0.50 |  |"
     bad = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "val_curves.py"), f"C={tmp_path}/none/*"], capture_output=True, text=True
     )
