@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import sys
 
 import pandas as pd
 
@@ -21,7 +22,7 @@ def val_table(groups: dict[str, str]) -> str:
         runs = [msam_lab.load_run(d) for d in sorted(glob.glob(pattern))]
         runs = [r for r in runs if r.finished]
         if not runs:
-            raise SystemExit(f"no finished run matches {pattern!r} ({label}); train it first")
+            raise ValueError(f"no finished run matches {pattern!r} ({label}); train it first")
         epochs = pd.concat([r.epochs.set_index("epoch")["val_acc"] for r in runs], axis=1)
         curves[f"{label} ({len(runs)} run{'' if len(runs) == 1 else 's'})"] = epochs.mean(axis=1)
     width = max(int(c.index.max()) for c in curves.values()) + 1
@@ -44,8 +45,9 @@ def main(argv=None) -> int:
         groups[label] = pattern
     try:
         print(val_table(groups))
-    except (OSError, ValueError) as err:  # a missing or damaged run file: one line naming it
-        raise SystemExit(f"error: {err}") from None
+    except (OSError, ValueError) as err:  # no run, or a missing or damaged run file: one line naming it
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -50,13 +50,17 @@ class NonFiniteError(RuntimeError):
         return f"non-finite {self.what}"
 
 
+def checked_tensors(model: torch.nn.Module, grads: bool = True) -> list[torch.Tensor]:
+    """The tensors the guard checks: every parameter, and its gradient where it has one (unless ``grads=False``)."""
+    params = [p.detach() for p in model.parameters()]
+    return params + [p.grad.detach() for p in model.parameters() if grads and p.grad is not None]
+
+
 def first_non_finite(loss: float, model: torch.nn.Module, grads: bool = True) -> str | None:
     """``None`` when loss, gradients (unless ``grads=False``) and parameters are all finite, else what is not."""
     if not math.isfinite(loss):
         return f"loss ({loss})"
-    tensors = [p.detach() for p in model.parameters()] + [
-        p.grad.detach() for p in model.parameters() if grads and p.grad is not None
-    ]
+    tensors = checked_tensors(model, grads)
     if not tensors or bool(all_finite(tensors)):
         return None  # the common case: one check, one sync
     for name, p in model.named_parameters():  # the rare case: name the culprit
@@ -70,9 +74,7 @@ def first_non_finite(loss: float, model: torch.nn.Module, grads: bool = True) ->
 
 def finite_flag(loss, model: torch.nn.Module, grads: bool = True) -> torch.Tensor:
     """``first_non_finite(...) is None`` as a 0-d bool tensor on the device: no host sync."""
-    tensors = [p.detach() for p in model.parameters()] + [
-        p.grad.detach() for p in model.parameters() if grads and p.grad is not None
-    ]
+    tensors = checked_tensors(model, grads)
     device = tensors[0].device if tensors else "cpu"
     return all_finite([torch.as_tensor(loss, device=device)] + tensors)
 

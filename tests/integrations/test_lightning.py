@@ -16,8 +16,10 @@ import pytest
 
 pytest.importorskip("lightning", reason="the Lightning integration needs the extra: pip install -e '.[lightning]'")
 
+import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from lightning.pytorch.loggers import CSVLogger  # noqa: E402
 
 import msam_lab  # noqa: E402
 from msam_lab.integrations.lightning import RunDirectory  # noqa: E402
@@ -109,9 +111,6 @@ def test_run_directory_writes_a_run_load_run_reads(tmp_path):
 def test_the_record_reaches_the_loggers_on_their_steps(tmp_path):
     """msam/* go to the trainer's loggers on the steps they write (log_every_n_steps=3 of 8), with the values of
     those steps' records (RunDirectory keeps every step); no logger: nothing is logged, the record is still kept."""
-    import pandas as pd
-    from lightning.pytorch.loggers import CSVLogger
-
     module = Module()
     csv = CSVLogger(tmp_path, name="csv", version=0)
     callbacks = [RunDirectory(tmp_path / "run")]
