@@ -3,10 +3,13 @@ no timing thresholds here: speed targets live in the scripts and docs/benchmarks
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
+import types
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 pytestmark = pytest.mark.slow  # the benchmark scripts end to end
@@ -57,11 +60,6 @@ def test_ddp_scaling_bench_runs_in_quick_mode():
 def test_val_curves_averages_the_finished_runs_per_epoch(tmp_path, monkeypatch):
     """Mean validation accuracy per epoch over the finished runs a glob matches; a running run is left out,
     a glob with no finished run is a one-line error naming it."""
-    import importlib.util
-    import types
-
-    import pandas as pd
-
     spec = importlib.util.spec_from_file_location("val_curves", ROOT / "bench" / "val_curves.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -86,4 +84,14 @@ def test_val_curves_averages_the_finished_runs_per_epoch(tmp_path, monkeypatch):
     bad = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "val_curves.py"), f"C={tmp_path}/none/*"], capture_output=True, text=True
     )
-    assert bad.returncode != 0 and "none/*" in bad.stderr and "Traceback" not in bad.stderr
+    assert bad.returncode == 2 and "none/*" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_finite_check_bench_runs_and_both_checks_agree():
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "finite_check.py"), "--repeats", "1"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "all_finite (aminmax)" in proc.stdout and "ratio" in proc.stdout
