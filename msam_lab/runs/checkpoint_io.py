@@ -126,6 +126,13 @@ def rotate(path, previous) -> None:
     sidecar(path).unlink(missing_ok=True)
 
 
+def remove(path) -> None:
+    """Delete ``path`` and its checksum: the file first, so a kill between leaves no file with a wrong sidecar."""
+    path = Path(path)
+    path.unlink(missing_ok=True)
+    sidecar(path).unlink(missing_ok=True)
+
+
 def intact(path) -> bool:
     """True when ``path`` is a regular file whose bytes match its sidecar (or that has none)."""
     try:

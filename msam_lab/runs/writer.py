@@ -323,6 +323,10 @@ class RunWriter:
         """``checkpoints/epoch_NNNN.pt`` and its SHA-256 sidecar (msam_lab.runs.checkpoint_io)."""
         checkpoint_io.save(self.out / CHECKPOINTS / f"epoch_{epoch:04d}.pt", state)
 
+    def drop_checkpoint(self, epoch: int) -> None:
+        """Delete ``checkpoints/epoch_NNNN.pt`` (a selected epoch that a later, better one replaced)."""
+        checkpoint_io.remove(self.out / CHECKPOINTS / f"epoch_{epoch:04d}.pt")
+
     def save_resume(self, state: dict) -> None:
         """The resume checkpoint; the step rows it covers are flushed first, so none is lost.
 

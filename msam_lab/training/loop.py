@@ -115,6 +115,11 @@ def _evaluated(epoch: int, cfg: Config) -> bool:
     return epoch == 0 or epoch == cfg.epochs or epoch % cfg.eval_every == 0
 
 
+def _scheduled(epoch: int, cfg: Config) -> bool:
+    """An analysis checkpoint's epoch: the first, the last, every ``checkpoint_every``-th."""
+    return epoch == 0 or epoch == cfg.epochs or bool(cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0)
+
+
 def train(config=None, out=None, quiet: bool = False, overrides=(), resume=None, on_step=None, on_epoch=None) -> Run:
     """Train one model as ``config`` says and write its run directory; return the loaded run.
 
@@ -184,10 +189,20 @@ def train(config=None, out=None, quiet: bool = False, overrides=(), resume=None,
         sharpness_timeline.at_epoch(writer, model, splits.train, epoch, cfg)  # sharpness_every: per-block Hessian
         if epoch > 0 and row.get("val_acc", -1) > best_val:  # selection's rule: earliest best, not epoch 0
             best_val = row["val_acc"]
-            checkpoint(epoch)  # the selected model can be loaded
+            select(epoch)
         progress.epoch(row)
         if on_epoch is not None:
             on_epoch(row)
+
+    def select(epoch: int) -> None:
+        """The selected model can be loaded: its checkpoint replaces the previous selection's, so a run
+        keeps one beside the scheduled ones however often validation improves (new one first: a kill
+        between the two leaves both)."""
+        nonlocal selected
+        checkpoint(epoch)
+        if master_process and selected is not None and not _scheduled(selected, cfg):
+            writer.drop_checkpoint(selected)
+        selected = epoch
 
     def checkpoint(epoch: int) -> None:
         if not master_process:
@@ -231,8 +246,10 @@ def train(config=None, out=None, quiet: bool = False, overrides=(), resume=None,
             if resume is not None and master_process:
                 writer.truncate(pos.step, pos.epoch if point is not None else -1)  # rows after the point
             # the best validation accuracy so far, read back from the (truncated) epoch table on a resume
-            best_val = selection_summary(read_table(out / EPOCHS))["best_val_acc"] if resume is not None else None
+            selection = selection_summary(read_table(out / EPOCHS)) if resume is not None else {}
+            best_val = selection.get("best_val_acc")
             best_val = -1.0 if best_val is None else best_val
+            selected = selection.get("best_epoch")  # the epoch whose checkpoint select() keeps
             lr = method.set_lr_factor(schedules.lr_factor(epoch, cfg))  # row 0 shows epoch 1's lr
             if point is None:
                 record_epoch(0)
@@ -272,7 +289,7 @@ def train(config=None, out=None, quiet: bool = False, overrides=(), resume=None,
                 epoch, batch = epoch + 1, 0
                 if _evaluated(epoch, cfg):
                     record_epoch(epoch)
-                if epoch == cfg.epochs or (cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0):
+                if _scheduled(epoch, cfg) and epoch != selected:  # select() wrote a selected one
                     checkpoint(epoch)
                 save_resume_point(generator.get_state())
             if master_process:

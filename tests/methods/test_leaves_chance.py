@@ -19,6 +19,7 @@ from __future__ import annotations
 import concurrent.futures
 import multiprocessing
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -111,14 +112,14 @@ def _one_run(label: str, root: str, out: str) -> float:
     """One setting in a worker process (one thread; the cache and the run under ``out``)."""
     torch.set_num_threads(1)
     os.environ["MSAM_LAB_DATA"] = os.path.join(out, "cache")
-    if label != ZERO_HEAD_MIE:
-        return best_test_accuracy(root, os.path.join(out, "run"), *SETTINGS[label])
     start = mie_module.MIE.__init__
-    mie_module.MIE.__init__ = _zero_mie_heads(start)
-    try:  # the worker process runs other settings next: put MIE back
-        return best_test_accuracy(root, os.path.join(out, "run"), *SETTINGS["mie"])
-    finally:
+    if label == ZERO_HEAD_MIE:
+        mie_module.MIE.__init__ = _zero_mie_heads(start)
+    try:
+        return best_test_accuracy(root, os.path.join(out, "run"), *SETTINGS["mie" if label == ZERO_HEAD_MIE else label])
+    finally:  # the worker runs other settings next: MIE put back, and this run's ResNet checkpoints gone
         mie_module.MIE.__init__ = start
+        shutil.rmtree(out, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -74,6 +74,47 @@ def test_checkpoint_holds_model_optimizer_and_rng(syn_run):
     assert any(not torch.equal(a, b) for a, b in zip(first.state_dict().values(), last.state_dict().values()))
 
 
+SELECTING = {  # validation improves at epochs 1-5 at this lr: four selections replaced
+    "dataset": "synthetic",
+    "data": {"n_samples": 300, "n_modalities": 2},
+    "epochs": 6,
+    "batch_size": 50,
+    "checkpoint_every": 0,
+    "val_fraction": 0.3,
+    "method": "joint",
+    "lr": 0.01,
+}
+
+
+def _improvements(epochs) -> int:
+    val = epochs["val_acc"].to_numpy()
+    return sum(val[e] > val[1:e].max(initial=-1.0) for e in range(1, len(val)))
+
+
+def test_a_run_keeps_one_selected_checkpoint_beside_the_scheduled_ones(tmp_path):
+    run = msam_lab.train(SELECTING, out=tmp_path / "run", quiet=True)
+    assert _improvements(run.epochs) >= 3  # the replacing below is exercised, not skipped
+    best = run.summary["best_epoch"]
+    assert sorted(run.checkpoints) == sorted({0, 6, best})
+    sidecars = {p.name for p in (run.path / "checkpoints").glob("epoch_*.pt.sha256")}
+    assert sidecars == {f"epoch_{e:04d}.pt.sha256" for e in run.checkpoints}  # none left beside a dropped file
+    torch.testing.assert_close(run.load_model(best).state_dict(), run.load_checkpoint(best)["model"])
+
+
+def test_a_resumed_run_replaces_the_selection_it_was_interrupted_with(tmp_path):
+    def stop_after_third(row):
+        if row["epoch"] == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        msam_lab.train(SELECTING, out=tmp_path / "run", quiet=True, on_epoch=stop_after_third)
+    before = sorted(load_run(tmp_path / "run").checkpoints)
+    assert before == [0, 3]  # epoch 3 was the best so far
+    run = msam_lab.train(resume=tmp_path / "run", quiet=True)
+    assert run.summary["best_epoch"] > 3
+    assert sorted(run.checkpoints) == sorted({0, 6, run.summary["best_epoch"]})
+
+
 def test_same_seed_same_run(tmp_path):
     a = msam_lab.train({**SYN, "method": "sam"}, out=tmp_path / "a", quiet=True)
     b = msam_lab.train({**SYN, "method": "sam"}, out=tmp_path / "b", quiet=True)
