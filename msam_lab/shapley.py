@@ -71,10 +71,10 @@ def tree_sum(x: torch.Tensor) -> torch.Tensor:
     size = 1 << max(n - 1, 0).bit_length()
     if size != n:
         x = torch.cat([x, x.new_zeros((*x.shape[:-1], size - n))], -1)
-    while x.shape[-1] > 1:
-        half = x.shape[-1] // 2
-        x = x[..., :half] + x[..., half:]
-    return x[..., 0]
+    while size > 1:
+        size //= 2
+        x = x.narrow(-1, 0, size) + x.narrow(-1, size, size)
+    return x.squeeze(-1)
 
 
 _weights: dict = {}  # (kind, ..., device, dtype) -> the weight matrix on that device
@@ -197,7 +197,7 @@ def shares(phi, rule: str = "clip", temperature: float = 1.0, unimodal_loss=None
         return softmax(-torch.as_tensor(unimodal_loss, dtype=phi.dtype, device=phi.device), temperature)
     pos = phi.clamp(min=0.0) if rule == "clip" else phi - phi.min()
     total = tree_sum(pos)
-    return torch.where(total > 0, pos / total, torch.full_like(pos, 1.0 / len(pos)))
+    return torch.where(total > 0, pos / total, 1.0 / len(pos))
 
 
 def dominant_index(share: torch.Tensor, tie: str = "lowest", previous=None) -> torch.Tensor:

@@ -142,7 +142,7 @@ class Method:
         names = model.modalities
 
         def logits(presents):
-            masks = [shapley.mask_of([m for m, name in enumerate(names) if name in p]) for p in presents]
+            masks = coalitions.masks_of(tuple(presents), names)
             return coalitions.model_coalition_logits(model, inputs, masks, features, c.coalition_features)
 
         phi, share, d = msam.observe_tensors(

@@ -10,6 +10,7 @@ dropout; ``tests/models/test_coalitions.py`` checks that.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -23,6 +24,18 @@ from msam_lab.models.multimodal import MultimodalModel, eval_mode, is_mode_invar
 def present_of(mask: int, modalities) -> frozenset:
     """The modalities of coalition ``mask`` (bit m: modality m present)."""
     return frozenset(name for m, name in enumerate(modalities) if mask >> m & 1)
+
+
+@lru_cache(maxsize=256)
+def presents_of(masks: tuple[int, ...], modalities: tuple[str, ...]) -> list[frozenset]:
+    """``present_of`` of each mask; a step's observation asks for the same list every time."""
+    return [present_of(mask, modalities) for mask in masks]
+
+
+@lru_cache(maxsize=256)
+def masks_of(presents: tuple[frozenset, ...], modalities: tuple[str, ...]) -> list[int]:
+    """The inverse of ``presents_of``: each coalition's mask (bit m: ``modalities[m]`` present)."""
+    return [shapley.mask_of([m for m, name in enumerate(modalities) if name in p]) for p in presents]
 
 
 def coalition_logits(
@@ -58,7 +71,7 @@ class CoalitionStats:
     """Per-coalition accuracy and mean loss on one batch or data set."""
 
     accuracy: np.ndarray  # (2^M,)
-    loss: np.ndarray  # (2^M,)
+    loss: np.ndarray | None  # (2^M,); None where the observation needs no losses (optim.msam.observe_tensors)
 
 
 @torch.no_grad()

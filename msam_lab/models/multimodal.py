@@ -177,6 +177,10 @@ class MultimodalModel(nn.Module):
         # fixed at construction; the per-step coalition passes ask for it every step
         self.mode_invariant = is_mode_invariant(self)
         self.fusion_mode_invariant = is_mode_invariant(fusion)
+        # where the zero samples go, in its dtype (in a tuple: a Parameter attribute would register twice)
+        self._reference = (next(self.parameters()),)
+        self._zero_inputs: dict = {}  # (device, dtype) -> each modality's all-zero sample (zero_features)
+        self._present: dict = {}  # (masks, device) -> per modality, (K, 1, 1) bool: present in coalition k
 
     def encode(self, inputs: Batch) -> list[torch.Tensor]:
         return [self.encoders[m](inputs[m]) for m in self.modalities]
@@ -187,11 +191,13 @@ class MultimodalModel(nn.Module):
         In eval mode (or for a model without BatchNorm/dropout) this is the
         feature every sample gets when its modality is absent.
         """
-        p = next(self.parameters())
-        return [
-            self.encoders[m](torch.zeros((1, *self.input_shapes[m]), device=p.device, dtype=p.dtype))
-            for m in self.modalities
-        ]
+        p = self._reference[0]  # `.to()` moves it in place; next(self.parameters()) costs ~20 µs a step
+        key = (p.device, p.dtype)
+        if key not in self._zero_inputs:  # made once: a per-step observation would allocate M of them
+            self._zero_inputs[key] = [
+                torch.zeros((1, *self.input_shapes[m]), device=p.device, dtype=p.dtype) for m in self.modalities
+            ]
+        return [self.encoders[m](x) for m, x in zip(self.modalities, self._zero_inputs[key])]
 
     def fuse(self, features: list[torch.Tensor]) -> torch.Tensor:
         return self.fusion(features)
@@ -211,13 +217,23 @@ class MultimodalModel(nn.Module):
         """
         n = features[0].shape[0]
         if isinstance(self.fusion, SumFusion):
+            # coalition k's logits: each modality's head on its real or its zero feature, added (no grad: in
+            # modality order, in 2M - 1 whole-tensor ops; on a small model the observation costs their count)
             heads = self.fusion.heads
-            real = torch.stack([h(f) for h, f in zip(heads, features)])  # (M, B, C)
-            zero = torch.stack([h(z) for h, z in zip(heads, zero_features)]).expand_as(real)
-            present = torch.tensor(
-                [[k >> m & 1 for m in range(len(features))] for k in masks], dtype=real.dtype, device=real.device
-            )  # (K, M)
-            return torch.einsum("km,mbc->kbc", present, real) + torch.einsum("km,mbc->kbc", 1 - present, zero)
+            if torch.is_grad_enabled():
+                # with grad (AGM, the unimodal variant): as a matmul, whose backward sums the coalitions in
+                # the order every recorded run of theirs was trained with
+                real = torch.stack([h(f) for h, f in zip(heads, features)])  # (M, B, C)
+                zero = torch.stack([h(z) for h, z in zip(heads, zero_features)]).expand_as(real)
+                present = torch.stack(self._present_columns(masks, len(features), real.device), 1).to(real.dtype)
+                present = present.view(len(masks), len(features))  # (K, M)
+                return torch.einsum("km,mbc->kbc", present, real) + torch.einsum("km,mbc->kbc", 1 - present, zero)
+            present = self._present_columns(masks, len(features), features[0].device)
+            logits = None
+            for head, f, z, here in zip(heads, features, zero_features, present):
+                term = torch.where(here, head(f), head(z))  # (K, B, C)
+                logits = term if logits is None else logits + term
+            return logits
         if self.fusion.training and not getattr(self, "fusion_mode_invariant", True):
             return torch.stack(
                 [
@@ -232,6 +248,17 @@ class MultimodalModel(nn.Module):
             for m, (f, z) in enumerate(zip(features, zero_features))
         ]
         return self.fuse(stacked).view(len(masks), n, -1)
+
+    def _present_columns(self, masks: list[int], n_modalities: int, device) -> list[torch.Tensor]:
+        """Per modality m, (K, 1, 1) bool: bit m of mask k. Made once per mask list and device (a step asks
+        for the same one)."""
+        key = (tuple(masks), device)
+        if key not in self._present:
+            if len(self._present) >= 32:  # a permutation estimator's plans: keep the cache small
+                self._present.clear()
+            bits = torch.tensor([[k >> m & 1 for k in masks] for m in range(n_modalities)], dtype=torch.bool)
+            self._present[key] = [column.to(device).view(-1, 1, 1) for column in bits]
+        return self._present[key]
 
     def forward(self, inputs: Batch, present=None) -> torch.Tensor:
         """Fused logits; modalities not in ``present`` are zeroed at the input (the naive path)."""

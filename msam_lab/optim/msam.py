@@ -62,6 +62,7 @@ from msam_lab.models.coalitions import (
     decomposed_logits,
     modality_shapley,
     present_of,
+    presents_of,
 )
 from msam_lab.models.multimodal import running_stats_kept
 from msam_lab.optim.precision import Precision
@@ -175,8 +176,9 @@ def observe_tensors(
     was_training = model.training if model is not None else None
 
     @torch.no_grad()
-    def stats(masks) -> CoalitionStats:
-        presents = [present_of(int(mask), names) for mask in masks]
+    def stats(masks, losses: bool = shapley_value == "loss") -> CoalitionStats:
+        """The game on ``masks``; the coalitions' losses only where a rule reads them (``loss``: None)."""
+        presents = presents_of(tuple(int(mask) for mask in masks), names)
         logits = coalitions(presents) if coalitions is not None else torch.stack([forward(p) for p in presents])
         if logits.shape[:2] != (len(presents), len(labels)):
             raise ValueError(
@@ -185,17 +187,17 @@ def observe_tensors(
             )
         # float64 on the device: the accuracies and losses ``coalition_stats`` gives, without its host copy
         accuracy = (logits.argmax(-1) == labels).float().mean(1).double()
-        both = torch.stack([accuracy, coalition_losses(logits, labels, loss_fn)])
+        both = torch.stack([accuracy, coalition_losses(logits, labels, loss_fn)]) if losses else accuracy[None]
         if distributed.active():  # the global batch's, so that every rank picks the same dominant modality
             both = torch.as_tensor(distributed.mean_over_ranks(both.cpu().numpy(), len(labels)), device=both.device)
-        return CoalitionStats(both[0], both[1])
+        return CoalitionStats(both[0], both[1] if losses else None)
 
     try:
         if model is not None:
             model.eval()
         phi = modality_shapley(stats, len(names), shapley_value, exact_max, n_permutations, seed)
         # the loss rule reads each modality's lone loss: M more coalitions, evaluated for that rule only
-        alone = stats(shapley.singleton_masks(len(names))).loss if share_rule == "loss" else None
+        alone = stats(shapley.singleton_masks(len(names)), losses=True).loss if share_rule == "loss" else None
     finally:
         if model is not None:
             model.train(was_training)
@@ -394,7 +396,12 @@ class MSAM(SAM):
                     cast[dtype] = keep.to(dtype)
                 return cast.get(dtype, keep)
 
-            plain = [None if p.grad is None else keep_in(p.grad.dtype) * p.grad for p in params]
+            have = [p for p in params if p.grad is not None]
+            plain = [None] * len(params)
+            for dtype in {p.grad.dtype for p in have}:  # one fused multiply per gradient dtype
+                same = [p for p in have if p.grad.dtype == dtype]
+                scaled = dict(zip(map(id, same), torch._foreach_mul([p.grad for p in same], keep_in(dtype))))
+                plain = [scaled.get(id(p), g) for p, g in zip(params, plain)]
         for p, g in zip(params, plain):
             if g is not None:
                 self.state[p]["plain"] = g

@@ -15,13 +15,16 @@ import torch
 def add_to_grads(params, grads) -> None:
     """``p.grad += g`` for each pair (``g`` None: nothing to add; ``p.grad`` None: it becomes ``g``):
     how M-SAM puts the plain part ∇L_s(θ) back after the perturbed backward."""
+    adds = []
     for p, g in zip(params, grads):
         if g is None:
             continue
         if p.grad is None:
             p.grad = g.clone()
         else:
-            p.grad.add_(g)
+            adds.append((p.grad, g))
+    if adds:  # one fused add (per-tensor adds cost a dispatch each on a small model)
+        torch._foreach_add_([a for a, _ in adds], [g for _, g in adds])
 
 
 def _no_autocast(param_groups):

@@ -24,6 +24,25 @@ def test_fast_path_equals_naive(fusion, n_mod):
     torch.testing.assert_close(fast, naive, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("n_mod", [2, 3, 4])
+def test_summed_heads_add_each_modalitys_term_in_order_for_any_mask_list(n_mod):
+    """Coalition k of a summed-head model: head_m(real_m or zero_m) added over m = 0, 1, ... exactly, so a
+    subset of the masks (singletons, a permutation estimator's few) gives the bits of the full list's rows."""
+    model = make_model(n_mod, fusion="late_sum").eval()
+    inputs, _ = make_batch(n_mod)
+    with torch.no_grad():
+        feats, zeros = model.encode(inputs), model.zero_features()
+        terms = [(head(z), head(f)) for head, f, z in zip(model.fusion.heads, feats, zeros)]
+        everything = coalitions.coalition_logits(model, feats, zeros, shapley.all_masks(n_mod))
+        for k in range(1 << n_mod):
+            brute = terms[0][k & 1].expand(len(feats[0]), -1)
+            for m in range(1, n_mod):
+                brute = brute + terms[m][k >> m & 1]
+            assert torch.equal(everything[k], brute), k
+        some = [(1 << n_mod) - 1, *shapley.singleton_masks(n_mod), 0]
+        assert torch.equal(coalitions.coalition_logits(model, feats, zeros, some), everything[some])
+
+
 def test_fast_path_equals_naive_with_batchnorm_in_eval_mode():
     torch.manual_seed(1)
     enc = {m: nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU()) for m in ("a", "b")}
@@ -121,3 +140,23 @@ def test_shapley_batch_observes_the_first_n_samples_only():
     full = build_method(model, make_config(method="msam")).observe(inputs, labels)
     assert np.array_equal(sub.phi, ref.phi) and sub.dominant == ref.dominant
     assert not np.array_equal(sub.phi, full.phi)  # the subsample really is a different game
+
+
+@pytest.mark.parametrize("swap", [False, True])
+def test_zero_features_follow_the_model_to_another_dtype(swap):
+    """The zero samples are made once per device and dtype: a converted model gets new ones, in its
+    dtype, equal to its encoders on zeros (``.to()`` either assigns ``.data`` or swaps the tensors)."""
+    model = make_model(2, fusion="late_sum")
+    with torch.no_grad():
+        assert [z.dtype for z in model.zero_features()] == [torch.float32] * 2
+        old = torch.__future__.get_swap_module_params_on_conversion()
+        torch.__future__.set_swap_module_params_on_conversion(swap)
+        try:
+            model.double()
+        finally:
+            torch.__future__.set_swap_module_params_on_conversion(old)
+        for name, z in zip(model.modalities, model.zero_features()):
+            shape = (1, *model.input_shapes[name])
+            assert z.dtype == torch.float64
+            assert torch.equal(z, model.encoders[name](torch.zeros(shape, dtype=torch.float64)))
+    assert len(list(model.named_parameters())) == len({id(p) for p in model.parameters()})  # no alias

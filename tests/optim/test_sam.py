@@ -11,7 +11,7 @@ from torch import nn
 from msam_lab.methods import build_method
 from msam_lab.methods.base import Observation
 from msam_lab.models.multimodal import MultimodalModel, SumFusion, running_stats_kept
-from msam_lab.optim.sam import SAM
+from msam_lab.optim.sam import SAM, add_to_grads
 from tests.conftest import make_config, make_model
 
 
@@ -253,3 +253,19 @@ def test_one_msam_step_by_hand():
     Wb_new = Wb - lr * (vd * gb1 + (1 - vd) * gb)
     np.testing.assert_allclose(model.fusion.heads[0].weight.detach().numpy(), Wa_new, atol=1e-5)
     np.testing.assert_allclose(model.fusion.heads[1].weight.detach().numpy(), Wb_new, atol=1e-5)
+
+
+def test_add_to_grads_adds_each_pair_once_and_fills_missing_gradients():
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(3)) for _ in range(4)] + [torch.nn.Parameter(torch.randn(2).double())]
+    for p in params[:2] + params[4:]:
+        p.grad = torch.randn_like(p)
+    before = [None if p.grad is None else p.grad.clone() for p in params]
+    extra = [torch.randn(3), None, torch.randn(3), None, torch.randn(2).double()]
+    add_to_grads(params, extra)
+    for p, b, g in zip(params, before, extra):
+        if g is None:
+            assert (p.grad is None) == (b is None) and (b is None or torch.equal(p.grad, b))
+        else:
+            assert torch.equal(p.grad, g if b is None else b + g)
+            assert p.grad is not g  # a missing gradient becomes a copy, not the caller's tensor
