@@ -9,7 +9,9 @@ batches, medians over ``--repeats`` blocks:
 - ``record/joint``: what the step's Shapley record adds to a joint step (``joint`` without it is
   the plain update, as ``bench/step_cost.py``'s);
 - ``msam/sam``: the whole M-SAM step against SAM without the record;
-- ``observe ms``: the time inside ``Method.observe`` in M-SAM's step (to a device sync).
+- ``observe ms``: the time inside ``Method.observe`` in M-SAM's step (to a device sync);
+- ``calls/joint``: the model calls every observation makes (each encoder on its zero sample, each
+  head on the batch's and the zero features), timed alone, against a joint step: record/joint's floor.
 
 Exact Shapley up to ``shapley_exact_max`` (10), permutation sampling beyond.
 
@@ -88,6 +90,24 @@ def bench_m(n_modalities: int, repeats: int, steps: int, device="cpu") -> dict:
                 per_step[name].append((time.perf_counter() - t) / steps)
                 if name == "msam":
                     observe_ms.append(1000 * statistics.median(observe_times))
+    # the model calls no observation can skip: each encoder on its zero sample, each head on the batch's
+    # features and on the zero feature (late sum fusion); timed alone, as a floor for record/joint
+    model = methods["joint"].model
+    with torch.no_grad():
+        features = model.encode(batches[0][0])
+
+        def model_calls():
+            zeros = model.zero_features()
+            return [(h(f), h(z)) for h, f, z in zip(model.fusion.heads, features, zeros)]
+
+        floor = []
+        for _ in range(repeats + 1):
+            sync(methods["joint"])
+            t = time.perf_counter()
+            for _ in range(steps):
+                model_calls()
+            sync(methods["joint"])
+            floor.append((time.perf_counter() - t) / steps)
     med = {k: statistics.median(v) for k, v in per_step.items()}
     return {
         "M": n_modalities,
@@ -97,6 +117,7 @@ def bench_m(n_modalities: int, repeats: int, steps: int, device="cpu") -> dict:
         "msam/sam": med["msam"] / med["sam"],
         "observe_ms": statistics.median(observe_ms),
         "observe/msam": statistics.median(observe_ms) / (1000 * med["msam"]),
+        "calls/joint": statistics.median(floor[1:]) / med["joint"],
     }
 
 
@@ -115,7 +136,7 @@ def main(argv=None) -> int:
         f"device {args.device}; median of {args.repeats} x {args.steps} steps, methods interleaved"
     )
     cols = ["M", "coalitions", "joint_ms", "joint+record_ms", "record/joint", "sam_ms", "msam_ms", "msam/sam",
-            "observe_ms", "observe/msam"]  # fmt: skip
+            "observe_ms", "observe/msam", "calls/joint"]  # fmt: skip
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
     for n in [int(m) for m in args.modalities.split(",")]:

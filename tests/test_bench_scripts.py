@@ -95,3 +95,19 @@ def test_finite_check_bench_runs_and_both_checks_agree():
         check=True,
     )
     assert "all_finite (aminmax)" in proc.stdout and "ratio" in proc.stdout
+
+
+def test_observation_cost_bench_prints_a_row_per_modality_count():
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "observation_cost.py"), "--modalities", "2,3", "--repeats", "1",
+         "--steps", "2", "--threads", "1"],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    header = next(line for line in proc.stdout.splitlines() if line.startswith("| M |"))
+    cols = [c.strip() for c in header.strip("|").split("|")]
+    rows = [dict(zip(cols, (c.strip() for c in line.strip("|").split("|")))) for line in proc.stdout.splitlines()
+            if line.startswith(("| 2 |", "| 3 |"))]  # fmt: skip
+    assert [r["coalitions"] for r in rows] == ["4", "8"]
+    for r in rows:
+        assert all(float(r[k]) > 0 for k in ("joint_ms", "msam_ms", "observe_ms", "calls/joint"))
