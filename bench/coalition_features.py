@@ -96,7 +96,7 @@ def compare_run(cfg, max_steps: int) -> dict:
         obs = inner(inputs, labels, features)
         out["ms_eval"].append(1000 * (time.perf_counter() - t))
         out["agree"].append(batch.dominant == obs.dominant)
-        out["dshare"].append(float(np.abs(batch.share - obs.share).max()))
+        out["dshare"].append(float((torch.as_tensor(batch.share) - torch.as_tensor(obs.share)).abs().max()))
         out["dominant"].append(obs.dominant)
         return obs
 
