@@ -27,15 +27,15 @@ def present_of(mask: int, modalities) -> frozenset:
 
 
 @lru_cache(maxsize=256)
-def presents_of(masks: tuple[int, ...], modalities: tuple[str, ...]) -> list[frozenset]:
-    """``present_of`` of each mask; a step's observation asks for the same list every time."""
-    return [present_of(mask, modalities) for mask in masks]
+def presents_of(masks: tuple[int, ...], modalities: tuple[str, ...]) -> tuple[frozenset, ...]:
+    """``present_of`` of each mask; a step's observation asks for the same ones every time (a tuple: shared)."""
+    return tuple(present_of(mask, modalities) for mask in masks)
 
 
 @lru_cache(maxsize=256)
-def masks_of(presents: tuple[frozenset, ...], modalities: tuple[str, ...]) -> list[int]:
+def masks_of(presents: tuple[frozenset, ...], modalities: tuple[str, ...]) -> tuple[int, ...]:
     """The inverse of ``presents_of``: each coalition's mask (bit m: ``modalities[m]`` present)."""
-    return [shapley.mask_of([m for m, name in enumerate(modalities) if name in p]) for p in presents]
+    return tuple(shapley.mask_of([m for m, name in enumerate(modalities) if name in p]) for p in presents)
 
 
 def coalition_logits(

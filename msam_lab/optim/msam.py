@@ -396,12 +396,11 @@ class MSAM(SAM):
                     cast[dtype] = keep.to(dtype)
                 return cast.get(dtype, keep)
 
-            have = [p for p in params if p.grad is not None]
-            plain = [None] * len(params)
-            for dtype in {p.grad.dtype for p in have}:  # one fused multiply per gradient dtype
-                same = [p for p in have if p.grad.dtype == dtype]
-                scaled = dict(zip(map(id, same), torch._foreach_mul([p.grad for p in same], keep_in(dtype))))
-                plain = [scaled.get(id(p), g) for p, g in zip(params, plain)]
+            scaled = {}  # parameter -> its plain part; one fused multiply per gradient dtype
+            for dtype in {p.grad.dtype for p in params if p.grad is not None}:
+                same = [p for p in params if p.grad is not None and p.grad.dtype == dtype]
+                scaled.update(zip(same, torch._foreach_mul([p.grad for p in same], keep_in(dtype))))
+            plain = [scaled.get(p) for p in params]
         for p, g in zip(params, plain):
             if g is not None:
                 self.state[p]["plain"] = g
