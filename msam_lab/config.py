@@ -113,7 +113,7 @@ class Config:
     coalition_features: CoalitionFeatures = "eval"  # BatchNorm models' coalitions: eval (one more no-grad eval-mode
                                                     # encoder pass) | batch (the clean pass's features, detached)
     # records (docs/runs.md)
-    checkpoint_every: int = 5                       # epochs between analysis ckpts (0: first, last); selected kept
+    checkpoint_every: int = 5                       # epochs between analysis checkpoints (0: first, last) + the best
     eval_batch_size: int = 128                      # chunks of the evaluation passes (small: cache-friendly on CPU)
     eval_every: int = 1                             # epochs between evaluations (epoch 0 and the last always)
     train_eval_samples: int = 512                   # seeded train subset for the train-side metrics and τ (0: all)

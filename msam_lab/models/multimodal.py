@@ -177,8 +177,10 @@ class MultimodalModel(nn.Module):
         # fixed at construction; the per-step coalition passes ask for it every step
         self.mode_invariant = is_mode_invariant(self)
         self.fusion_mode_invariant = is_mode_invariant(fusion)
-        # where the zero samples go, in its dtype (in a tuple: a Parameter attribute would register twice)
-        self._reference = (next(self.parameters()),)
+        # where the zero samples go, in its dtype: the first parameter, looked up by its owner and name each time
+        # (a load_state_dict(assign=True) replaces the object); in a tuple, or the module would register twice
+        path, _, attr = next(name for name, _ in self.named_parameters()).rpartition(".")
+        self._reference = (self.get_submodule(path), attr)
         self._zero_inputs: dict = {}  # (device, dtype) -> each modality's all-zero sample (zero_features)
         self._present: dict = {}  # (masks, device) -> per modality, (K, 1, 1) bool: present in coalition k
 
@@ -191,7 +193,7 @@ class MultimodalModel(nn.Module):
         In eval mode (or for a model without BatchNorm/dropout) this is the
         feature every sample gets when its modality is absent.
         """
-        p = self._reference[0]  # `.to()` moves it in place; next(self.parameters()) costs ~20 µs a step
+        p = getattr(*self._reference)  # next(self.parameters()) would cost ~20 µs a step
         key = (p.device, p.dtype)
         if key not in self._zero_inputs:  # made once: a per-step observation would allocate M of them
             self._zero_inputs[key] = [

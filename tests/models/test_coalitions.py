@@ -142,19 +142,23 @@ def test_shapley_batch_observes_the_first_n_samples_only():
     assert not np.array_equal(sub.phi, full.phi)  # the subsample really is a different game
 
 
-@pytest.mark.parametrize("swap", [False, True])
-def test_zero_features_follow_the_model_to_another_dtype(swap):
+@pytest.mark.parametrize("how", ["data", "swap", "assign"])
+def test_zero_features_follow_the_model_to_another_dtype(how):
     """The zero samples are made once per device and dtype: a converted model gets new ones, in its
-    dtype, equal to its encoders on zeros (``.to()`` either assigns ``.data`` or swaps the tensors)."""
+    dtype, equal to its encoders on zeros (``.to()`` either assigns ``.data`` or swaps the tensors;
+    ``load_state_dict(assign=True)`` puts new parameter objects in place)."""
     model = make_model(2, fusion="late_sum")
     with torch.no_grad():
         assert [z.dtype for z in model.zero_features()] == [torch.float32] * 2
-        old = torch.__future__.get_swap_module_params_on_conversion()
-        torch.__future__.set_swap_module_params_on_conversion(swap)
-        try:
-            model.double()
-        finally:
-            torch.__future__.set_swap_module_params_on_conversion(old)
+        if how == "assign":
+            model.load_state_dict({k: v.double() for k, v in model.state_dict().items()}, assign=True)
+        else:
+            old = torch.__future__.get_swap_module_params_on_conversion()
+            torch.__future__.set_swap_module_params_on_conversion(how == "swap")
+            try:
+                model.double()
+            finally:
+                torch.__future__.set_swap_module_params_on_conversion(old)
         for name, z in zip(model.modalities, model.zero_features()):
             shape = (1, *model.input_shapes[name])
             assert z.dtype == torch.float64
